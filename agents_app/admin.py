@@ -1,0 +1,309 @@
+"""Admin for agents, rules and API clients, with the rule explain page.
+
+Bulk actions go through services so each moves the rule-set version; history comes from
+django-simple-history (the History button on every object)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.contrib import admin, messages
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+from django.urls import path, reverse
+from django.utils.html import format_html
+from simple_history.admin import SimpleHistoryAdmin
+
+from . import services
+from .models import Agent, ApiClient, DispatchRule
+from .rules import Join, RuleError, RuleSpec, rule_compile
+from .selectors import config_get
+
+AUTOMATIC_WARNING = (
+    "This agent has an empty name: it stands for the unnamed worker, which LiveKit sends to "
+    "every new room automatically. A worker registered WITH a name never gets automatic "
+    "dispatch; it only comes when a rule, token or API call names it exactly."
+)
+
+
+@admin.register(Agent)
+class AgentAdmin(SimpleHistoryAdmin):
+    list_display = (
+        "__str__",
+        "display_name",
+        "enabled",
+        "dispatch_mode",
+        "join_deadline_s",
+        "max_attempts",
+        "fallback",
+    )
+    list_filter = ("enabled",)
+    list_select_related = ("fallback",)
+    search_fields = ("agent_name", "display_name")
+    fieldsets = (
+        (None, {"fields": ("agent_name", "display_name", "description", "enabled")}),
+        ("Job", {"fields": ("default_metadata",)}),
+        ("When it does not come", {"fields": ("join_deadline_s", "max_attempts", "fallback")}),
+    )
+
+    @admin.display(description="dispatch")
+    def dispatch_mode(self, agent: Agent) -> str:
+        return "automatic: every new room" if agent.agent_name == "" else "explicit: named only"
+
+    def save_model(self, request: HttpRequest, obj: Agent, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        if obj.agent_name == "":
+            messages.warning(request, AUTOMATIC_WARNING)
+
+
+@admin.register(DispatchRule)
+class DispatchRuleAdmin(SimpleHistoryAdmin):
+    list_display = ("name", "priority", "room_match", "agent", "delivery", "enabled", "stop", "warnings")
+    list_editable = ("priority", "enabled")
+    list_filter = ("enabled", "delivery", "room_match_kind", "agent")
+    list_select_related = ("agent",)
+    search_fields = ("name", "room_match_value", "agent__agent_name")
+    actions = ("enable_rules", "disable_rules", "duplicate_rules")
+    fieldsets = (
+        (None, {"fields": ("name", "enabled", "priority", "stop")}),
+        (
+            "Which joins",
+            {
+                "fields": (
+                    "room_match_kind",
+                    "room_match_value",
+                    "identity_match_kind",
+                    "identity_match_value",
+                    "attribute_conditions",
+                )
+            },
+        ),
+        ("What they get", {"fields": ("agent", "metadata_template", "delivery")}),
+    )
+
+    @admin.display(description="room match", ordering="room_match_value")
+    def room_match(self, rule: DispatchRule) -> str:
+        return f"{rule.room_match_kind}: {rule.room_match_value}"
+
+    @admin.display(description="warnings")
+    def warnings(self, rule: DispatchRule) -> str:
+        blocked_by = config_get().rules.unreachable().get(rule.name)
+        notes = []
+        if blocked_by:
+            notes.append(f"never fires: stop rule '{blocked_by}' matches first")
+        if not rule.agent.enabled:
+            notes.append(f"agent '{rule.agent}' is disabled")
+        return "; ".join(notes)
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:
+        rules = config_get().rules
+        unreachable = rules.unreachable()
+        stored = DispatchRule.objects.count()
+        if len(rules) < stored:
+            messages.error(
+                request,
+                f"{stored - len(rules)} stored rule(s) no longer compile and are skipped on the "
+                "token path; open and save them to see why.",
+            )
+        if unreachable:
+            messages.warning(request, f"{len(unreachable)} enabled rule(s) can never fire.")
+        return super().changelist_view(request, extra_context)
+
+    @admin.action(description="Enable selected rules", permissions=["change"])
+    def enable_rules(self, request: HttpRequest, queryset: Any) -> None:
+        count = services.rules_set_enabled(rules=queryset, enabled=True)
+        self.message_user(request, f"Enabled {count} rule(s).")
+
+    @admin.action(description="Disable selected rules", permissions=["change"])
+    def disable_rules(self, request: HttpRequest, queryset: Any) -> None:
+        count = services.rules_set_enabled(rules=queryset, enabled=False)
+        self.message_user(request, f"Disabled {count} rule(s).")
+
+    @admin.action(description="Duplicate selected rules (copies start disabled)", permissions=["add"])
+    def duplicate_rules(self, request: HttpRequest, queryset: Any) -> None:
+        count = services.rules_duplicate(rules=queryset)
+        self.message_user(request, f"Duplicated {count} rule(s); the copies are disabled.")
+
+    def get_urls(self) -> list:
+        explain = path(
+            "explain/",
+            self.admin_site.admin_view(self.explain_view),
+            name="agents_app_dispatchrule_explain",
+        )
+        return [explain, *super().get_urls()]
+
+    def explain_view(self, request: HttpRequest) -> HttpResponse:
+        """Test rules against a sample join; with rule fields posted (from the rule form's
+        'Test before saving' button), the unsaved rule is evaluated alongside the saved ones."""
+        if not self.has_view_permission(request):
+            return HttpResponse(status=403)
+        data = request.POST if request.method == "POST" else request.GET
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Explain rules for a sample room",
+            "opts": self.model._meta,
+            "sample": {
+                k: data.get(k, "")
+                for k in ("sample_room", "sample_identity", "sample_name", "sample_attributes")
+            },
+            "agents": Agent.objects.all(),
+            "draft": {k: data.get(k, "") for k in DRAFT_FIELDS},
+            "kinds": ["exact", "prefix", "glob", "regex"],
+        }
+        if data.get("sample_room"):
+            try:
+                draft = _draft_from(data)
+                join = _join_from(data)
+                result = services.rules_explain(join=join, draft=draft)
+                context["result"] = result
+                context["room_config_json"] = json.dumps(result["room_config"], indent=2)
+                context["claims_json"] = json.dumps(result["token_claims"], indent=2)
+                context["draft_used"] = draft is not None
+            except (RuleError, ValueError) as exc:
+                context["error"] = getattr(exc, "message", str(exc))
+        return render(request, "admin/agents_app/dispatchrule/explain.html", context)
+
+
+DRAFT_FIELDS = (
+    "name",
+    "priority",
+    "room_match_kind",
+    "room_match_value",
+    "identity_match_kind",
+    "identity_match_value",
+    "attribute_conditions",
+    "agent",
+    "metadata_template",
+    "delivery",
+    "stop",
+)
+
+
+def _json_field(data: Any, name: str, default: Any) -> Any:
+    raw = (data.get(name) or "").strip()
+    if not raw:
+        return default
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise RuleError(name, f"{name} is not valid JSON: {exc.msg}") from None
+
+
+def _join_from(data: Any) -> Join:
+    attributes = _json_field(data, "sample_attributes", {})
+    if not isinstance(attributes, dict) or not all(isinstance(v, str) for v in attributes.values()):
+        raise RuleError(
+            "sample_attributes", 'attributes must be a JSON object of strings, e.g. {"tier": "gold"}'
+        )
+    return Join(
+        room_name=data["sample_room"],
+        participant_identity=data.get("sample_identity", ""),
+        participant_name=data.get("sample_name", ""),
+        attributes=attributes,
+    )
+
+
+def _draft_from(data: Any) -> RuleSpec | None:
+    if not data.get("room_match_value"):
+        return None
+    agent = Agent.objects.filter(pk=data.get("agent") or 0).first()
+    if agent is None:
+        raise RuleError("agent", "choose the rule's agent to test it")
+    try:
+        priority = int(data.get("priority") or 100)
+    except ValueError:
+        raise RuleError("priority", "priority must be a whole number") from None
+    spec = RuleSpec(
+        name=data.get("name") or "(unsaved rule)",
+        agent_name=agent.agent_name,
+        agent_enabled=agent.enabled,
+        room_kind=data.get("room_match_kind", "glob"),
+        room_value=data["room_match_value"],
+        priority=priority,
+        identity_kind=data.get("identity_match_kind", ""),
+        identity_value=data.get("identity_match_value", ""),
+        attributes=_json_field(data, "attribute_conditions", {}),
+        default_metadata=agent.default_metadata,
+        metadata_template=_json_field(data, "metadata_template", {}),
+        delivery=data.get("delivery") or "token",
+        stop=data.get("stop") in ("on", "true", "1"),
+    )
+    rule_compile(spec)
+    return spec
+
+
+@admin.register(ApiClient)
+class ApiClientAdmin(SimpleHistoryAdmin):
+    list_display = (
+        "name",
+        "key_prefix",
+        "enabled",
+        "rooms",
+        "client_agents",
+        "max_ttl_s",
+        "rate_limit_per_minute",
+    )
+    list_filter = ("enabled", "client_agents")
+    search_fields = ("name", "key_prefix")
+    filter_horizontal = ("agents",)
+    readonly_fields = ("key_prefix", "created_at", "updated_at")
+    actions = ("revoke", "rotate_key")
+    fieldsets = (
+        (None, {"fields": ("name", "enabled", "key_prefix")}),
+        ("Scope", {"fields": ("room_patterns", "room_name_template", "agents", "client_agents")}),
+        (
+            "Token ceiling",
+            {
+                "fields": (
+                    "max_ttl_s",
+                    "can_publish",
+                    "can_subscribe",
+                    "can_publish_data",
+                    "can_update_own_metadata",
+                    "hidden",
+                )
+            },
+        ),
+        ("Limits", {"fields": ("rate_limit_per_minute",)}),
+        ("History", {"fields": ("created_at", "updated_at")}),
+    )
+
+    @admin.display(description="rooms")
+    def rooms(self, client: ApiClient) -> str:
+        return ", ".join(client.room_patterns) or "(none)"
+
+    def save_model(self, request: HttpRequest, obj: ApiClient, form: Any, change: bool) -> None:
+        key = None
+        if not change:
+            key = services.api_key_generate()
+            obj.key_prefix, obj.key_digest = key[:12], services.key_digest(key)
+        super().save_model(request, obj, form, change)
+        if key:
+            _show_key_once(request, obj, key)
+
+    @admin.action(description="Revoke selected clients (their keys stop working)", permissions=["change"])
+    def revoke(self, request: HttpRequest, queryset: Any) -> None:
+        count = services.api_clients_revoke(clients=queryset)
+        self.message_user(request, f"Revoked {count} client(s).")
+
+    @admin.action(description="Rotate the key of the selected client", permissions=["change"])
+    def rotate_key(self, request: HttpRequest, queryset: Any) -> None:
+        if queryset.count() != 1:
+            self.message_user(request, "Rotate one client at a time.", level=messages.ERROR)
+            return
+        client = queryset.get()
+        _show_key_once(request, client, services.api_client_rotate_key(client=client))
+
+
+def _show_key_once(request: HttpRequest, client: ApiClient, key: str) -> None:
+    messages.success(
+        request,
+        format_html(
+            "Key for <b>{}</b>: <code id='new-api-key'>{}</code> — copy it now, it is shown only "
+            "once and stored only as a digest. <a href='{}'>Back to clients</a>",
+            client.name,
+            key,
+            reverse("admin:agents_app_apiclient_changelist"),
+        ),
+    )

@@ -1,0 +1,297 @@
+"""REST endpoints: the LiveKit-standard token endpoint and rule explain.
+
+Views are thin: validate input, call one service, serialize the answer."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.conf import settings
+from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
+from rest_framework import serializers
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from dispatchportal.exceptions import ApplicationError, Forbidden
+
+from .authentication import IsApiClient, IsApiClientOrStaff
+from .models import Agent
+from .rules import KINDS, Join, RuleError, RuleSpec, rule_compile
+from .services import RateLimited, TokenRequest, rules_explain, token_mint
+
+MAX_NAME_LENGTH = getattr(settings, "LIVEKIT_MAX_NAME_LENGTH", 256)
+MAX_METADATA_BYTES = getattr(settings, "LIVEKIT_MAX_METADATA_BYTES", 64_000)
+
+
+class StrictCharField(serializers.CharField):
+    """A string, not anything that can be turned into one: 123 is a type error here."""
+
+    default_error_messages = {"invalid": "Must be a string."}
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("trim_whitespace", False)
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class LiveKitName(StrictCharField):
+    """A room name or identity LiveKit accepts: no control characters, not over the limit."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("max_length", MAX_NAME_LENGTH)
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data: Any) -> str:
+        value = super().to_internal_value(data)
+        if any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise serializers.ValidationError("Must not contain control characters.")
+        if value and not value.strip():
+            raise serializers.ValidationError("Must not be only white space.")
+        return value
+
+
+def _strict_fields(serializer: serializers.Serializer, data: Any) -> None:
+    if not isinstance(data, dict):
+        raise serializers.ValidationError({"non_field_errors": ["Expected a JSON object."]})
+    unknown = sorted(set(data) - set(serializer.fields))
+    if unknown:
+        raise serializers.ValidationError({name: ["Unknown field."] for name in unknown})
+
+
+class StrictSerializer(serializers.Serializer):
+    """Unknown fields are an error naming them, not silently dropped."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        _strict_fields(self, data)
+        return super().to_internal_value(data)
+
+
+class AgentRequestSerializer(StrictSerializer):
+    agent_name = StrictCharField(max_length=128, allow_blank=True)
+    metadata = StrictCharField(required=False, allow_blank=True, max_length=MAX_METADATA_BYTES)
+
+
+class RoomConfigSerializer(serializers.Serializer):
+    agents = AgentRequestSerializer(many=True, required=False)
+
+    def to_internal_value(self, data: Any) -> Any:
+        if not isinstance(data, dict):
+            raise serializers.ValidationError({"non_field_errors": ["Expected a JSON object."]})
+        # Other RoomConfiguration fields (timeouts, limits, egress) are the operator's, not a
+        # browser's: refuse them by name instead of dropping them.
+        others = sorted(set(data) - {"agents", "name"})
+        if others:
+            raise Forbidden("clients may only set room_config.agents", field=f"room_config.{others[0]}")
+        return super().to_internal_value(data)
+
+
+class GrantsSerializer(StrictSerializer):
+    can_publish = serializers.BooleanField(required=False)
+    can_subscribe = serializers.BooleanField(required=False)
+    can_publish_data = serializers.BooleanField(required=False)
+    can_update_own_metadata = serializers.BooleanField(required=False)
+    hidden = serializers.BooleanField(required=False)
+
+
+def _size(value: Any) -> int:
+    return len(value.encode()) if isinstance(value, str) else len(json.dumps(value).encode())
+
+
+class TokenApi(APIView):
+    """LiveKit's standard token endpoint (what `TokenSource.endpoint` calls)."""
+
+    permission_classes = [IsApiClient]
+
+    class InputSerializer(StrictSerializer):
+        room_name = LiveKitName(required=False, allow_blank=True)
+        participant_identity = LiveKitName(required=False, allow_blank=True)
+        participant_name = StrictCharField(required=False, allow_blank=True, max_length=MAX_NAME_LENGTH)
+        participant_metadata = StrictCharField(required=False, allow_blank=True)
+        participant_attributes = serializers.DictField(
+            child=StrictCharField(allow_blank=True), required=False
+        )
+        room_config = RoomConfigSerializer(required=False)
+        ttl = serializers.IntegerField(required=False, min_value=60, help_text="Seconds; extension.")
+        grants = GrantsSerializer(
+            required=False, help_text="Extension: ask for less or more, within the ceiling."
+        )
+
+        def validate_participant_metadata(self, value: str) -> str:
+            if _size(value) > MAX_METADATA_BYTES:
+                raise serializers.ValidationError(f"Over {MAX_METADATA_BYTES} bytes.")
+            return value
+
+        def validate_participant_attributes(self, value: dict[str, str]) -> dict[str, str]:
+            if _size(value) > MAX_METADATA_BYTES:
+                raise serializers.ValidationError(f"Over {MAX_METADATA_BYTES} bytes.")
+            if any(not key for key in value):
+                raise serializers.ValidationError("Attribute names must not be empty.")
+            return value
+
+    class DispatchSerializer(serializers.Serializer):
+        agent_name = serializers.CharField()
+        rule = serializers.CharField(help_text="The rule that applied it, or 'client'.")
+        metadata = serializers.CharField()
+        delivery = serializers.ChoiceField(choices=["token", "explicit"])
+
+    class OutputSerializer(serializers.Serializer):
+        server_url = serializers.CharField()
+        participant_token = serializers.CharField()
+        room_name = serializers.CharField()
+        participant_identity = serializers.CharField()
+        dispatch = serializers.DictField(help_text='{"agents": [{agent_name, rule, metadata, delivery}]}')
+
+    @extend_schema(
+        request=InputSerializer,
+        responses={
+            201: OutputSerializer,
+            400: OpenApiResponse(description="Malformed JSON, wrong types, names or sizes LiveKit rejects"),
+            401: OpenApiResponse(description="Missing, unknown or disabled key"),
+            403: OpenApiResponse(description="Room, agent or grant outside the client's scope"),
+            429: OpenApiResponse(description="Over the client's rate limit"),
+        },
+    )
+    def post(self, request: Any) -> Response:
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        values = data.validated_data
+        token_request = TokenRequest(
+            room_name=values.get("room_name", ""),
+            participant_identity=values.get("participant_identity", ""),
+            participant_name=values.get("participant_name", ""),
+            participant_metadata=values.get("participant_metadata", ""),
+            participant_attributes=values.get("participant_attributes", {}),
+            agents=values.get("room_config", {}).get("agents", []),
+            ttl_s=values.get("ttl"),
+            grants=values.get("grants", {}),
+        )
+        try:
+            minted = token_mint(client=request.auth, request=token_request)
+        except RateLimited as exc:
+            return Response(
+                {"error": exc.code, "detail": exc.detail},
+                status=429,
+                headers={"Retry-After": str(exc.retry_after)},
+            )
+        body = {
+            "server_url": minted.server_url,
+            "participant_token": minted.participant_token,
+            "room_name": minted.room_name,
+            "participant_identity": minted.participant_identity,
+            "dispatch": {
+                "room_exists": minted.room_exists,
+                "agents": [
+                    {
+                        "agent_name": a.agent_name,
+                        "rule": a.rule,
+                        "metadata": a.metadata,
+                        "delivery": a.delivery,
+                    }
+                    for a in minted.agents
+                ],
+            },
+        }
+        return Response(body, status=201)
+
+
+class MatchSerializer(StrictSerializer):
+    kind = serializers.ChoiceField(choices=KINDS)
+    value = StrictCharField(allow_blank=True)
+
+
+class ExplainApi(APIView):
+    """Why does this room get that agent? Every rule's verdict for a sample join."""
+
+    permission_classes = [IsApiClientOrStaff]
+
+    class DraftRuleSerializer(StrictSerializer):
+        name = StrictCharField(required=False, default="(draft)")
+        agent_name = StrictCharField(allow_blank=True)
+        priority = serializers.IntegerField(required=False, default=100)
+        room = MatchSerializer()
+        identity = MatchSerializer(required=False, allow_null=True)
+        attributes = serializers.DictField(child=MatchSerializer(), required=False)
+        metadata_template = serializers.JSONField(required=False)
+        delivery = serializers.ChoiceField(choices=["token", "explicit"], required=False, default="token")
+        stop = serializers.BooleanField(required=False, default=False)
+
+    class InputSerializer(StrictSerializer):
+        room_name = LiveKitName()
+        participant_identity = LiveKitName(required=False, allow_blank=True)
+        participant_name = StrictCharField(required=False, allow_blank=True)
+        participant_attributes = serializers.DictField(
+            child=StrictCharField(allow_blank=True), required=False
+        )
+        draft_rule = serializers.DictField(required=False, help_text="An unsaved rule to try.")
+
+    @extend_schema(
+        request=InputSerializer,
+        responses={
+            200: inline_serializer(
+                "Explanation",
+                {
+                    "rules": serializers.ListField(child=serializers.DictField()),
+                    "agents": serializers.ListField(child=serializers.DictField()),
+                    "room_config": serializers.DictField(),
+                    "token_claims": serializers.DictField(),
+                },
+            ),
+            400: OpenApiResponse(description="Invalid input or draft rule"),
+            401: OpenApiResponse(description="Not authenticated"),
+            403: OpenApiResponse(description="Neither a client key nor staff, or room out of scope"),
+        },
+    )
+    def post(self, request: Any) -> Response:
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        values = data.validated_data
+        room = values["room_name"]
+        client = request.auth if hasattr(request.auth, "room_allowed") else None
+        if client is not None and not client.room_allowed(room):
+            raise Forbidden(f"room '{room}' is outside this client's room patterns", field="room_name")
+        draft = None
+        if "draft_rule" in values:
+            draft = self._draft(values["draft_rule"])
+        join = Join(
+            room_name=room,
+            participant_identity=values.get("participant_identity", ""),
+            participant_name=values.get("participant_name", ""),
+            attributes=values.get("participant_attributes", {}),
+            client=client.name if client else "",
+        )
+        return Response(rules_explain(join=join, draft=draft))
+
+    def _draft(self, raw: dict[str, Any]) -> RuleSpec:
+        data = self.DraftRuleSerializer(data=raw)
+        if not data.is_valid():
+            raise serializers.ValidationError({"draft_rule": data.errors})
+        v = data.validated_data
+        agent = Agent.objects.filter(agent_name=v["agent_name"]).first()
+        if agent is None:
+            raise ApplicationError(f"unknown agent '{v['agent_name']}'", field="draft_rule.agent_name")
+        identity = v.get("identity") or {}
+        spec = RuleSpec(
+            name=v["name"],
+            agent_name=agent.agent_name,
+            agent_enabled=agent.enabled,
+            room_kind=v["room"]["kind"],
+            room_value=v["room"]["value"],
+            priority=v["priority"],
+            identity_kind=identity.get("kind", ""),
+            identity_value=identity.get("value", ""),
+            attributes=v.get("attributes", {}),
+            default_metadata=agent.default_metadata,
+            metadata_template=v.get("metadata_template") or {},
+            delivery=v["delivery"],
+            stop=v["stop"],
+        )
+        try:
+            rule_compile(spec)
+        except RuleError as exc:
+            raise ApplicationError(exc.message, field=f"draft_rule.{exc.field}") from None
+        return spec

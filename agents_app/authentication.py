@@ -1,0 +1,56 @@
+"""API-key authentication: `Authorization: Bearer dpk_...` names an ApiClient."""
+
+from __future__ import annotations
+
+from rest_framework import authentication, exceptions, permissions
+
+from .selectors import ClientScope, api_client_by_key
+
+
+class ClientPrincipal:
+    """The request.user of a key-authenticated request."""
+
+    is_authenticated = True
+    is_staff = False
+    is_active = True
+
+    def __init__(self, client: ClientScope) -> None:
+        self.client = client
+
+    def __str__(self) -> str:
+        return f"api client {self.client.name}"
+
+
+class ApiClientAuthentication(authentication.BaseAuthentication):
+    def authenticate(self, request):  # type: ignore[no-untyped-def]
+        header = request.META.get("HTTP_AUTHORIZATION", "")
+        if not header:
+            return None
+        scheme, _, key = header.partition(" ")
+        key = key.strip()
+        if scheme.lower() != "bearer" or not key:
+            raise exceptions.AuthenticationFailed("Authorization must be 'Bearer <client key>'.")
+        client = api_client_by_key(key)
+        if client is None:
+            raise exceptions.AuthenticationFailed("Unknown API key.")
+        if not client.enabled:
+            raise exceptions.AuthenticationFailed("This API client is disabled.")
+        return ClientPrincipal(client), client
+
+    def authenticate_header(self, request) -> str:  # type: ignore[no-untyped-def]
+        return 'Bearer realm="api"'
+
+
+class IsApiClient(permissions.BasePermission):
+    message = "This endpoint needs an API client key: 'Authorization: Bearer dpk_...'."
+
+    def has_permission(self, request, view) -> bool:  # type: ignore[no-untyped-def]
+        return isinstance(request.auth, ClientScope)
+
+
+class IsApiClientOrStaff(permissions.BasePermission):
+    message = "Needs an API client key or a staff session."
+
+    def has_permission(self, request, view) -> bool:  # type: ignore[no-untyped-def]
+        user = request.user
+        return isinstance(request.auth, ClientScope) or bool(user and user.is_staff)

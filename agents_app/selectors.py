@@ -1,0 +1,159 @@
+"""Reads. The token path's whole configuration (compiled rules and client keys) is held per
+process and reloaded only when the rule-set change token in the cache moves, so a token
+request makes no database query in the steady state."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from dataclasses import dataclass
+
+from django.core.cache import cache
+from redis.exceptions import RedisError
+
+from .models import Agent, ApiClient, DispatchRule, RuleSetVersion
+from .rules import CompiledRule, Matcher, RuleError, RuleSet, RuleSpec, matcher_compile, rule_compile
+
+logger = logging.getLogger(__name__)
+CHANGE_TOKEN_KEY = "agents:ruleset-token"
+GRANT_FIELDS = ("can_publish", "can_subscribe", "can_publish_data", "can_update_own_metadata", "hidden")
+
+
+def key_digest(key: str) -> str:
+    """API keys are 32 random bytes: a plain SHA-256 is a safe digest for them."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class ClientScope:
+    """What one API client may do, as the token path needs it."""
+
+    id: int
+    name: str
+    enabled: bool
+    room_patterns: tuple[Matcher, ...]
+    agent_names: frozenset[str]
+    client_agents: bool
+    max_ttl_s: int
+    ceiling: dict[str, bool]
+    rate_limit_per_minute: int
+    room_name_template: str
+
+    def room_allowed(self, room_name: str) -> bool:
+        return any(p.match(room_name) is not None for p in self.room_patterns)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    token: str
+    version: int
+    rules: RuleSet
+    clients: dict[str, ClientScope]
+    agents: dict[str, bool]  # agent name -> enabled
+
+
+def rule_spec(rule: DispatchRule) -> RuleSpec:
+    agent = rule.agent
+    return RuleSpec(
+        name=rule.name,
+        agent_name=agent.agent_name,
+        room_kind=rule.room_match_kind,
+        room_value=rule.room_match_value,
+        priority=rule.priority,
+        enabled=rule.enabled,
+        agent_enabled=agent.enabled,
+        identity_kind=rule.identity_match_kind,
+        identity_value=rule.identity_match_value,
+        attributes=rule.attribute_conditions or {},
+        default_metadata=agent.default_metadata,
+        metadata_template=rule.metadata_template,
+        delivery=rule.delivery,
+        stop=rule.stop,
+    )
+
+
+def _client_scope(client: ApiClient) -> ClientScope:
+    patterns = []
+    for pattern in client.room_patterns or []:
+        try:
+            patterns.append(matcher_compile("glob", pattern))
+        except RuleError:
+            logger.warning("api client %s has an invalid room pattern", client.name)
+    return ClientScope(
+        id=client.pk,
+        name=client.name,
+        enabled=client.enabled,
+        room_patterns=tuple(patterns),
+        agent_names=frozenset(a.agent_name for a in client.agents.all()),
+        client_agents=client.client_agents,
+        max_ttl_s=client.max_ttl_s,
+        ceiling={f: getattr(client, f) for f in GRANT_FIELDS},
+        rate_limit_per_minute=client.rate_limit_per_minute,
+        room_name_template=client.room_name_template,
+    )
+
+
+def ruleset_build(
+    rules: list[DispatchRule] | None = None, *, extra: list[RuleSpec] = (), version: int = 0
+) -> RuleSet:
+    """Compile rules (all rows when None). A row that no longer compiles is skipped with a
+    warning rather than taking every token request down."""
+    if rules is None:
+        rules = list(DispatchRule.objects.select_related("agent"))
+    compiled: list[CompiledRule] = []
+    for spec in [rule_spec(r) for r in rules] + list(extra):
+        try:
+            compiled.append(rule_compile(spec))
+        except RuleError as exc:
+            logger.warning("rule %r skipped: %s: %s", spec.name, exc.field, exc.message)
+    return RuleSet(compiled, version=version)
+
+
+def _config_load(token: str) -> Config:
+    row = RuleSetVersion.objects.filter(ident=1).first()
+    clients = ApiClient.objects.prefetch_related("agents")
+    return Config(
+        token=token,
+        version=row.version if row else 0,
+        rules=ruleset_build(version=row.version if row else 0),
+        clients={c.key_digest: _client_scope(c) for c in clients},
+        agents=dict(Agent.objects.values_list("agent_name", "enabled")),
+    )
+
+
+_lock = threading.Lock()
+_current: Config | None = None
+
+
+def change_token_get() -> str:
+    try:
+        token = cache.get(CHANGE_TOKEN_KEY)
+    except (RedisError, OSError):  # Redis restarting must not fail token requests
+        logger.warning("cache unreachable; reading the rule-set token from the database")
+        token = None
+    if token is None:
+        row = RuleSetVersion.objects.filter(ident=1).first()
+        token = row.token if row else "initial"
+        try:
+            cache.add(CHANGE_TOKEN_KEY, token, None)
+        except (RedisError, OSError):
+            pass
+    return token
+
+
+def config_get() -> Config:
+    """The current configuration, compiled once per change of the rule set."""
+    global _current
+    token = change_token_get()
+    current = _current
+    if current is not None and current.token == token:
+        return current
+    with _lock:
+        if _current is None or _current.token != token:
+            _current = _config_load(token)
+        return _current
+
+
+def api_client_by_key(key: str) -> ClientScope | None:
+    return config_get().clients.get(key_digest(key))

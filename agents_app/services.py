@@ -1,0 +1,315 @@
+"""Writes and decisions: the rule-set version, API clients, token minting and rule explain."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import uuid
+from dataclasses import asdict, dataclass, field, replace
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.core.cache import cache
+from django.db import transaction
+from django.db.models import F
+from livekit.api import AccessToken, VideoGrants
+from livekit.protocol.agent_dispatch import RoomAgentDispatch
+from livekit.protocol.room import RoomConfiguration
+from redis.exceptions import RedisError
+
+from dispatchportal.exceptions import ApplicationError, Forbidden
+from rooms_app import selectors as room_selectors
+from rooms_app import services as room_services
+
+from . import ratelimit
+from .models import Agent, ApiClient, RuleSetVersion
+from .rules import AppliedAgent, Join, MetadataTooLarge, RuleSet, RuleSpec
+from .selectors import CHANGE_TOKEN_KEY, GRANT_FIELDS, ClientScope, config_get, key_digest, ruleset_build
+
+logger = logging.getLogger(__name__)
+KEY_PREFIX = "dpk_"
+DEFAULT_TTL_S = 6 * 3600
+
+
+class RateLimited(ApplicationError):
+    status_code = 429
+    code = "rate_limited"
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"over the client's rate limit; retry in {retry_after} s")
+        self.retry_after = retry_after
+
+
+# --- rule-set version ---------------------------------------------------------------------
+
+
+def ruleset_bump() -> None:
+    """Move the rule-set version. Readers in this transaction see the change at once; other
+    processes get a fresh token only after commit, so none caches rules from before it."""
+    token = uuid.uuid4().hex
+    if not RuleSetVersion.objects.filter(ident=1).update(version=F("version") + 1, token=token):
+        RuleSetVersion.objects.get_or_create(ident=1, defaults={"version": 1, "token": token})
+    _token_publish(f"{token}-uncommitted")
+    transaction.on_commit(lambda: _token_publish(token))
+
+
+def _token_publish(token: str) -> None:
+    try:
+        cache.set(CHANGE_TOKEN_KEY, token, None)
+    except (RedisError, OSError):
+        logger.warning("cache unreachable; rule-set change seen on the next cache miss")
+
+
+# --- API clients ---------------------------------------------------------------------------
+
+
+def api_key_generate() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+@transaction.atomic
+def api_client_create(
+    *,
+    name: str,
+    room_patterns: list[str],
+    agent_names: list[str] = (),
+    client_agents: bool = False,
+    max_ttl_s: int = DEFAULT_TTL_S,
+    **fields: Any,
+) -> tuple[ApiClient, str]:
+    """Create a client; returns it and its key, which is never stored or shown again."""
+    key = api_key_generate()
+    client = ApiClient(
+        name=name,
+        room_patterns=list(room_patterns),
+        client_agents=client_agents,
+        max_ttl_s=max_ttl_s,
+        key_prefix=key[:12],
+        key_digest=key_digest(key),
+        **fields,
+    )
+    client.full_clean()
+    client.save()
+    if agent_names:
+        agents = list(Agent.objects.filter(agent_name__in=agent_names))
+        missing = set(agent_names) - {a.agent_name for a in agents}
+        if missing:
+            raise ApplicationError(f"unknown agents: {', '.join(sorted(missing))}", field="agents")
+        client.agents.set(agents)
+    return client, key
+
+
+def api_client_rotate_key(*, client: ApiClient) -> str:
+    key = api_key_generate()
+    client.key_prefix = key[:12]
+    client.key_digest = key_digest(key)
+    client.save(update_fields=["key_prefix", "key_digest", "updated_at"])
+    return key
+
+
+# --- token minting --------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class TokenRequest:
+    """A validated token request (the LiveKit standard token endpoint body)."""
+
+    room_name: str = ""
+    participant_identity: str = ""
+    participant_name: str = ""
+    participant_metadata: str = ""
+    participant_attributes: dict[str, str] = field(default_factory=dict)
+    agents: list[dict[str, str]] = field(default_factory=list)  # from room_config.agents
+    ttl_s: int | None = None
+    grants: dict[str, bool] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class MintedToken:
+    server_url: str
+    participant_token: str
+    room_name: str
+    participant_identity: str
+    agents: list[AppliedAgent]
+    room_exists: bool = False
+
+
+def _room_from_template(template: str, identity: str) -> str:
+    return template.replace("{{uuid}}", uuid.uuid4().hex[:12]).replace("{{participant_identity}}", identity)
+
+
+def _client_agents(
+    client: ClientScope, requested: list[dict[str, str]], enabled: dict[str, bool]
+) -> list[AppliedAgent]:
+    if requested and not client.client_agents:
+        raise Forbidden("this client may not request agents itself", field="room_config.agents")
+    applied = []
+    for item in requested:
+        name = item["agent_name"]
+        if name not in client.agent_names:
+            raise Forbidden(f"agent '{name}' is not allowed for this client", field="room_config.agents")
+        if not enabled.get(name, False):
+            raise Forbidden(f"agent '{name}' is disabled", field="room_config.agents")
+        applied.append(AppliedAgent(name, "client", item.get("metadata", ""), "token"))
+    return applied
+
+
+def _grants(client: ClientScope, requested: dict[str, bool], room: str) -> VideoGrants:
+    for name, wanted in requested.items():
+        if wanted and not client.ceiling[name]:
+            raise Forbidden(f"'{name}' is above this client's grant ceiling", field=f"grants.{name}")
+    chosen = {f: client.ceiling[f] for f in GRANT_FIELDS if f not in ("hidden", "can_update_own_metadata")}
+    chosen.update(requested)
+    return VideoGrants(room_join=True, room=room, **chosen)
+
+
+def token_mint(*, client: ClientScope, request: TokenRequest) -> MintedToken:
+    """Mint a participant token within the client's scope, applying the matching rules."""
+    retry_after = ratelimit.hit(key=f"client:{client.id}", limit=client.rate_limit_per_minute)
+    if retry_after:
+        raise RateLimited(retry_after)
+
+    identity = request.participant_identity or f"user-{secrets.token_hex(6)}"
+    room = request.room_name
+    if not room:
+        if not client.room_name_template:
+            raise ApplicationError("room_name is required for this client", field="room_name")
+        room = _room_from_template(client.room_name_template, identity)
+    if not client.room_allowed(room):
+        raise Forbidden(f"room '{room}' is outside this client's room patterns", field="room_name")
+
+    ttl_s = request.ttl_s or min(DEFAULT_TTL_S, client.max_ttl_s)
+    if ttl_s > client.max_ttl_s:
+        raise Forbidden(f"ttl is above this client's maximum of {client.max_ttl_s} s", field="ttl")
+
+    config = config_get()
+    grants = _grants(client, request.grants, room)
+    requested = _client_agents(client, request.agents, config.agents)
+    join = Join(room, identity, request.participant_name, request.participant_attributes, client.name)
+    try:
+        agents = config.rules.evaluate(join).agents
+    except MetadataTooLarge as exc:
+        raise ApplicationError(str(exc), field="participant_attributes") from None
+    ruled = {a.agent_name for a in agents}
+    agents += [a for a in requested if a.agent_name not in ruled]
+    # LiveKit applies a token's agents only when that join creates the room
+    # (livekit/livekit#4390): for a room known to exist, dispatch them explicitly instead.
+    room_exists = bool(agents) and room_selectors.room_is_live(room_name=room)
+    if room_exists:
+        agents = [replace(a, delivery="explicit") for a in agents]
+
+    token = (
+        AccessToken(settings.LIVEKIT_API_KEY, settings.LIVEKIT_API_SECRET)
+        .with_identity(identity)
+        .with_name(request.participant_name)
+        .with_metadata(request.participant_metadata)
+        .with_grants(grants)
+        .with_ttl(timedelta(seconds=ttl_s))
+    )
+    if request.participant_attributes:
+        token.with_attributes(request.participant_attributes)
+    in_token = [a for a in agents if a.delivery == "token"]
+    if in_token:
+        token.with_room_config(
+            RoomConfiguration(
+                agents=[RoomAgentDispatch(agent_name=a.agent_name, metadata=a.metadata) for a in in_token]
+            )
+        )
+    minted = MintedToken(
+        server_url=settings.PUBLIC_LIVEKIT_URL,
+        participant_token=token.to_jwt(),
+        room_name=room,
+        participant_identity=identity,
+        agents=agents,
+        room_exists=room_exists,
+    )
+    if agents:
+        room_services.token_minted(
+            room_name=room, participant_identity=identity, agents=agents, client=client.name
+        )
+    return minted
+
+
+# --- explain --------------------------------------------------------------------------------
+
+
+def rules_explain(*, join: Join, draft: RuleSpec | None = None) -> dict[str, Any]:
+    """Every rule's verdict for this join, the RoomConfiguration it yields and the claims a
+    token would carry. `draft` is an unsaved rule evaluated alongside the saved ones (it
+    replaces a saved rule of the same name)."""
+    if draft is None:
+        ruleset: RuleSet = config_get().rules
+    else:
+        from .models import DispatchRule
+
+        rows = list(DispatchRule.objects.select_related("agent").exclude(name=draft.name))
+        ruleset = ruleset_build(rows, extra=[draft])
+    evaluation = ruleset.evaluate(join, explain=True)
+    in_token = [a for a in evaluation.agents if a.delivery == "token"]
+    room_config = {"agents": [{"agent_name": a.agent_name, "metadata": a.metadata} for a in in_token]}
+    claims: dict[str, Any] = {
+        "sub": join.participant_identity,
+        "name": join.participant_name,
+        "video": {"roomJoin": True, "room": join.room_name},
+    }
+    if join.attributes:
+        claims["attributes"] = dict(join.attributes)
+    if in_token:
+        claims["roomConfig"] = {
+            "agents": [
+                {"agentName": a.agent_name, **({"metadata": a.metadata} if a.metadata else {})}
+                for a in in_token
+            ]
+        }
+    return {
+        "room_name": join.room_name,
+        "participant_identity": join.participant_identity,
+        "rules": [asdict(v) for v in evaluation.verdicts],
+        "agents": [asdict(a) for a in evaluation.agents],
+        "room_config": room_config,
+        "token_claims": claims,
+    }
+
+
+# --- bulk admin actions ---------------------------------------------------------------------
+# queryset.update() sends no signals: each action bumps the rule-set version itself.
+
+
+@transaction.atomic
+def rules_set_enabled(*, rules: Any, enabled: bool) -> int:
+    count = rules.update(enabled=enabled)
+    ruleset_bump()
+    return count
+
+
+@transaction.atomic
+def rules_duplicate(*, rules: Any) -> int:
+    """Copy each rule, disabled, named 'copy of …' (a copy must not clash with its source)."""
+    from .models import DispatchRule
+
+    count = 0
+    for rule in rules:
+        copy = DispatchRule.objects.get(pk=rule.pk)
+        copy.pk = None
+        copy.name = _free_name(f"copy of {rule.name}")
+        copy.enabled = False
+        copy.save()
+        count += 1
+    return count
+
+
+def _free_name(base: str) -> str:
+    from .models import DispatchRule
+
+    name, n = base, 2
+    while DispatchRule.objects.filter(name=name).exists():
+        name, n = f"{base} ({n})", n + 1
+    return name
+
+
+@transaction.atomic
+def api_clients_revoke(*, clients: Any) -> int:
+    count = clients.update(enabled=False)
+    ruleset_bump()
+    return count

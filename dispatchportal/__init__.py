@@ -1,0 +1,5 @@
+"""Dispatch Portal: managed, visible, self-healing LiveKit agent dispatch."""
+
+from .celery import app as celery_app
+
+__all__ = ["celery_app"]

@@ -1,0 +1,166 @@
+"""Helpers for the emulator's contract tests: running the real LiveKit client, minting tokens,
+polling with a deadline, raw HTTP, and a webhook receiver."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, TypeVar
+
+from livekit import api
+
+from livekit_emulator import ServerHandle
+
+T = TypeVar("T")
+
+_no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def call(server: ServerHandle, fn: Callable[[api.LiveKitAPI], Awaitable[T]]) -> T:
+    """Run `fn` with a real LiveKitAPI client, built inside the running loop as it must be."""
+
+    async def main() -> T:
+        async with api.LiveKitAPI(server.url, server.api_key, server.api_secret) as client:
+            return await fn(client)
+
+    return asyncio.run(main())
+
+
+def call_with_token(server: ServerHandle, token: str, fn: Callable[[api.LiveKitAPI], Awaitable[T]]) -> T:
+    async def main() -> T:
+        async with api.LiveKitAPI.with_token(token, server.url) as client:
+            return await fn(client)
+
+    return asyncio.run(main())
+
+
+def token(
+    server: ServerHandle,
+    *,
+    identity: str = "",
+    grants: api.VideoGrants | None = None,
+    config: api.RoomConfiguration | None = None,
+    ttl: timedelta | None = None,
+    secret: str | None = None,
+    key: str | None = None,
+) -> str:
+    minted = api.AccessToken(key or server.api_key, secret or server.api_secret).with_identity(identity)
+    if grants is not None:
+        minted.with_grants(grants)
+    if config is not None:
+        minted.with_room_config(config)
+    if ttl is not None:
+        minted.with_ttl(ttl)
+    return minted.to_jwt()
+
+
+def join_token(
+    server: ServerHandle, room: str, identity: str, *, agents: list[tuple[str, str]] | None = None
+) -> str:
+    config = None
+    if agents is not None:
+        config = api.RoomConfiguration(
+            agents=[api.RoomAgentDispatch(agent_name=name, metadata=meta) for name, meta in agents]
+        )
+    return token(
+        server, identity=identity, grants=api.VideoGrants(room_join=True, room=room), config=config
+    )
+
+
+def eventually(check: Callable[[], T], *, timeout: float = 5.0, interval: float = 0.01) -> T:
+    """Poll until `check()` returns something truthy; fail with its last value at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s (last: {result!r})")
+        time.sleep(interval)
+
+
+def http(
+    method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with _no_proxy.open(request, timeout=5) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def jobs_of(dispatch: Any) -> list[Any]:
+    return list(dispatch.state.jobs)
+
+
+@dataclass
+class Received:
+    body: str
+    authorization: str
+    content_type: str
+    at: float
+
+    @property
+    def json(self) -> dict[str, Any]:
+        return json.loads(self.body)
+
+
+@dataclass
+class WebhookReceiver:
+    """A tiny HTTP server recording webhook deliveries; `fail_next` answers 500 that many times."""
+
+    url: str = ""
+    received: list[Received] = field(default_factory=list)
+    fail_next: int = 0
+    failures: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def events(self) -> list[str]:
+        with self._lock:
+            return [r.json["event"] for r in self.received]
+
+    def record(self, handler: BaseHTTPRequestHandler) -> int:
+        length = int(handler.headers.get("Content-Length", "0"))
+        body = handler.rfile.read(length).decode()
+        with self._lock:
+            if self.fail_next > 0:
+                self.fail_next -= 1
+                self.failures += 1
+                return 500
+            self.received.append(
+                Received(
+                    body=body,
+                    authorization=handler.headers.get("Authorization", ""),
+                    content_type=handler.headers.get("Content-Type", ""),
+                    at=time.monotonic(),
+                )
+            )
+        return 200
+
+
+def start_receiver() -> tuple[WebhookReceiver, ThreadingHTTPServer]:
+    receiver = WebhookReceiver()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (http.server naming)
+            status = receiver.record(self)
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    receiver.url = f"http://127.0.0.1:{httpd.server_address[1]}/livekit/webhook"
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return receiver, httpd
