@@ -25,6 +25,13 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/run_all.py
 
+# Debian's Chromium for the browser tests (Playwright drives /usr/bin/chromium; it never
+# downloads a browser). Needs root or sudo; does nothing when Chromium is already there.
+browser-deps:
+	@if [ -x /usr/bin/chromium ]; then echo "chromium: $$(/usr/bin/chromium --version 2>/dev/null)"; else \
+	  SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
+	  $$SUDO apt-get update && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y chromium chromium-driver; fi
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .

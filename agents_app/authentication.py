@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rest_framework import authentication, exceptions, permissions
 
-from .selectors import ClientScope, api_client_by_key
+from .selectors import ClientScope, Config, config_get, key_digest
 
 
 class ClientPrincipal:
@@ -14,8 +14,9 @@ class ClientPrincipal:
     is_staff = False
     is_active = True
 
-    def __init__(self, client: ClientScope) -> None:
+    def __init__(self, client: ClientScope, config: Config) -> None:
         self.client = client
+        self.config = config  # the configuration this request was authenticated against
 
     def __str__(self) -> str:
         return f"api client {self.client.name}"
@@ -30,12 +31,13 @@ class ApiClientAuthentication(authentication.BaseAuthentication):
         key = key.strip()
         if scheme.lower() != "bearer" or not key:
             raise exceptions.AuthenticationFailed("Authorization must be 'Bearer <client key>'.")
-        client = api_client_by_key(key)
+        config = config_get()
+        client = config.clients.get(key_digest(key))
         if client is None:
             raise exceptions.AuthenticationFailed("Unknown API key.")
         if not client.enabled:
             raise exceptions.AuthenticationFailed("This API client is disabled.")
-        return ClientPrincipal(client), client
+        return ClientPrincipal(client, config), client
 
     def authenticate_header(self, request) -> str:  # type: ignore[no-untyped-def]
         return 'Bearer realm="api"'

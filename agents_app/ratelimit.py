@@ -1,35 +1,24 @@
 """Fixed-window request counting shared by every process: one Redis round trip per request
-when Redis is configured (INCR + EXPIRE in a pipeline), the Django cache otherwise.
-Counting fails open: Redis restarting must not turn token requests into errors."""
+when Redis is configured (INCR + EXPIRE in a pipeline, which may carry the caller's other
+reads), the Django cache otherwise. Counting fails open: Redis restarting must not turn token
+requests into errors."""
 
 from __future__ import annotations
 
 import logging
 import time
-from functools import lru_cache
+from collections.abc import Callable
+from typing import Any
 
-import redis
-from django.conf import settings
 from django.core.cache import cache
-from redis.exceptions import RedisError
+
+from dispatchportal.redis import REDIS_ERRORS, redis_client, redis_key
 
 logger = logging.getLogger(__name__)
 WINDOW_S = 60
 
 
-@lru_cache(maxsize=1)
-def _redis() -> redis.Redis | None:
-    url = getattr(settings, "REDIS_URL", "")
-    return redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5) if url else None
-
-
-def _count(key: str) -> int:
-    client = _redis()
-    if client is not None:
-        pipe = client.pipeline(transaction=False)
-        pipe.incr(key)
-        pipe.expire(key, WINDOW_S * 2, nx=True)
-        return int(pipe.execute()[0])
+def _count_in_cache(key: str) -> int:
     if cache.add(key, 1, WINDOW_S * 2):
         return 1
     try:
@@ -39,16 +28,33 @@ def _count(key: str) -> int:
         return 1
 
 
-def hit(*, key: str, limit: int) -> int:
-    """Count one request; returns 0 when allowed, else the seconds until the window ends."""
+def hit(
+    *,
+    key: str,
+    limit: int,
+    with_pipeline: Callable[[Any], None] | None = None,
+    default: list[Any] = (),
+) -> tuple[int, list[Any]]:
+    """Count one request. Returns (0 when allowed, else the seconds until the window ends;
+    the results of the commands `with_pipeline` queued on the same Redis round trip, or
+    `default` when there was no Redis round trip)."""
     now = time.time()
     window = int(now // WINDOW_S)
-    prefix = getattr(settings, "CACHE_KEY_PREFIX", "dp")
+    counter = redis_key("rl", key, str(window))
+    client = redis_client()
     try:
-        count = _count(f"{prefix}:rl:{key}:{window}")
-    except (RedisError, OSError):
+        if client is None:
+            count, extra = _count_in_cache(counter), list(default)
+        else:
+            pipe = client.pipeline(transaction=False)
+            pipe.incr(counter)
+            pipe.expire(counter, WINDOW_S * 2, nx=True)
+            if with_pipeline is not None:
+                with_pipeline(pipe)
+            count, _, *extra = pipe.execute()
+    except REDIS_ERRORS:
         logger.warning("rate limit not counted: cache unreachable")
-        return 0
+        return 0, list(default)
     if count <= limit:
-        return 0
-    return max(1, int((window + 1) * WINDOW_S - now))
+        return 0, extra
+    return max(1, int((window + 1) * WINDOW_S - now)), extra

@@ -4,11 +4,14 @@ request makes no database query in the steady state."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import threading
+import time
 from dataclasses import dataclass
 
+from django.conf import settings
 from django.core.cache import cache
 from redis.exceptions import RedisError
 
@@ -124,6 +127,7 @@ def _config_load(token: str) -> Config:
 
 _lock = threading.Lock()
 _current: Config | None = None
+_checked_at = 0.0
 
 
 def change_token_get() -> str:
@@ -135,24 +139,36 @@ def change_token_get() -> str:
     if token is None:
         row = RuleSetVersion.objects.filter(ident=1).first()
         token = row.token if row else "initial"
-        try:
+        with contextlib.suppress(RedisError, OSError):
             cache.add(CHANGE_TOKEN_KEY, token, None)
-        except (RedisError, OSError):
-            pass
     return token
 
 
 def config_get() -> Config:
-    """The current configuration, compiled once per change of the rule set."""
-    global _current
-    token = change_token_get()
+    """The current configuration, compiled once per change of the rule set.
+
+    The shared change token is read at most every CONFIG_CHECK_INTERVAL_S per process (one
+    cache round trip saved on almost every token request); changes made in this process
+    apply at once (`config_invalidate`), other processes see them within the interval."""
+    global _current, _checked_at
     current = _current
+    now = time.monotonic()
+    if current is not None and now - _checked_at < settings.CONFIG_CHECK_INTERVAL_S:
+        return current
+    token = change_token_get()
+    _checked_at = now
     if current is not None and current.token == token:
         return current
     with _lock:
         if _current is None or _current.token != token:
             _current = _config_load(token)
         return _current
+
+
+def config_invalidate() -> None:
+    """Drop this process's compiled configuration (after a change made here)."""
+    global _current
+    _current = None
 
 
 def api_client_by_key(key: str) -> ClientScope | None:

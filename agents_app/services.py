@@ -25,7 +25,16 @@ from rooms_app import services as room_services
 from . import ratelimit
 from .models import Agent, ApiClient, RuleSetVersion
 from .rules import AppliedAgent, Join, MetadataTooLarge, RuleSet, RuleSpec
-from .selectors import CHANGE_TOKEN_KEY, GRANT_FIELDS, ClientScope, config_get, key_digest, ruleset_build
+from .selectors import (
+    CHANGE_TOKEN_KEY,
+    GRANT_FIELDS,
+    ClientScope,
+    Config,
+    config_get,
+    config_invalidate,
+    key_digest,
+    ruleset_build,
+)
 
 logger = logging.getLogger(__name__)
 KEY_PREFIX = "dpk_"
@@ -51,6 +60,7 @@ def ruleset_bump() -> None:
     if not RuleSetVersion.objects.filter(ident=1).update(version=F("version") + 1, token=token):
         RuleSetVersion.objects.get_or_create(ident=1, defaults={"version": 1, "token": token})
     _token_publish(f"{token}-uncommitted")
+    config_invalidate()
     transaction.on_commit(lambda: _token_publish(token))
 
 
@@ -164,12 +174,12 @@ def _grants(client: ClientScope, requested: dict[str, bool], room: str) -> Video
     return VideoGrants(room_join=True, room=room, **chosen)
 
 
-def token_mint(*, client: ClientScope, request: TokenRequest) -> MintedToken:
-    """Mint a participant token within the client's scope, applying the matching rules."""
-    retry_after = ratelimit.hit(key=f"client:{client.id}", limit=client.rate_limit_per_minute)
-    if retry_after:
-        raise RateLimited(retry_after)
+def token_mint(*, client: ClientScope, request: TokenRequest, config: Config | None = None) -> MintedToken:
+    """Mint a participant token within the client's scope, applying the matching rules.
+    `config` is the configuration the caller authenticated against (saves a second look-up).
 
+    One Redis round trip before minting (rate limit + whether the room is live) and one after
+    (the ledger hand-off, only when agents apply); no database query."""
     identity = request.participant_identity or f"user-{secrets.token_hex(6)}"
     room = request.room_name
     if not room:
@@ -183,9 +193,19 @@ def token_mint(*, client: ClientScope, request: TokenRequest) -> MintedToken:
     if ttl_s > client.max_ttl_s:
         raise Forbidden(f"ttl is above this client's maximum of {client.max_ttl_s} s", field="ttl")
 
-    config = config_get()
+    config = config or config_get()
     grants = _grants(client, request.grants, room)
     requested = _client_agents(client, request.agents, config.agents)
+
+    live_key = room_selectors.room_live_key(room)
+    retry_after, (room_live,) = ratelimit.hit(
+        key=f"client:{client.id}",
+        limit=client.rate_limit_per_minute,
+        with_pipeline=lambda pipe: pipe.exists(live_key),
+        default=[None],
+    )
+    if retry_after:
+        raise RateLimited(retry_after)
     join = Join(room, identity, request.participant_name, request.participant_attributes, client.name)
     try:
         agents = config.rules.evaluate(join).agents
@@ -195,7 +215,9 @@ def token_mint(*, client: ClientScope, request: TokenRequest) -> MintedToken:
     agents += [a for a in requested if a.agent_name not in ruled]
     # LiveKit applies a token's agents only when that join creates the room
     # (livekit/livekit#4390): for a room known to exist, dispatch them explicitly instead.
-    room_exists = bool(agents) and room_selectors.room_is_live(room_name=room)
+    if agents and room_live is None:  # no Redis (embedded) or Redis unreachable
+        room_live = room_selectors.room_is_live(room_name=room)
+    room_exists = bool(agents and room_live)
     if room_exists:
         agents = [replace(a, delivery="explicit") for a in agents]
 

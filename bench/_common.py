@@ -2,7 +2,8 @@
 production) and the rule sets they load.
 
 Every benchmark process, and every server it starts, gets the same environment from
-`bench_env()`, so the portal under test is configured exactly once, here.
+`bench_env()`, so the portal under test is configured exactly once, here. The benchmarks own
+their database and Redis database: they truncate and flush them.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ def bench_env() -> dict[str, str]:
         DJANGO_ENV="development",
         DEBUG="0",  # DEBUG keeps every query in memory and is not how anyone serves tokens
         LOG_LEVEL="WARNING",
+        # `make run` collects static files, a benchmark does not: whitenoise's warning is noise.
+        PYTHONWARNINGS="ignore:No directory at:UserWarning",
         DATABASE_URL=DATABASE_URL,
         REDIS_URL=REDIS_URL,
         CACHE_KEY_PREFIX="bench",
@@ -69,14 +72,28 @@ def django_setup() -> None:
     django.setup()
 
 
+def machine() -> str:
+    """Cores and load: this machine is shared, and the figures mean little without them."""
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return f"{os.cpu_count()} cores, load average {load} before the run"
+
+
+def redis_flush() -> None:
+    import redis
+
+    redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).flushdb()
+
+
 def services_prepare() -> None:
-    """Create and migrate the benchmark database; check Redis answers. Exits with a clear
+    """Create and migrate the benchmark database; empty the benchmark's Redis database. Exits with a clear
     message when either service is missing, since figures without them would mislead."""
     import psycopg
     import redis
 
     try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+        # Also drops what an earlier run left: rate-limit counters and the task messages the
+        # token path enqueues (no Celery worker consumes them during a benchmark).
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).flushdb()
     except redis.RedisError as exc:
         raise SystemExit(f"Redis at {REDIS_URL} is not reachable ({exc}); set BENCH_REDIS_URL") from None
     target = DATABASE_URL.rsplit("/", 1)
@@ -85,7 +102,9 @@ def services_prepare() -> None:
             if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (target[1],)).fetchone():
                 conn.execute(f'CREATE DATABASE "{target[1]}"')
     except psycopg.Error as exc:
-        raise SystemExit(f"PostgreSQL at {DATABASE_URL} is not usable ({exc}); set BENCH_DATABASE_URL") from None
+        raise SystemExit(
+            f"PostgreSQL at {DATABASE_URL} is not usable ({exc}); set BENCH_DATABASE_URL"
+        ) from None
     subprocess.run(
         [sys.executable, "manage.py", "migrate", "--noinput", "-v0"], cwd=ROOT, env=bench_env(), check=True
     )

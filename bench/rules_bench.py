@@ -2,11 +2,12 @@
 compiled rules cost a worker in memory.
 
 Latency is measured in-process through the token view (DRF request, authentication, rate
-limit in Redis, rule evaluation, signing, JSON rendering), p50 of a few thousand requests,
-each rule count in a fresh process. Memory is the resident set of a fresh process that has
-loaded the WSGI application and served one token request, with 10,000 rules minus with none.
+limit in Redis, rule evaluation, signing, the ledger hand-off, JSON rendering): p50 of a few
+thousand requests, each rule count in a fresh process, best of two rounds. Memory is the
+resident set of a fresh process that has loaded the WSGI application and served one token
+request, with 10,000 rules minus with none.
 
-    .venv/bin/python bench/rules_bench.py [--requests 3000]
+    .venv/bin/python bench/rules_bench.py [--requests 3000] [--rounds 2]
 
 Targets: p50 at 10,000 rules within 1.5x of p50 at 10 rules; at most 50 MB more memory.
 Exits 1 when a target is missed.
@@ -88,9 +89,8 @@ def measure_latency(key: str, requests: int) -> dict[str, float]:
 def measure_memory(key: str) -> dict[str, float]:
     """In a fresh process: load the WSGI app as a gunicorn worker does, serve one token
     request (which compiles the rule set), then read the resident set."""
-    from dispatchportal.wsgi import application  # noqa: F401  what a worker holds
-
     from agents_app.selectors import config_get
+    from dispatchportal.wsgi import application  # noqa: F401  what a worker holds
 
     _token_view_caller(key)()
     gc.collect()
@@ -121,6 +121,7 @@ def _in_fresh_process(mode: str, key: str, requests: int) -> dict[str, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=3000, help="measured token requests per rule count")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds over all rule counts; best p50 kept")
     parser.add_argument("--measure", choices=["latency", "memory"], help=argparse.SUPPRESS)
     parser.add_argument("--key", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -133,15 +134,25 @@ def main() -> int:
         print(json.dumps(measure_memory(args.key)))
         return 0
 
-    from bench._common import ruleset_load, services_prepare
+    from bench._common import machine, redis_flush, ruleset_load, services_prepare
 
+    load = machine()
     services_prepare()
-    print(f"rules bench: token view in-process, {args.requests} requests per rule count, PostgreSQL + Redis")
-    p50: dict[int, float] = {}
-    for count in RULE_COUNTS:
-        key = ruleset_load(count)
-        result = _in_fresh_process("latency", key, args.requests)
-        p50[count] = result["p50_us"]
+    print(
+        f"rules bench: token view in-process, {args.requests} requests per rule count, best of "
+        f"{args.rounds} rounds, PostgreSQL + Redis; {load}"
+    )
+    # The machine is shared: each rule count is measured in every round and its best round
+    # kept, so a burst of someone else's load during one count does not decide the ratio.
+    best: dict[int, dict[str, float]] = {}
+    for _ in range(args.rounds):
+        for count in RULE_COUNTS:
+            key = ruleset_load(count)
+            result = _in_fresh_process("latency", key, args.requests)
+            if count not in best or result["p50_us"] < best[count]["p50_us"]:
+                best[count] = result
+    p50 = {count: result["p50_us"] for count, result in best.items()}
+    for result in best.values():
         print(
             f"rules={int(result['rules'])}: token p50 {result['p50_us']:.0f} us, p90 {result['p90_us']:.0f} us, "
             f"rule evaluation p50 {result['evaluate_p50_us']:.1f} us"
@@ -160,6 +171,7 @@ def main() -> int:
             f"worker RSS with {count} rules: {memory[count]['rss_mb']:.1f} MB "
             f"(peak {memory[count]['peak_rss_mb']:.1f} MB)"
         )
+    redis_flush()  # the task messages the measured token requests enqueued
     extra = memory[RULE_COUNTS[-1]]["rss_mb"] - memory[0]["rss_mb"]
     memory_ok = extra <= MEMORY_TARGET_MB
     print(

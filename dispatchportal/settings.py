@@ -5,6 +5,8 @@ Embedded defaults (SQLite, a filesystem Celery broker, LiveKit at 127.0.0.1:7880
 removes every default for a secret and refuses to start without them.
 """
 
+import contextlib
+import os
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -65,6 +67,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "dispatchportal.logging.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -95,9 +98,17 @@ TEMPLATES = [
 ]
 
 DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}")}
+# Keep connections across requests and tasks (checked before reuse): opening a PostgreSQL
+# connection costs more than a whole webhook's work. `?conn_max_age=` in the URL overrides.
+if not DATABASES["default"].get("CONN_MAX_AGE"):
+    DATABASES["default"]["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=60)
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Several processes (gunicorn, worker, beat) share the file: wait for locks.
     DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
+    # Take the write lock when a transaction begins: a read-then-write transaction racing
+    # another writer would otherwise fail at once with "database is locked" (no busy wait).
+    DATABASES["default"]["OPTIONS"]["transaction_mode"] = "IMMEDIATE"
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-db.sqlite3")}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -106,12 +117,14 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # local processes can share without any server.
 REDIS_URL = env.str("REDIS_URL", default="")
 CACHE_KEY_PREFIX = env.str("CACHE_KEY_PREFIX", default="dp")
+# How often each process checks whether rules, agents or API clients changed elsewhere.
+CONFIG_CHECK_INTERVAL_S = env.float("CONFIG_CHECK_INTERVAL_S", default=1.0)
 if REDIS_URL:
     CELERY_BROKER_URL = REDIS_URL
     CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
     CACHES = {
         "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "BACKEND": "dispatchportal.cache.RedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": CACHE_KEY_PREFIX,
         }
@@ -119,12 +132,16 @@ if REDIS_URL:
 else:
     _broker_dir = VAR_DIR / "broker"
     CELERY_BROKER_URL = "filesystem://"
+    CELERY_BROKER_TRANSPORT = "dispatchportal.broker:Transport"  # kombu's, with atomic writes
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_broker_dir / "queue"),
         "data_folder_out": str(_broker_dir / "queue"),
         "processed_folder": str(_broker_dir / "processed"),
+        "control_folder": str(_broker_dir / "control"),
         "store_processed": False,
     }
+    for _folder in ("queue", "processed", "control"):
+        (_broker_dir / _folder).mkdir(parents=True, exist_ok=True)
     CACHES = {
         "default": {
             "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
@@ -139,8 +156,16 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SOFT_TIME_LIMIT = 60
 CELERY_TASK_TIME_LIMIT = 90
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# Workers log through LOGGING below (JSON with room, agent, dispatch and request ids), not
+# through the plain-text handler Celery would otherwise put on the root logger.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TIMEZONE = "UTC"
 RECONCILE_INTERVAL_S = env.int("RECONCILE_INTERVAL_S", default=30)
+# Dispatch lifecycle (rooms_app): LiveKit retries and reconcile fan-out.
+DISPATCH_RETRY_BACKOFF_S = env.float("DISPATCH_RETRY_BACKOFF_S", default=1.0)
+DISPATCH_RETRY_BACKOFF_MAX_S = env.float("DISPATCH_RETRY_BACKOFF_MAX_S", default=60.0)
+DISPATCH_MAX_RETRIES = env.int("DISPATCH_MAX_RETRIES", default=8)
+RECONCILE_CONCURRENCY = env.int("RECONCILE_CONCURRENCY", default=16)
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -180,6 +205,12 @@ SPECTACULAR_SETTINGS = {
 
 # Prometheus /metrics: with METRICS_TOKEN only for that bearer; without it loopback only.
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+# Every process (gunicorn workers, Celery, manage.py) writes its samples here and /metrics sums
+# them. prometheus_client picks its storage when first imported, so this runs before that.
+PROMETHEUS_MULTIPROC_DIR = os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(VAR_DIR / "prometheus"))
+# Unwritable: metrics are then not recorded (a warning says so); the portal still runs.
+with contextlib.suppress(OSError):
+    Path(PROMETHEUS_MULTIPROC_DIR).mkdir(parents=True, exist_ok=True)
 
 LOGGING = {
     "version": 1,
@@ -190,7 +221,8 @@ LOGGING = {
             "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s",
         },
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "json"}},
+    "filters": {"context": {"()": "dispatchportal.logging.ContextFilter"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "json", "filters": ["context"]}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }

@@ -1,13 +1,20 @@
-"""Top-level routes: admin, the versioned API, the LiveKit webhook and the schema."""
+"""Top-level routes: admin (with the dashboard and doctor pages), the versioned API, the LiveKit
+webhook, Prometheus metrics and the schema."""
 
 from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from .admin_urls import admin_urlpatterns
+from .metrics import metrics_view
+
 urlpatterns = [
+    *admin_urlpatterns(),  # before admin/: admin's catch-all would answer them with a 404
     path("admin/", admin.site.urls),
     path("api/v1/", include("agents_app.urls")),
+    path("", include("rooms_app.doctor_urls")),
     path("", include("rooms_app.urls")),
+    path("metrics", metrics_view, name="metrics"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
 ]

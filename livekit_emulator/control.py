@@ -5,6 +5,7 @@ reset. JSON in and out; the shapes are documented in README.md and kept stable."
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -12,7 +13,7 @@ from google.protobuf import json_format
 from livekit.protocol.room import RoomConfiguration
 
 from . import auth, protos
-from .state import (
+from .models import (
     AgentSpec,
     DisconnectReason,
     Dispatch,
@@ -42,6 +43,9 @@ _TOKEN_KINDS = {
 }
 
 
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+
+
 class BadRequest(Exception):
     pass
 
@@ -63,21 +67,35 @@ async def _body(request: web.Request) -> dict[str, Any]:
     return body
 
 
-def _number(body: dict[str, Any], key: str, default: float | None = 0.0, *, maximum: float | None = None):
-    value = body.get(key, default)
-    if value is None and default is None:
-        return None
+def _number(body: dict[str, Any], key: str, *, maximum: float | None = None) -> float:
+    value = body.get(key)
+    if value is None:
+        return 0.0
     if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
         raise BadRequest(f"{key} must be a non-negative number")
     if maximum is not None and value > maximum:
         raise BadRequest(f"{key} must be at most {maximum}")
-    return value
+    return float(value)
 
 
 def _only(body: dict[str, Any], allowed: set[str]) -> None:
     unknown = set(body) - allowed
     if unknown:
         raise BadRequest(f"unknown fields: {', '.join(sorted(unknown))}")
+
+
+def _json_errors(handler: Handler) -> Handler:
+    """Turns a control handler's exceptions into JSON errors."""
+
+    async def wrapped(request: web.Request) -> web.Response:
+        try:
+            return await handler(request)
+        except BadRequest as exc:
+            return _error(400, str(exc))
+        except EmulatorError as exc:
+            return _error(STATUS.get(exc.code, 500), exc.message)
+
+    return wrapped
 
 
 # -- JSON views of the state ---------------------------------------------------------------
@@ -168,28 +186,19 @@ class ControlAPI:
         self.server = server
 
     def routes(self) -> list[web.RouteDef]:
-        return [
-            web.post("/_emulator/join", self.join),
-            web.post("/_emulator/leave", self.leave),
-            web.post("/_emulator/workers", self.add_worker),
-            web.delete("/_emulator/workers/{agent_name:.*}", self.remove_workers),
-            web.post("/_emulator/faults", self.set_faults),
-            web.post("/_emulator/webhooks", self.set_webhooks),
-            web.get("/_emulator/webhooks", self.get_webhooks),
-            web.post("/_emulator/rooms", self.create_rooms),
-            web.get("/_emulator/state", self.state),
-            web.post("/_emulator/reset", self.reset),
+        routes = [
+            ("POST", "/_emulator/join", self.join),
+            ("POST", "/_emulator/leave", self.leave),
+            ("POST", "/_emulator/workers", self.add_worker),
+            ("DELETE", "/_emulator/workers/{agent_name:.*}", self.remove_workers),
+            ("POST", "/_emulator/faults", self.set_faults),
+            ("POST", "/_emulator/webhooks", self.set_webhooks),
+            ("GET", "/_emulator/webhooks", self.get_webhooks),
+            ("POST", "/_emulator/rooms", self.create_rooms),
+            ("GET", "/_emulator/state", self.state),
+            ("POST", "/_emulator/reset", self.reset),
         ]
-
-    @web.middleware
-    async def errors(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        """Turns the control handlers' exceptions into JSON errors."""
-        try:
-            return await handler(request)
-        except BadRequest as exc:
-            return _error(400, str(exc))
-        except EmulatorError as exc:
-            return _error(STATUS.get(exc.code, 500), exc.message)
+        return [web.route(method, path, _json_errors(handler)) for method, path, handler in routes]
 
     async def join(self, request: web.Request) -> web.Response:
         """A participant connects with its token, validated as LiveKit's /rtc endpoint does."""
@@ -204,9 +213,12 @@ class ControlAPI:
             return _error(401, str(exc))
         config = None
         if claims.room_config:
-            parsed = json_format.ParseDict(
-                claims.room_config, RoomConfiguration(), ignore_unknown_fields=True
-            )
+            try:
+                parsed = json_format.ParseDict(
+                    claims.room_config, RoomConfiguration(), ignore_unknown_fields=True
+                )
+            except json_format.ParseError as exc:
+                return _error(401, f"invalid token: error: bad roomConfig: {exc}")
             config = protos.room_config(parsed)
         video = claims.video
         participant, created = self.server.emulator.join(
@@ -256,7 +268,9 @@ class ControlAPI:
             agent_name,
             behavior,
             delay_ms=_number(body, "delay_ms"),
-            crash_after_ms=_number(body, "crash_after_ms", None),
+            crash_after_ms=_number(body, "crash_after_ms")
+            if body.get("crash_after_ms") is not None
+            else None,
             capacity=capacity,
         )
         return web.json_response(worker_json(worker))
@@ -334,13 +348,16 @@ class ControlAPI:
             )
             room, created = emulator.get_or_create_room(spec["name"], config)
             for p in spec.get("participants") or []:
+                kind = str(p.get("kind", "STANDARD")).upper()
+                if kind not in ParticipantKind.__members__:
+                    raise BadRequest(f"unknown participant kind {kind!r}")
                 emulator.join(
                     room.name,
                     str(p.get("identity", "")),
                     name=str(p.get("name", "")),
                     metadata=str(p.get("metadata", "")),
                     attributes=dict(p.get("attributes") or {}),
-                    kind=ParticipantKind[str(p.get("kind", "STANDARD")).upper()],
+                    kind=ParticipantKind[kind],
                 )
             answer.append({"name": room.name, "sid": room.sid, "created": created})
         return web.json_response({"rooms": answer})

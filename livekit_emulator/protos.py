@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from livekit.protocol import agent, agent_dispatch, models, webhook
 from livekit.protocol import room as room_pb
 
-from .state import AgentSpec, Dispatch, Job, Participant, Room, RoomConfig, new_id
+from .models import AgentSpec, Dispatch, Job, Participant, Room, RoomConfig, new_id
 
 _NS = 1_000_000_000
 
@@ -108,4 +108,6 @@ def webhook_event(
     message = webhook.WebhookEvent(event=event, room=room_proto(room), id=new_id("EV_"), created_at=int(now))
     if participant is not None:
         message.participant.CopyFrom(participant_proto(participant))
+    if event == "room_finished":
+        message.room_end_reason = int(room.end_reason)
     return message

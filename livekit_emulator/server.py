@@ -19,6 +19,7 @@ import hmac
 import ipaddress
 import logging
 import random
+import signal
 import threading
 import time
 from collections.abc import Mapping
@@ -31,7 +32,8 @@ from .auth import KeyRing
 from .client import ControlClient
 from .control import PREFIX as CONTROL_PREFIX
 from .control import ControlAPI
-from .state import Emulator, Faults, Participant, Room
+from .models import Faults, Participant, Room
+from .state import Emulator
 from .twirp import PREFIX as TWIRP_PREFIX
 from .twirp import TwirpAPI, error_response
 from .webhooks import WebhookSender, WebhookSettings
@@ -47,9 +49,12 @@ SWEEP_INTERVAL = 0.05
 
 def _is_loopback(host: str | None) -> bool:
     try:
-        return host is not None and ipaddress.ip_address(host).is_loopback
+        address = ipaddress.ip_address(host or "")
     except ValueError:
         return False
+    # On a dual-stack socket an IPv4 client shows up as ::ffff:127.0.0.1.
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
 
 
 class EmulatorServer:
@@ -93,16 +98,17 @@ class EmulatorServer:
 
     @property
     def _url_host(self) -> str:
-        host = "127.0.0.1" if self.host in ("", "0.0.0.0") else self.host
+        # A wildcard bind address is not something to connect to; loopback reaches it.
+        host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
         return f"[{host}]" if ":" in host else host
 
     async def start(self) -> None:
         control = ControlAPI(self)
-        api_app = web.Application(middlewares=[self._guard, control.errors])
+        api_app = web.Application(middlewares=[self._guard])
         api_app.add_routes(control.routes())
         api_app.router.add_get("/", self._health)
         api_app.router.add_route("*", TWIRP_PREFIX + "{route:.*}", TwirpAPI(self.emulator, self.keys).handle)
-        control_app = web.Application(middlewares=[self._guard, control.errors])
+        control_app = web.Application(middlewares=[self._guard])
         control_app.add_routes(control.routes())
 
         self._api_runner = web.AppRunner(api_app, access_log=None, handle_signals=False)
@@ -190,7 +196,7 @@ class EmulatorServer:
         if faults.latency_ms:
             await asyncio.sleep(faults.latency_ms / 1000)
         if faults.timeout_rate and self._random.random() < faults.timeout_rate:
-            with contextlib.suppress(asyncio.TimeoutError):
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._faults_changed.wait(), HANG_SECONDS)
             return error_response("unavailable", "request held by the timeout fault")
         if faults.error_rate and self._random.random() < faults.error_rate:
@@ -287,12 +293,16 @@ async def _started(**kwargs: Any) -> EmulatorServer:
 
 
 async def serve(**kwargs: Any) -> None:
-    """Run until cancelled (the command line's main loop)."""
+    """The command line's main loop: run until SIGTERM or SIGINT, then shut down cleanly."""
     server = await _started(**kwargs)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
     print(
         f"livekit_emulator listening on {server.url} (control API also on {server.control_url})", flush=True
     )
     try:
-        await asyncio.Event().wait()
+        await stopping.wait()
     finally:
         await server.stop()

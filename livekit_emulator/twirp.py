@@ -17,7 +17,8 @@ from livekit.protocol import agent_dispatch
 from livekit.protocol import room as room_pb
 
 from . import auth, protos
-from .state import Emulator, EmulatorError
+from .models import EmulatorError
+from .state import Emulator
 
 PREFIX = "/twirp/"
 
@@ -59,9 +60,7 @@ def error_response(
     body: dict[str, Any] = {"code": code, "msg": message}
     if meta:
         body["meta"] = meta
-    return web.Response(
-        status=status or STATUS.get(code, 500), body=json.dumps(body).encode(), headers=_JSON
-    )
+    return web.Response(status=status or STATUS.get(code, 500), body=json.dumps(body).encode(), headers=_JSON)
 
 
 @dataclass(slots=True)
@@ -214,7 +213,9 @@ class TwirpAPI:
         auth.ensure_admin(call.claims, req.room)
         permission = None
         if req.HasField("permission"):
-            permission = {f.name: v for f, v in req.permission.ListFields() if isinstance(v, bool)}
+            # Every flag, false ones included: proto3 does not mark a false bool as set.
+            fields = req.permission.DESCRIPTOR.fields
+            permission = {f.name: getattr(req.permission, f.name) for f in fields if f.type == f.TYPE_BOOL}
         participant = self.emulator.update_participant(
             req.room,
             req.identity,

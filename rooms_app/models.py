@@ -54,7 +54,9 @@ class Room(models.Model):
     )
     last_token_at = models.DateTimeField("last token", null=True, blank=True)
     tokens_minted = models.PositiveIntegerField(
-        "tokens with agents", default=0, help_text="Tokens minted for this room that carried or applied agents."
+        "tokens with agents",
+        default=0,
+        help_text="Tokens minted for this room that carried or applied agents.",
     )
     existed_before_token = models.BooleanField(
         "existed before the first token",
@@ -102,9 +104,7 @@ class Dispatch(models.Model):
         TOKEN = "token", "In the participant token"
         EXPLICIT = "explicit", "Explicit CreateDispatch"
 
-    room = models.ForeignKey(
-        Room, verbose_name="room", on_delete=models.CASCADE, related_name="dispatches"
-    )
+    room = models.ForeignKey(Room, verbose_name="room", on_delete=models.CASCADE, related_name="dispatches")
     agent = models.ForeignKey(
         "agents_app.Agent",
         verbose_name="agent",
@@ -141,7 +141,9 @@ class Dispatch(models.Model):
         help_text="For token dispatches: the identity of the participant whose token carried the agent.",
     )
     metadata = models.TextField(
-        "job metadata", blank=True, help_text='What the job gets as ctx.job.metadata, e.g. {"language": "en"}.'
+        "job metadata",
+        blank=True,
+        help_text='What the job gets as ctx.job.metadata, e.g. {"language": "en"}.',
     )
     status = models.CharField(
         "status", max_length=16, choices=Status.choices, default=Status.PENDING, db_index=True
@@ -161,7 +163,22 @@ class Dispatch(models.Model):
     livekit_dispatch_id = models.CharField(
         "LiveKit dispatch id", max_length=64, blank=True, db_index=True, help_text="e.g. 'AD_x1y2z3'."
     )
-    livekit_job_id = models.CharField("LiveKit job id", max_length=64, blank=True, help_text="e.g. 'AJ_x1y2z3'.")
+    request_tries = models.PositiveSmallIntegerField(
+        "CreateDispatch tries",
+        default=0,
+        help_text="How many times the portal started CreateDispatch for this row; more than one "
+        "means a retry, which looks up LiveKit's dispatches first.",
+    )
+    request_lease_until = models.DateTimeField(
+        "request lease until",
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="While set and in the future, one task run is talking to LiveKit for this row.",
+    )
+    livekit_job_id = models.CharField(
+        "LiveKit job id", max_length=64, blank=True, help_text="e.g. 'AJ_x1y2z3'."
+    )
     participant_identity = models.CharField(
         "agent participant",
         max_length=256,
@@ -200,7 +217,9 @@ class Dispatch(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.agent_name or '(unnamed)'} in {self.room.name if self.room_id else '?'} #{self.attempt}"
+        return (
+            f"{self.agent_name or '(unnamed)'} in {self.room.name if self.room_id else '?'} #{self.attempt}"
+        )
 
     @property
     def is_live(self) -> bool:
@@ -233,6 +252,14 @@ class WebhookEvent(models.Model):
     event = models.CharField("event", max_length=48, help_text="e.g. 'room_started'.")
     room_name = models.CharField("room", max_length=256, blank=True)
     participant_identity = models.CharField("participant", max_length=256, blank=True)
+    agent_name = models.CharField(
+        "agent name",
+        max_length=128,
+        blank=True,
+        db_index=True,
+        help_text="For an agent participant, the name its worker registered with (lk.agent_name): "
+        "names seen recently show typos, e.g. 'support-agnet'.",
+    )
     created_at = models.DateTimeField("sent", null=True, blank=True, help_text="LiveKit's createdAt.")
     received_at = models.DateTimeField("received", auto_now_add=True, db_index=True)
 

@@ -9,10 +9,6 @@ import pytest
 from rest_framework.test import APIClient
 
 pytest_plugins = ["livekit_emulator.pytest_plugin"]
-import importlib.util  # noqa: E402  TEMP until the emulator lands
-
-if importlib.util.find_spec("livekit_emulator.pytest_plugin") is None:  # TEMP
-    pytest_plugins = []
 
 REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES") == "1"
 
@@ -40,7 +36,7 @@ def _isolated_cache(settings, tmp_path) -> None:
     if settings.REDIS_URL:
         settings.CACHES = {
             "default": {
-                "BACKEND": "django.core.cache.backends.redis.RedisCache",
+                "BACKEND": "dispatchportal.cache.RedisCache",
                 "LOCATION": settings.REDIS_URL,
                 "KEY_PREFIX": prefix,
             }

@@ -82,14 +82,15 @@ def test_mints_a_verifiable_token_with_rule_agents(api, settings, setup):
         ("interviewer", {"lang": "en", "candidate": "42", "who": "cand-1"}),
         ("note-taker", {}),
     ]
-    assert body["dispatch"]["agents"] == [
+    applied = [{**a, "metadata": json.loads(a["metadata"] or "{}")} for a in body["dispatch"]["agents"]]
+    assert applied == [
         {
             "agent_name": "interviewer",
             "rule": "interviews",
             "delivery": "token",
-            "metadata": '{"lang":"en","candidate":"42","who":"cand-1"}',
+            "metadata": {"lang": "en", "candidate": "42", "who": "cand-1"},
         },
-        {"agent_name": "note-taker", "rule": "notes everywhere", "delivery": "token", "metadata": ""},
+        {"agent_name": "note-taker", "rule": "notes everywhere", "delivery": "token", "metadata": {}},
     ]
 
 

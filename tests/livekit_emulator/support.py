@@ -70,9 +70,7 @@ def join_token(
         config = api.RoomConfiguration(
             agents=[api.RoomAgentDispatch(agent_name=name, metadata=meta) for name, meta in agents]
         )
-    return token(
-        server, identity=identity, grants=api.VideoGrants(room_join=True, room=room), config=config
-    )
+    return token(server, identity=identity, grants=api.VideoGrants(room_join=True, room=room), config=config)
 
 
 def eventually(check: Callable[[], T], *, timeout: float = 5.0, interval: float = 0.01) -> T:
@@ -162,5 +160,5 @@ def start_receiver() -> tuple[WebhookReceiver, ThreadingHTTPServer]:
 
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     receiver.url = f"http://127.0.0.1:{httpd.server_address[1]}/livekit/webhook"
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
     return receiver, httpd

@@ -91,7 +91,5 @@ def test_room_admin_only_covers_its_own_room(livekit_server):
     )
     assert list(mine.participants) == []
     with pytest.raises(api.TwirpError) as error:
-        call_with_token(
-            livekit_server, jwt, lambda lk: lk.agent_dispatch.list_dispatch("room-b")
-        )
+        call_with_token(livekit_server, jwt, lambda lk: lk.agent_dispatch.list_dispatch("room-b"))
     assert error.value.code == "unauthenticated"

@@ -67,14 +67,22 @@ def test_a_room_created_without_agents_gets_the_implicit_empty_dispatch(livekit_
 @pytest.mark.parametrize(
     ("make_token", "message"),
     [
-        (lambda s: token(s, identity="x", grants=api.VideoGrants(room_join=True, room="r"), secret="y" * 40), "invalid token"),
+        (
+            lambda s: token(
+                s, identity="x", grants=api.VideoGrants(room_join=True, room="r"), secret="y" * 40
+            ),
+            "invalid token",
+        ),
         (
             lambda s: token(
                 s, identity="x", grants=api.VideoGrants(room_join=True, room="r"), ttl=timedelta(minutes=-5)
             ),
             "invalid token",
         ),
-        (lambda s: token(s, identity="x", grants=api.VideoGrants(room_admin=True, room="r")), "permissions denied"),
+        (
+            lambda s: token(s, identity="x", grants=api.VideoGrants(room_admin=True, room="r")),
+            "permissions denied",
+        ),
     ],
     ids=["bad-signature", "expired", "no-roomJoin"],
 )

@@ -55,7 +55,9 @@ def test_unknown_participants_and_rooms(livekit_server):
 def test_update_room_metadata_and_its_size_limit(livekit_server):
     async def scenario(lk: api.LiveKitAPI):
         await lk.room.create_room(api.CreateRoomRequest(name="meta"))
-        updated = await lk.room.update_room_metadata(api.UpdateRoomMetadataRequest(room="meta", metadata="v2"))
+        updated = await lk.room.update_room_metadata(
+            api.UpdateRoomMetadataRequest(room="meta", metadata="v2")
+        )
         try:
             await lk.room.update_room_metadata(
                 api.UpdateRoomMetadataRequest(room="meta", metadata="x" * (512 * 1024 + 1))
@@ -84,7 +86,10 @@ def test_create_room_on_an_existing_room_updates_it(livekit_server):
 
 
 def test_max_participants_refuses_one_more(livekit_server):
-    call(livekit_server, lambda lk: lk.room.create_room(api.CreateRoomRequest(name="small", max_participants=1)))
+    call(
+        livekit_server,
+        lambda lk: lk.room.create_room(api.CreateRoomRequest(name="small", max_participants=1)),
+    )
     livekit_server.control.join(join_token(livekit_server, "small", "alice"))
 
     with pytest.raises(ControlError) as error:
@@ -103,7 +108,9 @@ def test_delete_room_disconnects_everyone(livekit_server):
 
 
 def test_empty_timeout_closes_a_room_nobody_joined(livekit_server):
-    call(livekit_server, lambda lk: lk.room.create_room(api.CreateRoomRequest(name="unused", empty_timeout=1)))
+    call(
+        livekit_server, lambda lk: lk.room.create_room(api.CreateRoomRequest(name="unused", empty_timeout=1))
+    )
     assert "unused" in _room_names(livekit_server)
 
     eventually(lambda: "unused" not in _room_names(livekit_server), timeout=3)
@@ -122,3 +129,20 @@ def test_departure_timeout_closes_a_room_after_the_last_person_leaves(livekit_se
     livekit_server.control.leave("meeting", "bob")
 
     eventually(lambda: "meeting" not in _room_names(livekit_server), timeout=3)
+
+
+def test_update_participant(livekit_server):
+    livekit_server.control.join(join_token(livekit_server, "edit", "alice"))
+    request = api.UpdateParticipantRequest(
+        room="edit",
+        identity="alice",
+        name="Alice",
+        metadata="m",
+        attributes={"role": "host"},
+        permission=api.ParticipantPermission(can_subscribe=True, can_publish=False),
+    )
+
+    updated = call(livekit_server, lambda lk: lk.room.update_participant(request))
+
+    assert (updated.name, updated.metadata, dict(updated.attributes)) == ("Alice", "m", {"role": "host"})
+    assert updated.permission.can_subscribe and not updated.permission.can_publish

@@ -31,7 +31,9 @@ def test_protobuf_create_and_list_rooms(livekit_server):
 
 def test_json_uses_proto_field_names_with_defaults(livekit_server):
     url = livekit_server.url + "/twirp/livekit.RoomService/CreateRoom"
-    status, headers, body = http("POST", url, b'{"name": "json-room", "emptyTimeout": 7}', _admin_headers(livekit_server))
+    status, headers, body = http(
+        "POST", url, b'{"name": "json-room", "emptyTimeout": 7}', _admin_headers(livekit_server)
+    )
 
     assert status == 200 and headers["Content-Type"] == "application/json"
     room = json.loads(body)

@@ -1,0 +1,20 @@
+"""Admin pages that belong to no single model: the dispatch dashboard and the doctor.
+
+They are plain views wrapped in `admin.site.admin_view` (staff login, CSRF, never cached) and
+routed before `admin/` in the root URLconf, so no app's ModelAdmin has to own them. The admin
+index gets a "Dispatch health" box linking to both.
+"""
+
+from django.contrib import admin
+from django.urls import URLPattern, path
+
+from rooms_app.dashboard import dashboard_view, doctor_view
+
+admin.site.index_template = "admin/dashboard/index.html"
+
+
+def admin_urlpatterns() -> list[URLPattern]:
+    return [
+        path("admin/dispatch-dashboard/", admin.site.admin_view(dashboard_view), name="dispatch-dashboard"),
+        path("admin/dispatch-doctor/", admin.site.admin_view(doctor_view), name="dispatch-doctor"),
+    ]

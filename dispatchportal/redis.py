@@ -1,0 +1,30 @@
+"""One Redis client per process for the hot paths that need raw commands (pipelines, lists):
+rate limits, room-live markers and the token-event queue. None without REDIS_URL, when
+callers fall back to the Django cache or Celery."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import redis
+from django.conf import settings
+from kombu.exceptions import KombuError
+from redis.exceptions import RedisError
+
+# What a Redis (or broker) outage looks like to callers that must keep serving without it.
+REDIS_ERRORS = (RedisError, OSError)
+BROKER_ERRORS = (KombuError, *REDIS_ERRORS)
+
+
+@lru_cache(maxsize=4)
+def _client(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+
+
+def redis_client() -> redis.Redis | None:
+    return _client(settings.REDIS_URL) if settings.REDIS_URL else None
+
+
+def redis_key(*parts: str) -> str:
+    """A key in the portal's namespace (CACHE_KEY_PREFIX), apart from the Django cache's."""
+    return ":".join((settings.CACHE_KEY_PREFIX, *parts))

@@ -1,0 +1,291 @@
+"""REST endpoints of the dispatch lifecycle and the LiveKit webhook receiver.
+
+Thin views: validate input, call one service or selector, serialize the answer. Errors are
+the project's exceptions, turned into `{"error", "detail"}` by the project's handler.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema, extend_schema_serializer
+from rest_framework import serializers, status
+from rest_framework.permissions import AllowAny
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from agents_app.authentication import IsApiClientOrStaff
+from agents_app.selectors import ClientScope
+from dispatchportal.exceptions import Conflict, Forbidden
+
+from .models import Dispatch
+from .selectors import dispatch_get, dispatch_next_attempt, room_state
+from .services import dispatch_api_create, dispatch_cancel
+from .webhooks import webhook_receive
+
+MAX_NAME_LENGTH = 256
+MAX_METADATA_BYTES = 64 * 1024
+
+
+def _error(description: str) -> OpenApiResponse:
+    return OpenApiResponse(
+        response=OpenApiTypes.OBJECT,
+        description=description + ' Body: {"error": code, "detail": message or {field: [messages]}}.',
+    )
+
+
+class StrictString(serializers.CharField):
+    """A string, not anything that can be made one (123 is an error), without control
+    characters: what LiveKit accepts as a room or agent name."""
+
+    default_error_messages = {"invalid": "Must be a string."}
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("trim_whitespace", False)
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        value = super().to_internal_value(data)
+        if any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise serializers.ValidationError("Must not contain control characters.")
+        return value
+
+
+class StrictInput(serializers.Serializer):
+    """Unknown fields are an error naming them, not silently dropped."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if not isinstance(data, dict):
+            raise serializers.ValidationError({"non_field_errors": ["Expected a JSON object."]})
+        unknown = sorted(set(data) - set(self.fields))
+        if unknown:
+            raise serializers.ValidationError({name: ["Unknown field."] for name in unknown})
+        return super().to_internal_value(data)
+
+
+class DispatchEventSerializer(serializers.Serializer):
+    at = serializers.DateTimeField()
+    previous_status = serializers.CharField()
+    status = serializers.CharField()
+    detail = serializers.CharField()
+
+
+class DispatchOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    room_name = serializers.CharField(source="room.name")
+    agent_name = serializers.CharField()
+    status = serializers.ChoiceField(choices=Dispatch.Status.choices)
+    source = serializers.ChoiceField(choices=Dispatch.Source.choices)
+    delivery = serializers.ChoiceField(choices=Dispatch.Delivery.choices)
+    attempt = serializers.IntegerField()
+    metadata = serializers.CharField()
+    livekit_dispatch_id = serializers.CharField()
+    participant_identity = serializers.CharField(help_text="The agent's participant identity once joined.")
+    last_error = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    requested_at = serializers.DateTimeField(allow_null=True)
+    job_assigned_at = serializers.DateTimeField(allow_null=True)
+    joined_at = serializers.DateTimeField(allow_null=True)
+    left_at = serializers.DateTimeField(allow_null=True)
+    ended_at = serializers.DateTimeField(allow_null=True)
+    deadline_at = serializers.DateTimeField(allow_null=True)
+    replaces = serializers.IntegerField(source="previous_id", allow_null=True)
+    replaced_by = serializers.IntegerField(
+        allow_null=True, help_text="The next attempt, when this one failed and was re-dispatched."
+    )
+    events = DispatchEventSerializer(many=True, help_text="The timeline, oldest first.")  # Meta.ordering
+
+
+def _dispatch_body(dispatch: Dispatch) -> dict[str, Any]:
+    nxt = dispatch_next_attempt(dispatch=dispatch)
+    dispatch.replaced_by = nxt.pk if nxt else None  # type: ignore[attr-defined]
+    return DispatchOutputSerializer(dispatch).data
+
+
+def _scope(request: Any) -> ClientScope | None:
+    """The caller's client scope; None for a staff session (everything in scope)."""
+    return request.auth if isinstance(request.auth, ClientScope) else None
+
+
+def _who(request: Any) -> str:
+    scope = _scope(request)
+    return scope.name if scope is not None else f"staff:{request.user.get_username()}"
+
+
+class DispatchCreateApi(APIView):
+    """Ask for an agent in a room (explicit dispatch), within the client's scope."""
+
+    permission_classes = [IsApiClientOrStaff]
+
+    # Named components: every view's nested serializer is called Input/Output.
+    @extend_schema_serializer(component_name="DispatchCreateInput")
+    class InputSerializer(StrictInput):
+        room_name = StrictString(max_length=MAX_NAME_LENGTH, help_text="e.g. 'support-1234'")
+        agent_name = StrictString(max_length=128, help_text="e.g. 'support-agent'")
+        metadata = StrictString(
+            required=False,
+            allow_blank=True,
+            help_text="Job metadata (ctx.job.metadata), e.g. '{\"ticket\": 1234}'. Default: the agent's "
+            "default metadata.",
+        )
+
+        def validate_metadata(self, value: str) -> str:
+            if len(value.encode()) > MAX_METADATA_BYTES:
+                raise serializers.ValidationError(f"Over {MAX_METADATA_BYTES} bytes.")
+            return value
+
+    @extend_schema(
+        operation_id="dispatch_create",
+        request=InputSerializer,
+        responses={
+            202: OpenApiResponse(DispatchOutputSerializer, description="Recorded; the agent is on its way."),
+            200: OpenApiResponse(
+                DispatchOutputSerializer,
+                description="The agent already has a live dispatch in the room: that one.",
+            ),
+            400: _error("Malformed JSON, a wrong type or size; the field is named."),
+            401: _error("Missing, unknown or disabled key."),
+            403: _error("Agent or room outside the client's scope, or agent disabled."),
+            404: _error("Unknown agent."),
+        },
+        examples=[
+            OpenApiExample(
+                "request",
+                value={"room_name": "support-1234", "agent_name": "support-agent"},
+                request_only=True,
+            )
+        ],
+    )
+    def post(self, request: Any) -> Response:
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        values = data.validated_data
+        dispatch, created = dispatch_api_create(
+            client=_scope(request),
+            requested_by=_who(request),
+            room_name=values["room_name"],
+            agent_name=values["agent_name"],
+            metadata=values.get("metadata"),
+        )
+        code = status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK
+        return Response(_dispatch_body(dispatch), status=code)
+
+
+class DispatchDetailApi(APIView):
+    """One dispatch with its timeline; DELETE cancels it and removes the agent."""
+
+    permission_classes = [IsApiClientOrStaff]
+
+    @extend_schema(
+        operation_id="dispatch_retrieve",
+        responses={
+            200: DispatchOutputSerializer,
+            401: _error("Missing, unknown or disabled key."),
+            404: _error("No such dispatch in the client's rooms."),
+        },
+    )
+    def get(self, request: Any, dispatch_id: int) -> Response:
+        dispatch = dispatch_get(dispatch_id=dispatch_id, client=_scope(request))
+        return Response(_dispatch_body(dispatch))
+
+    @extend_schema(
+        operation_id="dispatch_cancel",
+        responses={
+            202: OpenApiResponse(
+                DispatchOutputSerializer, description="Cancelled; the LiveKit dispatch is being deleted."
+            ),
+            401: _error("Missing, unknown or disabled key."),
+            404: _error("No such dispatch in the client's rooms."),
+            409: _error("The dispatch had already ended."),
+        },
+    )
+    def delete(self, request: Any, dispatch_id: int) -> Response:
+        dispatch = dispatch_get(dispatch_id=dispatch_id, client=_scope(request))
+        if not dispatch_cancel(dispatch=dispatch, by=_who(request)):
+            dispatch.refresh_from_db()
+            raise Conflict(f"dispatch {dispatch.pk} has already ended ({dispatch.status})")
+        return Response(_dispatch_body(dispatch), status=status.HTTP_202_ACCEPTED)
+
+
+class WantedAgentSerializer(serializers.Serializer):
+    agent_name = serializers.CharField()
+    status = serializers.ChoiceField(choices=Dispatch.Status.choices)
+    dispatch_id = serializers.IntegerField()
+    attempt = serializers.IntegerField()
+    source = serializers.CharField()
+    participant_identity = serializers.CharField()
+    joined_at = serializers.DateTimeField(allow_null=True)
+    last_error = serializers.CharField()
+
+
+class RoomDetailApi(APIView):
+    """Which agents the portal wants in a room and whether they are there.
+
+    A browser asks this instead of only waiting for a participantConnected event it may have
+    missed (the agent can join before the browser connects)."""
+
+    permission_classes = [IsApiClientOrStaff]
+
+    @extend_schema_serializer(component_name="RoomState")
+    class OutputSerializer(serializers.Serializer):
+        room_name = serializers.CharField()
+        status = serializers.CharField(
+            help_text="unknown, pending (token minted, not started), active or finished."
+        )
+        sid = serializers.CharField()
+        num_participants = serializers.IntegerField()
+        ready = serializers.BooleanField(
+            help_text="Every wanted agent has joined (false when none is wanted)."
+        )
+        agents = WantedAgentSerializer(many=True)
+
+    @extend_schema(
+        operation_id="room_retrieve",
+        responses={
+            200: OutputSerializer,
+            401: _error("Missing, unknown or disabled key."),
+            403: _error("Room outside the client's room patterns."),
+        },
+    )
+    def get(self, request: Any, room_name: str) -> Response:
+        scope = _scope(request)
+        if scope is not None and not scope.room_allowed(room_name):
+            raise Forbidden(f"room '{room_name}' is outside this client's room patterns", field="room_name")
+        state = room_state(room_name=room_name)
+        body = {
+            "room_name": state.room_name,
+            "status": state.status,
+            "sid": state.sid,
+            "num_participants": state.num_participants,
+            "ready": state.ready,
+            "agents": state.agents,
+        }
+        return Response(self.OutputSerializer(body).data)
+
+
+class LiveKitWebhookApi(APIView):
+    """LiveKit's webhooks (configure LiveKit's `webhook.urls` to this path, signed with the
+    portal's API key). The body is read raw: its hash is part of the signature."""
+
+    authentication_classes: list[Any] = []
+    permission_classes = [AllowAny]
+
+    @extend_schema_serializer(component_name="WebhookAck")
+    class OutputSerializer(serializers.Serializer):
+        ok = serializers.BooleanField()
+        event = serializers.CharField()
+        id = serializers.CharField()
+        duplicate = serializers.BooleanField(help_text="Already handled (LiveKit redelivered it).")
+
+    @extend_schema(
+        operation_id="livekit_webhook",
+        request={"application/webhook+json": OpenApiTypes.OBJECT},
+        responses={200: OutputSerializer, 401: _error("Bad signature or body hash; nothing recorded.")},
+    )
+    def post(self, request: Any) -> Response:
+        outcome = webhook_receive(body=request.body, authorization=request.META.get("HTTP_AUTHORIZATION", ""))
+        body = {"ok": True, "event": outcome.event, "id": outcome.event_id, "duplicate": outcome.duplicate}
+        return Response(self.OutputSerializer(body).data)

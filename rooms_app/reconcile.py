@@ -1,0 +1,665 @@
+"""The reconcile pass: make the ledger agree with LiveKit, and LiveKit with the rules.
+
+Webhooks can be lost, workers die, self-hosted LiveKit never re-dispatches: this pass is the
+safety net. Periodic (django-celery-beat, default every 30 s), `manage.py reconcile`, and the
+admin's "reconcile now". One pass:
+
+1. asks LiveKit for its rooms (one ListRooms), then the participants of every room where the
+   portal wants an agent (ListParticipants, concurrently, bounded by a semaphore);
+2. reads the ledger in a fixed number of queries, whatever the number of rooms;
+3. in one transaction, with bulk writes: records new and restarted rooms, closes rows of rooms
+   that are gone, marks agents joined or left, re-dispatches agents that left a live room,
+   applies explicit-delivery rules to rooms that lack their agents (rooms made by other apps,
+   SIP, the token path on an existing room), and records managed agents it finds unrecorded;
+4. after commit, enqueues the LiveKit work: CreateDispatch for new rows, join-deadline checks
+   whose task was lost, dispatches stuck in `pending`.
+
+The implicit agent_name="" dispatch and agents the portal does not manage are ignored. Only
+one pass runs at a time: a Redis lock with REDIS_URL, else a file lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Case, Value, When
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from agents_app.models import Agent
+from agents_app.rules import Join
+from agents_app.selectors import config_get
+from dispatchportal import metrics
+
+from . import services
+from .livekit_client import LiveKit, LiveKitError, LkParticipant, LkRoom, livekit_run
+from .models import LIVE_STATUSES, WAITING_STATUSES, Dispatch, DispatchEvent, Room, WebhookEvent
+
+logger = logging.getLogger(__name__)
+
+S = Dispatch.Status
+LOCK_TIMEOUT_S = 300
+# A pending explicit dispatch untouched this long has lost its task (broker restart, the
+# filesystem broker without acks): send it again. Longer than the longest retry backoff.
+STALE_PENDING_S = 90
+# An overdue join deadline this late has lost its check task.
+OVERDUE_GRACE_S = 5
+# A token minted for a room that never started is forgotten after the longest token TTL.
+PENDING_ROOM_EXPIRY_S = 6 * 3600
+WEBHOOK_EVENT_RETENTION = timedelta(days=2)
+BULK_BATCH = 500
+NAME_CHUNK = 5000
+
+
+@dataclass(slots=True)
+class ReconcileReport:
+    rooms_in_livekit: int = 0
+    rooms_checked: int = 0
+    rooms_recorded: int = 0
+    rooms_closed: int = 0
+    agents_joined: int = 0
+    agents_left: int = 0
+    agents_adopted: int = 0
+    dispatched: int = 0
+    redispatched: int = 0
+    gave_up: int = 0
+    deadline_checks: int = 0
+    requeued: int = 0
+    tokens_expired: int = 0
+    livekit_errors: int = 0
+    skipped: bool = False
+    error: str = ""
+    duration_s: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def repaired(self) -> int:
+        """Drift this pass repaired (for metrics and admin messages)."""
+        return (
+            self.rooms_recorded
+            + self.rooms_closed
+            + self.agents_joined
+            + self.agents_left
+            + self.agents_adopted
+            + self.dispatched
+            + self.requeued
+            + self.tokens_expired
+        )
+
+
+@contextlib.contextmanager
+def reconcile_lock() -> Iterator[bool]:
+    """One pass at a time across processes: yields whether this caller holds the lock."""
+    if settings.REDIS_URL:
+        import redis
+
+        client = redis.Redis.from_url(settings.REDIS_URL)
+        lock = client.lock(f"{settings.CACHE_KEY_PREFIX}:rooms:reconcile-lock", timeout=LOCK_TIMEOUT_S)
+        acquired = bool(lock.acquire(blocking=False))
+        try:
+            yield acquired
+        finally:
+            if acquired:
+                with contextlib.suppress(Exception):  # expired meanwhile: nothing to release
+                    lock.release()
+            client.close()
+        return
+    path = Path(settings.VAR_DIR) / "reconcile.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def reconcile_run(*, room_names: Sequence[str] | None = None) -> ReconcileReport:
+    """One pass over every room (or only `room_names`). A pass already running elsewhere
+    makes this one a no-op (`skipped`)."""
+    started = time.monotonic()
+    report = ReconcileReport()
+    with reconcile_lock() as acquired:
+        if not acquired:
+            report.skipped = True
+            return report
+        try:
+            _Pass(report, list(room_names) if room_names is not None else None).run()
+        except LiveKitError as exc:
+            report.error = exc.message
+            logger.warning("reconcile: LiveKit unavailable: %s", exc.message)
+    report.duration_s = round(time.monotonic() - started, 3)
+    metrics.reconcile_report_record(report=report)
+    logger.info("reconcile pass done", extra={k: v for k, v in report.as_dict().items() if k != "notes"})
+    return report
+
+
+@dataclass(slots=True)
+class _NewDispatch:
+    room: Room
+    agent: Agent
+    source: str
+    status: str
+    detail: str
+    metadata: str
+    rule_name: str = ""
+    requested_by: str = ""
+    attempt: int = 1
+    previous_id: int | None = None
+    participant_identity: str = ""
+    joined_at: datetime | None = None
+
+
+class _Pass:
+    def __init__(self, report: ReconcileReport, scope: list[str] | None) -> None:
+        self.report = report
+        self.scope = scope
+        self.now = timezone.now()
+        self.events: list[DispatchEvent] = []
+        self.new_dispatches: list[_NewDispatch] = []
+        self.enqueue_request: list[int] = []
+        self.enqueue_deadline: list[int] = []
+        self.marks: dict[str, bool] = {}
+
+    # -- LiveKit ---------------------------------------------------------------------------
+
+    def _participants(self, names: list[str]) -> dict[str, list[LkParticipant]]:
+        concurrency = max(1, int(getattr(settings, "RECONCILE_CONCURRENCY", 16)))
+
+        async def fetch(client: LiveKit) -> dict[str, list[LkParticipant]]:
+            semaphore = asyncio.Semaphore(concurrency)
+            answers: dict[str, list[LkParticipant]] = {}
+
+            async def one(name: str) -> None:
+                async with semaphore:
+                    try:
+                        answers[name] = await client.list_participants(name)
+                    except LiveKitError as exc:
+                        # One room's failure must not stop the pass; it is looked at next time.
+                        self.report.livekit_errors += 1
+                        if len(self.report.notes) < 20:
+                            self.report.notes.append(f"{name}: {exc.message}")
+
+            await asyncio.gather(*(one(name) for name in names))
+            return answers
+
+        return livekit_run(fetch) if names else {}
+
+    # -- the pass --------------------------------------------------------------------------
+
+    def run(self) -> None:
+        lk_rooms = livekit_run(lambda client: client.list_rooms(self.scope or ()))
+        in_livekit = {r.name: r for r in lk_rooms}
+        self.report.rooms_in_livekit = len(in_livekit)
+
+        ledger = self._ledger_rooms(in_livekit)
+        live = self._live_dispatches(ledger)
+        agents = {a.agent_name: a for a in Agent.objects.all()}
+        self.agents_by_pk = {a.pk: a for a in agents.values()}
+        rules = config_get().rules
+
+        live_by_room: dict[int, list[Dispatch]] = defaultdict(list)
+        for dispatch in live:
+            live_by_room[dispatch.room_id].append(dispatch)
+
+        # Which rooms need their participants: those where the portal wants an agent.
+        wanted_by_rule: dict[str, list[Any]] = {}
+        to_check: list[str] = []
+        for name in in_livekit:
+            explicit = [
+                a
+                for a in rules.evaluate(Join(room_name=name)).agents
+                if a.delivery == "explicit" and a.agent_name and a.agent_name in agents
+            ]
+            if explicit:
+                wanted_by_rule[name] = explicit
+            room = ledger.get(name)
+            has_live = room is not None and room.pk is not None and bool(live_by_room.get(room.pk))
+            if explicit or has_live:
+                to_check.append(name)
+        participants = self._participants(to_check)
+        self.report.rooms_checked = len(participants)
+
+        with transaction.atomic():
+            rooms = self._rooms_write(in_livekit, ledger, live_by_room)
+            self._compare(rooms, participants, live_by_room, wanted_by_rule, agents)
+            self._dispatches_write()
+            DispatchEvent.objects.bulk_create(self.events, batch_size=BULK_BATCH)
+            WebhookEvent.objects.filter(received_at__lt=self.now - WEBHOOK_EVENT_RETENTION).delete()
+            for dispatch_id in self.enqueue_request:
+                services.enqueue("dispatch_request", dispatch_id)
+            for dispatch_id in self.enqueue_deadline:
+                services.enqueue("dispatch_deadline", dispatch_id)
+            # Every room LiveKit has is marked live (refreshing markers the cache lost).
+            services.room_live_marks(
+                live=list(in_livekit),
+                finished=[name for name, live_now in self.marks.items() if not live_now],
+            )
+
+    def _ledger_rooms(self, in_livekit: dict[str, LkRoom]) -> dict[str, Room]:
+        fields = ("id", "name", "sid", "status", "num_participants", "started_at", "created_at")
+        if self.scope is not None:
+            query = Room.objects.filter(name__in=self.scope)
+        else:
+            query = Room.objects.filter(status__in=(Room.Status.PENDING, Room.Status.ACTIVE))
+        ledger = {room.name: room for room in query.only(*fields)}
+        # Rooms LiveKit has that the ledger holds as finished (restarted) or never saw.
+        missing = [name for name in in_livekit if name not in ledger]
+        for start in range(0, len(missing), NAME_CHUNK):
+            chunk = missing[start : start + NAME_CHUNK]
+            ledger.update({room.name: room for room in Room.objects.filter(name__in=chunk).only(*fields)})
+        return ledger
+
+    def _live_dispatches(self, ledger: dict[str, Room]) -> list[Dispatch]:
+        query = Dispatch.objects.filter(status__in=LIVE_STATUSES).select_related("agent")
+        if self.scope is not None:
+            query = query.filter(room__name__in=self.scope)
+        return list(query)
+
+    # -- rooms -----------------------------------------------------------------------------
+
+    def _rooms_write(
+        self, in_livekit: dict[str, LkRoom], ledger: dict[str, Room], live_by_room: dict[int, list[Dispatch]]
+    ) -> dict[str, Room]:
+        now = self.now
+        created: list[Room] = []
+        changed: list[Room] = []
+        new_sessions: list[Room] = []
+        for name, lk_room in in_livekit.items():
+            room = ledger.get(name)
+            if room is None:
+                room = Room(
+                    name=name,
+                    sid=lk_room.sid,
+                    status=Room.Status.ACTIVE,
+                    started_at=lk_room.created_at or now,
+                    last_seen_at=now,
+                    num_participants=lk_room.num_participants,
+                )
+                created.append(room)
+                ledger[name] = room
+                self.marks[name] = True
+                continue
+            dirty = False
+            if room.status != Room.Status.ACTIVE or (lk_room.sid and room.sid != lk_room.sid):
+                if room.sid and lk_room.sid and room.sid != lk_room.sid:
+                    new_sessions.append(room)
+                room.status = Room.Status.ACTIVE
+                room.sid = lk_room.sid or room.sid
+                room.started_at = lk_room.created_at or room.started_at or now
+                room.finished_at = None
+                self.marks[name] = True
+                dirty = True
+            if room.num_participants != lk_room.num_participants:
+                room.num_participants = lk_room.num_participants
+                dirty = True
+            if dirty:
+                changed.append(room)
+        if created:
+            Room.objects.bulk_create(created, batch_size=BULK_BATCH)
+            self.report.rooms_recorded += len(created)
+        if changed:
+            Room.objects.bulk_update(
+                changed,
+                ["status", "sid", "started_at", "finished_at", "num_participants"],
+                batch_size=BULK_BATCH,
+            )
+            self.report.rooms_recorded += sum(1 for r in changed if self.marks.get(r.name))
+        for room in new_sessions:
+            services.session_close_previous(room=room, started_at=room.started_at or now)
+            began = room.started_at or now
+            live_by_room[room.pk] = [
+                d
+                for d in live_by_room.get(room.pk, [])
+                if d.status == S.PENDING or services.livekit_took_at(d) >= began
+            ]
+
+        # Rooms the ledger holds as live that LiveKit no longer has.
+        gone = [
+            room
+            for name, room in ledger.items()
+            if name not in in_livekit and room.status == Room.Status.ACTIVE
+        ]
+        expired = [
+            room
+            for name, room in ledger.items()
+            if name not in in_livekit
+            and room.status == Room.Status.PENDING
+            and room.created_at < now - timedelta(seconds=PENDING_ROOM_EXPIRY_S)
+        ]
+        if gone:
+            self._rooms_close(
+                gone,
+                live_by_room,
+                to=S.ROOM_CLOSED,
+                detail="the room no longer exists in LiveKit (reconcile)",
+            )
+            self.report.rooms_closed += len(gone)
+        if expired:
+            self._rooms_close(
+                expired,
+                live_by_room,
+                to=S.CANCELLED,
+                detail="no participant ever joined with the token (reconcile)",
+            )
+            self.report.tokens_expired += len(expired)
+        seen = Room.objects.filter(status=Room.Status.ACTIVE)
+        if self.scope is not None:
+            seen = seen.filter(name__in=self.scope)
+        seen.update(last_seen_at=now)
+        return {name: room for name, room in ledger.items() if name in in_livekit}
+
+    def _rooms_close(
+        self, rooms: list[Room], live_by_room: dict[int, list[Dispatch]], *, to: str, detail: str
+    ) -> None:
+        ids = [room.pk for room in rooms]
+        for start in range(0, len(ids), NAME_CHUNK):
+            Room.objects.filter(pk__in=ids[start : start + NAME_CHUNK]).update(
+                status=Room.Status.FINISHED, finished_at=self.now, num_participants=0
+            )
+        closing = [d for room in rooms for d in live_by_room.pop(room.pk, [])]
+        self._transition_bulk(closing, to=to, detail=detail)
+        for room in rooms:
+            self.marks[room.name] = False
+
+    # -- agents ----------------------------------------------------------------------------
+
+    def _compare(
+        self,
+        rooms: dict[str, Room],
+        participants: dict[str, list[LkParticipant]],
+        live_by_room: dict[int, list[Dispatch]],
+        wanted_by_rule: dict[str, list[Any]],
+        agents: dict[str, Agent],
+    ) -> None:
+        joins: list[tuple[Dispatch, LkParticipant]] = []
+        lefts: list[Dispatch] = []
+        candidates: list[tuple[Room, str, Any, LkParticipant | None]] = []  # room, agent name, rule, present
+        for name, present in participants.items():
+            room = rooms[name]
+            # Agents without lk.agent_name (older SDKs) still match by their recorded identity.
+            agent_participants = [p for p in present if p.is_agent]
+            live = live_by_room.get(room.pk, [])
+            claimed: set[str] = set()
+            for dispatch in live:
+                match = _match(dispatch, agent_participants, claimed)
+                if match is not None:
+                    claimed.add(match.identity)
+                    if dispatch.status != S.AGENT_JOINED or dispatch.participant_identity != match.identity:
+                        joins.append((dispatch, match))
+                    continue
+                if dispatch.status == S.AGENT_JOINED:
+                    lefts.append(dispatch)
+                elif dispatch.status in WAITING_STATUSES:
+                    self._waiting(dispatch, room)
+            live_names = {d.agent_name for d in live}
+            for participant in agent_participants:
+                if participant.identity in claimed or participant.agent_name in live_names:
+                    continue
+                # Unnamed agents are LiveKit's automatic ones (the implicit "" dispatch): not ours.
+                if participant.agent_name and participant.agent_name in agents:
+                    candidates.append((room, participant.agent_name, None, participant))
+                    live_names.add(participant.agent_name)
+            for applied in wanted_by_rule.get(name, []):
+                if applied.agent_name not in live_names and agents[applied.agent_name].enabled:
+                    candidates.append((room, applied.agent_name, applied, None))
+                    live_names.add(applied.agent_name)
+        # Rooms not looked at (not in LiveKit yet: the Dispatch API or a token will create
+        # them) may hold explicit dispatches whose task was lost.
+        checked = {rooms[name].pk for name in participants}
+        for room_id, live in live_by_room.items():
+            if room_id not in checked:
+                for dispatch in live:
+                    if dispatch.status == S.PENDING and dispatch.delivery == Dispatch.Delivery.EXPLICIT:
+                        self._requeue_if_stale(dispatch)
+        self._joins_write(joins)
+        self._lefts_write(lefts, rooms)
+        self._candidates(candidates, agents)
+
+    def _waiting(self, dispatch: Dispatch, room: Room) -> None:
+        now = self.now
+        if dispatch.deadline_at is not None:
+            if dispatch.deadline_at < now - timedelta(seconds=OVERDUE_GRACE_S):
+                self.enqueue_deadline.append(dispatch.pk)
+                self.report.deadline_checks += 1
+        elif dispatch.status == S.PENDING and dispatch.delivery == Dispatch.Delivery.EXPLICIT:
+            self._requeue_if_stale(dispatch)
+        elif dispatch.status == S.PENDING and dispatch.delivery == Dispatch.Delivery.TOKEN:
+            dispatch.room = room
+            services.dispatch_deadline_arm(dispatch=dispatch)
+
+    def _requeue_if_stale(self, dispatch: Dispatch) -> None:
+        """A pending explicit dispatch nothing has touched for a while lost its task (broker
+        restart, the filesystem broker's lack of redelivery): send it again. A task still
+        retrying keeps `updated_at` fresh; the request lease stops two runs calling at once."""
+        stale = self.now - timedelta(seconds=STALE_PENDING_S)
+        lease = dispatch.request_lease_until
+        if dispatch.updated_at < stale and (lease is None or lease < self.now):
+            self.enqueue_request.append(dispatch.pk)
+            self.report.requeued += 1
+
+    def _joins_write(self, joins: list[tuple[Dispatch, LkParticipant]]) -> None:
+        if not joins:
+            return
+        ids = [d.pk for d, _ in joins]
+        Dispatch.objects.filter(pk__in=ids, status__in=LIVE_STATUSES).update(
+            status=S.AGENT_JOINED,
+            participant_identity=Case(*[When(pk=d.pk, then=Value(p.identity)) for d, p in joins]),
+            joined_at=Coalesce(
+                Case(*[When(pk=d.pk, then=Value(p.joined_at or self.now)) for d, p in joins]), Value(self.now)
+            ),
+            last_error="",
+            deadline_at=None,
+            updated_at=self.now,
+        )
+        for dispatch, participant in joins:
+            if dispatch.status != S.AGENT_JOINED:
+                self.report.agents_joined += 1
+                detail = f"agent participant '{participant.identity}' found in the room (reconcile)"
+            else:
+                detail = f"agent participant is now '{participant.identity}' (reconcile)"
+            self._event(dispatch, S.AGENT_JOINED, detail)
+
+    def _lefts_write(self, lefts: list[Dispatch], rooms: dict[str, Room]) -> None:
+        if not lefts:
+            return
+        error = "agent participant no longer in the room (found by reconcile)"
+        ids = [d.pk for d in lefts]
+        Dispatch.objects.filter(pk__in=ids, status=S.AGENT_JOINED).update(
+            status=S.FAILED, last_error=error, left_at=self.now, ended_at=self.now, updated_at=self.now
+        )
+        rooms_by_pk = {room.pk: room for room in rooms.values()}
+        for dispatch in lefts:
+            self._event(dispatch, S.FAILED, f"{error}: '{dispatch.participant_identity}'")
+            dispatch.status, dispatch.last_error = S.FAILED, error
+            self.report.agents_left += 1
+            agent = self.agents_by_pk.get(dispatch.agent_id) if dispatch.agent_id else None
+            fallback = (
+                self.agents_by_pk.get(agent.fallback_id) if agent is not None and agent.fallback_id else None
+            )
+            plan = services.next_attempt_plan(dispatch=dispatch, agent=agent, fallback=fallback)
+            if plan is None:
+                self._event(dispatch, S.FAILED, services.give_up_reason(dispatch=dispatch, agent=agent))
+                self.report.gave_up += 1
+                continue
+            next_agent, attempt, source = plan
+            self.new_dispatches.append(
+                _NewDispatch(
+                    room=rooms_by_pk[dispatch.room_id],
+                    agent=next_agent,
+                    source=source,
+                    status=S.PENDING,
+                    detail=f"re-dispatch (attempt {attempt}) after: {error}",
+                    metadata=dispatch.metadata
+                    if next_agent.pk == dispatch.agent_id
+                    else _metadata(next_agent),
+                    rule_name=dispatch.rule_name,
+                    requested_by=dispatch.requested_by,
+                    attempt=attempt,
+                    previous_id=dispatch.pk,
+                )
+            )
+            self.report.redispatched += 1
+
+    def _candidates(
+        self, candidates: list[tuple[Room, str, Any, LkParticipant | None]], agents: dict[str, Agent]
+    ) -> None:
+        """Rule agents missing from a room, and managed agents present without a row: act
+        only if this room session has no row at all for the agent (a cancelled one, or one
+        the portal gave up on, stays that way)."""
+        if not candidates:
+            return
+        room_ids = sorted({room.pk for room, *_ in candidates})
+        seen: set[tuple[int, str]] = set()
+        starts = {room.pk: room.started_at for room, *_ in candidates}
+        for start in range(0, len(room_ids), NAME_CHUNK):
+            rows = Dispatch.objects.filter(room_id__in=room_ids[start : start + NAME_CHUNK]).values_list(
+                "room_id", "agent_name", "created_at"
+            )
+            for room_id, agent_name, created_at in rows:
+                began = starts.get(room_id)
+                if began is None or created_at >= began:
+                    seen.add((room_id, agent_name))
+        for room, agent_name, applied, present in candidates:
+            if (room.pk, agent_name) in seen:
+                continue
+            agent = agents[agent_name]
+            if present is not None:
+                self.new_dispatches.append(
+                    _NewDispatch(
+                        room=room,
+                        agent=agent,
+                        source=Dispatch.Source.RECONCILE,
+                        status=S.AGENT_JOINED,
+                        detail=f"agent participant '{present.identity}' found in the room with no dispatch "
+                        "in the ledger; recorded (reconcile)",
+                        metadata="",
+                        participant_identity=present.identity,
+                        joined_at=present.joined_at or self.now,
+                    )
+                )
+                self.report.agents_adopted += 1
+            else:
+                self.new_dispatches.append(
+                    _NewDispatch(
+                        room=room,
+                        agent=agent,
+                        source=Dispatch.Source.RECONCILE,
+                        status=S.PENDING,
+                        detail=f"explicit rule '{applied.rule}' applied to a room that lacked its agent (reconcile)",
+                        metadata=applied.metadata,
+                        rule_name=applied.rule,
+                    )
+                )
+                self.report.dispatched += 1
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def _dispatches_write(self) -> None:
+        if not self.new_dispatches:
+            return
+        rows = [
+            Dispatch(
+                room=spec.room,
+                agent=spec.agent,
+                agent_name=spec.agent.agent_name,
+                source=spec.source,
+                delivery=Dispatch.Delivery.EXPLICIT,
+                status=spec.status,
+                metadata=spec.metadata,
+                rule_name=spec.rule_name,
+                requested_by=spec.requested_by,
+                attempt=spec.attempt,
+                previous_id=spec.previous_id,
+                participant_identity=spec.participant_identity,
+                joined_at=spec.joined_at,
+            )
+            for spec in self.new_dispatches
+        ]
+        try:
+            with transaction.atomic():
+                Dispatch.objects.bulk_create(rows, batch_size=BULK_BATCH)
+        except IntegrityError:
+            # A webhook or the API raced this pass for some room: fall back to one at a time,
+            # letting the constraint pick the winner for each.
+            for spec in self.new_dispatches:
+                services.dispatch_create(
+                    room=spec.room,
+                    agent=spec.agent,
+                    source=spec.source,
+                    status=spec.status,
+                    metadata=spec.metadata,
+                    rule_name=spec.rule_name,
+                    requested_by=spec.requested_by,
+                    attempt=spec.attempt,
+                    previous=Dispatch(pk=spec.previous_id) if spec.previous_id else None,
+                    detail=spec.detail,
+                    participant_identity=spec.participant_identity,
+                    joined_at=spec.joined_at,
+                )
+            return
+        for dispatch, spec in zip(rows, self.new_dispatches, strict=True):
+            self.events.append(
+                DispatchEvent(
+                    dispatch=dispatch, at=self.now, previous_status="", status=spec.status, detail=spec.detail
+                )
+            )
+            if spec.status == S.PENDING:
+                self.enqueue_request.append(dispatch.pk)
+
+    def _transition_bulk(self, dispatches: list[Dispatch], *, to: str, detail: str) -> None:
+        if not dispatches:
+            return
+        ids = [d.pk for d in dispatches]
+        for start in range(0, len(ids), NAME_CHUNK):
+            Dispatch.objects.filter(pk__in=ids[start : start + NAME_CHUNK], status__in=LIVE_STATUSES).update(
+                status=to, ended_at=self.now, deadline_at=None, updated_at=self.now
+            )
+        for dispatch in dispatches:
+            self._event(dispatch, to, detail)
+
+    def _event(self, dispatch: Dispatch, to: str, detail: str) -> None:
+        self.events.append(
+            DispatchEvent(
+                dispatch_id=dispatch.pk,
+                at=self.now,
+                previous_status=dispatch.status,
+                status=to,
+                detail=detail,
+            )
+        )
+
+
+def _metadata(agent: Agent) -> str:
+    return services.default_metadata(agent)
+
+
+def _match(dispatch: Dispatch, participants: list[LkParticipant], claimed: set[str]) -> LkParticipant | None:
+    """The agent participant that is this dispatch's: its recorded identity, else the first
+    unclaimed participant registered under its agent name."""
+    for participant in participants:
+        if dispatch.participant_identity and participant.identity == dispatch.participant_identity:
+            return participant
+    for participant in participants:
+        if participant.agent_name == dispatch.agent_name and participant.identity not in claimed:
+            return participant
+    return None

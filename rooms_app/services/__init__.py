@@ -1,0 +1,105 @@
+"""Writes to the dispatch ledger and the dispatch lifecycle's calls to LiveKit.
+
+- `ledger`: rooms, dispatch rows, compare-and-set transitions, re-dispatch and fallback;
+- `triggers`: what asks for an agent (token path, rules, Dispatch API, admin) and what the
+  webhooks report (agents joining and leaving);
+- `lifecycle`: the calls to LiveKit the Celery tasks make (CreateDispatch exactly once,
+  DeleteDispatch, the join-deadline check).
+
+Lifecycle of one dispatch row (one attempt):
+  pending -> requested (CreateDispatch answered, or an existing LiveKit dispatch adopted)
+          -> job_assigned (ListDispatch shows a job) -> agent_joined (the agent's participant)
+  or a final status: no_worker, failed, timed_out, cancelled, room_closed. A failure past the
+  join deadline re-dispatches as a new row (attempt + 1), then the agent's fallback, then gives up.
+
+Import rule: `agents_app.services` imports this package, so only agents_app models, selectors
+and rules are imported here at module level.
+"""
+
+from .ledger import (
+    DEADLINE_GRACE_S,
+    FINAL_STATUSES,
+    ROOM_FRESH,
+    ROOM_LIVE_TTL_S,
+    agent_joined_record,
+    default_metadata,
+    dispatch_create,
+    dispatch_deadline_arm,
+    dispatch_note,
+    dispatch_retry,
+    dispatch_transition,
+    enqueue,
+    give_up_reason,
+    livekit_took_at,
+    next_attempt_plan,
+    room_finished,
+    room_get_or_create,
+    room_live_mark,
+    room_live_marks,
+    room_participants_update,
+    room_started,
+    session_close_previous,
+    token_deadlines_arm,
+)
+from .lifecycle import (
+    DispatchInFlight,
+    dispatch_deadline_check,
+    dispatch_remove,
+    dispatch_request,
+    dispatch_unavailable_give_up,
+    dispatch_unavailable_note,
+)
+from .triggers import (
+    agent_participant_joined,
+    agent_participant_left,
+    dispatch_api_create,
+    dispatch_cancel,
+    dispatch_redispatch,
+    room_explicit_agents,
+    room_rules_apply,
+    token_dispatches_record,
+    token_events_drain,
+    token_minted,
+)
+
+__all__ = [
+    "DEADLINE_GRACE_S",
+    "FINAL_STATUSES",
+    "ROOM_FRESH",
+    "ROOM_LIVE_TTL_S",
+    "DispatchInFlight",
+    "agent_joined_record",
+    "agent_participant_joined",
+    "agent_participant_left",
+    "default_metadata",
+    "dispatch_api_create",
+    "dispatch_cancel",
+    "dispatch_create",
+    "dispatch_deadline_arm",
+    "dispatch_deadline_check",
+    "dispatch_note",
+    "dispatch_redispatch",
+    "dispatch_remove",
+    "dispatch_request",
+    "dispatch_retry",
+    "dispatch_transition",
+    "dispatch_unavailable_give_up",
+    "dispatch_unavailable_note",
+    "enqueue",
+    "give_up_reason",
+    "livekit_took_at",
+    "next_attempt_plan",
+    "room_explicit_agents",
+    "room_finished",
+    "room_get_or_create",
+    "room_live_mark",
+    "room_live_marks",
+    "room_participants_update",
+    "room_rules_apply",
+    "room_started",
+    "session_close_previous",
+    "token_deadlines_arm",
+    "token_dispatches_record",
+    "token_events_drain",
+    "token_minted",
+]

@@ -1,0 +1,451 @@
+"""The ledger's writes: rooms, dispatch rows and their transitions, and what follows a failed
+attempt (the next attempt, the fallback agent, or giving up).
+
+Every status change is a compare-and-set (`UPDATE ... WHERE status IN expected`) followed by a
+DispatchEvent, so a retried or duplicated Celery task, a late webhook and a reconcile pass can
+all run the same step and only one of them wins it. Work for LiveKit is enqueued after commit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.core.cache import cache
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from agents_app.models import Agent
+from dispatchportal import metrics
+from dispatchportal.redis import BROKER_ERRORS, REDIS_ERRORS, redis_client
+
+from ..livekit_client import (
+    LkDispatch,
+    LkParticipant,
+)
+from ..models import LIVE_STATUSES, WAITING_STATUSES, Dispatch, DispatchEvent, Room
+from ..selectors import room_live_key
+
+logger = logging.getLogger(__name__)
+
+S = Dispatch.Status
+FINAL_STATUSES = tuple(s for s in S.values if s not in LIVE_STATUSES)
+# Extra seconds after a join deadline before the check runs, so an agent joining at the last
+# moment is seen as joined rather than timed out.
+DEADLINE_GRACE_S = 0.25
+ROOM_LIVE_TTL_S = 24 * 3600
+# A room LiveKit reported this recently is taken to still exist without asking again.
+ROOM_FRESH = timedelta(seconds=10)
+
+_TIMESTAMP_FIELD = {
+    S.REQUESTED: "requested_at",
+    S.JOB_ASSIGNED: "job_assigned_at",
+    S.AGENT_JOINED: "joined_at",
+}
+
+
+def _log(level: int, message: str, dispatch: Dispatch | None = None, **extra: Any) -> None:
+    """Dispatch-path logs carry room, agent and dispatch id as fields (JSON logs)."""
+    if dispatch is not None:
+        room = dispatch._state.fields_cache.get("room")
+        extra = {
+            "room": room.name if room is not None else "",
+            "agent": dispatch.agent_name,
+            "dispatch_id": dispatch.pk,
+            "attempt": dispatch.attempt,
+            **extra,
+        }
+    logger.log(level, message, extra=extra)
+
+
+# --- enqueueing -------------------------------------------------------------------------------
+
+
+def enqueue(task_name: str, *args: Any, countdown: float | None = None) -> None:
+    """Send a task once the current transaction commits (at once outside one), so the worker
+    always finds the rows it is given. A broker failure is logged, not raised: the reconcile
+    pass picks up whatever was not sent."""
+    from .. import tasks  # tasks import the services
+
+    task = getattr(tasks, task_name)
+
+    def send() -> None:
+        try:
+            task.apply_async(args=args, countdown=countdown, retry=False)
+        except BROKER_ERRORS:  # a broker outage must not fail the committed work
+            logger.warning(
+                "could not enqueue %s%r; the reconcile pass will catch up", task_name, args, exc_info=True
+            )
+
+    transaction.on_commit(send)
+
+
+# --- rooms ----------------------------------------------------------------------------------
+
+
+def room_live_marks(live: Iterable[str] = (), finished: Iterable[str] = ()) -> None:
+    """Keep the token path's room-is-live markers in step with the ledger, after commit."""
+    live, finished = list(live), list(finished)
+
+    def write() -> None:
+        client = redis_client()
+        try:
+            if client is None:
+                cache.set_many({room_live_key(name): 1 for name in live}, ROOM_LIVE_TTL_S)
+                cache.delete_many([room_live_key(name) for name in finished])
+                return
+            pipe = client.pipeline(transaction=False)
+            for name in live:
+                pipe.set(room_live_key(name), 1, ex=ROOM_LIVE_TTL_S)
+            if finished:
+                pipe.delete(*[room_live_key(name) for name in finished])
+            pipe.execute()
+        except REDIS_ERRORS:  # the marker is an optimisation; the ledger is the truth
+            logger.warning("cache unreachable; room-is-live markers not updated")
+
+    if live or finished:
+        transaction.on_commit(write)
+
+
+def room_live_mark(name: str, live: bool) -> None:
+    room_live_marks(live=[name] if live else [], finished=[] if live else [name])
+
+
+def room_get_or_create(*, name: str, **defaults: Any) -> Room:
+    room, _ = _room_get_or_create(name=name, **defaults)
+    return room
+
+
+def _room_get_or_create(*, name: str, **defaults: Any) -> tuple[Room, bool]:
+    room = Room.objects.filter(name=name).first()
+    if room is not None:
+        return room, False
+    try:
+        with transaction.atomic():
+            return Room.objects.create(name=name, **defaults), True
+    except IntegrityError:  # created by a concurrent trigger
+        return Room.objects.get(name=name), False
+
+
+def room_started(
+    *, name: str, sid: str, started_at: datetime | None, num_participants: int | None = None
+) -> Room:
+    """LiveKit reports the room (room_started, a participant event, or reconcile). A new sid
+    is a new session: dispatches of the old session that LiveKit had taken are closed."""
+    now = timezone.now()
+    fields: dict[str, Any] = {
+        "last_seen_at": now,
+        "status": Room.Status.ACTIVE,
+        "sid": sid,
+        "started_at": started_at or now,
+    }
+    if num_participants is not None:
+        fields["num_participants"] = num_participants
+    room, created = _room_get_or_create(name=name, **fields)
+    if created:
+        # First news of the room (the webhook path's common case): nothing else to update.
+        room_live_mark(name, True)
+        return room
+    new_session = bool(sid) and room.sid != sid
+    fields = {"last_seen_at": now}
+    if num_participants is not None:
+        fields["num_participants"] = num_participants
+    if new_session or room.status != Room.Status.ACTIVE:
+        fields.update(status=Room.Status.ACTIVE, finished_at=None)
+        if sid:
+            fields["sid"] = sid
+        if new_session or room.started_at is None:
+            fields["started_at"] = started_at or now
+    Room.objects.filter(pk=room.pk).update(**fields)
+    old_sid = room.sid
+    for key, value in fields.items():
+        setattr(room, key, value)
+    if new_session and old_sid:
+        session_close_previous(room=room, started_at=room.started_at or now)
+    if fields.get("status") == Room.Status.ACTIVE:
+        room_live_mark(name, True)
+        token_deadlines_arm(room=room)
+    return room
+
+
+def livekit_took_at(dispatch: Dispatch) -> datetime:
+    """When LiveKit had this dispatch (requested, or the agent seen), for telling sessions apart."""
+    return dispatch.requested_at or dispatch.joined_at or dispatch.created_at
+
+
+def session_close_previous(*, room: Room, started_at: datetime) -> int:
+    """Dispatches LiveKit took before this session began belong to the old session. (Pending
+    ones stay: a token minted before the room started is how a session begins.)"""
+    stale = [
+        d
+        for d in Dispatch.objects.filter(room=room, status__in=(S.REQUESTED, S.JOB_ASSIGNED, S.AGENT_JOINED))
+        if livekit_took_at(d) < started_at
+    ]
+    closed = 0
+    for dispatch in stale:
+        dispatch.room = room
+        closed += dispatch_transition(
+            dispatch=dispatch,
+            to=S.ROOM_CLOSED,
+            expect=LIVE_STATUSES,
+            detail="the room finished and started again (new session); this dispatch was for the old one",
+        )
+    return closed
+
+
+def room_finished(*, name: str, sid: str = "", reason: str = "LiveKit reported room_finished") -> Room | None:
+    """The room is gone: close the ledger rows that were waiting for or holding an agent."""
+    room = Room.objects.filter(name=name).first()
+    if room is None:
+        return None
+    if sid and room.sid and room.sid != sid:
+        return room  # a late event about an older session
+    now = timezone.now()
+    Room.objects.filter(pk=room.pk).update(status=Room.Status.FINISHED, finished_at=now, num_participants=0)
+    room.status, room.finished_at, room.num_participants = Room.Status.FINISHED, now, 0
+    room_live_mark(name, False)
+    for dispatch in Dispatch.objects.filter(room=room, status__in=LIVE_STATUSES):
+        dispatch.room = room
+        dispatch_transition(dispatch=dispatch, to=S.ROOM_CLOSED, expect=LIVE_STATUSES, detail=reason)
+    return room
+
+
+def room_participants_update(*, room: Room, num_participants: int) -> None:
+    Room.objects.filter(pk=room.pk).update(num_participants=num_participants, last_seen_at=timezone.now())
+
+
+# --- dispatch rows --------------------------------------------------------------------------
+
+
+def dispatch_transition(
+    *, dispatch: Dispatch, to: str, expect: Iterable[str], detail: str, **fields: Any
+) -> bool:
+    """Move `dispatch` to `to` if its status is still one of `expect`; record the event.
+    Returns whether this caller made the change (False: someone else got there first)."""
+    now = timezone.now()
+    expect = tuple(expect)
+    values: dict[str, Any] = {"status": to, "updated_at": now, **fields}
+    stamp = _TIMESTAMP_FIELD.get(to)
+    if stamp and stamp not in values:
+        values[stamp] = now
+    if to in FINAL_STATUSES:
+        values.setdefault("ended_at", now)
+        values.setdefault("deadline_at", None)
+    if not Dispatch.objects.filter(pk=dispatch.pk, status__in=expect).update(**values):
+        return False
+    previous = dispatch.status if dispatch.status in expect else ""
+    DispatchEvent.objects.create(
+        dispatch_id=dispatch.pk, at=now, previous_status=previous, status=to, detail=detail
+    )
+    for key, value in values.items():
+        setattr(dispatch, key, value)
+    metrics.dispatch_transition_record(dispatch=dispatch, status=to)
+    level = logging.WARNING if to in (S.NO_WORKER, S.FAILED, S.TIMED_OUT) else logging.INFO
+    _log(level, f"dispatch {previous or '?'} -> {to}: {detail}", dispatch, status=to)
+    return True
+
+
+def dispatch_note(*, dispatch: Dispatch, detail: str, level: int = logging.INFO) -> None:
+    """A timeline entry that is not a transition (a retry, a cleanup, a warning)."""
+    DispatchEvent.objects.create(
+        dispatch_id=dispatch.pk,
+        at=timezone.now(),
+        previous_status=dispatch.status,
+        status=dispatch.status,
+        detail=detail,
+    )
+    _log(level, detail, dispatch)
+
+
+def default_metadata(agent: Agent) -> str:
+    return json.dumps(agent.default_metadata, separators=(",", ":")) if agent.default_metadata else ""
+
+
+def dispatch_create(
+    *,
+    room: Room,
+    agent: Agent,
+    source: str,
+    delivery: str = Dispatch.Delivery.EXPLICIT,
+    metadata: str | None = None,
+    rule_name: str = "",
+    requested_by: str = "",
+    identity_trigger: str = "",
+    attempt: int = 1,
+    previous: Dispatch | None = None,
+    status: str = S.PENDING,
+    detail: str = "",
+    **fields: Any,
+) -> tuple[Dispatch, bool]:
+    """Record that `agent` is wanted in `room`, unless it already has a live dispatch there
+    (that one is returned, with False). An explicit dispatch is sent to LiveKit by a task
+    after commit. The database constraint decides races between triggers."""
+    for _ in range(3):
+        try:
+            with transaction.atomic():
+                now = timezone.now()
+                dispatch = Dispatch.objects.create(
+                    room=room,
+                    agent=agent,
+                    agent_name=agent.agent_name,
+                    source=source,
+                    delivery=delivery,
+                    metadata=default_metadata(agent) if metadata is None else metadata,
+                    rule_name=rule_name,
+                    requested_by=requested_by,
+                    participant_identity_trigger=identity_trigger,
+                    attempt=attempt,
+                    previous=previous,
+                    status=status,
+                    **fields,
+                )
+                DispatchEvent.objects.create(
+                    dispatch=dispatch,
+                    at=now,
+                    previous_status="",
+                    status=status,
+                    detail=detail or _created_detail(dispatch),
+                )
+        except IntegrityError:
+            existing = (
+                Dispatch.objects.select_related("room")
+                .filter(room=room, agent_name=agent.agent_name, status__in=LIVE_STATUSES)
+                .first()
+            )
+            if existing is not None:
+                return existing, False
+            continue  # the live one ended between our insert and this read: try again
+        _log(logging.INFO, f"dispatch recorded: {dispatch.get_source_display()}", dispatch, status=status)
+        if status == S.PENDING and delivery == Dispatch.Delivery.EXPLICIT:
+            enqueue("dispatch_request", dispatch.pk)
+        elif status == S.PENDING and room.status == Room.Status.ACTIVE:
+            dispatch_deadline_arm(dispatch=dispatch, agent=agent)
+        return dispatch, True
+    raise IntegrityError(f"could not record a dispatch of {agent.agent_name!r} in {room.name!r}")
+
+
+def _created_detail(dispatch: Dispatch) -> str:
+    who = f" by {dispatch.requested_by}" if dispatch.requested_by else ""
+    rule = f" (rule '{dispatch.rule_name}')" if dispatch.rule_name and dispatch.rule_name != "client" else ""
+    if dispatch.source == Dispatch.Source.TOKEN:
+        how = "carried in the token" if dispatch.delivery == Dispatch.Delivery.TOKEN else "explicit dispatch"
+        ident = (
+            f" of '{dispatch.participant_identity_trigger}'" if dispatch.participant_identity_trigger else ""
+        )
+        return f"token minted{ident}{who}{rule}: {how}"
+    if dispatch.previous_id:
+        return f"re-dispatch (attempt {dispatch.attempt}) replacing dispatch #{dispatch.previous_id}"
+    return f"{dispatch.get_source_display()}{who}{rule}"
+
+
+def dispatch_deadline_arm(
+    *, dispatch: Dispatch, agent: Agent | None = None, start: datetime | None = None
+) -> None:
+    """Give the agent its join deadline from now (or `start`) and schedule the check."""
+    agent = agent or dispatch.agent
+    seconds = agent.join_deadline_s if agent is not None else 15
+    deadline = (start or timezone.now()) + timedelta(seconds=seconds)
+    Dispatch.objects.filter(pk=dispatch.pk).update(deadline_at=deadline)
+    dispatch.deadline_at = deadline
+    countdown = max(0.0, (deadline - timezone.now()).total_seconds()) + DEADLINE_GRACE_S
+    enqueue("dispatch_deadline", dispatch.pk, countdown=countdown)
+
+
+def token_deadlines_arm(*, room: Room) -> int:
+    """A room went live: token-delivered agents now have their deadline (LiveKit created
+    their dispatch if the token's join created the room, and ignored it otherwise)."""
+    waiting = list(
+        Dispatch.objects.select_related("agent").filter(
+            room=room, status=S.PENDING, delivery=Dispatch.Delivery.TOKEN, deadline_at__isnull=True
+        )
+    )
+    for dispatch in waiting:
+        dispatch_deadline_arm(dispatch=dispatch)
+    return len(waiting)
+
+
+def next_attempt_plan(
+    *, dispatch: Dispatch, agent: Agent | None, fallback: Agent | None
+) -> tuple[Agent, int, str] | None:
+    """What follows a failed attempt: (agent, attempt number, source), or None to give up.
+    The same agent until its max attempts, then its fallback once per chain (a fallback's
+    own failures never fall back again, so A -> B -> A cannot loop)."""
+    if agent is not None and agent.enabled and dispatch.attempt < agent.max_attempts:
+        return agent, dispatch.attempt + 1, dispatch.source
+    if (
+        agent is not None
+        and dispatch.source != Dispatch.Source.FALLBACK
+        and fallback is not None
+        and fallback.enabled
+    ):
+        return fallback, 1, Dispatch.Source.FALLBACK
+    return None
+
+
+def give_up_reason(*, dispatch: Dispatch, agent: Agent | None) -> str:
+    why = (
+        "agent deleted"
+        if agent is None
+        else ("agent disabled" if not agent.enabled else f"{dispatch.attempt} attempt(s)")
+    )
+    return f"gave up on '{dispatch.agent_name}' in this room after {why}: {dispatch.last_error}"
+
+
+def dispatch_retry(*, dispatch: Dispatch) -> Dispatch | None:
+    """After a failed attempt: the next attempt, else the fallback agent, else give up, loudly
+    (an ERROR log line and a timeline entry the admin and the doctor show)."""
+    agent = dispatch.agent
+    fallback = (
+        Agent.objects.filter(pk=agent.fallback_id).first()
+        if agent is not None and agent.fallback_id
+        else None
+    )
+    nxt = next_attempt_plan(dispatch=dispatch, agent=agent, fallback=fallback)
+    if nxt is None:
+        dispatch_note(
+            dispatch=dispatch, detail=give_up_reason(dispatch=dispatch, agent=agent), level=logging.ERROR
+        )
+        return None
+    next_agent, attempt, source = nxt
+    room = Room.objects.get(pk=dispatch.room_id)
+    new, created = dispatch_create(
+        room=room,
+        agent=next_agent,
+        source=source,
+        metadata=dispatch.metadata if next_agent.pk == dispatch.agent_id else None,
+        rule_name=dispatch.rule_name,
+        requested_by=dispatch.requested_by,
+        attempt=attempt,
+        previous=dispatch,
+        detail=(
+            f"re-dispatch (attempt {attempt}) after: {dispatch.last_error}"
+            if source != Dispatch.Source.FALLBACK or next_agent.pk == dispatch.agent_id
+            else f"fallback for '{dispatch.agent_name}' after {dispatch.attempt} attempt(s): {dispatch.last_error}"
+        ),
+    )
+    return new if created else None
+
+
+def agent_joined_record(
+    *, dispatch: Dispatch, participant: LkParticipant, livekit: LkDispatch | None = None, how: str = ""
+) -> bool:
+    """The agent's participant is in the room."""
+    fields: dict[str, Any] = {"participant_identity": participant.identity, "last_error": ""}
+    if participant.joined_at is not None:
+        fields["joined_at"] = participant.joined_at
+    if livekit is not None and not dispatch.livekit_dispatch_id:
+        fields["livekit_dispatch_id"] = livekit.id
+    job_id = (
+        participant.identity.removeprefix("agent-") if participant.identity.startswith("agent-AJ_") else ""
+    )
+    if livekit is not None:
+        job_id = next((j.id for j in livekit.jobs if j.participant_identity == participant.identity), job_id)
+    if job_id:
+        fields["livekit_job_id"] = job_id
+    detail = f"agent participant '{participant.identity}' joined" + (f" ({how})" if how else "")
+    return dispatch_transition(
+        dispatch=dispatch, to=S.AGENT_JOINED, expect=WAITING_STATUSES, detail=detail, **fields
+    )

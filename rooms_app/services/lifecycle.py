@@ -1,0 +1,406 @@
+"""The dispatch lifecycle's calls to LiveKit, run by the Celery tasks (never on a request
+path): CreateDispatch exactly once, DeleteDispatch, and the join-deadline check that names why
+an agent is not there and re-dispatches.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from ..livekit_client import (
+    LiveKit,
+    LiveKitError,
+    LiveKitNotFound,
+    LiveKitRejected,
+    LiveKitUnavailable,
+    LkDispatch,
+    LkParticipant,
+    livekit_run,
+)
+from ..models import LIVE_STATUSES, WAITING_STATUSES, Dispatch, Room
+from .ledger import (
+    DEADLINE_GRACE_S,
+    ROOM_FRESH,
+    S,
+    agent_joined_record,
+    dispatch_deadline_arm,
+    dispatch_note,
+    dispatch_retry,
+    dispatch_transition,
+    enqueue,
+)
+
+logger = logging.getLogger(__name__)
+
+
+# --- talking to LiveKit (run by tasks) -------------------------------------------------------
+
+
+def _known_livekit_ids(dispatch: Dispatch) -> set[str]:
+    """LiveKit dispatch ids the ledger already attributes to other attempts in this room."""
+    return set(
+        Dispatch.objects.filter(room_id=dispatch.room_id, agent_name=dispatch.agent_name)
+        .exclude(pk=dispatch.pk)
+        .exclude(livekit_dispatch_id="")
+        .values_list("livekit_dispatch_id", flat=True)
+    )
+
+
+def _adoptable(found: Iterable[LkDispatch], dispatch: Dispatch, known: set[str]) -> LkDispatch | None:
+    """The LiveKit dispatch that is this ledger row's, when the row has no id yet: one for the
+    same agent that no other attempt owns and whose job has not ended. This is what makes a
+    retried or duplicated task harmless: its CreateDispatch already happened, so it adopts."""
+    for candidate in found:
+        if dispatch.livekit_dispatch_id and candidate.id == dispatch.livekit_dispatch_id:
+            return candidate
+    if dispatch.livekit_dispatch_id:
+        return None
+    for candidate in found:
+        if candidate.agent_name != dispatch.agent_name or candidate.id in known:
+            continue
+        if candidate.jobs and not any(job.active for job in candidate.jobs):
+            continue
+        return candidate
+    return None
+
+
+@dataclass(slots=True)
+class _RequestOutcome:
+    kind: str  # created | adopted | room_gone
+    livekit: LkDispatch | None = None
+
+
+class DispatchInFlight(Exception):
+    """Another run of this dispatch's task may be talking to LiveKit right now: try again
+    once its lease ends (then it has either recorded its answer or died)."""
+
+    def __init__(self, retry_in_s: float) -> None:
+        super().__init__(f"another run holds the request lease for {retry_in_s:.1f} s")
+        self.retry_in_s = retry_in_s
+
+
+def _request_lease(*, calls: int) -> timedelta:
+    # Every LiveKit call is bounded by LIVEKIT_TIMEOUT_S, so a run holding the lease has
+    # finished (or died) once it ends.
+    return timedelta(seconds=float(settings.LIVEKIT_TIMEOUT_S) * calls + 1.0)
+
+
+def dispatch_request(*, dispatch_id: int) -> str:
+    """Send a pending explicit dispatch to LiveKit, exactly once.
+
+    A status guard first (anything but `pending` is work already done), then a lease taken
+    with a compare-and-set: only its holder talks to LiveKit. The first try goes straight to
+    CreateDispatch (the fast path, one LiveKit round trip); any later try (a retry, a
+    redelivered or duplicated task, a reconcile re-queue) first asks ListDispatch and adopts
+    the dispatch an earlier try made instead of creating a second agent.
+    Raises LiveKitUnavailable or DispatchInFlight for the task to retry; a 4xx ends the row
+    as `failed`."""
+    dispatch = Dispatch.objects.select_related("room", "agent").filter(pk=dispatch_id).first()
+    if dispatch is None or dispatch.status != S.PENDING or dispatch.delivery != Dispatch.Delivery.EXPLICIT:
+        return "skipped"
+    room = dispatch.room
+    # CreateDispatch creates a missing room. The Dispatch API and the token path (the person
+    # is about to join) mean to; a re-dispatch, a fallback, or a rule applied to a room that
+    # has meanwhile closed must not bring it back.
+    room_must_exist = dispatch.previous_id is not None or dispatch.source in (
+        Dispatch.Source.RULE,
+        Dispatch.Source.RECONCILE,
+        Dispatch.Source.FALLBACK,
+    )
+    now = timezone.now()
+    look_up = dispatch.request_tries > 0
+    if (
+        room_must_exist
+        and not look_up
+        and dispatch.previous_id is None
+        and room.status == Room.Status.ACTIVE
+        and room.last_seen_at is not None
+        and now - room.last_seen_at < ROOM_FRESH
+    ):
+        # LiveKit reported the room moments ago (the room_started webhook that made this
+        # dispatch): skip asking again, it is a round trip on the webhook -> agent hot path.
+        room_must_exist = False
+    lease = _request_lease(calls=1 + int(room_must_exist) + int(look_up))
+    claimed = (
+        Dispatch.objects.filter(pk=dispatch.pk, status=S.PENDING)
+        .filter(Q(request_lease_until__isnull=True) | Q(request_lease_until__lt=now))
+        .update(request_tries=F("request_tries") + 1, request_lease_until=now + lease)
+    )
+    if not claimed:
+        current = Dispatch.objects.filter(pk=dispatch.pk).values("status", "request_lease_until").first()
+        if current is None or current["status"] != S.PENDING:
+            return "skipped"
+        until = current["request_lease_until"] or now
+        raise DispatchInFlight(max(0.1, (until - now).total_seconds()))
+    known = _known_livekit_ids(dispatch) if look_up else set()
+
+    async def request(client: LiveKit) -> _RequestOutcome:
+        if room_must_exist and not await client.list_rooms([room.name]):
+            return _RequestOutcome("room_gone")
+        if look_up:
+            adopted = _adoptable(await client.list_dispatches(room.name), dispatch, known)
+            if adopted is not None:
+                return _RequestOutcome("adopted", adopted)
+        return _RequestOutcome(
+            "created", await client.create_dispatch(room.name, dispatch.agent_name, dispatch.metadata)
+        )
+
+    try:
+        outcome = livekit_run(request)
+    except LiveKitUnavailable:
+        # This try is over (its outcome unknown): release the lease so the retry need not
+        # wait for it; being a later try, the retry looks the dispatch up first.
+        Dispatch.objects.filter(pk=dispatch.pk, status=S.PENDING).update(request_lease_until=None)
+        raise
+    except LiveKitRejected as exc:
+        dispatch_transition(
+            dispatch=dispatch,
+            to=S.FAILED,
+            expect=(S.PENDING,),
+            detail=f"LiveKit refused the dispatch: {exc.message}",
+            last_error=exc.message,
+        )
+        return "failed"
+    if outcome.kind == "room_gone":
+        dispatch_transition(
+            dispatch=dispatch,
+            to=S.ROOM_CLOSED,
+            expect=(S.PENDING,),
+            detail="the room no longer exists in LiveKit",
+        )
+        return "room_gone"
+    assert outcome.livekit is not None
+    found = outcome.livekit
+    how = (
+        "CreateDispatch answered"
+        if outcome.kind == "created"
+        else "adopted the LiveKit dispatch already there"
+    )
+    with transaction.atomic():
+        moved = dispatch_transition(
+            dispatch=dispatch,
+            to=S.REQUESTED,
+            expect=(S.PENDING,),
+            detail=f"{how}: {found.id}",
+            livekit_dispatch_id=found.id,
+            last_error="",
+        )
+        if moved:
+            dispatch_deadline_arm(dispatch=dispatch)
+            job = next((j for j in found.jobs if j.active), None)
+            if job is not None:
+                # Only ListDispatch shows a job (no webhook does): record it when seen.
+                dispatch_transition(
+                    dispatch=dispatch,
+                    to=S.JOB_ASSIGNED,
+                    expect=(S.REQUESTED,),
+                    detail=f"job {job.id} assigned to a worker ({job.status})",
+                    livekit_job_id=job.id,
+                )
+    if not moved:
+        # The row moved on while CreateDispatch was in flight. Forward (the agent's
+        # participant_joined webhook beat this bookkeeping): just record the id. Ended
+        # (cancelled meanwhile): take the dispatch back.
+        still_live = Dispatch.objects.filter(pk=dispatch.pk, status__in=LIVE_STATUSES)
+        if (
+            still_live.filter(livekit_dispatch_id="").update(livekit_dispatch_id=found.id)
+            or still_live.exists()
+        ):
+            return outcome.kind
+        if outcome.kind == "created":
+            _livekit_delete_quietly(room_name=room.name, livekit_id=found.id)
+        return "ended meanwhile"
+    return outcome.kind
+
+
+def dispatch_unavailable_note(*, dispatch_id: int, error: str, retry: int) -> None:
+    """Put a LiveKit outage on the timeline of a dispatch still waiting to be sent."""
+    dispatch = Dispatch.objects.filter(pk=dispatch_id, status=S.PENDING).first()
+    if dispatch is not None:
+        Dispatch.objects.filter(pk=dispatch_id).update(last_error=error, updated_at=timezone.now())
+        dispatch_note(
+            dispatch=dispatch,
+            detail=f"LiveKit unavailable ({error}); retry {retry} scheduled",
+            level=logging.WARNING,
+        )
+
+
+def dispatch_unavailable_give_up(*, dispatch_id: int, error: str, tries: int) -> None:
+    dispatch = Dispatch.objects.filter(pk=dispatch_id).first()
+    if dispatch is not None:
+        message = f"LiveKit unavailable after {tries} tries: {error}"
+        dispatch_transition(
+            dispatch=dispatch, to=S.FAILED, expect=(S.PENDING,), detail=message, last_error=message
+        )
+
+
+def _livekit_delete_quietly(*, room_name: str, livekit_id: str) -> bool:
+    try:
+        livekit_run(lambda client: client.delete_dispatch(room_name, livekit_id))
+    except LiveKitNotFound:
+        return True
+    except LiveKitError as exc:
+        logger.warning(
+            "could not delete LiveKit dispatch %s: %s", livekit_id, exc.message, extra={"room": room_name}
+        )
+        return False
+    return True
+
+
+def dispatch_remove(*, dispatch_id: int) -> str:
+    """Remove a cancelled (or failed) dispatch from LiveKit, which removes its agent.
+    Raises LiveKitUnavailable for the task to retry."""
+    dispatch = Dispatch.objects.select_related("room").filter(pk=dispatch_id).first()
+    if dispatch is None or dispatch.is_live:
+        return "skipped"
+    room = dispatch.room
+    known = _known_livekit_ids(dispatch)
+
+    async def remove(client: LiveKit) -> str:
+        target = dispatch.livekit_dispatch_id
+        if not target:
+            # A token dispatch: LiveKit made it, the ledger never learnt its id.
+            found = _adoptable(await client.list_dispatches(room.name), dispatch, known)
+            if found is None:
+                return ""
+            target = found.id
+        try:
+            await client.delete_dispatch(room.name, target)
+        except LiveKitNotFound:
+            return target + " (already gone)"
+        return target
+
+    removed = livekit_run(remove)
+    if removed:
+        dispatch_note(dispatch=dispatch, detail=f"LiveKit dispatch {removed} deleted")
+    return removed or "nothing to delete"
+
+
+@dataclass(slots=True)
+class _Snapshot:
+    room_exists: bool
+    participants: list[LkParticipant]
+    dispatches: list[LkDispatch]
+
+
+def _agent_participant(
+    dispatch: Dispatch, participants: Iterable[LkParticipant], job_identities: set[str]
+) -> LkParticipant | None:
+    fallback = None
+    for participant in participants:
+        if not participant.is_agent:
+            continue
+        if participant.identity in job_identities or (
+            dispatch.participant_identity and participant.identity == dispatch.participant_identity
+        ):
+            return participant
+        if participant.agent_name == dispatch.agent_name and fallback is None:
+            fallback = participant
+    return fallback
+
+
+def dispatch_deadline_check(*, dispatch_id: int) -> str:
+    """The join deadline passed: is the agent there? If not, say why (no_worker, failed,
+    timed_out), delete the LiveKit dispatch and re-dispatch (then the fallback, then give up).
+    Raises LiveKitUnavailable for the task to retry."""
+    dispatch = Dispatch.objects.select_related("room", "agent").filter(pk=dispatch_id).first()
+    if dispatch is None or dispatch.status not in WAITING_STATUSES or dispatch.deadline_at is None:
+        return "skipped"
+    now = timezone.now()
+    if dispatch.deadline_at > now + timedelta(seconds=0.05):
+        # Ran early (the deadline was moved, or an ETA message was redelivered).
+        enqueue(
+            "dispatch_deadline",
+            dispatch.pk,
+            countdown=(dispatch.deadline_at - now).total_seconds() + DEADLINE_GRACE_S,
+        )
+        return "rescheduled"
+    room = dispatch.room
+    known = _known_livekit_ids(dispatch)
+
+    async def look(client: LiveKit) -> _Snapshot:
+        rooms = await client.list_rooms([room.name])
+        if not rooms:
+            return _Snapshot(False, [], [])
+        return _Snapshot(
+            True, await client.list_participants(room.name), await client.list_dispatches(room.name)
+        )
+
+    snapshot = livekit_run(look)
+    if not snapshot.room_exists:
+        if dispatch.delivery == Dispatch.Delivery.TOKEN and room.status != Room.Status.ACTIVE:
+            # Nobody has joined with the token yet: the deadline starts again with the room.
+            Dispatch.objects.filter(pk=dispatch.pk, status=S.PENDING).update(deadline_at=None)
+            return "waiting for the room"
+        dispatch_transition(
+            dispatch=dispatch,
+            to=S.ROOM_CLOSED,
+            expect=WAITING_STATUSES,
+            detail="the room no longer exists in LiveKit",
+        )
+        return S.ROOM_CLOSED
+    ours = _adoptable(snapshot.dispatches, dispatch, known)
+    jobs = ours.jobs if ours is not None else ()
+    participant = _agent_participant(dispatch, snapshot.participants, {j.participant_identity for j in jobs})
+    deadline_s = dispatch.agent.join_deadline_s if dispatch.agent else "?"
+    if participant is not None:
+        agent_joined_record(
+            dispatch=dispatch, participant=participant, livekit=ours, how="found in the room at the deadline"
+        )
+        return S.AGENT_JOINED
+    if ours is None:
+        if dispatch.delivery == Dispatch.Delivery.TOKEN:
+            # LiveKit applies a token's agents only when that join creates the room: the room
+            # already existed, so deliver the agent explicitly (not a new attempt).
+            with transaction.atomic():
+                Dispatch.objects.filter(pk=dispatch.pk, status=S.PENDING).update(
+                    delivery=Dispatch.Delivery.EXPLICIT, deadline_at=None
+                )
+                dispatch_note(
+                    dispatch=dispatch,
+                    detail="LiveKit has no dispatch for the token's agent (the room existed before the "
+                    "token's join, so LiveKit ignored its agents); dispatching explicitly",
+                )
+                enqueue("dispatch_request", dispatch.pk)
+            return "converted to explicit"
+        to, error = S.FAILED, f"LiveKit has no dispatch for '{dispatch.agent_name}' any more"
+    else:
+        failed = [j for j in jobs if j.status == "failed"]
+        if not jobs:
+            to = S.NO_WORKER
+            error = f"no worker registered as '{dispatch.agent_name}' took the job within {deadline_s} s"
+        elif failed and not any(j.active for j in jobs):
+            to, error = S.FAILED, f"job {failed[-1].id} failed: {failed[-1].error or 'no error given'}"
+        elif not any(j.active for j in jobs):
+            # The agent came and went between webhooks (or they were lost).
+            to = S.FAILED
+            error = f"job {jobs[-1].id} ended ({jobs[-1].status}) and its participant is not in the room"
+        else:
+            job = jobs[-1]
+            to = S.TIMED_OUT
+            error = (
+                f"job {job.id} was {job.status} but its participant '{job.participant_identity}' "
+                f"did not join within {deadline_s} s"
+            )
+    with transaction.atomic():
+        fields: dict[str, Any] = {"last_error": error}
+        if ours is not None and not dispatch.livekit_dispatch_id:
+            fields["livekit_dispatch_id"] = ours.id
+        if jobs:
+            fields["livekit_job_id"] = jobs[-1].id
+        if not dispatch_transition(dispatch=dispatch, to=to, expect=WAITING_STATUSES, detail=error, **fields):
+            return "skipped"
+    if ours is not None and _livekit_delete_quietly(room_name=room.name, livekit_id=ours.id):
+        dispatch_note(dispatch=dispatch, detail=f"LiveKit dispatch {ours.id} deleted")
+    with transaction.atomic():
+        dispatch_retry(dispatch=dispatch)
+    return to

@@ -1,0 +1,161 @@
+"""LiveKit webhooks: verification and what each event changes in the ledger.
+
+A webhook is trusted only if `WebhookReceiver` accepts it: a JWT signed with our API secret
+whose `sha256` claim is the hash of the exact body. Anything else is refused before a single
+row is written. Delivery is at-least-once and unordered across retries, so each event id is
+recorded in the same transaction as its effects: a redelivery finds the id and does nothing,
+and a failure rolls both back so LiveKit's retry is processed.
+
+The request path only writes the ledger; every LiveKit call it causes is a task enqueued on
+commit, so the answer is fast whatever LiveKit is doing.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from livekit.api import TokenVerifier, WebhookReceiver
+from rest_framework import status
+
+from dispatchportal import metrics
+from dispatchportal.exceptions import ApplicationError
+
+from .livekit_client import participant_from_proto
+from .models import Room, WebhookEvent
+from .services import (
+    agent_participant_joined,
+    agent_participant_left,
+    room_finished,
+    room_rules_apply,
+    room_started,
+)
+
+logger = logging.getLogger(__name__)
+
+PARTICIPANT_LEFT_EVENTS = ("participant_left", "participant_connection_aborted")
+
+
+class WebhookRejected(ApplicationError):
+    status_code = status.HTTP_401_UNAUTHORIZED
+    code = "unauthenticated"
+
+
+@dataclass(slots=True)
+class WebhookOutcome:
+    event: str
+    event_id: str
+    duplicate: bool = False
+
+
+def webhook_verify(*, body: bytes, authorization: str) -> Any:
+    """The verified event (a `livekit.protocol.webhook.WebhookEvent`), or WebhookRejected."""
+    token = authorization.strip()
+    if token.lower().startswith("bearer "):
+        token = token[7:].strip()
+    if not token:
+        metrics.webhook_refused_record(reason="missing authorization")
+        raise WebhookRejected("missing Authorization header (a JWT signed with the LiveKit API secret)")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        metrics.webhook_refused_record(reason="body not utf-8")
+        raise WebhookRejected("body is not UTF-8") from None
+    receiver = WebhookReceiver(TokenVerifier(settings.LIVEKIT_API_KEY, settings.LIVEKIT_API_SECRET))
+    try:
+        return receiver.receive(text, token)
+    except Exception as exc:  # noqa: BLE001  the SDK raises bare Exception for a hash mismatch
+        # Name the kind of failure, never the token or the key.
+        reason = (
+            str(exc)
+            if str(exc) in ("hash mismatch", "sha256 was not found in the token")
+            else type(exc).__name__
+        )
+        logger.warning("webhook refused: %s", reason)
+        metrics.webhook_refused_record(reason=reason)
+        raise WebhookRejected(f"webhook signature or body hash invalid ({reason})") from None
+
+
+def webhook_receive(*, body: bytes, authorization: str) -> WebhookOutcome:
+    return webhook_event_handle(event=webhook_verify(body=body, authorization=authorization))
+
+
+def _created(event: Any) -> datetime | None:
+    return datetime.fromtimestamp(event.created_at, tz=UTC) if event.created_at else None
+
+
+def _room_started_at(room: Any) -> datetime | None:
+    seconds = room.creation_time_ms / 1000 if room.creation_time_ms else room.creation_time
+    return datetime.fromtimestamp(seconds, tz=UTC) if seconds else None
+
+
+@transaction.atomic
+def webhook_event_handle(*, event: Any) -> WebhookOutcome:
+    """Apply one verified event to the ledger, once per event id."""
+    outcome = WebhookOutcome(event=event.event, event_id=event.id)
+    metrics.webhook_event_record(event=event.event)
+    name = event.room.name
+    participant = participant_from_proto(event.participant) if event.HasField("participant") else None
+    if event.id:
+        try:
+            with transaction.atomic():
+                WebhookEvent.objects.create(
+                    event_id=event.id,
+                    event=event.event,
+                    room_name=name,
+                    participant_identity=participant.identity if participant else "",
+                    agent_name=(participant.agent_name or "") if participant else "",
+                    created_at=_created(event),
+                )
+        except IntegrityError:
+            outcome.duplicate = True
+            return outcome
+    if not name:
+        return outcome
+    kind = event.event
+    if kind == "room_started":
+        room = room_started(
+            name=name,
+            sid=event.room.sid,
+            started_at=_room_started_at(event.room),
+            num_participants=event.room.num_participants,
+        )
+        room_rules_apply(room=room)
+    elif kind == "room_finished":
+        room_finished(name=name, sid=event.room.sid)
+    elif kind == "participant_joined" and participant is not None:
+        room = _room_for_participant_event(event)
+        if room is not None and participant.is_agent:
+            agent_participant_joined(room=room, participant=participant)
+    elif kind in PARTICIPANT_LEFT_EVENTS and participant is not None:
+        room = Room.objects.filter(name=name).first()
+        if room is not None:
+            if room.status == Room.Status.ACTIVE and event.room.sid in ("", room.sid):
+                Room.objects.filter(pk=room.pk).update(num_participants=event.room.num_participants)
+            if participant.is_agent:
+                agent_participant_left(room=room, participant=participant)
+    return outcome
+
+
+def _room_for_participant_event(event: Any) -> Room | None:
+    """A participant event proves the room is live, even if room_started was lost; but a
+    late event about a session already finished must not bring it back."""
+    existing = Room.objects.filter(name=event.room.name).first()
+    if existing is not None and existing.status == Room.Status.FINISHED and existing.sid == event.room.sid:
+        return None
+    was_active = (
+        existing is not None and existing.status == Room.Status.ACTIVE and existing.sid == event.room.sid
+    )
+    room = room_started(
+        name=event.room.name,
+        sid=event.room.sid,
+        started_at=_room_started_at(event.room),
+        num_participants=event.room.num_participants,
+    )
+    if not was_active:
+        room_rules_apply(room=room)
+    return room

@@ -1,0 +1,130 @@
+"""The admin dashboard and doctor page: the numbers a person reads off them."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from rooms_app.dashboard import agent_stats_get, doctor_url, percentile, rooms_waiting_list
+from rooms_app.models import Dispatch, Room
+from tests.factories import AgentFactory, RuleFactory
+
+from .conftest import person_joins
+
+pytestmark = pytest.mark.django_db
+
+
+def _dispatch(room: Room, agent: str, status: str, *, ago_s: float, join_s: float | None = None, **fields):
+    created = timezone.now() - timedelta(seconds=ago_s)
+    row = Dispatch.objects.create(room=room, agent_name=agent, source="rule", status=status, **fields)
+    joined = created + timedelta(seconds=join_s) if join_s is not None else None
+    Dispatch.objects.filter(pk=row.pk).update(created_at=created, requested_at=created, joined_at=joined)
+    return row
+
+
+@pytest.fixture
+def history():
+    """support-agent: 3 joins and 1 no-worker in the last hour, 1 more join yesterday evening;
+    sales-agent: one failure only. One room still waits for its agent."""
+    rooms = [Room.objects.create(name=f"support-{i}", status="finished") for i in range(6)]
+    _dispatch(rooms[0], "support-agent", "agent_joined", ago_s=600, join_s=1.0)
+    _dispatch(rooms[1], "support-agent", "agent_joined", ago_s=500, join_s=2.0)
+    _dispatch(rooms[2], "support-agent", "agent_joined", ago_s=400, join_s=9.0)
+    _dispatch(
+        rooms[3],
+        "support-agent",
+        "no_worker",
+        ago_s=300,
+        ended_at=timezone.now(),
+        last_error="no worker registered as 'support-agent' took the job",
+    )
+    _dispatch(rooms[4], "support-agent", "agent_joined", ago_s=20 * 3600, join_s=4.0)
+    _dispatch(rooms[5], "sales-agent", "failed", ago_s=100, ended_at=timezone.now(), last_error="job crashed")
+    waiting_room = Room.objects.create(name="support-waiting", status="active", started_at=timezone.now())
+    _dispatch(
+        waiting_room,
+        "support-agent",
+        "requested",
+        ago_s=42,
+        deadline_at=timezone.now() - timedelta(seconds=5),
+    )
+
+
+def test_success_rate_and_time_to_join_per_agent(history):
+    stats = agent_stats_get()
+
+    hour, day = stats["support-agent"]["hour"], stats["support-agent"]["day"]
+    assert (hour.joined, hour.failed, hour.success_rate) == (3, 1, 0.75)
+    assert (hour.p50_s, hour.p95_s) == (2.0, 9.0)
+    assert (day.joined, day.success_rate, day.p50_s, day.p95_s) == (4, 0.8, 2.0, 9.0)
+    assert stats["sales-agent"]["hour"].success_rate == 0.0
+    assert percentile([], 0.5) is None
+
+
+def test_rooms_waiting_longest_first_with_overdue_flag(history):
+    [waiting] = rooms_waiting_list()
+
+    assert waiting.room_name == "support-waiting" and waiting.overdue
+    assert 40 <= waiting.waiting_s < 60
+
+
+def test_the_dashboard_shows_charts_waiting_rooms_and_failures_with_doctor_links(admin_client, history):
+    response = admin_client.get("/admin/dispatch-dashboard/")
+
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert page.count('class="dp-chart"') == 3  # success rate, time to join, per hour
+    assert "Dispatch success rate by agent" in page and "Time from dispatch to agent joined" in page
+    assert re.search(r"<td>support-agent</td>\s*<td>5 / 6</td>\s*<td>75%\s*/ 80%</td>", page)
+    assert "2.0 s / 9.0 s" in page
+    assert "support-waiting" in page and "(past the deadline)" in page
+    assert "no worker registered as &#x27;support-agent&#x27; took the job" in page
+    assert doctor_url(room_name="support-3", agent_name="support-agent").replace("&", "&amp;") in page
+
+
+def test_an_empty_dashboard_says_so(admin_client):
+    page = admin_client.get("/admin/dispatch-dashboard/").content.decode()
+
+    assert "No dispatch in the last day." in page
+    assert "No room is waiting for an agent." in page and "No failed dispatch." in page
+
+
+def test_the_admin_home_links_to_the_dashboard_and_the_doctor(admin_client):
+    page = admin_client.get("/admin/").content.decode()
+
+    assert 'id="dashboard-link"' in page and 'id="doctor-link"' in page
+
+
+def test_the_doctor_page_shows_the_verdict_cause_and_fix(admin_client, lk):
+    agent = AgentFactory(agent_name="support-agent", enabled=False)
+    RuleFactory(name="support rooms", agent=agent, room_match_value="support-*")
+    person_joins(lk, "support-9", "ann")
+
+    page = admin_client.get("/admin/dispatch-doctor/", {"room": "support-9"}).content.decode()
+
+    assert "Broken at link 2" in page
+    assert 'id="doctor-cause"' in page and "is disabled" in page
+    assert "Enable &#x27;support-agent&#x27; in Admin › Agents" in page
+    assert page.count('class="dp-state dp-state-') == 8
+
+
+def test_staff_without_permission_and_anonymous_users_are_kept_out(client, django_user_model):
+    assert client.get("/admin/dispatch-dashboard/").status_code == 302  # to the login page
+    clerk = django_user_model.objects.create_user("clerk", password="pw-clerk-123", is_staff=True)
+    client.force_login(clerk)
+    assert client.get("/admin/dispatch-dashboard/").status_code == 403
+    assert client.get("/admin/dispatch-doctor/", {"room": "x"}).status_code == 403
+
+
+def test_rooms_and_dispatches_in_the_admin_link_to_the_doctor(admin_client, lk):
+    room = Room.objects.create(name="support-11", status="active")
+    Dispatch.objects.create(room=room, agent_name="support-agent", source="rule", status="no_worker")
+
+    rooms = admin_client.get("/admin/rooms_app/room/").content.decode()
+    dispatches = admin_client.get("/admin/rooms_app/dispatch/").content.decode()
+
+    assert doctor_url(room_name="support-11").replace("&", "&amp;") in rooms
+    assert doctor_url(room_name="support-11", agent_name="support-agent").replace("&", "&amp;") in dispatches

@@ -1,0 +1,96 @@
+"""The control API itself: who may use it, reset, seeding, and the in-process server."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+from livekit import api
+
+from livekit_emulator import ControlClient, ControlError, run_in_thread
+
+from .support import call, join_token
+
+
+def _non_loopback_address() -> str | None:
+    # A UDP "connection" sends nothing; it only makes the OS pick an outgoing interface.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))
+            address = probe.getsockname()[0]
+        except OSError:
+            return None
+    return None if address.startswith("127.") or address == "0.0.0.0" else address
+
+
+@pytest.fixture
+def remote_address() -> str:
+    address = _non_loopback_address()
+    if address is None:
+        pytest.skip("this machine has no non-loopback IPv4 address")
+    return address
+
+
+def test_control_is_refused_to_non_loopback_clients(remote_address):
+    with run_in_thread(host="0.0.0.0") as server:
+        port = server.control_url.rsplit(":", 1)[1]
+
+        with pytest.raises(ControlError) as error:
+            ControlClient(f"http://{remote_address}:{port}").state()
+
+        assert error.value.status == 403
+        assert server.control.state()["rooms"] == []  # loopback still allowed
+
+
+def test_a_control_token_admits_remote_clients(remote_address):
+    with run_in_thread(host="0.0.0.0", control_token="let-me-in") as server:
+        port = server.control_url.rsplit(":", 1)[1]
+
+        assert ControlClient(f"http://{remote_address}:{port}", token="let-me-in").state()["rooms"] == []
+        with pytest.raises(ControlError) as error:
+            ControlClient(f"http://{remote_address}:{port}", token="wrong").state()
+        assert error.value.status == 401
+
+
+def test_reset_forgets_everything(livekit_server):
+    livekit_server.control.add_worker("triage")
+    livekit_server.control.join(join_token(livekit_server, "busy", "alice"))
+    livekit_server.control.faults(latency_ms=5)
+    livekit_server.control.webhooks(url="http://127.0.0.1:9/nowhere")
+
+    livekit_server.control.reset()
+
+    state = livekit_server.control.state()
+    assert (state["rooms"], state["workers"], state["dispatches"]) == ([], [], [])
+    assert state["faults"]["latency_ms"] == 0 and livekit_server.control.webhook_status()["url"] is None
+
+
+def test_seeding_rooms_in_bulk(livekit_server):
+    seeded = livekit_server.control.create_rooms(
+        [{"name": f"bulk-{i}", "participants": [{"identity": "a"}, {"identity": "b"}]} for i in range(50)]
+    )
+
+    rooms = call(livekit_server, lambda lk: lk.room.list_rooms(api.ListRoomsRequest()))
+
+    assert len(seeded["rooms"]) == 50 and all(r["created"] for r in seeded["rooms"])
+    assert {r.num_participants for r in rooms.rooms} == {2}
+
+
+def test_bad_control_input_is_a_400(livekit_server):
+    with pytest.raises(ControlError) as error:
+        livekit_server.control.add_worker("x", behavior="explode")
+    assert error.value.status == 400
+
+    with pytest.raises(ControlError) as error:
+        livekit_server.control.faults(error_rate=2)
+    assert error.value.status == 400
+
+
+def test_an_in_process_server_starts_quickly_and_serves_the_api():
+    started = time.monotonic()
+    with run_in_thread(keys={"k": "s" * 40}, webhook_url=None) as server:
+        elapsed = time.monotonic() - started
+        health = call(server, lambda lk: lk.room.list_rooms(api.ListRoomsRequest()))
+
+    assert elapsed < 0.5 and list(health.rooms) == []

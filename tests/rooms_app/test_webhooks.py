@@ -1,0 +1,220 @@
+"""POST /livekit/webhook: only LiveKit's signed events are accepted, each event id once, and
+each event moves the ledger (no worker here: the LiveKit work they cause is only enqueued)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import time
+
+import jwt
+import pytest
+from google.protobuf import json_format
+from livekit.protocol import models, webhook
+
+from rooms_app.models import Dispatch, Room, WebhookEvent
+from tests.factories import AgentFactory, RuleFactory
+
+pytestmark = pytest.mark.django_db
+URL = "/livekit/webhook"
+KEY = "webhook-test-key"
+SECRET = "webhook-test-secret-long-enough-for-hs256-0123456789"
+
+
+@pytest.fixture(autouse=True)
+def _keys(settings):
+    settings.LIVEKIT_API_KEY = KEY
+    settings.LIVEKIT_API_SECRET = SECRET
+
+
+def event_body(
+    event: str, room: str = "support-1", *, event_id: str = "", sid: str = "RM_one", participant=None
+) -> bytes:
+    message = webhook.WebhookEvent(
+        event=event,
+        id=event_id or f"EV_{event}_{room}",
+        created_at=int(time.time()),
+        room=models.Room(name=room, sid=sid, creation_time=int(time.time()), num_participants=1),
+    )
+    if participant is not None:
+        message.participant.CopyFrom(participant)
+    return json_format.MessageToJson(message, indent=None).encode()
+
+
+def agent_participant(identity: str = "agent-AJ_one", agent_name: str = "support-agent", reason: int = 0):
+    return models.ParticipantInfo(
+        identity=identity,
+        sid="PA_x",
+        kind=4,
+        attributes={"lk.agent_name": agent_name},
+        joined_at=int(time.time()),
+        disconnect_reason=reason,
+    )
+
+
+def sign(body: bytes, *, key: str = KEY, secret: str = SECRET) -> str:
+    now = int(time.time())
+    digest = base64.b64encode(hashlib.sha256(body).digest()).decode()
+    return jwt.encode({"iss": key, "nbf": now, "exp": now + 300, "sha256": digest}, secret, algorithm="HS256")
+
+
+def post(client, body: bytes, authorization: str | None = None):
+    headers = {} if authorization is None else {"HTTP_AUTHORIZATION": authorization}
+    return client.post(URL, data=body, content_type="application/webhook+json", **headers)
+
+
+@pytest.fixture
+def explicit_rule():
+    agent = AgentFactory(agent_name="support-agent", join_deadline_s=5)
+    return RuleFactory(agent=agent, room_match_value="support-*", delivery="explicit")
+
+
+def test_room_started_applies_explicit_rules(client, explicit_rule, django_capture_on_commit_callbacks):
+    body = event_body("room_started")
+    with django_capture_on_commit_callbacks() as sent:
+        answer = post(client, body, sign(body))
+    assert answer.status_code == 200
+    assert answer.json() == {
+        "ok": True,
+        "event": "room_started",
+        "id": "EV_room_started_support-1",
+        "duplicate": False,
+    }
+    room = Room.objects.get(name="support-1")
+    assert (room.status, room.sid) == ("active", "RM_one")
+    [dispatch] = Dispatch.objects.all()
+    assert (dispatch.agent_name, dispatch.source, dispatch.status) == ("support-agent", "rule", "pending")
+    assert len(sent) >= 1  # CreateDispatch is a task, sent after commit
+
+
+def test_a_redelivered_event_is_handled_once(client, explicit_rule):
+    body = event_body("room_started")
+    assert post(client, body, sign(body)).json()["duplicate"] is False
+    again = post(client, body, sign(body))
+    assert again.status_code == 200 and again.json()["duplicate"] is True
+    assert Dispatch.objects.count() == 1 and WebhookEvent.objects.count() == 1
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        None,
+        "",
+        "not-a-jwt",
+        "forged",  # signed with another secret
+        "other-body",  # a valid signature for a different body
+        "bearer-forged",
+    ],
+)
+def test_forged_webhooks_are_refused_and_nothing_is_recorded(client, explicit_rule, authorization):
+    body = event_body("room_started")
+    header = {
+        "forged": sign(body, secret="an-attacker-secret-long-enough-0123456789abcdef"),
+        "other-body": sign(event_body("room_started", "support-2")),
+        "bearer-forged": "Bearer " + sign(body, key="another-key"),
+    }.get(authorization or "", authorization)
+    answer = post(client, body, header)
+    assert answer.status_code == 401
+    assert answer.json()["error"] == "unauthenticated"
+    assert not Room.objects.exists() and not WebhookEvent.objects.exists() and not Dispatch.objects.exists()
+
+
+def test_a_tampered_body_is_refused(client, explicit_rule):
+    body = event_body("room_started")
+    header = sign(body)
+    answer = post(client, body.replace(b"support-1", b"support-9"), header)
+    assert answer.status_code == 401 and "hash mismatch" in answer.json()["detail"]
+    assert not Dispatch.objects.exists()
+
+
+def test_agent_joined_by_its_agent_name_then_left_is_redispatched(client, explicit_rule):
+    body = event_body("room_started")
+    post(client, body, sign(body))
+    joined = event_body("participant_joined", participant=agent_participant())
+    assert post(client, joined, sign(joined)).status_code == 200
+    dispatch = Dispatch.objects.get()
+    assert (dispatch.status, dispatch.participant_identity, dispatch.livekit_job_id) == (
+        "agent_joined",
+        "agent-AJ_one",
+        "AJ_one",
+    )
+    left = event_body("participant_left", participant=agent_participant(reason=16))
+    post(client, left, sign(left))
+    dispatch.refresh_from_db()
+    assert dispatch.status == "failed" and "left the room" in dispatch.last_error and dispatch.left_at
+    retry = Dispatch.objects.get(previous=dispatch)
+    assert (retry.status, retry.attempt) == ("pending", 2)
+
+
+def test_agents_leaving_because_the_room_closed_are_not_redispatched(client, explicit_rule):
+    body = event_body("room_started")
+    post(client, body, sign(body))
+    joined = event_body("participant_joined", participant=agent_participant())
+    post(client, joined, sign(joined))
+    left = event_body("participant_left", participant=agent_participant(reason=10))  # ROOM_CLOSED
+    post(client, left, sign(left))
+    finished = event_body("room_finished")
+    post(client, finished, sign(finished))
+    assert list(Dispatch.objects.values_list("status", flat=True)) == ["room_closed"]
+    assert Room.objects.get().status == "finished"
+
+
+def test_room_finished_closes_waiting_dispatches(client, explicit_rule):
+    body = event_body("room_started")
+    post(client, body, sign(body))
+    finished = event_body("room_finished")
+    post(client, finished, sign(finished))
+    dispatch = Dispatch.objects.get()
+    assert dispatch.status == "room_closed" and dispatch.ended_at is not None
+    assert [e.status for e in dispatch.events.all()] == ["pending", "room_closed"]
+
+
+def test_unmanaged_and_unnamed_agents_are_ignored(client, explicit_rule):
+    body = event_body("room_started")
+    post(client, body, sign(body))
+    for identity, name in (("agent-AJ_other", "someone-elses-agent"), ("agent-AJ_auto", "")):
+        joined = event_body(
+            "participant_joined", event_id=f"EV_{identity}", participant=agent_participant(identity, name)
+        )
+        post(client, joined, sign(joined))
+    assert list(Dispatch.objects.values_list("agent_name", "status")) == [("support-agent", "pending")]
+
+
+def test_a_managed_agent_joining_without_a_dispatch_is_recorded(client):
+    AgentFactory(agent_name="support-agent")
+    joined = event_body("participant_joined", participant=agent_participant())
+    post(client, joined, sign(joined))
+    dispatch = Dispatch.objects.get()
+    assert (dispatch.status, dispatch.source, dispatch.participant_identity) == (
+        "agent_joined",
+        "reconcile",
+        "agent-AJ_one",
+    )
+    assert Room.objects.get().status == "active"
+
+
+def test_a_late_event_does_not_reopen_a_finished_room(client, explicit_rule):
+    for kind in ("room_started", "room_finished"):
+        body = event_body(kind)
+        post(client, body, sign(body))
+    late = event_body("participant_joined", participant=agent_participant())
+    post(client, late, sign(late))
+    assert Room.objects.get().status == "finished"
+    assert not Dispatch.objects.filter(status__in=("pending", "requested", "agent_joined")).exists()
+
+
+def test_room_started_costs_a_bounded_number_of_queries(client, explicit_rule, django_assert_max_num_queries):
+    warm = event_body("room_started", "support-0")
+    post(client, warm, sign(warm))  # compiles the rules once per process
+    body = event_body("room_started")
+    # 12 in production (event id, room, agent, dispatch and its event, with their savepoints)
+    # plus the savepoint pair of the test's own transaction.
+    with django_assert_max_num_queries(14):
+        assert post(client, body, sign(body)).status_code == 200
+
+
+def test_agent_names_seen_joining_are_kept(client):
+    """The doctor lists names workers really register with, to spot typos."""
+    joined = event_body("participant_joined", participant=agent_participant(agent_name="support-agnet"))
+    post(client, joined, sign(joined))
+    assert list(WebhookEvent.objects.values_list("agent_name", flat=True)) == ["support-agnet"]
