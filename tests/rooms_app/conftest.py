@@ -25,7 +25,6 @@ from django.db import connection
 
 from dispatchportal.celery import app as celery_app
 
-
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[2]
 QUEUE = f"rooms-test-{uuid.uuid4().hex[:10]}"
