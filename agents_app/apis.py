@@ -4,23 +4,25 @@ Views are thin: validate input, call one service, serialize the answer."""
 
 from __future__ import annotations
 
-import functools
 import json
 from typing import Any
 
 from django.conf import settings
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
-from rest_framework import serializers
+from rest_framework import exceptions, serializers
+from rest_framework.negotiation import BaseContentNegotiation
+from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from dispatchportal import metrics
 from dispatchportal.exceptions import ApplicationError, Forbidden
 
-from .authentication import IsApiClient, IsApiClientOrStaff
+from .authentication import ApiClientAuthentication, IsApiClient, IsApiClientOrStaff
 from .models import Agent
 from .rules import KINDS, Join, RuleError, RuleSpec, rule_compile
 from .services import RateLimited, TokenRequest, rules_explain, token_mint
+from .token_request import token_request_parse
 
 MAX_NAME_LENGTH = getattr(settings, "LIVEKIT_MAX_NAME_LENGTH", 256)
 MAX_METADATA_BYTES = getattr(settings, "LIVEKIT_MAX_METADATA_BYTES", 64_000)
@@ -76,6 +78,7 @@ class StrictSerializer(serializers.Serializer):
 class AgentRequestSerializer(StrictSerializer):
     agent_name = StrictCharField(max_length=128, allow_blank=True)
     metadata = StrictCharField(required=False, allow_blank=True, max_length=MAX_METADATA_BYTES)
+    deployment = StrictCharField(required=False, allow_blank=True, max_length=MAX_NAME_LENGTH)
 
 
 class RoomConfigSerializer(serializers.Serializer):
@@ -104,10 +107,37 @@ def _size(value: Any) -> int:
     return len(value.encode()) if isinstance(value, str) else len(json.dumps(value).encode())
 
 
+def _json_body(request: Any) -> Any:
+    """The body as JSON, with DRF's JSONParser's answers (415 for another media type, 400 for
+    bad JSON) but without its per-request parser machinery."""
+    if not request.body:
+        return {}
+    if not request.content_type.startswith("application/json"):
+        raise exceptions.UnsupportedMediaType(request.content_type)
+    try:
+        return json.loads(request.body)
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise exceptions.ParseError(f"JSON parse error - {exc}") from None
+
+
+class JsonOnly(BaseContentNegotiation):
+    """The token endpoint answers JSON whatever the client accepts (LiveKit's SDKs want JSON),
+    which spares parsing every request's headers for Accept."""
+
+    def select_parser(self, request: Any, parsers: list) -> Any:
+        return parsers[0]
+
+    def select_renderer(self, request: Any, renderers: list, format_suffix: str | None = None) -> tuple:
+        return renderers[0], renderers[0].media_type
+
+
 class TokenApi(APIView):
     """LiveKit's standard token endpoint (what `TokenSource.endpoint` calls)."""
 
     permission_classes = [IsApiClient]
+    authentication_classes = [ApiClientAuthentication]  # keys only: no session, no CSRF
+    renderer_classes = [JSONRenderer]
+    content_negotiation_class = JsonOnly
 
     def finalize_response(self, request: Any, response: Any, *args: Any, **kwargs: Any) -> Any:
         # Every answer, errors included, is counted by client and outcome (no database write).
@@ -167,14 +197,14 @@ class TokenApi(APIView):
         },
     )
     def post(self, request: Any) -> Response:
-        values = _token_input().run_validation(request.data)
+        values = token_request_parse(_json_body(request))
         token_request = TokenRequest(
             room_name=values.get("room_name", ""),
             participant_identity=values.get("participant_identity", ""),
             participant_name=values.get("participant_name", ""),
             participant_metadata=values.get("participant_metadata", ""),
             participant_attributes=values.get("participant_attributes", {}),
-            agents=values.get("room_config", {}).get("agents", []),
+            agents=values.get("room_config", []),
             ttl_s=values.get("ttl"),
             grants=values.get("grants", {}),
         )
@@ -205,13 +235,6 @@ class TokenApi(APIView):
             },
         }
         return Response(body, status=201)
-
-
-@functools.cache
-def _token_input() -> serializers.Serializer:
-    """One bound input serializer for the token path: building its nested fields costs more
-    per request than the rest of validation. `run_validation` keeps no per-call state."""
-    return TokenApi.InputSerializer()
 
 
 class MatchSerializer(StrictSerializer):

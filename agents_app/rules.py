@@ -208,6 +208,8 @@ def template_check(template: Any, *, groups: Iterable[str]) -> None:
 
 def template_render(template: Any, context: Mapping[str, Any]) -> Any:
     if isinstance(template, str):
+        if "{{" not in template:  # most strings are plain: skip the regex
+            return template
         return PLACEHOLDER.sub(lambda m: _lookup(context, m.group(1)), template)
     if isinstance(template, dict):
         return {template_render(k, context): template_render(v, context) for k, v in template.items()}
@@ -272,6 +274,14 @@ class CompiledRule:
     identity: Matcher | None
     attributes: tuple[tuple[str, Matcher], ...]
     rank: int = 0
+    # The job metadata when it does not depend on the join (no template, or one without
+    # placeholders): rendered once here instead of on every token.
+    constant_metadata: str | None = None
+
+    def metadata(self, context: Mapping[str, Any]) -> str:
+        return metadata_render(
+            default=self.spec.default_metadata, template=self.spec.metadata_template, context=context
+        )
 
 
 def _prefixed(exc: RuleError, prefix: str) -> RuleError:
@@ -312,7 +322,10 @@ def rule_compile(spec: RuleSpec) -> CompiledRule:
         )
     except MetadataTooLarge as exc:
         raise RuleError("metadata_template", str(exc)) from None
-    return CompiledRule(spec, room, identity, tuple(conditions))
+    constant = None
+    if not template_placeholders(spec.metadata_template):
+        constant = metadata_render(default=spec.default_metadata, template=spec.metadata_template, context={})
+    return CompiledRule(spec, room, identity, tuple(conditions), constant_metadata=constant)
 
 
 def _sample_context(groups: Iterable[str]) -> dict[str, Any]:
@@ -346,6 +359,7 @@ class AppliedAgent:
     rule: str  # the rule's name, or "client" for an agent the client asked for itself
     metadata: str
     delivery: str
+    deployment: str = ""  # a LiveKit Cloud deployment the client asked for, if any
 
 
 @dataclass(frozen=True, slots=True)
@@ -404,6 +418,13 @@ class RuleSet:
         rules = self.rules if explain else self.candidates(join.room_name)
         applied: dict[str, AppliedAgent] = {}
         verdicts: list[Verdict] = []
+        join_context = {
+            "room_name": join.room_name,
+            "participant_identity": join.participant_identity,
+            "participant_name": join.participant_name,
+            "client": join.client,
+            "attributes": join.attributes,
+        }
         stopped_by = ""
         for rule in rules:
             spec = rule.spec
@@ -431,17 +452,9 @@ class RuleSet:
                 outcome = "shadowed"
                 reason = f"agent already applied by rule '{applied[spec.agent_name].rule}'"
             else:
-                context = {
-                    "room_name": join.room_name,
-                    "participant_identity": join.participant_identity,
-                    "participant_name": join.participant_name,
-                    "client": join.client,
-                    "attributes": join.attributes,
-                    "match": groups,
-                }
-                metadata = metadata_render(
-                    default=spec.default_metadata, template=spec.metadata_template, context=context
-                )
+                metadata = rule.constant_metadata
+                if metadata is None:
+                    metadata = rule.metadata({**join_context, "match": groups})
                 applied[spec.agent_name] = AppliedAgent(spec.agent_name, spec.name, metadata, spec.delivery)
                 outcome, reason = "applied", f"matched {rule.room.describe()}"
             if spec.stop:

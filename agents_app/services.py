@@ -6,16 +6,12 @@ import logging
 import secrets
 import uuid
 from dataclasses import asdict, dataclass, field, replace
-from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
 from django.core.cache import cache
 from django.db import transaction
 from django.db.models import F
-from livekit.api import AccessToken, VideoGrants
-from livekit.protocol.agent_dispatch import RoomAgentDispatch
-from livekit.protocol.room import RoomConfiguration
 from redis.exceptions import RedisError
 
 from dispatchportal.exceptions import ApplicationError, Forbidden
@@ -27,7 +23,6 @@ from .models import Agent, ApiClient, RuleSetVersion
 from .rules import AppliedAgent, Join, MetadataTooLarge, RuleSet, RuleSpec
 from .selectors import (
     CHANGE_TOKEN_KEY,
-    GRANT_FIELDS,
     ClientScope,
     Config,
     config_get,
@@ -35,6 +30,7 @@ from .selectors import (
     key_digest,
     ruleset_build,
 )
+from .tokens import claims_build, token_sign
 
 logger = logging.getLogger(__name__)
 KEY_PREFIX = "dpk_"
@@ -161,25 +157,29 @@ def _client_agents(
             raise Forbidden(f"agent '{name}' is not allowed for this client", field="room_config.agents")
         if not enabled.get(name, False):
             raise Forbidden(f"agent '{name}' is disabled", field="room_config.agents")
-        applied.append(AppliedAgent(name, "client", item.get("metadata", ""), "token"))
+        applied.append(
+            AppliedAgent(name, "client", item.get("metadata", ""), "token", item.get("deployment", ""))
+        )
     return applied
 
 
-def _grants(client: ClientScope, requested: dict[str, bool], room: str) -> VideoGrants:
+def _grants(client: ClientScope, requested: dict[str, bool]) -> dict[str, bool]:
+    """The grants for the token: the ceiling's publish/subscribe defaults, then what was asked
+    (hidden and metadata updates only when asked); asking above the ceiling is 403."""
     for name, wanted in requested.items():
         if wanted and not client.ceiling[name]:
             raise Forbidden(f"'{name}' is above this client's grant ceiling", field=f"grants.{name}")
-    chosen = {f: client.ceiling[f] for f in GRANT_FIELDS if f not in ("hidden", "can_update_own_metadata")}
+    chosen = {f: client.ceiling[f] for f in ("can_publish", "can_subscribe", "can_publish_data")}
     chosen.update(requested)
-    return VideoGrants(room_join=True, room=room, **chosen)
+    return chosen
 
 
 def token_mint(*, client: ClientScope, request: TokenRequest, config: Config | None = None) -> MintedToken:
     """Mint a participant token within the client's scope, applying the matching rules.
     `config` is the configuration the caller authenticated against (saves a second look-up).
 
-    One Redis round trip before minting (rate limit + whether the room is live) and one after
-    (the ledger hand-off, only when agents apply); no database query."""
+    One Redis round trip admits the request, tells whether the room is live and queues the
+    ledger's part; no database query."""
     identity = request.participant_identity or f"user-{secrets.token_hex(6)}"
     room = request.room_name
     if not room:
@@ -194,18 +194,9 @@ def token_mint(*, client: ClientScope, request: TokenRequest, config: Config | N
         raise Forbidden(f"ttl is above this client's maximum of {client.max_ttl_s} s", field="ttl")
 
     config = config or config_get()
-    grants = _grants(client, request.grants, room)
+    grants = _grants(client, request.grants)
     requested = _client_agents(client, request.agents, config.agents)
 
-    live_key = room_selectors.room_live_key(room)
-    retry_after, (room_live,) = ratelimit.hit(
-        key=f"client:{client.id}",
-        limit=client.rate_limit_per_minute,
-        with_pipeline=lambda pipe: pipe.exists(live_key),
-        default=[None],
-    )
-    if retry_after:
-        raise RateLimited(retry_after)
     join = Join(room, identity, request.participant_name, request.participant_attributes, client.name)
     try:
         agents = config.rules.evaluate(join).agents
@@ -213,6 +204,23 @@ def token_mint(*, client: ClientScope, request: TokenRequest, config: Config | N
         raise ApplicationError(str(exc), field="participant_attributes") from None
     ruled = {a.agent_name for a in agents}
     agents += [a for a in requested if a.agent_name not in ruled]
+
+    handoff = (
+        room_services.token_handoff(
+            room_name=room, participant_identity=identity, agents=agents, client=client.name
+        )
+        if agents
+        else None
+    )
+    admission = ratelimit.admit(
+        key=f"client:{client.id}",
+        limit=client.rate_limit_per_minute,
+        exists_key=room_selectors.room_live_key(room),
+        push=handoff,
+    )
+    if admission.retry_after:
+        raise RateLimited(admission.retry_after)
+    room_live = admission.exists
     # LiveKit applies a token's agents only when that join creates the room
     # (livekit/livekit#4390): for a room known to exist, dispatch them explicitly instead.
     if agents and room_live is None:  # no Redis (embedded) or Redis unreachable
@@ -221,32 +229,29 @@ def token_mint(*, client: ClientScope, request: TokenRequest, config: Config | N
     if room_exists:
         agents = [replace(a, delivery="explicit") for a in agents]
 
-    token = (
-        AccessToken(settings.LIVEKIT_API_KEY, settings.LIVEKIT_API_SECRET)
-        .with_identity(identity)
-        .with_name(request.participant_name)
-        .with_metadata(request.participant_metadata)
-        .with_grants(grants)
-        .with_ttl(timedelta(seconds=ttl_s))
+    claims = claims_build(
+        identity=identity,
+        room=room,
+        grants=grants,
+        name=request.participant_name,
+        metadata=request.participant_metadata,
+        attributes=request.participant_attributes,
+        agents=[a for a in agents if a.delivery == "token"],
     )
-    if request.participant_attributes:
-        token.with_attributes(request.participant_attributes)
-    in_token = [a for a in agents if a.delivery == "token"]
-    if in_token:
-        token.with_room_config(
-            RoomConfiguration(
-                agents=[RoomAgentDispatch(agent_name=a.agent_name, metadata=a.metadata) for a in in_token]
-            )
-        )
+    participant_token = token_sign(
+        claims, api_key=settings.LIVEKIT_API_KEY, api_secret=settings.LIVEKIT_API_SECRET, ttl_s=ttl_s
+    )
     minted = MintedToken(
         server_url=settings.PUBLIC_LIVEKIT_URL,
-        participant_token=token.to_jwt(),
+        participant_token=participant_token,
         room_name=room,
         participant_identity=identity,
         agents=agents,
         room_exists=room_exists,
     )
-    if agents:
+    if admission.first_push:
+        room_services.token_drain_schedule()
+    elif agents and not admission.pushed:
         room_services.token_minted(
             room_name=room, participant_identity=identity, agents=agents, client=client.name
         )
@@ -270,20 +275,14 @@ def rules_explain(*, join: Join, draft: RuleSpec | None = None) -> dict[str, Any
     evaluation = ruleset.evaluate(join, explain=True)
     in_token = [a for a in evaluation.agents if a.delivery == "token"]
     room_config = {"agents": [{"agent_name": a.agent_name, "metadata": a.metadata} for a in in_token]}
-    claims: dict[str, Any] = {
-        "sub": join.participant_identity,
-        "name": join.participant_name,
-        "video": {"roomJoin": True, "room": join.room_name},
-    }
-    if join.attributes:
-        claims["attributes"] = dict(join.attributes)
-    if in_token:
-        claims["roomConfig"] = {
-            "agents": [
-                {"agentName": a.agent_name, **({"metadata": a.metadata} if a.metadata else {})}
-                for a in in_token
-            ]
-        }
+    claims = claims_build(
+        identity=join.participant_identity,
+        room=join.room_name,
+        grants={},
+        name=join.participant_name,
+        attributes=join.attributes,
+        agents=in_token,
+    )
     return {
         "room_name": join.room_name,
         "participant_identity": join.participant_identity,

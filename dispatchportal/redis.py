@@ -4,6 +4,7 @@ callers fall back to the Django cache or Celery."""
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 
 import redis
@@ -17,12 +18,17 @@ BROKER_ERRORS = (KombuError, *REDIS_ERRORS)
 
 
 @lru_cache(maxsize=4)
-def _client(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+def _client(url: str, pid: int) -> redis.Redis:
+    # One connection (with redis-py's lock for threads) instead of a pool checkout per
+    # command: the token path makes one call per request. Keyed by pid: a forked worker
+    # must not share its parent's socket.
+    return redis.Redis.from_url(
+        url, socket_timeout=0.5, socket_connect_timeout=0.5, single_connection_client=True
+    )
 
 
 def redis_client() -> redis.Redis | None:
-    return _client(settings.REDIS_URL) if settings.REDIS_URL else None
+    return _client(settings.REDIS_URL, os.getpid()) if settings.REDIS_URL else None
 
 
 def redis_key(*parts: str) -> str:

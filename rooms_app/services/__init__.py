@@ -58,7 +58,9 @@ from .triggers import (
     room_explicit_agents,
     room_rules_apply,
     token_dispatches_record,
+    token_drain_schedule,
     token_events_drain,
+    token_handoff,
     token_minted,
 )
 
@@ -100,6 +102,8 @@ __all__ = [
     "session_close_previous",
     "token_deadlines_arm",
     "token_dispatches_record",
+    "token_drain_schedule",
     "token_events_drain",
+    "token_handoff",
     "token_minted",
 ]

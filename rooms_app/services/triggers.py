@@ -17,6 +17,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from agents_app.models import Agent
+from agents_app.ratelimit import Push
 from agents_app.rules import Join
 from agents_app.selectors import ClientScope, config_get
 from dispatchportal.exceptions import Forbidden, NotFound
@@ -51,13 +52,10 @@ DRAIN_DELAY_S = 1.0
 DRAIN_BATCH = 200
 
 
-def token_minted(*, room_name: str, participant_identity: str, agents: Sequence[Any], client: str) -> None:
-    """Called by the token path after minting; no database write on the request path.
-
-    With Redis: one round trip appends the token's event to a list, and the first token of
-    each second schedules a drain task for when that second ends, so a Celery publish (about
-    1 ms) is paid once a second, not per token. Without Redis: one task per token."""
-    event = {
+def _token_event(
+    *, room_name: str, participant_identity: str, agents: Sequence[Any], client: str
+) -> dict[str, Any]:
+    return {
         "room_name": room_name,
         "participant_identity": participant_identity,
         "agents": [
@@ -67,23 +65,61 @@ def token_minted(*, room_name: str, participant_identity: str, agents: Sequence[
         "client": client,
         "minted_at": time.time(),
     }
+
+
+def token_handoff(
+    *, room_name: str, participant_identity: str, agents: Sequence[Any], client: str
+) -> Push | None:
+    """What the token path queues in Redis, in the same round trip that admits the request
+    (`agents_app.ratelimit.admit`): the token's event, and a flag whose first setter each
+    second schedules the drain (`token_drain_schedule`). None without Redis."""
+    if redis_client() is None:
+        return None
+    event = _token_event(
+        room_name=room_name, participant_identity=participant_identity, agents=agents, client=client
+    )
+    return Push(
+        list_key=redis_key(*TOKEN_EVENTS),
+        item=json.dumps(event),
+        flag_key=redis_key(*DRAIN_SCHEDULED),
+        flag_ms=int(DRAIN_DELAY_S * 1000),
+    )
+
+
+def token_drain_schedule() -> None:
+    """Drain the queue once the current second ends: a Celery publish (about 1 ms) is paid
+    once a second, not per token."""
     from .. import tasks
 
-    redis = redis_client()
     try:
-        if redis is None:
-            tasks.token_dispatches_record.apply_async(kwargs=event, retry=False)
-            return
-        pipe = redis.pipeline(transaction=False)
-        pipe.rpush(redis_key(*TOKEN_EVENTS), json.dumps(event))
-        pipe.set(redis_key(*DRAIN_SCHEDULED), 1, nx=True, px=int(DRAIN_DELAY_S * 1000))
-        _, first_this_second = pipe.execute()
-        if first_this_second:
-            tasks.token_events_drain.apply_async(countdown=DRAIN_DELAY_S, retry=False)
+        tasks.token_events_drain.apply_async(countdown=DRAIN_DELAY_S, retry=False)
+    except BROKER_ERRORS:  # the next second's first token, or reconcile, drains instead
+        logger.warning("could not schedule the token drain", exc_info=True)
+
+
+def token_minted(*, room_name: str, participant_identity: str, agents: Sequence[Any], client: str) -> None:
+    """Hand a minted token's agents over when they could not be queued in Redis (embedded
+    set-up, or Redis down): one task per token. No database write on the request path."""
+    from .. import tasks
+
+    event = _token_event(
+        room_name=room_name, participant_identity=participant_identity, agents=agents, client=client
+    )
+    try:
+        tasks.token_dispatches_record.apply_async(kwargs=event, retry=False)
     except BROKER_ERRORS:
-        # The token is valid either way; the next drain (any later token, or reconcile) or,
-        # failing that, the join deadline and reconcile still cover the room.
+        # The token is valid either way; the join deadline and reconcile still cover the room.
         logger.warning("could not hand the token's dispatches over", extra={"room": room_name}, exc_info=True)
+
+
+def _queued_event(raw: bytes) -> dict[str, Any]:
+    """A queued event: '1' or '0' (the room was live when the token was minted, so its agents
+    went out as explicit dispatches, as the token's answer said), then the JSON."""
+    text = raw.decode()
+    event = json.loads(text[1:])
+    if text[0] == "1":
+        event["agents"] = [{**a, "delivery": "explicit"} for a in event["agents"]]
+    return event
 
 
 def token_events_drain() -> int:
@@ -101,7 +137,7 @@ def token_events_drain() -> int:
         key = redis_key(*TOKEN_EVENTS)
         while batch := redis.lrange(key, 0, DRAIN_BATCH - 1):
             for raw in batch:
-                token_dispatches_record(**json.loads(raw))
+                token_dispatches_record(**_queued_event(raw))
             redis.ltrim(key, len(batch), -1)
             drained += len(batch)
     finally:

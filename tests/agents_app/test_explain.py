@@ -33,7 +33,13 @@ def test_staff_sees_every_rule_with_its_verdict(staff_api, rules):
     assert body["room_config"] == {
         "agents": [{"agent_name": "helper", "metadata": ""}, {"agent_name": "greeter", "metadata": ""}]
     }
-    assert body["token_claims"]["video"] == {"roomJoin": True, "room": "support-1"}
+    assert body["token_claims"]["video"] == {
+        "roomJoin": True,
+        "room": "support-1",
+        "canPublish": True,
+        "canSubscribe": True,
+        "canPublishData": True,
+    }
     assert [a["agentName"] for a in body["token_claims"]["roomConfig"]["agents"]] == ["helper", "greeter"]
 
 

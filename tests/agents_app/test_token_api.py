@@ -235,7 +235,8 @@ def test_revoked_client_is_401_at_once(api, setup):
 
 
 def test_staff_session_without_key_is_refused(staff_api, setup):
-    assert_error(staff_api.post(URL, {"room_name": "interview-1"}, format="json"), 403, "forbidden")
+    """Tokens are minted for API clients only: a logged-in admin still needs a key."""
+    assert_error(staff_api.post(URL, {"room_name": "interview-1"}, format="json"), 401, "unauthenticated")
 
 
 @pytest.mark.parametrize(
@@ -319,3 +320,37 @@ def test_nothing_is_written_on_errors(api, setup, django_assert_num_queries):
     post(api, key, {"room_name": "interview-1"})
     with django_assert_num_queries(0):
         assert post(api, key, {"room_name": "elsewhere"}).status_code == 403
+
+
+def test_the_schema_describes_exactly_what_the_validator_accepts():
+    from agents_app import token_request
+    from agents_app.apis import AgentRequestSerializer, GrantsSerializer, TokenApi
+
+    assert set(TokenApi.InputSerializer().fields) == set(token_request.FIELDS)
+    assert set(AgentRequestSerializer().fields) == set(token_request.AGENT_FIELDS)
+    assert set(GrantsSerializer().fields) == set(token_request.GRANT_FIELDS)
+
+
+def test_a_requested_deployment_reaches_the_token(api, settings, setup):
+    """livekit-client's TokenSource sends `deployment` with its agent (LiveKit Cloud)."""
+    _, key = setup
+    DispatchRule.objects.filter(name="notes everywhere").delete()
+    body = {
+        "room_name": "demo-1",
+        "room_config": {"agents": [{"agent_name": "note-taker", "metadata": "", "deployment": "eu-prod"}]},
+    }
+    r = post(api, key, body)
+    assert r.status_code == 201, r.content
+    decoded = json.loads(base64.urlsafe_b64decode(r.json()["participant_token"].split(".")[1] + "=="))
+    assert decoded["roomConfig"]["agents"] == [{"agentName": "note-taker", "deployment": "eu-prod"}]
+
+
+def test_a_body_that_is_not_json_is_415(api, setup):
+    _, key = setup
+    r = api.post(
+        URL,
+        "room_name=x",
+        content_type="application/x-www-form-urlencoded",
+        HTTP_AUTHORIZATION=f"Bearer {key}",
+    )
+    assert_error(r, 415, "unsupported_media_type")
