@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 from django.conf import settings
-from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_serializer, inline_serializer
 from rest_framework import exceptions, serializers
 from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.renderers import JSONRenderer
@@ -147,6 +147,7 @@ class TokenApi(APIView):
         )
         return super().finalize_response(request, response, *args, **kwargs)
 
+    @extend_schema_serializer(component_name="TokenRequest")
     class InputSerializer(StrictSerializer):
         room_name = LiveKitName(required=False, allow_blank=True)
         participant_identity = LiveKitName(required=False, allow_blank=True)
@@ -173,12 +174,14 @@ class TokenApi(APIView):
                 raise serializers.ValidationError("Attribute names must not be empty.")
             return value
 
+    @extend_schema_serializer(component_name="TokenDispatch")
     class DispatchSerializer(serializers.Serializer):
         agent_name = serializers.CharField()
         rule = serializers.CharField(help_text="The rule that applied it, or 'client'.")
         metadata = serializers.CharField()
         delivery = serializers.ChoiceField(choices=["token", "explicit"])
 
+    @extend_schema_serializer(component_name="TokenResponse")
     class OutputSerializer(serializers.Serializer):
         server_url = serializers.CharField()
         participant_token = serializers.CharField()
@@ -247,6 +250,7 @@ class ExplainApi(APIView):
 
     permission_classes = [IsApiClientOrStaff]
 
+    @extend_schema_serializer(component_name="DraftRule")
     class DraftRuleSerializer(StrictSerializer):
         name = StrictCharField(required=False, default="(draft)")
         agent_name = StrictCharField(allow_blank=True)
@@ -258,6 +262,7 @@ class ExplainApi(APIView):
         delivery = serializers.ChoiceField(choices=["token", "explicit"], required=False, default="token")
         stop = serializers.BooleanField(required=False, default=False)
 
+    @extend_schema_serializer(component_name="ExplainRequest")
     class InputSerializer(StrictSerializer):
         room_name = LiveKitName()
         participant_identity = LiveKitName(required=False, allow_blank=True)

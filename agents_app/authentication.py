@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions, permissions
 
 from .selectors import ClientScope, Config, config_get, key_digest
@@ -56,3 +57,13 @@ class IsApiClientOrStaff(permissions.BasePermission):
     def has_permission(self, request, view) -> bool:  # type: ignore[no-untyped-def]
         user = request.user
         return isinstance(request.auth, ClientScope) or bool(user and user.is_staff)
+
+
+class ApiClientKeyScheme(OpenApiAuthenticationExtension):
+    """Describes the key in the OpenAPI schema (Authorize: `Bearer dpk_...`)."""
+
+    target_class = ApiClientAuthentication
+    name = "apiClientKey"
+
+    def get_security_definition(self, auto_schema):  # type: ignore[no-untyped-def]
+        return {"type": "http", "scheme": "bearer", "bearerFormat": "dpk_… API client key"}

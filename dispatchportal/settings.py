@@ -201,6 +201,7 @@ SPECTACULAR_SETTINGS = {
     "explain rules, and follow dispatches until the agent joins.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "ENUM_NAME_OVERRIDES": {"DispatchStatusEnum": "rooms_app.models.Dispatch.Status"},
 }
 
 # Prometheus /metrics: with METRICS_TOKEN only for that bearer; without it loopback only.

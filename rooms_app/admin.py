@@ -51,7 +51,7 @@ class LiveKitBannerMixin:
 
 
 class ReadOnlyMixin:
-    """No form edits the ledger. The actions need the model's change permission, checked
+    """No form edits or deletes the ledger. The actions need the model's change permission, checked
     directly since has_change_permission answers False for the forms."""
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
@@ -59,6 +59,9 @@ class ReadOnlyMixin:
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # the ledger is the history every verdict is drawn from
 
     def has_act_permission(self, request: HttpRequest) -> bool:
         opts = self.opts  # type: ignore[attr-defined]

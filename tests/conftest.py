@@ -66,3 +66,13 @@ def staff_api(admin_user) -> APIClient:
     client = APIClient(enforce_csrf_checks=False)
     client.force_login(admin_user)
     return client
+
+
+@pytest.fixture
+def lk(livekit_server, settings):
+    """The LiveKit emulator, with the portal's LiveKit settings pointing at it."""
+    settings.LIVEKIT_URL = livekit_server.url
+    settings.LIVEKIT_API_KEY = livekit_server.api_key
+    settings.LIVEKIT_API_SECRET = livekit_server.api_secret
+    settings.LIVEKIT_TIMEOUT_S = 2.0
+    return livekit_server

@@ -70,16 +70,6 @@ def browser() -> Iterator[object]:
 
 
 @pytest.fixture
-def lk(livekit_server, settings):
-    """The portal's pages (banner, doctor) ask the LiveKit emulator, never a real server."""
-    settings.LIVEKIT_URL = livekit_server.url
-    settings.LIVEKIT_API_KEY = livekit_server.api_key
-    settings.LIVEKIT_API_SECRET = livekit_server.api_secret
-    settings.LIVEKIT_TIMEOUT_S = 2.0
-    return livekit_server
-
-
-@pytest.fixture
 def page(browser, live_server, lk) -> Iterator[object]:
     context = browser.new_context(base_url=live_server.url, viewport={"width": 1280, "height": 900})
     context.set_default_timeout(10_000)

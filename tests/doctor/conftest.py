@@ -4,27 +4,15 @@ doctor has to recognise: people joining with tokens, dispatches, simulated worke
 from __future__ import annotations
 
 import io
-import time
-from collections.abc import Callable
 from typing import Any, TypeVar
 
-import pytest
 from django.core.management import call_command
 from livekit import api
 
 from rooms_app.livekit_client import LkDispatch, livekit_call
+from tests.support import agents_in, eventually  # noqa: F401  (re-exported to the tests)
 
 T = TypeVar("T")
-
-
-@pytest.fixture
-def lk(livekit_server, settings):
-    """The LiveKit emulator the portal talks to in these tests."""
-    settings.LIVEKIT_URL = livekit_server.url
-    settings.LIVEKIT_API_KEY = livekit_server.api_key
-    settings.LIVEKIT_API_SECRET = livekit_server.api_secret
-    settings.LIVEKIT_TIMEOUT_S = 2.0
-    return livekit_server
 
 
 def person_joins(server, room: str, identity: str, *, agents: list[str] | None = None) -> dict[str, Any]:
@@ -44,23 +32,6 @@ def person_joins(server, room: str, identity: str, *, agents: list[str] | None =
 def dispatch(room: str, agent_name: str, metadata: str = "") -> LkDispatch:
     """Another app calls CreateDispatch directly (not through the portal)."""
     return livekit_call("create_dispatch", room, agent_name, metadata)
-
-
-def eventually(check: Callable[[], T], *, timeout: float = 5.0) -> T:
-    """Poll until `check()` is truthy, with a deadline (never a fixed sleep)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s (last: {result!r})")
-        time.sleep(0.01)
-
-
-def agents_in(server, room: str) -> list[dict[str, Any]]:
-    rooms = server.control.state(room=room)["rooms"]
-    return [p for r in rooms for p in r["participants"] if p["kind"] == "AGENT"]
 
 
 def jobs_of(server, room: str, agent_name: str) -> list[dict[str, Any]]:

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from livekit import api
 
 from livekit_emulator import ServerHandle
+from tests.support import eventually  # noqa: F401  (re-exported to the tests)
 
 T = TypeVar("T")
 
@@ -71,18 +72,6 @@ def join_token(
             agents=[api.RoomAgentDispatch(agent_name=name, metadata=meta) for name, meta in agents]
         )
     return token(server, identity=identity, grants=api.VideoGrants(room_join=True, room=room), config=config)
-
-
-def eventually(check: Callable[[], T], *, timeout: float = 5.0, interval: float = 0.01) -> T:
-    """Poll until `check()` returns something truthy; fail with its last value at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s (last: {result!r})")
-        time.sleep(interval)
 
 
 def http(

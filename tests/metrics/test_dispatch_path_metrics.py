@@ -23,15 +23,6 @@ from .test_metrics import sample
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def lk(livekit_server, settings):
-    settings.LIVEKIT_URL = livekit_server.url
-    settings.LIVEKIT_API_KEY = livekit_server.api_key
-    settings.LIVEKIT_API_SECRET = livekit_server.api_secret
-    settings.LIVEKIT_TIMEOUT_S = 2.0
-    return livekit_server
-
-
 class Scrapes:
     """Before/after scrapes of /metrics, compared sample by sample."""
 

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,6 +24,7 @@ from django.conf import settings as django_settings
 from django.db import connection
 
 from dispatchportal.celery import app as celery_app
+from tests.support import agents_in, eventually  # noqa: F401  (re-exported to the tests)
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,28 +32,6 @@ QUEUE = f"rooms-test-{uuid.uuid4().hex[:10]}"
 
 # Before anything is published in this session: route every task to this session's queue.
 celery_app.conf.task_default_queue = QUEUE
-
-
-def eventually(check: Callable[[], T], *, timeout: float = 10.0, interval: float = 0.02, what: str = "") -> T:
-    """Poll `check()` until it is truthy, with a deadline (never a fixed sleep)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what or 'condition'} not met within {timeout}s (last: {result!r})")
-        time.sleep(interval)
-
-
-@pytest.fixture
-def lk(livekit_server, settings):
-    """The emulator, with the portal's LiveKit settings pointing at it."""
-    settings.LIVEKIT_URL = livekit_server.url
-    settings.LIVEKIT_API_KEY = livekit_server.api_key
-    settings.LIVEKIT_API_SECRET = livekit_server.api_secret
-    settings.LIVEKIT_TIMEOUT_S = 2.0
-    return livekit_server
 
 
 def _database_url() -> str:
@@ -236,17 +215,6 @@ def _share_worker_cache(settings: Any, worker: Worker) -> None:
         from django.core.cache import cache
 
         cache.clear()
-
-
-def agents_in(server: Any, room: str, agent_name: str | None = None) -> list[dict[str, Any]]:
-    """The agent participants LiveKit (the emulator) has in a room."""
-    state = server.control.state(room)
-    people = state["rooms"][0]["participants"] if state["rooms"] else []
-    return [
-        p
-        for p in people
-        if p["kind"] == "AGENT" and (agent_name is None or p["attributes"].get("lk.agent_name") == agent_name)
-    ]
 
 
 def create_dispatch_calls(server: Any, room: str) -> list[dict[str, Any]]:
