@@ -1,274 +1,39 @@
-"""The dispatch doctor: "why is there no agent in room X?" answered in one place.
-
-It walks the chain every agent dispatch goes through and marks each link ok, broken or
-unknown; at a broken link it names the cause and the fix in plain words:
-
-1. LiveKit reachable, credentials accepted.
-2. Rules give the room its agents (the explain tool), and those agents are enabled.
-3. Token path: a token was minted for the room, it carried the agent, and the room did not
-   exist before the first join (LiveKit then ignores the token's agents).
-4. A dispatch for each expected agent is present in LiveKit (ListDispatch).
-5. The dispatch got a job, i.e. a worker registered as exactly that name took it.
-6. The job did not fail or end.
-7. The agent's participant is in the room (or was replaced when it left).
-8. No duplicate agents of one name, and no agents the portal does not manage.
-
-Facts come from LiveKit (ListRooms, ListParticipants, ListDispatch through `livekit_client`)
-and from the ledger (tokens minted, dispatch history). The doctor only reads: running it
-changes nothing, so it is safe from a shell, the admin and the API alike.
-
-Used by `manage.py doctor`, the admin doctor page and `GET /api/v1/rooms/{room}/diagnosis`.
-"""
+"""The walk: each link of the dispatch chain judged ok, broken or unknown, with cause and fix."""
 
 from __future__ import annotations
 
-import asyncio
 import difflib
-from collections.abc import Iterable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from dataclasses import dataclass
+from datetime import datetime
 
 from django.conf import settings
 from django.utils import timezone
 
-from agents_app.models import Agent
 from agents_app.rules import Join
 from agents_app.services import rules_explain
 
-from .livekit_client import (
-    LiveKit,
+from ..livekit_client import (
     LiveKitAuthRejected,
-    LiveKitError,
-    LiveKitNotFound,
     LkDispatch,
     LkParticipant,
-    LkRoom,
-    livekit_run,
 )
-from .models import Dispatch, Room
-
-OK, BROKEN, UNKNOWN = "ok", "broken", "unknown"
-HEALTHY, WAITING, BROKEN_STATUS, LIVEKIT_UNAVAILABLE = "healthy", "waiting", "broken", "livekit_unavailable"
-EXIT_CODES = {HEALTHY: 0, WAITING: 0, BROKEN_STATUS: 1, LIVEKIT_UNAVAILABLE: 2}
-
-LINK_TITLES = (
-    ("livekit", "LiveKit reachable, credentials accepted"),
-    ("rules", "Rules give the room its agents, agents enabled"),
-    ("token", "Token path: minted, carried the agent, room did not exist before"),
-    ("dispatch", "Dispatch present in LiveKit"),
-    ("job", "Job created: a worker took the dispatch"),
-    ("job_outcome", "Job did not fail or end"),
-    ("agent", "Agent participant present"),
-    ("crowd", "No duplicate or unmanaged agents"),
+from ..models import Dispatch, Room
+from .facts import (
+    BROKEN,
+    LINK_TITLES,
+    MAX_JOINS,
+    OK,
+    SEEN_WINDOW,
+    UNKNOWN,
+    Diagnosis,
+    Facts,
+    Link,
+    agent_name_quoted,
+    agent_names_quoted,
+    agent_names_seen_in_livekit,
+    facts_gather,
 )
-
-DEFAULT_DEADLINE_S = 15
-MAX_JOINS = 10  # sample participants whose rules are evaluated
-MAX_SCANNED_ROOMS = 20  # other rooms looked at for agent names seen joining
-SEEN_WINDOW = timedelta(days=1)
-TOKEN_SLACK = timedelta(seconds=60)  # a token is minted shortly before the room it creates
-
-
-@dataclass(slots=True)
-class Link:
-    number: int
-    key: str
-    title: str
-    state: str = UNKNOWN
-    summary: str = ""
-    details: list[str] = field(default_factory=list)
-    cause: str = ""
-    fix: str = ""
-
-    def set(self, state: str, summary: str, *, cause: str = "", fix: str = "") -> None:
-        self.state, self.summary, self.cause, self.fix = state, summary, cause, fix
-
-
-@dataclass(slots=True)
-class Diagnosis:
-    room_name: str
-    agent: str | None
-    identity: str | None
-    checked_at: datetime
-    livekit_url: str
-    room_live: bool
-    expected_agents: list[str]
-    links: list[Link]
-
-    @property
-    def first_broken(self) -> Link | None:
-        return next((link for link in self.links if link.state == BROKEN), None)
-
-    @property
-    def status(self) -> str:
-        broken = self.first_broken
-        if broken is None:
-            return HEALTHY if all(link.state == OK for link in self.links) else WAITING
-        return LIVEKIT_UNAVAILABLE if broken.key == "livekit" else BROKEN_STATUS
-
-    @property
-    def exit_code(self) -> int:
-        return EXIT_CODES[self.status]
-
-    @property
-    def summary(self) -> str:
-        broken = self.first_broken
-        if broken is not None:
-            return f"Broken at link {broken.number} ({broken.title}): {broken.summary}."
-        if self.status == HEALTHY:
-            names = ", ".join(_name(a) for a in self.expected_agents) or "no agent"
-            return f"Healthy: {names} in room '{self.room_name}' as expected."
-        waiting = next(link for link in self.links if link.state == UNKNOWN)
-        return f"Nothing broken yet; not known at link {waiting.number} ({waiting.title}): {waiting.summary}."
-
-    def as_dict(self) -> dict[str, Any]:
-        broken = self.first_broken
-        return {
-            "room_name": self.room_name,
-            "agent": self.agent,
-            "identity": self.identity,
-            "checked_at": self.checked_at.isoformat(),
-            "livekit_url": self.livekit_url,
-            "room_live": self.room_live,
-            "status": self.status,
-            "exit_code": self.exit_code,
-            "summary": self.summary,
-            "first_broken_link": broken.number if broken else None,
-            "cause": broken.cause if broken else "",
-            "fix": broken.fix if broken else "",
-            "expected_agents": list(self.expected_agents),
-            "links": [
-                {
-                    "number": link.number,
-                    "key": link.key,
-                    "title": link.title,
-                    "state": link.state,
-                    "summary": link.summary,
-                    "details": list(link.details),
-                    "cause": link.cause,
-                    "fix": link.fix,
-                }
-                for link in self.links
-            ],
-        }
-
-
-# --- facts ----------------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class LiveKitFacts:
-    error: LiveKitError | None = None
-    room: LkRoom | None = None
-    participants: list[LkParticipant] = field(default_factory=list)
-    dispatches: list[LkDispatch] = field(default_factory=list)
-
-    @property
-    def agents(self) -> list[LkParticipant]:
-        return [p for p in self.participants if p.is_agent]
-
-
-def _livekit_facts(room_name: str) -> LiveKitFacts:
-    async def ask(lk: LiveKit) -> LiveKitFacts:
-        rooms = await lk.list_rooms([room_name])
-        room = next((r for r in rooms if r.name == room_name), None)
-        if room is None:
-            return LiveKitFacts()
-        participants, dispatches = await asyncio.gather(
-            lk.list_participants(room_name), _dispatches_or_none(lk, room_name)
-        )
-        return LiveKitFacts(room=room, participants=participants, dispatches=dispatches)
-
-    try:
-        return livekit_run(ask)
-    except LiveKitError as exc:
-        return LiveKitFacts(error=exc)
-
-
-async def _dispatches_or_none(lk: LiveKit, room_name: str) -> list[LkDispatch]:
-    try:
-        return await lk.list_dispatches(room_name)
-    except LiveKitNotFound:  # the room closed between the two calls
-        return []
-
-
-def _agent_names_seen_in_livekit(exclude_room: str) -> dict[str, str]:
-    """Agent names of agents in a sample of the most recent other live rooms: the names
-    workers on this LiveKit really register with. Name -> a room it was seen in."""
-
-    async def ask(lk: LiveKit) -> dict[str, str]:
-        rooms = [r for r in await lk.list_rooms() if r.name != exclude_room and r.num_participants]
-        rooms.sort(key=lambda r: r.created_at.timestamp() if r.created_at else 0, reverse=True)
-        rooms = rooms[:MAX_SCANNED_ROOMS]
-        answers = await asyncio.gather(*(lk.list_participants(r.name) for r in rooms), return_exceptions=True)
-        seen: dict[str, str] = {}
-        for room, answer in zip(rooms, answers, strict=True):
-            if isinstance(answer, BaseException):
-                continue
-            for p in answer:
-                if p.is_agent:
-                    seen.setdefault(p.agent_name or "", room.name)
-        return seen
-
-    try:
-        return livekit_run(ask)
-    except LiveKitError:
-        return {}
-
-
-@dataclass(slots=True)
-class Facts:
-    room_name: str
-    now: datetime
-    lk: LiveKitFacts
-    ledger_room: Room | None
-    ledger: list[Dispatch]  # newest first
-    agents: dict[str, Agent]  # configured, by name
-
-    @property
-    def reachable(self) -> bool:
-        return self.lk.error is None
-
-    @property
-    def live(self) -> bool:
-        return self.reachable and self.lk.room is not None
-
-    def ledger_for(self, agent_name: str) -> list[Dispatch]:
-        return [d for d in self.ledger if d.agent_name == agent_name]
-
-    def lk_dispatches_for(self, agent_name: str) -> list[LkDispatch]:
-        found = [d for d in self.lk.dispatches if d.agent_name == agent_name]
-        return sorted(found, key=lambda d: d.created_at.timestamp() if d.created_at else 0)
-
-    def agents_named(self, agent_name: str) -> list[LkParticipant]:
-        return [p for p in self.lk.agents if p.agent_name == agent_name]
-
-    def within_deadline(self, agent_name: str) -> bool:
-        """The agent's latest LiveKit dispatch is younger than its join deadline."""
-        dispatches = self.lk_dispatches_for(agent_name)
-        created = dispatches[-1].created_at if dispatches else None
-        return created is not None and (self.now - created).total_seconds() < self.deadline_s(agent_name)
-
-    def deadline_s(self, agent_name: str) -> int:
-        agent = self.agents.get(agent_name)
-        return agent.join_deadline_s if agent else DEFAULT_DEADLINE_S
-
-
-def _facts_gather(room_name: str, now: datetime) -> Facts:
-    lk = _livekit_facts(room_name)
-    ledger_room = Room.objects.filter(name=room_name).first()
-    ledger: list[Dispatch] = []
-    if ledger_room is not None:
-        ledger = list(Dispatch.objects.filter(room=ledger_room).order_by("-id")[:200])
-        if lk.room is not None and lk.room.created_at is not None:
-            # A reused room name: only this session's history speaks about what is there now.
-            since = lk.room.created_at - TOKEN_SLACK
-            current = [d for d in ledger if d.created_at >= since or d.is_live]
-            ledger = current
-    agents = {a.agent_name: a for a in Agent.objects.all()}
-    return Facts(room_name, now, lk, ledger_room, ledger, agents)
-
+from .wording import moment_described
 
 # --- the walk -------------------------------------------------------------------------------
 
@@ -278,7 +43,7 @@ def room_diagnose(
 ) -> Diagnosis:
     """Walk the chain for `room_name` (optionally one agent, one participant identity)."""
     now = now or timezone.now()
-    facts = _facts_gather(room_name, now)
+    facts = facts_gather(room_name, now)
     links = [Link(n, key, title) for n, (key, title) in enumerate(LINK_TITLES, start=1)]
     by_key = {link.key: link for link in links}
 
@@ -353,7 +118,7 @@ def _check_livekit(link: Link, facts: Facts) -> None:
         humans = [p for p in facts.lk.participants if not p.is_agent]
         link.set(
             OK,
-            f"LiveKit at {url} answered; room is live, created {_when(room.created_at, facts.now)}, "
+            f"LiveKit at {url} answered; room is live, created {moment_described(room.created_at, facts.now)}, "
             f"with {len(humans)} participant(s) and {len(facts.lk.agents)} agent(s)",
         )
 
@@ -412,7 +177,10 @@ def _check_rules(
         agent = facts.agents.get(agent_name)
         if agent_name in applied:
             wanted = applied[agent_name]
-            link.set(OK, f"{_name(agent_name)} is wanted by {wanted.reason} ({wanted.delivery} delivery)")
+            link.set(
+                OK,
+                f"{agent_name_quoted(agent_name)} is wanted by {wanted.reason} ({wanted.delivery} delivery)",
+            )
             return applied
         if agent is None:
             close = difflib.get_close_matches(agent_name, [n for n in facts.agents if n], n=3, cutoff=0.75)
@@ -421,7 +189,7 @@ def _check_rules(
                 BROKEN,
                 f"no {missing} is configured",
                 cause=f"The portal has no {missing} configured"
-                + (f"; configured agents with close names: {_names(close)}" if close else "")
+                + (f"; configured agents with close names: {agent_names_quoted(close)}" if close else "")
                 + ".",
                 fix="Add the agent in Admin › Agents with exactly the name its worker registers "
                 "(WorkerOptions(agent_name=...)), then a rule giving it this room.",
@@ -429,19 +197,21 @@ def _check_rules(
         elif not agent.enabled:
             link.set(
                 BROKEN,
-                f"agent {_name(agent_name)} is disabled",
-                cause=f"Agent {_name(agent_name)} is disabled in the portal, so no rule dispatches it"
+                f"agent {agent_name_quoted(agent_name)} is disabled",
+                cause=f"Agent {agent_name_quoted(agent_name)} is disabled in the portal, so no rule dispatches it"
                 + (f" (rule '{disabled[agent_name]}' matches {on})" if agent_name in disabled else "")
                 + ".",
-                fix=f"Enable {_name(agent_name)} in Admin › Agents.",
+                fix=f"Enable {agent_name_quoted(agent_name)} in Admin › Agents.",
             )
         else:
-            why = reasons.get(agent_name) or [f"no rule names {_name(agent_name)}"]
+            why = reasons.get(agent_name) or [f"no rule names {agent_name_quoted(agent_name)}"]
             link.set(
                 BROKEN,
-                f"no enabled rule gives {_name(agent_name)} to this room",
-                cause=f"No enabled rule gives {_name(agent_name)} to {on}: " + "; ".join(why[:3]) + ".",
-                fix=f"Add or change a rule for {_name(agent_name)} whose room match covers "
+                f"no enabled rule gives {agent_name_quoted(agent_name)} to this room",
+                cause=f"No enabled rule gives {agent_name_quoted(agent_name)} to {on}: "
+                + "; ".join(why[:3])
+                + ".",
+                fix=f"Add or change a rule for {agent_name_quoted(agent_name)} whose room match covers "
                 f"'{facts.room_name}'. {explain}",
             )
             link.details.extend(why)
@@ -451,20 +221,24 @@ def _check_rules(
         link.set(
             OK,
             "expected: "
-            + "; ".join(f"{_name(w.agent_name)} by {w.reason} ({w.delivery})" for w in applied.values()),
+            + "; ".join(
+                f"{agent_name_quoted(w.agent_name)} by {w.reason} ({w.delivery})" for w in applied.values()
+            ),
         )
         for name, rule in disabled.items():
             if name not in applied:
-                link.details.append(f"rule '{rule}' also matches, but its agent {_name(name)} is disabled")
+                link.details.append(
+                    f"rule '{rule}' also matches, but its agent {agent_name_quoted(name)} is disabled"
+                )
         return applied
     if disabled:
         name, rule = next(iter(disabled.items()))
         link.set(
             BROKEN,
-            f"the matching rule's agent {_name(name)} is disabled",
-            cause=f"Rule '{rule}' matches {on}, but its agent {_name(name)} is disabled, so no agent "
+            f"the matching rule's agent {agent_name_quoted(name)} is disabled",
+            cause=f"Rule '{rule}' matches {on}, but its agent {agent_name_quoted(name)} is disabled, so no agent "
             "is dispatched.",
-            fix=f"Enable {_name(name)} in Admin › Agents, or point the rule at an enabled agent.",
+            fix=f"Enable {agent_name_quoted(name)} in Admin › Agents, or point the rule at an enabled agent.",
         )
         return {}
     link.set(
@@ -483,7 +257,7 @@ def _check_token(link: Link, facts: Facts, wanted: dict[str, Wanted]) -> set[str
         link.set(OK, "not used: no expected agent travels in a token" if wanted else "not used")
         return set()
     room = facts.ledger_room
-    names = _names(w.agent_name for w in by_token)
+    names = agent_names_quoted(w.agent_name for w in by_token)
     people = [p for p in facts.lk.participants if not p.is_agent]
     if room is None or room.first_token_at is None:
         if facts.live and people:
@@ -512,9 +286,9 @@ def _check_token(link: Link, facts: Facts, wanted: dict[str, Wanted]) -> set[str
             broken.add(w.agent_name)
             link.set(
                 BROKEN,
-                f"the tokens minted did not carry {_name(w.agent_name)}",
+                f"the tokens minted did not carry {agent_name_quoted(w.agent_name)}",
                 cause=f"The portal minted tokens for '{facts.room_name}' (first at "
-                f"{_when(room.first_token_at, facts.now)}), but none carried {_name(w.agent_name)}: "
+                f"{moment_described(room.first_token_at, facts.now)}), but none carried {agent_name_quoted(w.agent_name)}: "
                 "the rule was probably added or changed after they were minted.",
                 fix="Have the participant fetch a new token (rejoin), or dispatch the agent from "
                 "Admin › Dispatches.",
@@ -523,18 +297,18 @@ def _check_token(link: Link, facts: Facts, wanted: dict[str, Wanted]) -> set[str
         latest = carried[0]
         if latest.delivery == "explicit":
             notes.append(
-                f"{_name(w.agent_name)}: the room already existed, so the portal dispatched it explicitly"
+                f"{agent_name_quoted(w.agent_name)}: the room already existed, so the portal dispatched it explicitly"
             )
             continue
         if facts.live and not facts.lk_dispatches_for(w.agent_name) and existed_before:
             broken.add(w.agent_name)
-            created = _when(lk_room.created_at if lk_room else None, facts.now)
+            created = moment_described(lk_room.created_at if lk_room else None, facts.now)
             link.set(
                 BROKEN,
-                f"the token carried {_name(w.agent_name)}, but the room existed before the first join",
-                cause=f"The token for '{latest.participant_identity_trigger}' carried {_name(w.agent_name)}, "
+                f"the token carried {agent_name_quoted(w.agent_name)}, but the room existed before the first join",
+                cause=f"The token for '{latest.participant_identity_trigger}' carried {agent_name_quoted(w.agent_name)}, "
                 f"but room '{facts.room_name}' already existed (created {created}, before the portal's "
-                f"first token at {_when(room.first_token_at, facts.now)}), so LiveKit ignored the "
+                f"first token at {moment_described(room.first_token_at, facts.now)}), so LiveKit ignored the "
                 "token's agents: it applies them only when that join creates the room (livekit/livekit#4390).",
                 fix="Dispatch the agent now (Admin › Dispatches, or POST /api/v1/dispatches), and give "
                 "rooms that other apps create an 'explicit' delivery rule; the portal switches to "
@@ -542,7 +316,7 @@ def _check_token(link: Link, facts: Facts, wanted: dict[str, Wanted]) -> set[str
             )
             return broken
         notes.append(
-            f"{_name(w.agent_name)}: carried in the token for '{latest.participant_identity_trigger}'"
+            f"{agent_name_quoted(w.agent_name)}: carried in the token for '{latest.participant_identity_trigger}'"
         )
     link.set(OK, "; ".join(notes))
     return broken
@@ -552,7 +326,7 @@ def _check_not_live(by_key: dict[str, Link], facts: Facts, expected: list[str]) 
     """The room is not in LiveKit: only the ledger can say what became of its agents."""
     room = facts.ledger_room
     if room is not None and room.status == Room.Status.FINISHED:
-        ended = f" {_when(room.finished_at, facts.now)}" if room.finished_at else ""
+        ended = f" {moment_described(room.finished_at, facts.now)}" if room.finished_at else ""
         where = f"room '{facts.room_name}' finished{ended}"
     elif room is not None and room.status == Room.Status.ACTIVE:
         where = f"room '{facts.room_name}' is gone from LiveKit (reconcile will close it in the ledger)"
@@ -568,15 +342,15 @@ def _check_not_live(by_key: dict[str, Link], facts: Facts, expected: list[str]) 
         key = {"no_worker": "job", "failed": "job_outcome", "timed_out": "agent"}.get(last.status)
         if key is None:
             by_key["agent"].details.append(
-                f"{_name(name)}: last dispatch #{last.pk} was {last.get_status_display()}"
+                f"{agent_name_quoted(name)}: last dispatch #{last.pk} was {last.get_status_display()}"
             )
             continue
         label = last.get_status_display().lower()
         by_key[key].set(
             BROKEN,
-            f"{_name(name)}: {label}, says the ledger ({where})",
-            cause=f"The last dispatch of {_name(name)} (#{last.pk}, attempt {last.attempt}) ended "
-            f"{_when(last.ended_at, facts.now)} as '{label}': {last.last_error or 'no detail recorded'}.",
+            f"{agent_name_quoted(name)}: {label}, says the ledger ({where})",
+            cause=f"The last dispatch of {agent_name_quoted(name)} (#{last.pk}, attempt {last.attempt}) ended "
+            f"{moment_described(last.ended_at, facts.now)} as '{label}': {last.last_error or 'no detail recorded'}.",
             fix=_FIXES[key].format(agent=name, url=settings.LIVEKIT_URL),
         )
 
@@ -587,8 +361,8 @@ def _check_dispatch(link: Link, facts: Facts, wanted: dict[str, Wanted], token_b
         dispatches = facts.lk_dispatches_for(name)
         if dispatches:
             found.append(
-                f"{_name(name)}: {', '.join(d.id for d in dispatches)}, "
-                f"created {_when(dispatches[0].created_at, facts.now)}"
+                f"{agent_name_quoted(name)}: {', '.join(d.id for d in dispatches)}, "
+                f"created {moment_described(dispatches[0].created_at, facts.now)}"
             )
             continue
         only_implicit = any(d.agent_name == "" for d in facts.lk.dispatches) and name != ""
@@ -596,21 +370,23 @@ def _check_dispatch(link: Link, facts: Facts, wanted: dict[str, Wanted], token_b
         if name in token_broken:
             link.set(
                 BROKEN,
-                f"no dispatch for {_name(name)} in LiveKit",
-                cause=f"LiveKit has no dispatch for {_name(name)}: the token's agents were ignored (link 3).",
+                f"no dispatch for {agent_name_quoted(name)} in LiveKit",
+                cause=f"LiveKit has no dispatch for {agent_name_quoted(name)}: the token's agents were ignored (link 3).",
                 fix="See link 3.",
             )
             return
         history = facts.ledger_for(name)
         last = history[0] if history else None
         cause, fix = _missing_dispatch_why(facts, name, w, last)
-        link.set(BROKEN, f"no dispatch for {_name(name)} in LiveKit", cause=cause + implicit, fix=fix)
+        link.set(
+            BROKEN, f"no dispatch for {agent_name_quoted(name)} in LiveKit", cause=cause + implicit, fix=fix
+        )
         return
     link.set(OK, "; ".join(found))
 
 
 def _missing_dispatch_why(facts: Facts, name: str, w: Wanted, last: Dispatch | None) -> tuple[str, str]:
-    agent = _name(name)
+    agent = agent_name_quoted(name)
     worker = "Check that the Celery worker runs (`make run` starts one) and can reach LiveKit."
     if last is None:
         if w.delivery == "token":
@@ -625,7 +401,7 @@ def _missing_dispatch_why(facts: Facts, name: str, w: Wanted, last: Dispatch | N
             "Point LiveKit's webhook at https://<portal>/livekit/webhook signed with the same API key, "
             "and run `manage.py reconcile` to apply the explicit rules now.",
         )
-    when = _when(last.updated_at, facts.now)
+    when = moment_described(last.updated_at, facts.now)
     if last.status == "failed":
         return (
             f"The portal's CreateDispatch for {agent} (#{last.pk}) failed {when}: {last.last_error}.",
@@ -635,7 +411,7 @@ def _missing_dispatch_why(facts: Facts, name: str, w: Wanted, last: Dispatch | N
         error = f" Last error: {last.last_error}." if last.last_error else ""
         return (
             f"Dispatch #{last.pk} of {agent} is still {last.get_status_display().lower()} since "
-            f"{_when(last.created_at, facts.now)}: LiveKit has not created it yet.{error}",
+            f"{moment_described(last.created_at, facts.now)}: LiveKit has not created it yet.{error}",
             worker,
         )
     if last.status == "cancelled":
@@ -669,20 +445,24 @@ def _check_job(link: Link, facts: Facts, expected: list[str]) -> None:
     for name in expected:
         dispatches = facts.lk_dispatches_for(name)
         if not dispatches:
-            link.set(UNKNOWN, f"no dispatch for {_name(name)} to take (link 4)")
+            link.set(UNKNOWN, f"no dispatch for {agent_name_quoted(name)} to take (link 4)")
             return
         latest = dispatches[-1]
         if any(d.jobs for d in dispatches):
             jobs = [j for d in dispatches for j in d.jobs]
-            found.append(f"{_name(name)}: job {jobs[-1].id} ({jobs[-1].status})")
+            found.append(f"{agent_name_quoted(name)}: job {jobs[-1].id} ({jobs[-1].status})")
             continue
         age = (facts.now - latest.created_at).total_seconds() if latest.created_at else None
         deadline = facts.deadline_s(name)
         if age is not None and age < deadline:
-            waiting.append(f"{_name(name)}: dispatched {age:.0f} s ago, no job yet (deadline {deadline} s)")
+            waiting.append(
+                f"{agent_name_quoted(name)}: dispatched {age:.0f} s ago, no job yet (deadline {deadline} s)"
+            )
             continue
         link.set(
-            BROKEN, f"no worker took dispatch {latest.id} of {_name(name)}", **_no_worker(facts, name, latest)
+            BROKEN,
+            f"no worker took dispatch {latest.id} of {agent_name_quoted(name)}",
+            **_no_worker(facts, name, latest),
         )
         return
     if waiting:
@@ -702,15 +482,17 @@ def _no_worker(facts: Facts, name: str, dispatch: LkDispatch) -> dict[str, str]:
         for n in difflib.get_close_matches(name, [n for n in facts.agents if n], n=3, cutoff=0.75)
         if n != name and n not in close
     ]
-    age = _when(dispatch.created_at, facts.now)
-    parts = [f"LiveKit created dispatch {dispatch.id} for {_name(name)} {age}, but no job came: no worker "]
+    age = moment_described(dispatch.created_at, facts.now)
+    parts = [
+        f"LiveKit created dispatch {dispatch.id} for {agent_name_quoted(name)} {age}, but no job came: no worker "
+    ]
     if name == "":
         named = sorted(n for n in seen if n)
         parts.append(
             "registered without an agent name is connected. An empty agent name only reaches unnamed "
             "workers (those are sent to every new room automatically); a worker registered with a name "
             "never gets it"
-            + (f". Named agents seen joining recently: {_names(named)}" if named else "")
+            + (f". Named agents seen joining recently: {agent_names_quoted(named)}" if named else "")
             + "."
         )
         fix = (
@@ -726,7 +508,7 @@ def _no_worker(facts: Facts, name: str, dispatch: LkDispatch) -> dict[str, str]:
             + ": likely a typo in the worker's or the portal's agent name."
         )
     if configured_close:
-        parts.append(f" Configured agents with close names: {_names(configured_close)}.")
+        parts.append(f" Configured agents with close names: {agent_names_quoted(configured_close)}.")
     if "" in seen:
         parts.append(
             " An unnamed worker is connected (seen in room "
@@ -745,7 +527,7 @@ def _agent_names_seen(facts: Facts) -> dict[str, str]:
     seen: dict[str, str] = {}
     for p in facts.lk.agents:
         seen.setdefault(p.agent_name or "", facts.room_name)
-    for name, room in _agent_names_seen_in_livekit(facts.room_name).items():
+    for name, room in agent_names_seen_in_livekit(facts.room_name).items():
         seen.setdefault(name, room)
     recent = (  # created_at is indexed; an agent joins within seconds of its dispatch
         Dispatch.objects.filter(created_at__gte=facts.now - SEEN_WINDOW, joined_at__isnull=False)
@@ -762,26 +544,26 @@ def _check_job_outcome(link: Link, facts: Facts, expected: list[str]) -> None:
     for name in expected:
         jobs = [(d, j) for d in facts.lk_dispatches_for(name) for j in d.jobs]
         if not jobs:
-            link.set(UNKNOWN, f"no job for {_name(name)} yet (link 5)")
+            link.set(UNKNOWN, f"no job for {agent_name_quoted(name)} yet (link 5)")
             return
         dispatch, job = jobs[-1]
         if job.active:
             earlier = [j for _, j in jobs[:-1] if j.status == "failed"]
             extra = f" (replacing {len(earlier)} failed job(s))" if earlier else ""
-            notes.append(f"{_name(name)}: job {job.id} is {job.status}{extra}")
+            notes.append(f"{agent_name_quoted(name)}: job {job.id} is {job.status}{extra}")
             continue
         if job.status in ("failed", "cancelled"):
             ended = _ledger_time(facts, name, job.id, "ended_at")
             error = job.error or "no error given"
             link.set(
                 BROKEN,
-                f"job {job.id} of {_name(name)} {job.status}",
-                cause=f"Job {job.id} of {_name(name)} (dispatch {dispatch.id}) {job.status} "
-                f"{_when(ended, facts.now) if ended else '(LiveKit does not say when)'}: {error}.",
+                f"job {job.id} of {agent_name_quoted(name)} {job.status}",
+                cause=f"Job {job.id} of {agent_name_quoted(name)} (dispatch {dispatch.id}) {job.status} "
+                f"{moment_described(ended, facts.now) if ended else '(LiveKit does not say when)'}: {error}.",
                 fix=_FIXES["job_outcome"],
             )
             return
-        notes.append(f"{_name(name)}: job {job.id} ended without error")
+        notes.append(f"{agent_name_quoted(name)}: job {job.id} ended without error")
     link.set(OK, "; ".join(notes))
 
 
@@ -798,29 +580,32 @@ def _check_agent(link: Link, facts: Facts, expected: list[str]) -> None:
         present = facts.agents_named(name)
         if present:
             first = present[0]
-            notes.append(f"{_name(name)}: {first.identity} joined {_when(first.joined_at, facts.now)}")
+            notes.append(
+                f"{agent_name_quoted(name)}: {first.identity} joined {moment_described(first.joined_at, facts.now)}"
+            )
             continue
         jobs = [j for d in facts.lk_dispatches_for(name) for j in d.jobs]
         if not jobs:
             if facts.within_deadline(name):
-                link.set(UNKNOWN, f"{_name(name)} is not in the room yet (no job yet, link 5)")
+                link.set(UNKNOWN, f"{agent_name_quoted(name)} is not in the room yet (no job yet, link 5)")
             else:
-                link.set(BROKEN, f"{_name(name)} is not in the room (no job, link 5)")
+                link.set(BROKEN, f"{agent_name_quoted(name)} is not in the room (no job, link 5)")
             return
         last = jobs[-1]
         if last.active:
             link.set(
-                UNKNOWN, f"job {last.id} of {_name(name)} is {last.status}; its agent has not joined yet"
+                UNKNOWN,
+                f"job {last.id} of {agent_name_quoted(name)} is {last.status}; its agent has not joined yet",
             )
             return
         left = _ledger_time(facts, name, last.id, "left_at")
         identity = last.participant_identity or "its participant"
         link.set(
             BROKEN,
-            f"{_name(name)} left and was not replaced",
-            cause=f"Agent {_name(name)} ({identity}) left the room "
-            f"{_when(left, facts.now) if left else '(the ledger has no time for it)'} and no other "
-            f"{_name(name)} joined since: self-hosted LiveKit never re-dispatches (livekit/agents#1472).",
+            f"{agent_name_quoted(name)} left and was not replaced",
+            cause=f"Agent {agent_name_quoted(name)} ({identity}) left the room "
+            f"{moment_described(left, facts.now) if left else '(the ledger has no time for it)'} and no other "
+            f"{agent_name_quoted(name)} joined since: self-hosted LiveKit never re-dispatches (livekit/agents#1472).",
             fix=_FIXES["agent"],
         )
         return
@@ -837,13 +622,13 @@ def _check_crowd(link: Link, facts: Facts, expected: list[str], *, managed: set[
             dispatches = facts.lk_dispatches_for(name)
             link.set(
                 BROKEN,
-                f"{len(present)} copies of {_name(name)} in the room",
-                cause=f"{len(present)} agents named {_name(name)} are in the room "
+                f"{len(present)} copies of {agent_name_quoted(name)} in the room",
+                cause=f"{len(present)} agents named {agent_name_quoted(name)} are in the room "
                 f"({', '.join(p.identity for p in present)}), from {len(dispatches)} dispatch(es) "
                 f"({', '.join(d.id for d in dispatches)}): each CreateDispatch adds another agent and "
                 "nothing deduplicates them (livekit/agents#944).",
                 fix="Cancel the extra dispatch (Admin › Dispatches › cancel), and let only one path "
-                f"deliver {_name(name)}: the portal, not also the frontend's own token or API calls.",
+                f"deliver {agent_name_quoted(name)}: the portal, not also the frontend's own token or API calls.",
             )
             return
     others = [p for p in facts.lk.agents if p.agent_name not in managed and p.agent_name not in expected]
@@ -859,7 +644,7 @@ def _check_crowd(link: Link, facts: Facts, expected: list[str], *, managed: set[
             fixes.append(
                 "Find who dispatches the other agents (their dispatch ids are above) and stop it there."
             )
-        answering = f" and may be answering in place of {_names(expected)}" if expected else ""
+        answering = f" and may be answering in place of {agent_names_quoted(expected)}" if expected else ""
         link.set(
             BROKEN,
             f"{len(others)} agent(s) the portal does not manage in the room",
@@ -889,55 +674,3 @@ def _unmanaged(p: LkParticipant, facts: Facts) -> str:
             f"{p.identity} is '{p.agent_name}'{via}, an agent the portal does not know (another product's?)"
         )
     return f"{p.identity} is '{p.agent_name}'{via}, configured in the portal but not wanted in this room"
-
-
-# --- wording --------------------------------------------------------------------------------
-
-
-def _name(agent_name: str) -> str:
-    return f"'{agent_name}'" if agent_name else "the unnamed agent"
-
-
-def _names(names: Iterable[str]) -> str:
-    return ", ".join(_name(n) for n in names)
-
-
-def _when(moment: datetime | None, now: datetime) -> str:
-    if moment is None:
-        return "at an unknown time"
-    seconds = (now - moment).total_seconds()
-    stamp = moment.astimezone(UTC).strftime("%H:%M:%S UTC")
-    if seconds < 0:
-        return f"at {stamp}"
-    if seconds < 90:
-        ago = f"{seconds:.0f} s ago"
-    elif seconds < 5400:
-        ago = f"{seconds / 60:.0f} min ago"
-    elif seconds < 172800:
-        ago = f"{seconds / 3600:.0f} h ago"
-    else:
-        return f"on {moment:%Y-%m-%d %H:%M} UTC"
-    return f"at {stamp} ({ago})"
-
-
-def diagnosis_format(diagnosis: Diagnosis) -> str:
-    """The doctor's answer for a terminal."""
-    marks = {OK: "ok", BROKEN: "BROKEN", UNKNOWN: "unknown"}
-    title = f"Doctor for room '{diagnosis.room_name}'"
-    if diagnosis.agent is not None:
-        title += f", agent {_name(diagnosis.agent)}"
-    if diagnosis.identity is not None:
-        title += f", identity '{diagnosis.identity}'"
-    lines = [title, f"LiveKit: {diagnosis.livekit_url}", ""]
-    first = diagnosis.first_broken
-    for link in diagnosis.links:
-        lines.append(f"{link.number}. [{marks[link.state]:>7}] {link.title}")
-        if link.summary:
-            lines.append(f"             {link.summary}")
-        for detail in link.details:
-            lines.append(f"             - {detail}")
-        if link is first:
-            lines.append(f"             cause: {link.cause}")
-            lines.append(f"             fix:   {link.fix}")
-    lines += ["", f"Verdict: {diagnosis.summary}"]
-    return "\n".join(lines)
