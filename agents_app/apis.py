@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from django.conf import settings
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_serializer, inline_serializer
 from rest_framework import exceptions, serializers
 from rest_framework.negotiation import BaseContentNegotiation
@@ -22,10 +21,7 @@ from .authentication import ApiClientAuthentication, IsApiClient, IsApiClientOrS
 from .models import Agent
 from .rules import KINDS, Join, RuleError, RuleSpec, rule_compile
 from .services import RateLimited, TokenRequest, rules_explain, token_mint
-from .token_request import token_request_parse
-
-MAX_NAME_LENGTH = getattr(settings, "LIVEKIT_MAX_NAME_LENGTH", 256)
-MAX_METADATA_BYTES = getattr(settings, "LIVEKIT_MAX_METADATA_BYTES", 64_000)
+from .token_request import MAX_METADATA_BYTES, MAX_NAME_LENGTH, name_problem, token_request_parse
 
 
 class StrictCharField(serializers.CharField):
@@ -52,10 +48,9 @@ class LiveKitName(StrictCharField):
 
     def to_internal_value(self, data: Any) -> str:
         value = super().to_internal_value(data)
-        if any(ord(c) < 32 or ord(c) == 127 for c in value):
-            raise serializers.ValidationError("Must not contain control characters.")
-        if value and not value.strip():
-            raise serializers.ValidationError("Must not be only white space.")
+        problem = name_problem(value)
+        if problem:
+            raise serializers.ValidationError(problem)
         return value
 
 
@@ -82,17 +77,9 @@ class AgentRequestSerializer(StrictSerializer):
 
 
 class RoomConfigSerializer(serializers.Serializer):
-    agents = AgentRequestSerializer(many=True, required=False)
+    """Only `agents`: other RoomConfiguration fields are the operator's, refused with 403."""
 
-    def to_internal_value(self, data: Any) -> Any:
-        if not isinstance(data, dict):
-            raise serializers.ValidationError({"non_field_errors": ["Expected a JSON object."]})
-        # Other RoomConfiguration fields (timeouts, limits, egress) are the operator's, not a
-        # browser's: refuse them by name instead of dropping them.
-        others = sorted(set(data) - {"agents", "name"})
-        if others:
-            raise Forbidden("clients may only set room_config.agents", field=f"room_config.{others[0]}")
-        return super().to_internal_value(data)
+    agents = AgentRequestSerializer(many=True, required=False)
 
 
 class GrantsSerializer(StrictSerializer):
@@ -101,10 +88,6 @@ class GrantsSerializer(StrictSerializer):
     can_publish_data = serializers.BooleanField(required=False)
     can_update_own_metadata = serializers.BooleanField(required=False)
     hidden = serializers.BooleanField(required=False)
-
-
-def _size(value: Any) -> int:
-    return len(value.encode()) if isinstance(value, str) else len(json.dumps(value).encode())
 
 
 def _json_body(request: Any) -> Any:
@@ -149,10 +132,14 @@ class TokenApi(APIView):
 
     @extend_schema_serializer(component_name="TokenRequest")
     class InputSerializer(StrictSerializer):
+        """The body, for the OpenAPI schema; `token_request_parse` validates it."""
+
         room_name = LiveKitName(required=False, allow_blank=True)
         participant_identity = LiveKitName(required=False, allow_blank=True)
         participant_name = StrictCharField(required=False, allow_blank=True, max_length=MAX_NAME_LENGTH)
-        participant_metadata = StrictCharField(required=False, allow_blank=True)
+        participant_metadata = StrictCharField(
+            required=False, allow_blank=True, max_length=MAX_METADATA_BYTES
+        )
         participant_attributes = serializers.DictField(
             child=StrictCharField(allow_blank=True), required=False
         )
@@ -161,18 +148,6 @@ class TokenApi(APIView):
         grants = GrantsSerializer(
             required=False, help_text="Extension: ask for less or more, within the ceiling."
         )
-
-        def validate_participant_metadata(self, value: str) -> str:
-            if _size(value) > MAX_METADATA_BYTES:
-                raise serializers.ValidationError(f"Over {MAX_METADATA_BYTES} bytes.")
-            return value
-
-        def validate_participant_attributes(self, value: dict[str, str]) -> dict[str, str]:
-            if _size(value) > MAX_METADATA_BYTES:
-                raise serializers.ValidationError(f"Over {MAX_METADATA_BYTES} bytes.")
-            if any(not key for key in value):
-                raise serializers.ValidationError("Attribute names must not be empty.")
-            return value
 
     @extend_schema_serializer(component_name="TokenDispatch")
     class DispatchSerializer(serializers.Serializer):

@@ -16,6 +16,8 @@ from rest_framework.exceptions import ValidationError
 
 from dispatchportal.exceptions import Forbidden
 
+from .selectors import GRANT_FIELDS
+
 MAX_NAME_LENGTH = getattr(settings, "LIVEKIT_MAX_NAME_LENGTH", 256)
 MAX_METADATA_BYTES = getattr(settings, "LIVEKIT_MAX_METADATA_BYTES", 64_000)
 MAX_AGENT_NAME_LENGTH = 128
@@ -30,7 +32,6 @@ FIELDS = (
     "grants",
 )
 AGENT_FIELDS = ("agent_name", "metadata", "deployment")
-GRANT_FIELDS = ("can_publish", "can_subscribe", "can_publish_data", "can_update_own_metadata", "hidden")
 MIN_TTL_S = 60
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -50,13 +51,20 @@ def _string(value: Any, *, max_length: int | None = None, max_bytes: int | None 
     return value
 
 
-def _livekit_name(value: Any) -> str:
-    """A room name or identity LiveKit accepts: no control characters, not over the limit."""
-    value = _string(value, max_length=MAX_NAME_LENGTH)
+def name_problem(value: str) -> str | None:
+    """Why LiveKit would reject this room name or identity, or None."""
     if _CONTROL_CHARACTERS.search(value):
-        raise _Invalid("Must not contain control characters.")
+        return "Must not contain control characters."
     if value and not value.strip():
-        raise _Invalid("Must not be only white space.")
+        return "Must not be only white space."
+    return None
+
+
+def _livekit_name(value: Any) -> str:
+    value = _string(value, max_length=MAX_NAME_LENGTH)
+    problem = name_problem(value)
+    if problem:
+        raise _Invalid(problem)
     return value
 
 

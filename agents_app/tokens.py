@@ -1,17 +1,18 @@
-"""Participant token claims, built as plain dicts and signed with PyJWT.
+"""Participant token claims, built as plain dicts and signed as HS256 JWTs.
 
 The result is exactly what livekit-api's `AccessToken(...).to_jwt()` produces for the same
 inputs (a contract test compares the two); building the dict directly skips the SDK's
-recursive `dataclasses.asdict`, which is a third of a token's cost on the token path."""
+recursive `dataclasses.asdict`, which was a third of a token's cost on the token path."""
 
 from __future__ import annotations
 
-import calendar
-import datetime as dt
+import base64
+import hashlib
+import hmac
+import json
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
-
-import jwt
 
 
 class AgentDispatch(Protocol):
@@ -74,12 +75,23 @@ def claims_build(
     return claims
 
 
+_JWT_HEADER = base64.urlsafe_b64encode(b'{"alg":"HS256","typ":"JWT"}').rstrip(b"=")
+
+
+def _b64(data: bytes) -> bytes:
+    return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+
+def jwt_hs256(claims: Mapping[str, Any], secret: str) -> str:
+    """An HS256 JWT, byte for byte what PyJWT makes of the same claims (the header with sorted
+    keys, compact JSON), in a fraction of its time: PyJWT re-checks the key's format on every
+    call. Shared by token minting and the LiveKit client's per-call auth."""
+    payload = _b64(json.dumps(claims, separators=(",", ":")).encode())
+    signing_input = _JWT_HEADER + b"." + payload
+    signature = _b64(hmac.new(secret.encode(), signing_input, hashlib.sha256).digest())
+    return (signing_input + b"." + signature).decode()
+
+
 def token_sign(claims: Mapping[str, Any], *, api_key: str, api_secret: str, ttl_s: int) -> str:
-    now = dt.datetime.now(dt.UTC)
-    signed = {
-        **claims,
-        "iss": api_key,
-        "nbf": calendar.timegm(now.utctimetuple()),
-        "exp": calendar.timegm((now + dt.timedelta(seconds=ttl_s)).utctimetuple()),
-    }
-    return jwt.encode(signed, api_secret, algorithm="HS256")
+    now = int(time.time())
+    return jwt_hs256({**claims, "iss": api_key, "nbf": now, "exp": now + ttl_s}, api_secret)
