@@ -16,58 +16,19 @@ from rest_framework.views import APIView
 
 from dispatchportal import metrics
 from dispatchportal.exceptions import ApplicationError, Forbidden
+from dispatchportal.serializers import (
+    MAX_METADATA_BYTES,
+    MAX_NAME_LENGTH,
+    LiveKitName,
+    StrictCharField,
+    StrictSerializer,
+)
 
 from .authentication import ApiClientAuthentication, IsApiClient, IsApiClientOrStaff
 from .models import Agent
 from .rules import KINDS, Join, RuleError, RuleSpec, rule_compile
 from .services import RateLimited, TokenRequest, rules_explain, token_mint
-from .token_request import MAX_METADATA_BYTES, MAX_NAME_LENGTH, name_problem, token_request_parse
-
-
-class StrictCharField(serializers.CharField):
-    """A string, not anything that can be turned into one: 123 is a type error here."""
-
-    default_error_messages = {"invalid": "Must be a string."}
-
-    def __init__(self, **kwargs: Any) -> None:
-        kwargs.setdefault("trim_whitespace", False)
-        super().__init__(**kwargs)
-
-    def to_internal_value(self, data: Any) -> str:
-        if not isinstance(data, str):
-            self.fail("invalid")
-        return super().to_internal_value(data)
-
-
-class LiveKitName(StrictCharField):
-    """A room name or identity LiveKit accepts: no control characters, not over the limit."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        kwargs.setdefault("max_length", MAX_NAME_LENGTH)
-        super().__init__(**kwargs)
-
-    def to_internal_value(self, data: Any) -> str:
-        value = super().to_internal_value(data)
-        problem = name_problem(value)
-        if problem:
-            raise serializers.ValidationError(problem)
-        return value
-
-
-def _strict_fields(serializer: serializers.Serializer, data: Any) -> None:
-    if not isinstance(data, dict):
-        raise serializers.ValidationError({"non_field_errors": ["Expected a JSON object."]})
-    unknown = sorted(set(data) - set(serializer.fields))
-    if unknown:
-        raise serializers.ValidationError({name: ["Unknown field."] for name in unknown})
-
-
-class StrictSerializer(serializers.Serializer):
-    """Unknown fields are an error naming them, not silently dropped."""
-
-    def to_internal_value(self, data: Any) -> Any:
-        _strict_fields(self, data)
-        return super().to_internal_value(data)
+from .token_request import token_request_parse
 
 
 class AgentRequestSerializer(StrictSerializer):
@@ -171,6 +132,7 @@ class TokenApi(APIView):
             400: OpenApiResponse(description="Malformed JSON, wrong types, names or sizes LiveKit rejects"),
             401: OpenApiResponse(description="Missing, unknown or disabled key"),
             403: OpenApiResponse(description="Room, agent or grant outside the client's scope"),
+            415: OpenApiResponse(description="The body is not JSON"),
             429: OpenApiResponse(description="Over the client's rate limit"),
         },
     )

@@ -8,18 +8,15 @@ field a client may not set at all is a 403 naming it."""
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
-from django.conf import settings
 from rest_framework.exceptions import ValidationError
 
 from dispatchportal.exceptions import Forbidden
+from dispatchportal.serializers import MAX_METADATA_BYTES, MAX_NAME_LENGTH, name_problem
 
 from .selectors import GRANT_FIELDS
 
-MAX_NAME_LENGTH = getattr(settings, "LIVEKIT_MAX_NAME_LENGTH", 256)
-MAX_METADATA_BYTES = getattr(settings, "LIVEKIT_MAX_METADATA_BYTES", 64_000)
 MAX_AGENT_NAME_LENGTH = 128
 FIELDS = (
     "room_name",
@@ -33,7 +30,6 @@ FIELDS = (
 )
 AGENT_FIELDS = ("agent_name", "metadata", "deployment")
 MIN_TTL_S = 60
-_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class _Invalid(Exception):
@@ -49,15 +45,6 @@ def _string(value: Any, *, max_length: int | None = None, max_bytes: int | None 
     if max_bytes is not None and len(value.encode()) > max_bytes:
         raise _Invalid(f"Over {max_bytes} bytes.")
     return value
-
-
-def name_problem(value: str) -> str | None:
-    """Why LiveKit would reject this room name or identity, or None."""
-    if _CONTROL_CHARACTERS.search(value):
-        return "Must not contain control characters."
-    if value and not value.strip():
-        return "Must not be only white space."
-    return None
 
 
 def _livekit_name(value: Any) -> str:

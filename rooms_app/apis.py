@@ -18,14 +18,12 @@ from rest_framework.views import APIView
 from agents_app.authentication import IsApiClientOrStaff
 from agents_app.selectors import ClientScope
 from dispatchportal.exceptions import Conflict, Forbidden
+from dispatchportal.serializers import MAX_METADATA_BYTES, LiveKitName, StrictCharField, StrictSerializer
 
 from .models import Dispatch
 from .selectors import dispatch_get, dispatch_next_attempt, room_state
 from .services import dispatch_api_create, dispatch_cancel
 from .webhooks import webhook_receive
-
-MAX_NAME_LENGTH = 256
-MAX_METADATA_BYTES = 64 * 1024
 
 
 def _error(description: str) -> OpenApiResponse:
@@ -33,37 +31,6 @@ def _error(description: str) -> OpenApiResponse:
         response=OpenApiTypes.OBJECT,
         description=description + ' Body: {"error": code, "detail": message or {field: [messages]}}.',
     )
-
-
-class StrictString(serializers.CharField):
-    """A string, not anything that can be made one (123 is an error), without control
-    characters: what LiveKit accepts as a room or agent name."""
-
-    default_error_messages = {"invalid": "Must be a string."}
-
-    def __init__(self, **kwargs: Any) -> None:
-        kwargs.setdefault("trim_whitespace", False)
-        super().__init__(**kwargs)
-
-    def to_internal_value(self, data: Any) -> str:
-        if not isinstance(data, str):
-            self.fail("invalid")
-        value = super().to_internal_value(data)
-        if any(ord(c) < 32 or ord(c) == 127 for c in value):
-            raise serializers.ValidationError("Must not contain control characters.")
-        return value
-
-
-class StrictInput(serializers.Serializer):
-    """Unknown fields are an error naming them, not silently dropped."""
-
-    def to_internal_value(self, data: Any) -> Any:
-        if not isinstance(data, dict):
-            raise serializers.ValidationError({"non_field_errors": ["Expected a JSON object."]})
-        unknown = sorted(set(data) - set(self.fields))
-        if unknown:
-            raise serializers.ValidationError({name: ["Unknown field."] for name in unknown})
-        return super().to_internal_value(data)
 
 
 class DispatchEventSerializer(serializers.Serializer):
@@ -122,10 +89,10 @@ class DispatchCreateApi(APIView):
 
     # Named components: every view's nested serializer is called Input/Output.
     @extend_schema_serializer(component_name="DispatchCreateInput")
-    class InputSerializer(StrictInput):
-        room_name = StrictString(max_length=MAX_NAME_LENGTH, help_text="e.g. 'support-1234'")
-        agent_name = StrictString(max_length=128, help_text="e.g. 'support-agent'")
-        metadata = StrictString(
+    class InputSerializer(StrictSerializer):
+        room_name = LiveKitName(help_text="e.g. 'support-1234'")
+        agent_name = LiveKitName(max_length=128, help_text="e.g. 'support-agent'")
+        metadata = StrictCharField(
             required=False,
             allow_blank=True,
             help_text="Job metadata (ctx.job.metadata), e.g. '{\"ticket\": 1234}'. Default: the agent's "

@@ -19,10 +19,9 @@ from rest_framework.views import APIView
 from agents_app.authentication import IsApiClientOrStaff
 from agents_app.selectors import ClientScope
 from dispatchportal.exceptions import Forbidden
+from dispatchportal.serializers import LiveKitName
 
 from .doctor import BROKEN, HEALTHY, LIVEKIT_UNAVAILABLE, OK, UNKNOWN, WAITING, room_diagnose
-
-MAX_NAME_LENGTH = 256
 
 
 def _error(description: str) -> OpenApiResponse:
@@ -30,21 +29,6 @@ def _error(description: str) -> OpenApiResponse:
         response=OpenApiTypes.OBJECT,
         description=description + ' Body: {"error": code, "detail": message or {field: [messages]}}.',
     )
-
-
-class LiveKitName(serializers.CharField):
-    """A room, agent or identity name as LiveKit accepts it: no control characters."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        kwargs.setdefault("max_length", MAX_NAME_LENGTH)
-        kwargs.setdefault("trim_whitespace", False)
-        super().__init__(**kwargs)
-
-    def to_internal_value(self, data: Any) -> str:
-        value = super().to_internal_value(data)
-        if any(ord(c) < 32 or ord(c) == 127 for c in value):
-            raise serializers.ValidationError("Must not contain control characters.")
-        return value
 
 
 class DiagnosisLinkSerializer(serializers.Serializer):
