@@ -638,6 +638,9 @@ class _Pass:
             self._event(dispatch, to, detail)
 
     def _event(self, dispatch: Dispatch, to: str, detail: str) -> None:
+        # Every bulk transition passes here: count it as `dispatch_transition` would.
+        if to != dispatch.status:
+            metrics.dispatch_status_record(status=to, agent=dispatch.agent_name)
         self.events.append(
             DispatchEvent(
                 dispatch_id=dispatch.pk,

@@ -76,6 +76,18 @@ def test_a_reconcile_pass_is_timed(client, lk):
     assert scrapes.delta("dispatchportal_reconcile_duration_seconds_count", outcome="ok") == 1
 
 
+def test_transitions_made_by_reconcile_are_counted_too(client, lk):
+    agent = f"agent-{uuid.uuid4().hex[:8]}"
+    room = Room.objects.create(name=f"gone-{agent}", status="active", started_at=timezone.now())
+    Dispatch.objects.create(room=room, agent_name=agent, source="rule", status="requested")
+    scrapes = Scrapes(client)
+
+    reconcile_run()  # LiveKit (the emulator) has no such room: its dispatch is closed
+
+    assert Dispatch.objects.get(room=room).status == "room_closed"
+    assert scrapes.delta("dispatchportal_dispatches_total", status="room_closed", agent=agent) == 1
+
+
 def _signed(body: bytes, secret: str, key: str) -> str:
     digest = base64.b64encode(hashlib.sha256(body).digest()).decode()
     return lkapi.AccessToken(key, secret).with_sha256(digest).to_jwt()
