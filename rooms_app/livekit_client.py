@@ -35,7 +35,6 @@ from livekit.protocol.room import ListParticipantsRequest, ListRoomsRequest
 
 from agents_app.tokens import jwt_hs256
 from dispatchportal import metrics
-from dispatchportal.exceptions import ServiceUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -321,8 +320,3 @@ def livekit_call(method: str, *args: Any, timeout_s: float | None = None) -> Any
         return await getattr(client, method)(*args)
 
     return livekit_run(call, timeout_s=timeout_s)
-
-
-def as_service_unavailable(exc: LiveKitError) -> ServiceUnavailable:
-    """For request handlers that must answer now: a 503 naming LiveKit's problem."""
-    return ServiceUnavailable(exc.message)

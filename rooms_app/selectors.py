@@ -14,13 +14,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from django.core.cache import cache
-from django.db.models import QuerySet
 
 from agents_app.selectors import ClientScope
 from dispatchportal.exceptions import NotFound
 from dispatchportal.redis import REDIS_ERRORS, redis_client, redis_key
 
-from .models import Dispatch, DispatchEvent, Room
+from .models import Dispatch, Room
 
 
 def room_live_key(name: str) -> str:
@@ -47,10 +46,6 @@ def dispatch_get(*, dispatch_id: int, client: ClientScope | None) -> Dispatch:
     if dispatch is None or (client is not None and not client.room_allowed(dispatch.room.name)):
         raise NotFound(f"no dispatch {dispatch_id}")
     return dispatch
-
-
-def dispatch_events(*, dispatch: Dispatch) -> QuerySet[DispatchEvent]:
-    return DispatchEvent.objects.filter(dispatch=dispatch).order_by("at", "id")
 
 
 def dispatch_next_attempt(*, dispatch: Dispatch) -> Dispatch | None:
@@ -127,17 +122,6 @@ def room_state(*, room_name: str) -> RoomState:
         num_participants=room.num_participants,
         agents=agents,
     )
-
-
-def rooms_agents_present(*, room_ids: list[int]) -> dict[int, list[str]]:
-    """Admin list column: agent names joined in each room, in one query."""
-    present: dict[int, list[str]] = {}
-    rows = Dispatch.objects.filter(room_id__in=room_ids, status=Dispatch.Status.AGENT_JOINED).values_list(
-        "room_id", "agent_name"
-    )
-    for room_id, agent_name in rows:
-        present.setdefault(room_id, []).append(agent_name)
-    return present
 
 
 @dataclass(frozen=True, slots=True)
