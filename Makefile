@@ -4,7 +4,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench lint browser-deps clean
+.PHONY: run test bench lint browser-deps services livekit-server clean
+
+# The real LiveKit server, built from source through the Go module proxy (pinned here only).
+LIVEKIT_SERVER_VERSION := v1.13.5
+LIVEKIT_SERVER := .bin/livekit-server
+GO ?= $(shell command -v go || echo /usr/local/go/bin/go)
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +36,19 @@ browser-deps:
 	@if [ -x /usr/bin/chromium ]; then echo "chromium: $$(/usr/bin/chromium --version 2>/dev/null)"; else \
 	  SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
 	  $$SUDO apt-get update && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y chromium chromium-driver; fi
+
+# PostgreSQL and Redis on 127.0.0.1 (installed with apt when missing; a no-op when they answer).
+# Needed by `.ci/run` and `make bench`; `make test` and `make run` do without them.
+services:
+	./bin/services
+
+# LiveKit's own server at $(LIVEKIT_SERVER); a no-op when that version is already built.
+livekit-server:
+	@if [ -x $(LIVEKIT_SERVER) ] && $(LIVEKIT_SERVER) --version 2>/dev/null | grep -q "$(LIVEKIT_SERVER_VERSION:v%=%)"; then \
+	  echo "livekit-server $(LIVEKIT_SERVER_VERSION): $(LIVEKIT_SERVER)"; else \
+	  mkdir -p .bin/go && \
+	  GOBIN=$(CURDIR)/.bin/go CGO_ENABLED=0 $(GO) install github.com/livekit/livekit-server/cmd/server@$(LIVEKIT_SERVER_VERSION) && \
+	  mv .bin/go/server $(LIVEKIT_SERVER) && $(LIVEKIT_SERVER) --version; fi
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
