@@ -108,6 +108,4 @@ def webhook_event(
     message = webhook.WebhookEvent(event=event, room=room_proto(room), id=new_id("EV_"), created_at=int(now))
     if participant is not None:
         message.participant.CopyFrom(participant_proto(participant))
-    if event == "room_finished":
-        message.room_end_reason = int(room.end_reason)
     return message
