@@ -149,7 +149,6 @@ class Dispatch:
     received_at: float | None = None
     request_id: str = ""
     jobs: list[Job] = field(default_factory=list)
-    deleted_at: float = 0.0
 
 
 @dataclass(slots=True)

@@ -83,7 +83,6 @@ def dispatch_proto(dispatch: Dispatch, room: Room | None = None) -> agent_dispat
         state=agent_dispatch.AgentDispatchState(
             jobs=[job_proto(job, room) for job in dispatch.jobs],
             created_at=_ns(dispatch.created_at),
-            deleted_at=_ns(dispatch.deleted_at),
         ),
     )
 

@@ -303,9 +303,10 @@ class Emulator:
         room = self.rooms.get(room_name)
         dispatch = room.dispatches.get(dispatch_id) if room else None
         if room is None or dispatch is None:
-            raise EmulatorError("not_found", "dispatch ID not found")
+            raise EmulatorError(
+                "not_found", "twirp error unknown: dispatch ID not found"
+            )  # sic, as the real server says
         del room.dispatches[dispatch_id]
-        dispatch.deleted_at = self.clock()
         for job in dispatch.jobs:
             self._end_job(job, JobStatus.JS_SUCCESS)
             agent = room.participants.get(job.participant_identity)

@@ -252,6 +252,7 @@ class TwirpAPI:
     def delete_dispatch(self, req: agent_dispatch.DeleteAgentDispatchRequest, call: Call) -> Message:
         auth.ensure_admin(call.claims, req.room)
         dispatch = self.emulator.delete_dispatch(req.room, req.dispatch_id)
+        # As the real server: the dispatch as it stood, without a deleted_at.
         return protos.dispatch_proto(dispatch, self.emulator.rooms.get(req.room))
 
     def list_dispatch(self, req: agent_dispatch.ListAgentDispatchRequest, call: Call) -> Message:

@@ -256,6 +256,8 @@ class RealLiveKit:
     started_in_s: float
     kind: str = "real"
     workers: list[AgentWorker] = field(default_factory=list)
+    # Named workers kept for the whole session (see `shared_worker`); never unnamed ones.
+    shared_workers: dict[tuple[str, str], AgentWorker] = field(default_factory=dict)
     participants: Participants = field(init=False)
 
     def __post_init__(self) -> None:
@@ -293,7 +295,24 @@ class RealLiveKit:
         asyncio.run(delete_all())
         self.relay.reset()
 
+    def shared_worker(self, agent_name: str, behavior: str = "accept") -> AgentWorker:
+        """A registered worker of that name kept for the session: a worker takes 3 to 15 s to
+        register here, and a named worker gets only the dispatches naming it, so tests that
+        just need one running can share it. An unnamed worker would join every later room."""
+        if not agent_name:
+            raise ValueError("an unnamed worker is sent to every new room: never share one")
+        worker = self.shared_workers.get((agent_name, behavior))
+        if worker is None or worker.process.poll() is not None:
+            log_path = self.log_path.parent / f"shared-worker-{agent_name}-{behavior}.log"
+            self.shared_workers.pop((agent_name, behavior), None)
+            worker = start_worker(self, agent_name=agent_name, behavior=behavior, log_path=log_path)
+            self.workers.remove(worker)  # not killed with the test that started it
+            self.shared_workers[(agent_name, behavior)] = worker
+        return worker
+
     def stop(self) -> None:
+        for worker in self.shared_workers.values():
+            worker.kill()
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)
             try:
@@ -521,7 +540,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
     if server is None or not report.failed:
         return
     report.sections.append(("livekit-server log (tail)", server.log_tail()))
-    for worker in server.workers:
+    for worker in [*server.workers, *server.shared_workers.values()]:
         report.sections.append((f"agent worker {worker.agent_name!r} log (tail)", tail(worker.log_path)))
 
 

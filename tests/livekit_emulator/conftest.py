@@ -29,12 +29,15 @@ def livekit_server(request):
 @pytest.fixture
 def add_worker(livekit_server, request):
     """`add_worker(agent_name, behavior="accept")`: a simulated worker on the emulator, a real
-    livekit-agents worker (tests/agent_worker.py, registered) on the real server."""
+    livekit-agents worker (tests/agent_worker.py, registered) on the real server: a named one
+    shared by the session's tests, an unnamed one for this test only."""
 
     def add(agent_name: str, behavior: str = "accept") -> str:
-        if livekit_server.kind == "real":
-            return request.getfixturevalue("agent_worker")(agent_name=agent_name, behavior=behavior).worker_id
-        return livekit_server.control.add_worker(agent_name, behavior=behavior)["id"]
+        if livekit_server.kind != "real":
+            return livekit_server.control.add_worker(agent_name, behavior=behavior)["id"]
+        if agent_name:
+            return livekit_server.shared_worker(agent_name, behavior).worker_id
+        return request.getfixturevalue("agent_worker")(agent_name=agent_name, behavior=behavior).worker_id
 
     return add
 

@@ -94,6 +94,13 @@ def leave(server: Any, room: str, identity: str) -> None:
         server.control.leave(room, identity)
 
 
+def server_log(server: Any) -> str:
+    """What the server logged: the real server's log file, or the emulator's log lines."""
+    if server.kind == "real":
+        return server.log_path.read_text(errors="replace")
+    return "\n".join(server.control.state()["log"])
+
+
 def room_names(server: Any) -> set[str]:
     rooms = call(server, lambda lk: lk.room.list_rooms(api.ListRoomsRequest()))
     return {r.name for r in rooms.rooms}
