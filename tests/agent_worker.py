@@ -8,6 +8,7 @@
                         exit    end the job process at once (os._exit(1)) in the entrypoint
                         slow    wait AGENT_DELAY_S before accepting, then as accept
     AGENT_DELAY_S     seconds for `slow` (default 3)
+    AGENT_DRAIN_TIMEOUT_S  on SIGTERM, how long running jobs may go on (default 10)
 
 It prints `AGENT_WORKER_REGISTERED <worker id> <health port>` once the server has registered
 it (about 3 s after start); tests/real_livekit.py waits for that line. Never overloaded: a busy
@@ -41,6 +42,7 @@ server = AgentServer(
     host="127.0.0.1",
     port=0,
     num_idle_processes=1,  # one warm job process: a job starts without forking under load
+    drain_timeout=int(os.environ.get("AGENT_DRAIN_TIMEOUT_S", "10")),  # SIGTERM: jobs get this long
     http_proxy=None,  # everything is on loopback
 )
 
