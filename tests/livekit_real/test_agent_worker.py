@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from livekit import api
 
 from rooms_app.livekit_client import KIND_AGENT, livekit_call
@@ -62,28 +63,22 @@ def _worker_logged(worker, text: str) -> bool:
     return text in worker.log()
 
 
-def test_an_entrypoint_that_raises_never_joins_and_its_job_still_shows_running(portal_on_real, agent_worker):
-    worker = agent_worker(agent_name="raiser", behavior="raise")
+@pytest.mark.parametrize(
+    ("behavior", "logged"), [("raise", "job crashed"), ("exit", "process exited with non-zero exit code 1")]
+)
+def test_an_entrypoint_that_fails_never_joins_and_its_job_still_shows_running(
+    portal_on_real, agent_worker, behavior, logged
+):
+    worker = agent_worker(agent_name=f"agent-that-{behavior}s", behavior=behavior)
 
-    livekit_call("create_dispatch", "raise-room", "raiser", "")
+    livekit_call("create_dispatch", f"{behavior}-room", f"agent-that-{behavior}s", "")
 
-    eventually(lambda: _worker_logged(worker, "job crashed"), timeout=20, what="the job process crashed")
-    [job] = eventually(lambda: _jobs("raise-room", "raiser"), timeout=20, what="a job")
+    eventually(lambda: _worker_logged(worker, logged), timeout=20, what="the job process failed")
+    [job] = eventually(lambda: _jobs(f"{behavior}-room", f"agent-that-{behavior}s"), timeout=20, what="a job")
     # The server is never told: the job stays "running" and no agent ever joins.
     assert (job.status, job.error) == ("running", "")
-    assert _agents("raise-room") == []
-
-
-def test_an_entrypoint_that_exits_never_joins_and_its_job_still_shows_running(portal_on_real, agent_worker):
-    worker = agent_worker(agent_name="quitter", behavior="exit")
-
-    livekit_call("create_dispatch", "exit-room", "quitter", "")
-
-    eventually(lambda: _worker_logged(worker, "exit code 1"), timeout=20, what="the job process exited")
-    [job] = eventually(lambda: _jobs("exit-room", "quitter"), timeout=20, what="a job")
-    assert (job.status, job.error) == ("running", "")
-    assert _agents("exit-room") == []
-    assert worker.process.poll() is None  # only the job process died; the worker is still registered
+    assert _agents(f"{behavior}-room") == []
+    assert worker.process.poll() is None  # only the job process failed; the worker is still registered
 
 
 def test_a_slow_worker_joins_after_its_delay(portal_on_real, agent_worker):
