@@ -23,7 +23,12 @@ import logging
 import os
 import sys
 
-from livekit.agents import AgentServer, JobContext, JobRequest, cli
+# livekit-agents empties PROMETHEUS_MULTIPROC_DIR when the worker starts (worker.py, "cleaning
+# prometheus multiprocess directory"): inherited from the portal or the test run, it would
+# delete their metrics files. This worker keeps no metrics files; drop it before the import.
+os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+
+from livekit.agents import AgentServer, JobContext, JobRequest, cli  # noqa: E402
 
 AGENT_NAME = os.environ.get("AGENT_NAME", "")
 BEHAVIOR = os.environ.get("AGENT_BEHAVIOR", "accept")
