@@ -292,7 +292,9 @@ def agents_last_seen(*, agent_names: list[str]) -> dict[str, AgentSighting]:
             "agent_name", field_name, "participant_identity", "room__name"
         ):
             keep(AgentSighting(agent_name, at, how, identity, room_name))
-    joins = WebhookEvent.objects.filter(event="participant_joined", agent_name__in=agent_names)
+    # An empty agent_name in a webhook means "not an agent", so only named agents are looked up.
+    named = [name for name in agent_names if name]
+    joins = WebhookEvent.objects.filter(event="participant_joined", agent_name__in=named)
     latest_ids = joins.values("agent_name").annotate(last=Max("id")).values("last")
     for agent_name, at, identity, room_name in WebhookEvent.objects.filter(id__in=latest_ids).values_list(
         "agent_name", "received_at", "participant_identity", "room_name"
