@@ -105,7 +105,7 @@ class AgentAdmin(SightingsMixin, SimpleHistoryAdmin):
 
     @admin.display(description="dispatch")
     def dispatch_mode(self, agent: Agent) -> str:
-        return "automatic: every new room" if agent.agent_name == "" else "explicit: named only"
+        return "automatic (every new room)" if agent.agent_name == "" else "named only"
 
     @admin.display(description="last seen")
     def last_seen(self, agent: Agent) -> str:

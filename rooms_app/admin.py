@@ -378,14 +378,10 @@ class DispatchAdmin(NoExamplesMixin, LiveKitBannerMixin, ReadOnlyMixin, admin.Mo
 
     @admin.display(description="last error")
     def short_error(self, obj: Dispatch) -> str:
-        """The first sentence or 70 characters, whichever is shorter; the whole of it on hover."""
-        text = obj.last_error.split(". ")[0]
-        short = text if len(text) <= 70 else text[:69] + "…"
-        if short == obj.last_error:
-            return short
-        return format_html(
-            '<span title="{}">{}</span>', obj.last_error, short if short.endswith("…") else short + " …"
-        )
+        """Its first sentence, at most two lines high; the whole of it on hover."""
+        if not obj.last_error:
+            return "-"
+        return format_html('<span class="dp-clamp" title="{}">{}</span>', obj.last_error, obj.last_error.split(". ")[0])
 
     @admin.action(description="Re-dispatch selected (a new attempt)", permissions=["act"])
     def redispatch(self, request: HttpRequest, queryset: QuerySet[Dispatch]) -> None:
