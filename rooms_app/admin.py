@@ -381,7 +381,9 @@ class DispatchAdmin(NoExamplesMixin, LiveKitBannerMixin, ReadOnlyMixin, admin.Mo
         """Its first sentence, at most two lines high; the whole of it on hover."""
         if not obj.last_error:
             return "-"
-        return format_html('<span class="dp-clamp" title="{}">{}</span>', obj.last_error, obj.last_error.split(". ")[0])
+        return format_html(
+            '<span class="dp-clamp" title="{}">{}</span>', obj.last_error, obj.last_error.split(". ")[0]
+        )
 
     @admin.action(description="Re-dispatch selected (a new attempt)", permissions=["act"])
     def redispatch(self, request: HttpRequest, queryset: QuerySet[Dispatch]) -> None:

@@ -51,7 +51,9 @@ def ledger():
         name="web frontend", key_prefix="dpk_abcdefgh", key_digest="0" * 64, room_patterns=["support-*"]
     )
 
-    def dispatch(room: Room, status: str, *, ago_s: float, steps: tuple[float, ...] = (), **fields) -> Dispatch:
+    def dispatch(
+        room: Room, status: str, *, ago_s: float, steps: tuple[float, ...] = (), **fields
+    ) -> Dispatch:
         created = now - timedelta(seconds=ago_s)
         times = dict(zip(("requested_at", "job_assigned_at", "joined_at"), steps, strict=False))
         row = Dispatch.objects.create(
@@ -67,7 +69,9 @@ def ledger():
             name=f"support-eu-west-2026-11-26-customer-{4700 + i}", status="finished", sid=f"RM_{i:08d}"
         )
         if i % 4 == 3:
-            dispatch(room, "no_worker", ago_s=300 + i * 60, steps=(0.021,), ended_at=now, last_error=NO_WORKER)
+            dispatch(
+                room, "no_worker", ago_s=300 + i * 60, steps=(0.021,), ended_at=now, last_error=NO_WORKER
+            )
         else:
             dispatch(
                 room,
@@ -106,7 +110,11 @@ def test_every_admin_page_fits_the_screen(admin_page, ledger, screen, shot):
     dispatch = Dispatch.objects.filter(status="no_worker").first()
     pages = [
         ("admin-home", "/admin/", ()),
-        ("dispatches", "/admin/rooms_app/dispatch/", ("id", "room_link", "agent_name", "status", "age", "doctor_column")),
+        (
+            "dispatches",
+            "/admin/rooms_app/dispatch/",
+            ("id", "room_link", "agent_name", "status", "age", "doctor_column"),
+        ),
         ("rooms", "/admin/rooms_app/room/", ("name", "live", "doctor_column")),
         ("agents", "/admin/agents_app/agent/", ("__str__", "enabled", "fallback", "last_seen")),
         ("rules", "/admin/agents_app/dispatchrule/", ("name", "agent", "warnings")),
@@ -133,7 +141,9 @@ def test_every_admin_page_fits_the_screen(admin_page, ledger, screen, shot):
     assert row.locator("td.field-short_error span.dp-clamp").get_attribute("title") == NO_WORKER
     # The agent list: the fallback agent's name is whole and inside the window.
     page.goto("/admin/agents_app/agent/")
-    cell = page.locator("#result_list tr").filter(has_text="support-agent-eu-west").locator("td.field-fallback")
+    cell = (
+        page.locator("#result_list tr").filter(has_text="support-agent-eu-west").locator("td.field-fallback")
+    )
     box = cell.bounding_box()
     assert cell.inner_text() == "backup-agent" and box["x"] + box["width"] <= SCREENS[screen][0]
 
@@ -180,7 +190,9 @@ def test_a_dispatch_timeline_on_the_dispatch_and_room_pages(admin_page, ledger, 
     page = admin_page
     dispatch = Dispatch.objects.filter(status="agent_joined").order_by("id").first()
     api = page.request.get(f"/api/v1/dispatches/{dispatch.pk}").json()
-    millis = [api[f][:23].replace("T", " ") for f in ("created_at", "requested_at", "job_assigned_at", "joined_at")]
+    millis = [
+        api[f][:23].replace("T", " ") for f in ("created_at", "requested_at", "job_assigned_at", "joined_at")
+    ]
 
     page.goto(f"/admin/rooms_app/dispatch/{dispatch.pk}/change/")
     steps = _steps(page, f"#timeline-{dispatch.pk}")
@@ -207,21 +219,24 @@ def test_a_dispatch_timeline_on_the_dispatch_and_room_pages(admin_page, ledger, 
     steps = _steps(page, f"#timeline-{failed.pk}")
     assert [s[0] for s in steps] == ["trigger", "requested", "job_assigned", "verdict"]
     verdict = page.locator(f"#timeline-{failed.pk} li[data-step=verdict]")
-    assert "No worker took the job" in verdict.inner_text() and "dp-step-failed" in verdict.get_attribute("class")
+    assert "No worker took the job" in verdict.inner_text() and "dp-step-failed" in verdict.get_attribute(
+        "class"
+    )
 
 
 def _overlapping(page, svg: str) -> list[tuple[str, str]]:
-    boxes = [
-        (t.text_content(), t.bounding_box()) for t in page.locator(f"{svg} text").all() if t.text_content().strip()
-    ]
+    """Pairs of labels whose boxes, as drawn, intersect (read in one go: the page refreshes)."""
+    boxes = page.locator(svg).evaluate(
+        """svg => [...svg.querySelectorAll("text")].filter(t => t.textContent.trim()).map(t => {
+             const r = t.getBoundingClientRect();
+             return [t.textContent, r.left, r.top, r.right, r.bottom];
+           })"""
+    )
     return [
-        (a, b)
-        for i, (a, p) in enumerate(boxes)
-        for b, q in boxes[i + 1 :]
-        if p["x"] < q["x"] + q["width"]
-        and q["x"] < p["x"] + p["width"]
-        and p["y"] < q["y"] + q["height"]
-        and q["y"] < p["y"] + p["height"]
+        (a[0], b[0])
+        for i, a in enumerate(boxes)
+        for b in boxes[i + 1 :]
+        if a[1] < b[3] and b[1] < a[3] and a[2] < b[4] and b[2] < a[4]
     ]
 
 
@@ -230,14 +245,16 @@ def test_the_dashboard_labels_never_overlap_and_the_figures_refresh(admin_page, 
     page = admin_page
     page.goto("/admin/dispatch-dashboard/?refresh=1")
     for chart in ("#success-rate-chart svg", "#time-to-join-chart svg", "#hours-chart svg"):
-        assert page.locator(f"{chart} text").count() > 5, chart
+        assert page.locator(chart).evaluate("svg => svg.querySelectorAll('text').length") > 5, chart
         assert _overlapping(page, chart) == [], chart
     assert page.evaluate("document.documentElement.scrollWidth") <= SCREENS[screen][0]
     shot(page, f"{screen}-dashboard")
 
     page.evaluate("window.notReloaded = true")
     room = Room.objects.create(name="support-eu-west-new", status="active", started_at=timezone.now())
-    Dispatch.objects.create(room=room, agent=ledger, agent_name=ledger.agent_name, source="rule", status="pending")
+    Dispatch.objects.create(
+        room=room, agent=ledger, agent_name=ledger.agent_name, source="rule", status="pending"
+    )
 
     expect(page.locator("#rooms-waiting")).to_contain_text("support-eu-west-new")
     assert page.evaluate("window.notReloaded") is True
