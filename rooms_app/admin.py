@@ -93,7 +93,7 @@ def _gap(seconds: float | None) -> str:
 
 
 class LiveKitBannerMixin:
-    """An error banner on the page when LiveKit cannot be asked."""
+    """An error banner on the page when LiveKit cannot be asked; the object page's extras."""
 
     def _banner(self, request: HttpRequest) -> None:
         status = livekit_status()
@@ -116,7 +116,12 @@ class LiveKitBannerMixin:
     ) -> HttpResponse:
         if request.method == "GET":
             self._banner(request)
-        return super().change_view(request, object_id, form_url, extra_context)  # type: ignore[misc]
+        extras = self.page_extras(object_id) if object_id.isdigit() else {}
+        return super().change_view(request, object_id, form_url, {**(extra_context or {}), **extras})  # type: ignore[misc]
+
+    def page_extras(self, object_id: str) -> dict[str, Any]:
+        """What the object's page shows besides its fields (the doctor link, timelines)."""
+        return {}
 
 
 class ReadOnlyMixin:
@@ -228,23 +233,16 @@ class RoomAdmin(NoExamplesMixin, LiveKitBannerMixin, ReadOnlyMixin, admin.ModelA
     first_token = _precise_field(Room, "first_token_at")
     last_token = _precise_field(Room, "last_token_at")
 
-    def change_view(
-        self,
-        request: HttpRequest,
-        object_id: str,
-        form_url: str = "",
-        extra_context: dict[str, Any] | None = None,
-    ) -> HttpResponse:
-        room = Room.objects.filter(pk=object_id).first() if object_id.isdigit() else None
-        if room is not None:
-            latest = room.dispatches.select_related("room").order_by("-id")[:ROOM_TIMELINES]
-            extra_context = {
-                **(extra_context or {}),
-                "doctor_url": doctor_url(room_name=room.name),
-                "timelines": [timeline_context(d, link=True) for d in latest],
-                "timelines_title": f"Timelines of the latest {ROOM_TIMELINES} dispatches",
-            }
-        return super().change_view(request, object_id, form_url, extra_context)
+    def page_extras(self, object_id: str) -> dict[str, Any]:
+        room = Room.objects.filter(pk=object_id).first()
+        if room is None:
+            return {}
+        latest = room.dispatches.select_related("room").order_by("-id")[:ROOM_TIMELINES]
+        return {
+            "doctor_url": doctor_url(room_name=room.name),
+            "timelines": [timeline_context(d, link=True) for d in latest],
+            "timelines_title": f"Timelines of the latest {ROOM_TIMELINES} dispatches",
+        }
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Room]:
         joined = Dispatch.objects.filter(status=Dispatch.Status.AGENT_JOINED).only("room_id", "agent_name")
@@ -345,25 +343,14 @@ class DispatchAdmin(NoExamplesMixin, LiveKitBannerMixin, ReadOnlyMixin, admin.Mo
     ended = _precise_field(Dispatch, "ended_at")
     deadline = _precise_field(Dispatch, "deadline_at")
 
-    def change_view(
-        self,
-        request: HttpRequest,
-        object_id: str,
-        form_url: str = "",
-        extra_context: dict[str, Any] | None = None,
-    ) -> HttpResponse:
-        dispatch = (
-            Dispatch.objects.select_related("room").filter(pk=object_id).first()
-            if object_id.isdigit()
-            else None
-        )
-        if dispatch is not None:
-            extra_context = {
-                **(extra_context or {}),
-                "doctor_url": doctor_url(room_name=dispatch.room.name, agent_name=dispatch.agent_name),
-                "timelines": [timeline_context(dispatch)],
-            }
-        return super().change_view(request, object_id, form_url, extra_context)
+    def page_extras(self, object_id: str) -> dict[str, Any]:
+        dispatch = Dispatch.objects.select_related("room").filter(pk=object_id).first()
+        if dispatch is None:
+            return {}
+        return {
+            "doctor_url": doctor_url(room_name=dispatch.room.name, agent_name=dispatch.agent_name),
+            "timelines": [timeline_context(dispatch)],
+        }
 
     @admin.display(description="room", ordering="room__name")
     def room_link(self, obj: Dispatch) -> str:
