@@ -129,7 +129,7 @@ class AgentAdmin(SightingsMixin, SimpleHistoryAdmin):
 
 @admin.register(DispatchRule)
 class DispatchRuleAdmin(SightingsMixin, SimpleHistoryAdmin):
-    list_display = ("name", "priority", "room_match", "agent", "delivery", "enabled", "stop", "warnings")
+    list_display = ("name", "priority", "room_match", "agent", "how", "enabled", "stop", "warnings")
     list_editable = ("priority", "enabled")
     list_filter = ("enabled", "delivery", "room_match_kind", "agent")
     list_select_related = ("agent",)
@@ -151,6 +151,11 @@ class DispatchRuleAdmin(SightingsMixin, SimpleHistoryAdmin):
         ),
         ("What they get", {"fields": ("agent", "metadata_template", "delivery")}),
     )
+
+    @admin.display(description="delivery", ordering="delivery")
+    def how(self, rule: DispatchRule) -> str:
+        """The delivery's short name (the long one would push the warnings off a laptop screen)."""
+        return format_html('<span title="{}">{}</span>', rule.get_delivery_display(), rule.delivery)
 
     @admin.display(description="room match", ordering="room_match_value")
     def room_match(self, rule: DispatchRule) -> str:

@@ -99,6 +99,11 @@ def _fits(page, screen: str, *key_columns: str) -> None:
     width = SCREENS[screen][0]
     scroll_width = page.evaluate("document.documentElement.scrollWidth")
     assert scroll_width <= width, f"{page.url}: {scroll_width} px wide on a {width} px screen"
+    if key_columns:  # the list scrolls inside its box when it is too wide: it must not
+        results = page.locator("#changelist .results")
+        assert results.evaluate("r => r.scrollWidth <= r.clientWidth"), (
+            f"{page.url}: the list scrolls sideways"
+        )
     for column in key_columns:
         box = page.locator(f"#result_list th.column-{column}").bounding_box()
         assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= width, (page.url, column)
