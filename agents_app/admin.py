@@ -39,9 +39,12 @@ def sighting_text(sighting: AgentSighting | None) -> str:
     if sighting is None:
         return NEVER_SEEN
     ago = (timezone.now() - sighting.at).total_seconds()
-    return (
-        f"{duration_text(max(0.0, ago))} ago: {sighting.how} in {sighting.room_name} "
-        f"as {sighting.participant_identity or '(identity unknown)'}"
+    return format_html(
+        '<span class="dp-seen">{} ago</span> {} in {} as {}',
+        duration_text(max(0.0, ago)),
+        sighting.how,
+        sighting.room_name,
+        sighting.participant_identity or "(identity unknown)",
     )
 
 
@@ -84,8 +87,8 @@ class AgentAdmin(SightingsMixin, SimpleHistoryAdmin):
         "display_name",
         "enabled",
         "dispatch_mode",
-        "join_deadline_s",
-        "max_attempts",
+        "deadline",
+        "attempts",
         "fallback",
         "last_seen",
     )
@@ -102,6 +105,14 @@ class AgentAdmin(SightingsMixin, SimpleHistoryAdmin):
 
     def agent_name_of(self, obj: Agent) -> str:
         return obj.agent_name
+
+    @admin.display(description="deadline", ordering="join_deadline_s")
+    def deadline(self, agent: Agent) -> str:
+        return f"{agent.join_deadline_s} s"
+
+    @admin.display(description="attempts", ordering="max_attempts")
+    def attempts(self, agent: Agent) -> int:
+        return agent.max_attempts
 
     @admin.display(description="dispatch")
     def dispatch_mode(self, agent: Agent) -> str:

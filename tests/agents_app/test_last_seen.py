@@ -66,7 +66,7 @@ def test_the_agent_list_says_when_each_agent_was_seen_and_warns_about_the_others
     response = admin_client.get("/admin/agents_app/agent/")
     page = response.content.decode()
 
-    assert "2 min ago: joined in support-1 as agent-AJ_1" in page
+    assert "2 min ago</span> joined in support-1 as agent-AJ_1" in page
     assert page.count("never seen") == 1 and "WorkerOptions(agent_name=&#x27;sales-agent&#x27;)" in page
     warnings = [str(m) for m in get_messages(response.wsgi_request)]
     assert any(m.startswith("Never seen: 'sales-agent'.") for m in warnings)
@@ -86,4 +86,4 @@ def test_the_agent_page_shows_when_it_was_last_seen(admin_client):
 
     page = admin_client.get(f"/admin/agents_app/agent/{agent.pk}/change/").content.decode()
 
-    assert "30 s ago: joined in support-1 as agent-AJ_1" in page
+    assert "30 s ago</span> joined in support-1 as agent-AJ_1" in page
