@@ -201,6 +201,7 @@ def test_a_dispatch_timeline_on_the_dispatch_and_room_pages(admin_page, ledger, 
 
     page.goto(f"/admin/rooms_app/dispatch/{dispatch.pk}/change/")
     steps = _steps(page, f"#timeline-{dispatch.pk}")
+    assert [s[0] for s in steps] == [step["key"] for step in api["timeline"]]
     assert [s[0] for s in steps] == ["trigger", "requested", "job_assigned", "joined"]
     assert [s[1] for s in steps] == millis  # the API's times, to the millisecond
     assert [s[2] for s in steps] == ["", "+0.021 s", "+0.391 s", "+0.893 s"]

@@ -67,3 +67,15 @@ def test_examples_are_taken_out_of_help_texts():
     assert without_examples("e.g. 'AD_x1y2z3'.") == ""
     assert without_examples("The LiveKit room name, e.g. 'interview-42'.") == "The LiveKit room name."
     assert without_examples('What the job gets, e.g. {"language": "en"}.') == "What the job gets."
+
+
+def test_the_api_returns_the_same_timeline(admin_client, no_worker):
+    body = admin_client.get(f"/api/v1/dispatches/{no_worker.pk}").json()
+
+    assert [(s["key"], s["state"], s["since_previous_s"]) for s in body["timeline"]] == [
+        ("trigger", "done", None),
+        ("requested", "skipped", None),
+        ("job_assigned", "skipped", None),
+        ("verdict", "failed", 10.5),
+    ]
+    assert body["timeline"][3]["detail"] == no_worker.last_error
