@@ -406,10 +406,20 @@ class DispatchAdmin(NoExamplesMixin, LiveKitBannerMixin, ReadOnlyMixin, admin.Mo
 
 @admin.register(WebhookEvent)
 class WebhookEventAdmin(ReadOnlyMixin, admin.ModelAdmin):
-    list_display = ("received_at", "event", "room_name", "participant_identity", "agent_name", "event_id")
+    list_display = (
+        "received",
+        "event",
+        "room_name",
+        "participant_identity",
+        "agent_name",
+        "event_id",
+        doctor_column,
+    )
     list_filter = ("event",)
     search_fields = ("room_name", "event_id", "participant_identity", "agent_name")
     date_hierarchy = "received_at"
+
+    received = _precise_field(WebhookEvent, "received_at")
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         return [f.name for f in WebhookEvent._meta.fields]

@@ -21,7 +21,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from ..doctor import room_diagnose
-from ..models import Dispatch, Room
+from ..models import Dispatch, Room, WebhookEvent
 from .charts import PALETTE, grouped_bar_chart, stacked_hours_chart
 from .reads import (
     agent_stats_get,
@@ -46,10 +46,14 @@ def doctor_url(*, room_name: str, agent_name: str | None = None) -> str:
 
 
 @admin.display(description="doctor")
-def doctor_column(obj: Room | Dispatch) -> str:
-    """A changelist column for rooms and dispatches: the doctor's verdict one click away."""
+def doctor_column(obj: Room | Dispatch | WebhookEvent) -> str:
+    """A changelist column wherever a room is shown: the doctor's verdict one click away."""
     if isinstance(obj, Dispatch):
         url = doctor_url(room_name=obj.room.name, agent_name=obj.agent_name)
+    elif isinstance(obj, WebhookEvent):
+        if not obj.room_name:
+            return "-"
+        url = doctor_url(room_name=obj.room_name)
     else:
         url = doctor_url(room_name=obj.name)
     return format_html('<a href="{}" class="doctor-link">diagnose</a>', url)

@@ -34,6 +34,7 @@ def ledger():
     dispatches that joined, failed and still wait."""
     now = timezone.now()
     backup = Agent.objects.create(agent_name="backup-agent", display_name="Backup agent for every room")
+    Agent.objects.create(agent_name="sales-agent", display_name="Sales")  # no worker ever answered to it
     agent = Agent.objects.create(
         agent_name="support-agent-eu-west",
         display_name="Support agent (EU west)",
@@ -82,6 +83,15 @@ def ledger():
                 livekit_dispatch_id=f"AD_{i:08d}",
                 livekit_job_id=f"AJ_{i:08d}",
             )
+    for i, status in enumerate(("agent_joined", "agent_joined")):  # 100% over the hour and the day
+        room = Room.objects.create(name=f"backup-{i}", status="finished")
+        row = Dispatch.objects.create(
+            room=room, agent=backup, agent_name="backup-agent", source="fallback", status=status
+        )
+        created = now - timedelta(seconds=200)
+        Dispatch.objects.filter(pk=row.pk).update(
+            created_at=created, requested_at=created, joined_at=created + timedelta(seconds=0.3)
+        )
     waiting = Room.objects.create(name="support-eu-west-waiting", status="active", started_at=now)
     dispatch(waiting, "requested", ago_s=40, steps=(0.03,), deadline_at=now + timedelta(seconds=5))
     WebhookEvent.objects.create(
@@ -124,7 +134,7 @@ def test_every_admin_page_fits_the_screen(admin_page, ledger, screen, shot):
         ("agents", "/admin/agents_app/agent/", ("__str__", "enabled", "deadline", "fallback", "last_seen")),
         ("rules", "/admin/agents_app/dispatchrule/", ("name", "agent", "how", "warnings")),
         ("clients", "/admin/agents_app/apiclient/", ("name", "enabled")),
-        ("webhooks", "/admin/rooms_app/webhookevent/", ("event", "room_name")),
+        ("webhooks", "/admin/rooms_app/webhookevent/", ("event", "room_name", "doctor_column")),
         ("dispatch-detail", f"/admin/rooms_app/dispatch/{dispatch.pk}/change/", ()),
         ("room-detail", f"/admin/rooms_app/room/{dispatch.room_id}/change/", ()),
         ("agent-detail", f"/admin/agents_app/agent/{ledger.pk}/change/", ()),
@@ -151,6 +161,8 @@ def test_every_admin_page_fits_the_screen(admin_page, ledger, screen, shot):
     )
     box = cell.bounding_box()
     assert cell.inner_text() == "backup-agent" and box["x"] + box["width"] <= SCREENS[screen][0]
+    assert "never seen" in page.locator("#result_list tr").filter(has_text="sales-agent").inner_text()
+    assert "Never seen: 'sales-agent'" in page.locator("ul.messagelist").inner_text()
 
 
 @both_screens
