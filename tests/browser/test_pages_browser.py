@@ -277,3 +277,14 @@ def test_the_dashboard_labels_never_overlap_and_the_figures_refresh(admin_page, 
     expect(page.locator("#rooms-waiting")).to_contain_text("support-eu-west-new")
     assert page.evaluate("window.notReloaded") is True
     shot(page, f"{screen}-dashboard-refreshed")
+
+
+def test_a_new_install_dashboard_says_what_is_missing(admin_page, shot):
+    page = admin_page
+    page.goto("/admin/dispatch-dashboard/")
+
+    for empty in ("#no-dispatches", "#no-hours", "#no-rooms-waiting", "#no-failures"):
+        expect(page.locator(empty)).to_be_visible()
+    assert page.locator("svg.dp-chart").count() == 0
+    assert page.locator("#refresh-problem").is_hidden()
+    shot(page, "1366x768-dashboard-empty")
