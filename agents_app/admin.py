@@ -40,7 +40,7 @@ def sighting_text(sighting: AgentSighting | None) -> str:
         return NEVER_SEEN
     ago = (timezone.now() - sighting.at).total_seconds()
     return format_html(
-        '<span class="dp-seen">{} ago</span> {} in {} as {}',
+        '<span class="dp-seen">{} ago</span>, {} in {} as {}',
         duration_text(max(0.0, ago)),
         sighting.how,
         sighting.room_name,

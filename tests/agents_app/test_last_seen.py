@@ -61,12 +61,12 @@ def test_a_webhook_of_an_agent_joining_counts_and_people_never_count_as_the_unna
 def test_the_agent_list_says_when_each_agent_was_seen_and_warns_about_the_others(admin_client):
     AgentFactory(agent_name="support-agent")
     AgentFactory(agent_name="sales-agent")
-    _joined("support-agent", "support-1", "agent-AJ_1", ago_s=120)
+    _joined("support-agent", "support-1", "agent-AJ_1", ago_s=600)
 
     response = admin_client.get("/admin/agents_app/agent/")
     page = response.content.decode()
 
-    assert "2 min ago</span> joined in support-1 as agent-AJ_1" in page
+    assert "10 min ago</span>, joined in support-1 as agent-AJ_1" in page
     assert page.count("never seen") == 1 and "WorkerOptions(agent_name=&#x27;sales-agent&#x27;)" in page
     warnings = [str(m) for m in get_messages(response.wsgi_request)]
     assert any(m.startswith("Never seen: 'sales-agent'.") for m in warnings)
@@ -82,8 +82,8 @@ def test_a_rule_whose_agent_was_never_seen_says_so(admin_client):
 
 def test_the_agent_page_shows_when_it_was_last_seen(admin_client):
     agent = AgentFactory(agent_name="support-agent")
-    _joined("support-agent", "support-1", "agent-AJ_1", ago_s=30)
+    _joined("support-agent", "support-1", "agent-AJ_1", ago_s=600)
 
     page = admin_client.get(f"/admin/agents_app/agent/{agent.pk}/change/").content.decode()
 
-    assert "30 s ago</span> joined in support-1 as agent-AJ_1" in page
+    assert "10 min ago</span>, joined in support-1 as agent-AJ_1" in page

@@ -5,6 +5,7 @@ Each test saves screenshots under test-artifacts/."""
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 import pytest
@@ -138,7 +139,8 @@ def test_the_dashboard_draws_charts_and_the_doctor_is_one_click_away(admin_page,
     row = page.locator("#agent-stats tbody tr").filter(has_text="support-agent")
     assert "75% / 80%" in row.inner_text()
     waiting = page.locator("#rooms-waiting").inner_text()
-    assert "support-waiting" in waiting and ("75 s" in waiting or "76 s" in waiting)
+    assert "support-waiting" in waiting
+    assert 75 <= int(re.search(r"(\d+) s", waiting).group(1)) < 90  # asked for 75 s before the page loaded
     shot(page, "dashboard")
 
     failure = page.locator("#last-failures tbody tr").filter(has_text="support-3")
