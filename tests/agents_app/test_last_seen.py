@@ -87,3 +87,13 @@ def test_the_agent_page_shows_when_it_was_last_seen(admin_client):
     page = admin_client.get(f"/admin/agents_app/agent/{agent.pk}/change/").content.decode()
 
     assert "10 min ago</span>, joined in support-1 as agent-AJ_1" in page
+
+
+def test_one_read_for_a_page_of_agents_however_many(django_assert_max_num_queries):
+    for i in range(10):
+        _joined(f"agent-{i}", f"room-{i}", f"agent-AJ_{i}", ago_s=60)
+
+    with django_assert_max_num_queries(5):
+        seen = agents_last_seen(agent_names=[f"agent-{i}" for i in range(10)])
+
+    assert len(seen) == 10

@@ -149,7 +149,12 @@ def test_every_admin_page_fits_the_screen(admin_page, ledger, screen, shot):
         shot(page, f"{screen}-{name}")
         _fits(page, screen, *columns)
 
-    # The dispatch list: a no_worker row stays one line high, its whole error on hover.
+    # "View site" leads to the API docs; the favicon is there.
+    assert page.locator("#view-site").get_attribute("href") == "/api/docs/"
+    icon = page.locator("link[rel=icon]").get_attribute("href")
+    assert page.request.get(icon).ok and page.request.get("/favicon.ico").ok
+
+    # The dispatch list: a no_worker row stays two lines high at most, its whole error on hover.
     page.goto("/admin/rooms_app/dispatch/?status__exact=no_worker")
     row = page.locator("#result_list tbody tr").first
     assert row.bounding_box()["height"] < 60
