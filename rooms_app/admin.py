@@ -71,13 +71,15 @@ def without_examples(help_text: str) -> str:
 
 
 class NoExamplesMixin:
-    """Read-only pages show the fields' help texts without their examples."""
+    """Read-only pages show the fields' help texts without their examples (under the values;
+    a table's header keeps its "?" tooltip, which Django takes from the model)."""
+
+    def _help_texts(self) -> dict[str, str]:
+        fields = self.model._meta.fields  # type: ignore[attr-defined]
+        return {f.name: without_examples(f.help_text) for f in fields if f.help_text}
 
     def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
-        model = self.model  # type: ignore[attr-defined]
-        kwargs["help_texts"] = {
-            f.name: without_examples(f.help_text) for f in model._meta.fields if f.help_text
-        }
+        kwargs["help_texts"] = self._help_texts()
         return super().get_form(request, obj, change, **kwargs)  # type: ignore[misc]
 
 
@@ -424,7 +426,7 @@ class DispatchAdmin(NoExamplesMixin, LiveKitBannerMixin, ReadOnlyMixin, admin.Mo
 
 @admin.register(WebhookEvent)
 @precise_times(WebhookEvent, received="received_at")
-class WebhookEventAdmin(ReadOnlyMixin, admin.ModelAdmin):
+class WebhookEventAdmin(NoExamplesMixin, ReadOnlyMixin, admin.ModelAdmin):
     list_display = (
         "received",
         "event",

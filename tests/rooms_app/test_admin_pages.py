@@ -3,6 +3,7 @@ real values, the doctor one click away, the dispatch's timeline from the API's d
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 import pytest
@@ -10,10 +11,11 @@ from django.utils import timezone
 
 from rooms_app.admin import without_examples
 from rooms_app.dashboard import doctor_url
-from rooms_app.models import Dispatch, Room
+from rooms_app.models import Dispatch, Room, WebhookEvent
 from rooms_app.selectors import dispatch_timeline
 
 pytestmark = pytest.mark.django_db
+EXAMPLE_UNDER_A_VALUE = re.compile(r'<div class="help"[^>]*>\s*<div>[^<]*e\.g\.')
 
 
 @pytest.fixture
@@ -53,7 +55,7 @@ def test_the_dispatch_page_shows_milliseconds_the_timeline_and_the_doctor(admin_
     assert f"{no_worker.created_at:%Y-%m-%d %H:%M:%S}.123" in page
     assert "+10.500 s" in page and 'data-step="verdict"' in page
     assert doctor_url(room_name="support-3", agent_name="support-agent").replace("&", "&amp;") in page
-    assert "e.g." not in page
+    assert not EXAMPLE_UNDER_A_VALUE.search(page)
 
 
 def test_the_room_page_shows_its_dispatches_timelines_and_the_doctor(admin_client, no_worker):
@@ -61,6 +63,15 @@ def test_the_room_page_shows_its_dispatches_timelines_and_the_doctor(admin_clien
 
     assert f'id="timeline-{no_worker.pk}"' in page
     assert doctor_url(room_name="support-3") in page
+    assert not EXAMPLE_UNDER_A_VALUE.search(page)
+
+
+def test_a_webhook_event_page_shows_no_examples(admin_client):
+    event = WebhookEvent.objects.create(event_id="EV_real1", event="room_started", room_name="support-3")
+
+    page = admin_client.get(f"/admin/rooms_app/webhookevent/{event.pk}/change/").content.decode()
+
+    assert "EV_real1" in page and not EXAMPLE_UNDER_A_VALUE.search(page)
 
 
 def test_examples_are_taken_out_of_help_texts():
