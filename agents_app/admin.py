@@ -12,8 +12,12 @@ from django.contrib import admin, messages
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import path, reverse
+from django.utils import timezone
 from django.utils.html import format_html
 from simple_history.admin import SimpleHistoryAdmin
+
+from rooms_app.dashboard.views import duration_text
+from rooms_app.selectors import AgentSighting, agents_last_seen
 
 from . import services
 from .models import Agent, ApiClient, DispatchRule
@@ -27,16 +31,66 @@ AUTOMATIC_WARNING = (
 )
 
 
+NEVER_SEEN = "never seen"
+
+
+def sighting_text(sighting: AgentSighting | None) -> str:
+    """When a worker under the agent's name was last seen, how, and as which participant."""
+    if sighting is None:
+        return NEVER_SEEN
+    ago = (timezone.now() - sighting.at).total_seconds()
+    return format_html(
+        '<span class="dp-seen">{} ago</span>, {} in {} as {}',
+        duration_text(max(0.0, ago)),
+        sighting.how,
+        sighting.room_name,
+        sighting.participant_identity or "(identity unknown)",
+    )
+
+
+def never_seen_warning(agent_name: str) -> str:
+    return (
+        f"No worker registered as '{agent_name}' has ever joined a room or taken a job: check that a "
+        f"worker runs with WorkerOptions(agent_name='{agent_name}')."
+        if agent_name
+        else "The unnamed worker has never joined a room or taken a job."
+    )
+
+
+class SightingsMixin:
+    """Changelist rows learn when their agent was last seen, in one read for the page."""
+
+    def agent_name_of(self, obj: Any) -> str:
+        raise NotImplementedError
+
+    def get_changelist_instance(self, request: HttpRequest) -> Any:
+        changelist = super().get_changelist_instance(request)  # type: ignore[misc]
+        rows = list(changelist.result_list)  # evaluated once; the page iterates the same rows
+        seen = agents_last_seen(agent_names=sorted({self.agent_name_of(row) for row in rows}))
+        for row in rows:
+            row.sighting = seen.get(self.agent_name_of(row))
+        never = sorted({self.agent_name_of(row) for row in rows if row.sighting is None})
+        if never:
+            names = ", ".join(f"'{n}'" if n else "(unnamed)" for n in never)
+            messages.warning(
+                request,
+                f"Never seen: {names}. No worker under that name has joined a room or taken a job; "
+                "dispatches to it wait until they time out.",
+            )
+        return changelist
+
+
 @admin.register(Agent)
-class AgentAdmin(SimpleHistoryAdmin):
+class AgentAdmin(SightingsMixin, SimpleHistoryAdmin):
     list_display = (
         "__str__",
         "display_name",
         "enabled",
         "dispatch_mode",
-        "join_deadline_s",
-        "max_attempts",
+        "deadline",
+        "attempts",
         "fallback",
+        "last_seen",
     )
     list_filter = ("enabled",)
     list_select_related = ("fallback",)
@@ -45,11 +99,38 @@ class AgentAdmin(SimpleHistoryAdmin):
         (None, {"fields": ("agent_name", "display_name", "description", "enabled")}),
         ("Job", {"fields": ("default_metadata",)}),
         ("When it does not come", {"fields": ("join_deadline_s", "max_attempts", "fallback")}),
+        ("Seen", {"fields": ("last_seen",)}),
     )
+    readonly_fields = ("last_seen",)
+
+    def agent_name_of(self, obj: Agent) -> str:
+        return obj.agent_name
+
+    @admin.display(description="deadline", ordering="join_deadline_s")
+    def deadline(self, agent: Agent) -> str:
+        return f"{agent.join_deadline_s} s"
+
+    @admin.display(description="attempts", ordering="max_attempts")
+    def attempts(self, agent: Agent) -> int:
+        return agent.max_attempts
 
     @admin.display(description="dispatch")
     def dispatch_mode(self, agent: Agent) -> str:
-        return "automatic: every new room" if agent.agent_name == "" else "explicit: named only"
+        return "automatic (every new room)" if agent.agent_name == "" else "named only"
+
+    @admin.display(description="last seen")
+    def last_seen(self, agent: Agent) -> str:
+        if agent.pk is None:
+            return "-"
+        if not hasattr(agent, "sighting"):  # the change form: one agent
+            agent.sighting = agents_last_seen(agent_names=[agent.agent_name]).get(agent.agent_name)
+        if agent.sighting is None:
+            return format_html(
+                '<span class="dp-never-seen" title="{}">&#9888; {}</span>',
+                never_seen_warning(agent.agent_name),
+                NEVER_SEEN,
+            )
+        return sighting_text(agent.sighting)
 
     def save_model(self, request: HttpRequest, obj: Agent, form: Any, change: bool) -> None:
         super().save_model(request, obj, form, change)
@@ -58,8 +139,8 @@ class AgentAdmin(SimpleHistoryAdmin):
 
 
 @admin.register(DispatchRule)
-class DispatchRuleAdmin(SimpleHistoryAdmin):
-    list_display = ("name", "priority", "room_match", "agent", "delivery", "enabled", "stop", "warnings")
+class DispatchRuleAdmin(SightingsMixin, SimpleHistoryAdmin):
+    list_display = ("name", "priority", "room_match", "agent", "how", "enabled", "stop", "warnings")
     list_editable = ("priority", "enabled")
     list_filter = ("enabled", "delivery", "room_match_kind", "agent")
     list_select_related = ("agent",)
@@ -82,9 +163,17 @@ class DispatchRuleAdmin(SimpleHistoryAdmin):
         ("What they get", {"fields": ("agent", "metadata_template", "delivery")}),
     )
 
+    @admin.display(description="delivery", ordering="delivery")
+    def how(self, rule: DispatchRule) -> str:
+        """The delivery's short name (the long one would push the warnings off a laptop screen)."""
+        return format_html('<span title="{}">{}</span>', rule.get_delivery_display(), rule.delivery)
+
     @admin.display(description="room match", ordering="room_match_value")
     def room_match(self, rule: DispatchRule) -> str:
         return f"{rule.room_match_kind}: {rule.room_match_value}"
+
+    def agent_name_of(self, obj: DispatchRule) -> str:
+        return obj.agent.agent_name
 
     @admin.display(description="warnings")
     def warnings(self, rule: DispatchRule) -> str:
@@ -94,6 +183,10 @@ class DispatchRuleAdmin(SimpleHistoryAdmin):
             notes.append(f"never fires: stop rule '{blocked_by}' matches first")
         if not rule.agent.enabled:
             notes.append(f"agent '{rule.agent}' is disabled")
+        if getattr(rule, "sighting", False) is None:
+            notes.append(
+                f"agent '{rule.agent}' was never seen: no worker under that name joined or took a job"
+            )
         return "; ".join(notes)
 
     def changelist_view(self, request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:

@@ -60,6 +60,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI served by the portal itself: /api/docs/ works offline
     "simple_history",
     "django_celery_beat",
     "agents_app",
@@ -179,6 +180,7 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
+STATICFILES_DIRS = [BASE_DIR / "static"]
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -201,6 +203,9 @@ SPECTACULAR_SETTINGS = {
     "explain rules, and follow dispatches until the agent joins.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",  # pinned in requirements.txt, never a CDN
+    "SWAGGER_UI_FAVICON_HREF": "/favicon.ico",
+    "REDOC_DIST": "SIDECAR",
     "ENUM_NAME_OVERRIDES": {"DispatchStatusEnum": "rooms_app.models.Dispatch.Status"},
 }
 

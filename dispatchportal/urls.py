@@ -2,7 +2,9 @@
 webhook, Prometheus metrics and the schema."""
 
 from django.contrib import admin
+from django.templatetags.static import static
 from django.urls import include, path
+from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from .admin_urls import admin_urlpatterns
@@ -16,5 +18,6 @@ urlpatterns = [
     path("", include("rooms_app.urls")),
     path("metrics", metrics_view, name="metrics"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("favicon.ico", RedirectView.as_view(url=static("dispatchportal/favicon.svg")), name="favicon"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
 ]

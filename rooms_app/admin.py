@@ -8,23 +8,106 @@ the portal's credentials.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from django.contrib import admin, messages
+from django.db import models
 from django.db.models import Prefetch, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.html import format_html
 
-from .dashboard import doctor_column
+from .dashboard import doctor_column, doctor_url
+from .dashboard.views import duration_text
 from .models import Dispatch, DispatchEvent, Room, WebhookEvent
 from .reconcile import reconcile_run
-from .selectors import livekit_status
+from .selectors import dispatch_timeline, livekit_status
 from .services import dispatch_cancel, dispatch_redispatch
+
+ROOM_TIMELINES = 5  # the room page draws its latest dispatches' timelines
+
+
+def precise_time(value: datetime | None) -> str:
+    """To the millisecond: a dispatch's steps are milliseconds to seconds apart."""
+    if value is None:
+        return "-"
+    return f"{timezone.localtime(value):%Y-%m-%d %H:%M:%S}.{value.microsecond // 1000:03d}"
+
+
+def _precise_field(model: type[models.Model], name: str) -> Callable[[Any, Any], str]:
+    """A read-only admin field showing the model's datetime `name` to the millisecond."""
+
+    @admin.display(description=model._meta.get_field(name).verbose_name, ordering=name)
+    def show(modeladmin: Any, obj: Any) -> str:
+        return precise_time(getattr(obj, name))
+
+    return show
+
+
+def precise_times(model: type[models.Model], **fields: str) -> Callable[[type], type]:
+    """Class decorator: each keyword names an admin field showing that datetime to the ms,
+    e.g. @precise_times(Room, created="created_at")."""
+
+    def decorate(admin_class: type) -> type:
+        for admin_name, field_name in fields.items():
+            setattr(admin_class, admin_name, _precise_field(model, field_name))
+        return admin_class
+
+    return decorate
+
+
+_EXAMPLE = re.compile(r"(?:,\s*|^\s*)e\.g\.\s+(?:'[^']*'|\"[^\"]*\"|\{[^}]*\}|[^.;]*)")
+
+
+def without_examples(help_text: str) -> str:
+    """A help text with its examples taken out ("e.g. 'AD_x1y2z3'"): under a real value an
+    example reads like data. What is left of an example-only text is nothing."""
+    text = _EXAMPLE.sub("", str(help_text)).strip()
+    return "" if text in ("", ".") else text
+
+
+class NoExamplesMixin:
+    """Read-only pages show the fields' help texts without their examples (under the values;
+    a table's header keeps its "?" tooltip, which Django takes from the model)."""
+
+    def _help_texts(self) -> dict[str, str]:
+        fields = self.model._meta.fields  # type: ignore[attr-defined]
+        return {f.name: without_examples(f.help_text) for f in fields if f.help_text}
+
+    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
+        kwargs["help_texts"] = self._help_texts()
+        return super().get_form(request, obj, change, **kwargs)  # type: ignore[misc]
+
+
+def timeline_context(dispatch: Dispatch, *, link: bool = False) -> dict[str, Any]:
+    """What templates/admin/rooms_app/timeline.html draws for one dispatch."""
+    steps = [
+        {
+            "key": step.key,
+            "label": step.label,
+            "state": step.state,
+            "detail": step.detail,
+            "at": precise_time(step.at) if step.at else "",
+            "gap": _gap(step.since_previous_s),
+        }
+        for step in dispatch_timeline(dispatch=dispatch)
+    ]
+    url = reverse("admin:rooms_app_dispatch_change", args=[dispatch.pk]) if link else ""
+    return {"dispatch": dispatch, "steps": steps, "url": url}
+
+
+def _gap(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    return f"{seconds:.3f} s" if seconds < 60 else duration_text(seconds)
 
 
 class LiveKitBannerMixin:
-    """An error banner on the page when LiveKit cannot be asked."""
+    """An error banner on the page when LiveKit cannot be asked; the object page's extras."""
 
     def _banner(self, request: HttpRequest) -> None:
         status = livekit_status()
@@ -47,7 +130,12 @@ class LiveKitBannerMixin:
     ) -> HttpResponse:
         if request.method == "GET":
             self._banner(request)
-        return super().change_view(request, object_id, form_url, extra_context)  # type: ignore[misc]
+        extras = self.page_extras(object_id) if object_id.isdigit() else {}
+        return super().change_view(request, object_id, form_url, {**(extra_context or {}), **extras})  # type: ignore[misc]
+
+    def page_extras(self, object_id: str) -> dict[str, Any]:
+        """What the object's page shows besides its fields (the doctor link, timelines)."""
+        return {}
 
 
 class ReadOnlyMixin:
@@ -86,6 +174,7 @@ def _reconcile_report(modeladmin: admin.ModelAdmin, request: HttpRequest, names:
         )
 
 
+@precise_times(Dispatch, joined="joined_at")
 class DispatchInline(ReadOnlyMixin, admin.TabularInline):
     model = Dispatch
     fields = (
@@ -95,7 +184,7 @@ class DispatchInline(ReadOnlyMixin, admin.TabularInline):
         "attempt",
         "source",
         "participant_identity",
-        "joined_at",
+        "joined",
         "last_error",
     )
     readonly_fields = fields
@@ -113,7 +202,16 @@ class DispatchInline(ReadOnlyMixin, admin.TabularInline):
 
 
 @admin.register(Room)
-class RoomAdmin(LiveKitBannerMixin, ReadOnlyMixin, admin.ModelAdmin):
+@precise_times(
+    Room,
+    created="created_at",
+    started="started_at",
+    last_seen="last_seen_at",
+    finished="finished_at",
+    first_token="first_token_at",
+    last_token="last_token_at",
+)
+class RoomAdmin(NoExamplesMixin, LiveKitBannerMixin, ReadOnlyMixin, admin.ModelAdmin):
     list_display = (
         "name",
         "live",
@@ -131,10 +229,10 @@ class RoomAdmin(LiveKitBannerMixin, ReadOnlyMixin, admin.ModelAdmin):
     inlines = (DispatchInline,)
     fieldsets = (
         (None, {"fields": ("name", "sid", "status", "num_participants")}),
-        ("Times", {"fields": ("created_at", "started_at", "last_seen_at", "finished_at")}),
+        ("Times (UTC)", {"fields": ("created", "started", "last_seen", "finished")}),
         (
             "Token path",
-            {"fields": ("first_token_at", "last_token_at", "tokens_minted", "existed_before_token")},
+            {"fields": ("first_token", "last_token", "tokens_minted", "existed_before_token")},
         ),
     )
     readonly_fields = (
@@ -142,15 +240,26 @@ class RoomAdmin(LiveKitBannerMixin, ReadOnlyMixin, admin.ModelAdmin):
         "sid",
         "status",
         "num_participants",
-        "created_at",
-        "started_at",
-        "last_seen_at",
-        "finished_at",
-        "first_token_at",
-        "last_token_at",
+        "created",
+        "started",
+        "last_seen",
+        "finished",
+        "first_token",
+        "last_token",
         "tokens_minted",
         "existed_before_token",
     )
+
+    def page_extras(self, object_id: str) -> dict[str, Any]:
+        room = Room.objects.filter(pk=object_id).first()
+        if room is None:
+            return {}
+        latest = room.dispatches.select_related("room").order_by("-id")[:ROOM_TIMELINES]
+        return {
+            "doctor_url": doctor_url(room_name=room.name),
+            "timelines": [timeline_context(d, link=True) for d in latest],
+            "timelines_title": f"Timelines of the latest {ROOM_TIMELINES} dispatches",
+        }
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Room]:
         joined = Dispatch.objects.filter(status=Dispatch.Status.AGENT_JOINED).only("room_id", "agent_name")
@@ -171,13 +280,14 @@ class RoomAdmin(LiveKitBannerMixin, ReadOnlyMixin, admin.ModelAdmin):
         _reconcile_report(self, request, list(queryset.values_list("name", flat=True)))
 
 
+@precise_times(DispatchEvent, when="at")
 class DispatchEventInline(ReadOnlyMixin, admin.TabularInline):
     model = DispatchEvent
-    fields = ("at", "previous_status", "status", "detail")
+    fields = ("when", "previous_status", "status", "detail")
     readonly_fields = fields
     extra = 0
     can_delete = False
-    verbose_name_plural = "timeline"
+    verbose_name_plural = "events, as recorded"
 
 
 class AgentNameFilter(admin.SimpleListFilter):
@@ -193,21 +303,23 @@ class AgentNameFilter(admin.SimpleListFilter):
         return queryset if value is None else queryset.filter(agent_name=value)
 
 
+TIMES = ("created", "requested", "job_assigned", "joined", "left", "ended", "deadline")
+
+
 @admin.register(Dispatch)
-class DispatchAdmin(LiveKitBannerMixin, ReadOnlyMixin, admin.ModelAdmin):
-    list_display = (
-        "id",
-        "room_link",
-        "agent_name",
-        "status",
-        "attempt",
-        "source",
-        "participant_identity",
-        "created_at",
-        "joined_at",
-        "short_error",
-        doctor_column,
-    )
+@precise_times(
+    Dispatch,
+    created="created_at",
+    requested="requested_at",
+    job_assigned="job_assigned_at",
+    joined="joined_at",
+    left="left_at",
+    ended="ended_at",
+    deadline="deadline_at",
+)
+class DispatchAdmin(NoExamplesMixin, LiveKitBannerMixin, ReadOnlyMixin, admin.ModelAdmin):
+    # What a person scans for, narrow enough for a 1366 px screen: the rest is one click away.
+    list_display = ("id", "room_link", "agent_name", "status", "attempt", "age", "short_error", doctor_column)
     list_filter = ("status", AgentNameFilter, "source", "delivery")
     list_select_related = ("room",)
     search_fields = ("room__name", "agent_name", "livekit_dispatch_id", "participant_identity")
@@ -230,20 +342,7 @@ class DispatchAdmin(LiveKitBannerMixin, ReadOnlyMixin, admin.ModelAdmin):
             },
         ),
         ("LiveKit", {"fields": ("livekit_dispatch_id", "livekit_job_id", "participant_identity")}),
-        (
-            "Times",
-            {
-                "fields": (
-                    "created_at",
-                    "requested_at",
-                    "job_assigned_at",
-                    "joined_at",
-                    "left_at",
-                    "ended_at",
-                    "deadline_at",
-                )
-            },
-        ),
+        ("Times (UTC)", {"fields": TIMES}),
     )
     readonly_fields = (
         "room_link",
@@ -261,14 +360,17 @@ class DispatchAdmin(LiveKitBannerMixin, ReadOnlyMixin, admin.ModelAdmin):
         "livekit_dispatch_id",
         "livekit_job_id",
         "participant_identity",
-        "created_at",
-        "requested_at",
-        "job_assigned_at",
-        "joined_at",
-        "left_at",
-        "ended_at",
-        "deadline_at",
+        *TIMES,
     )
+
+    def page_extras(self, object_id: str) -> dict[str, Any]:
+        dispatch = Dispatch.objects.select_related("room").filter(pk=object_id).first()
+        if dispatch is None:
+            return {}
+        return {
+            "doctor_url": doctor_url(room_name=dispatch.room.name, agent_name=dispatch.agent_name),
+            "timelines": [timeline_context(dispatch)],
+        }
 
     @admin.display(description="room", ordering="room__name")
     def room_link(self, obj: Dispatch) -> str:
@@ -276,9 +378,19 @@ class DispatchAdmin(LiveKitBannerMixin, ReadOnlyMixin, admin.ModelAdmin):
             '<a href="{}">{}</a>', reverse("admin:rooms_app_room_change", args=[obj.room_id]), obj.room.name
         )
 
+    @admin.display(description="age", ordering="-created_at")
+    def age(self, obj: Dispatch) -> str:
+        seconds = (timezone.now() - obj.created_at).total_seconds()
+        return format_html('<span title="{}">{}</span>', precise_time(obj.created_at), duration_text(seconds))
+
     @admin.display(description="last error")
     def short_error(self, obj: Dispatch) -> str:
-        return obj.last_error if len(obj.last_error) <= 80 else obj.last_error[:77] + "..."
+        """Its first sentence, at most two lines high; the whole of it on hover."""
+        if not obj.last_error:
+            return "-"
+        return format_html(
+            '<span class="dp-clamp" title="{}">{}</span>', obj.last_error, obj.last_error.split(". ")[0]
+        )
 
     @admin.action(description="Re-dispatch selected (a new attempt)", permissions=["act"])
     def redispatch(self, request: HttpRequest, queryset: QuerySet[Dispatch]) -> None:
@@ -313,8 +425,17 @@ class DispatchAdmin(LiveKitBannerMixin, ReadOnlyMixin, admin.ModelAdmin):
 
 
 @admin.register(WebhookEvent)
-class WebhookEventAdmin(ReadOnlyMixin, admin.ModelAdmin):
-    list_display = ("received_at", "event", "room_name", "participant_identity", "agent_name", "event_id")
+@precise_times(WebhookEvent, received="received_at")
+class WebhookEventAdmin(NoExamplesMixin, ReadOnlyMixin, admin.ModelAdmin):
+    list_display = (
+        "received",
+        "event",
+        "room_name",
+        "participant_identity",
+        "agent_name",
+        "event_id",
+        doctor_column,
+    )
     list_filter = ("event",)
     search_fields = ("room_name", "event_id", "participant_identity", "agent_name")
     date_hierarchy = "received_at"

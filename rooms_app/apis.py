@@ -21,7 +21,7 @@ from dispatchportal.exceptions import Conflict, Forbidden
 from dispatchportal.serializers import MAX_METADATA_BYTES, LiveKitName, StrictCharField, StrictSerializer
 
 from .models import Dispatch
-from .selectors import dispatch_get, dispatch_next_attempt, room_state
+from .selectors import dispatch_get, dispatch_next_attempt, dispatch_timeline, room_state
 from .services import dispatch_api_create, dispatch_cancel
 from .webhooks import webhook_receive
 
@@ -38,6 +38,20 @@ class DispatchEventSerializer(serializers.Serializer):
     previous_status = serializers.CharField()
     status = serializers.CharField()
     detail = serializers.CharField()
+
+
+class TimelineStepSerializer(serializers.Serializer):
+    key = serializers.ChoiceField(
+        choices=["trigger", "requested", "job_assigned", "joined", "left", "verdict"]
+    )
+    label = serializers.CharField()
+    at = serializers.DateTimeField(allow_null=True)
+    state = serializers.ChoiceField(choices=["done", "failed", "waiting", "skipped"])
+    detail = serializers.CharField()
+    since_previous_s = serializers.FloatField(
+        allow_null=True,
+        help_text="Seconds since the dated step before it; null for the first or an undated step.",
+    )
 
 
 class DispatchOutputSerializer(serializers.Serializer):
@@ -63,12 +77,20 @@ class DispatchOutputSerializer(serializers.Serializer):
     replaced_by = serializers.IntegerField(
         allow_null=True, help_text="The next attempt, when this one failed and was re-dispatched."
     )
-    events = DispatchEventSerializer(many=True, help_text="The timeline, oldest first.")  # Meta.ordering
+    events = DispatchEventSerializer(
+        many=True, help_text="The recorded events, oldest first."
+    )  # Meta.ordering
+    timeline = TimelineStepSerializer(
+        many=True,
+        help_text="The dispatch's life as the admin draws it: the token or trigger, dispatch requested, "
+        "job assigned, then the agent joined or the verdict.",
+    )
 
 
 def _dispatch_body(dispatch: Dispatch) -> dict[str, Any]:
     nxt = dispatch_next_attempt(dispatch=dispatch)
     dispatch.replaced_by = nxt.pk if nxt else None  # type: ignore[attr-defined]
+    dispatch.timeline = dispatch_timeline(dispatch=dispatch)  # type: ignore[attr-defined]
     return DispatchOutputSerializer(dispatch).data
 
 

@@ -10,16 +10,17 @@ LiveKit, are dispatched explicitly at their join deadline.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from django.core.cache import cache
+from django.db.models import Max, Q
 
 from agents_app.selectors import ClientScope
 from dispatchportal.exceptions import NotFound
 from dispatchportal.redis import REDIS_ERRORS, redis_client, redis_key
 
-from .models import Dispatch, Room
+from .models import Dispatch, Room, WebhookEvent
 
 
 def room_live_key(name: str) -> str:
@@ -158,3 +159,145 @@ def livekit_status(*, timeout_s: float = 2.0) -> LiveKitStatus:
     with contextlib.suppress(Exception):
         cache.set(_STATUS_KEY, (status.ok, status.problem), _STATUS_TTL_S)
     return status
+
+
+# --- what admin pages draw: a dispatch's life, and when each agent was last seen -------------
+
+
+@dataclass(frozen=True, slots=True)
+class TimelineStep:
+    """One step of a dispatch's life. `state`: done, failed (the verdict), waiting (not yet)
+    or skipped (not part of this delivery, e.g. no CreateDispatch for a token's agent)."""
+
+    key: str
+    label: str
+    at: datetime | None
+    state: str
+    detail: str = ""
+    since_previous_s: float | None = None
+
+
+_TRIGGERS = {
+    Dispatch.Source.TOKEN: "Token minted",
+    Dispatch.Source.RULE: "Rule fired (room started)",
+    Dispatch.Source.API: "Asked for through the API",
+    Dispatch.Source.RECONCILE: "Found missing by reconcile",
+    Dispatch.Source.FALLBACK: "Fallback for a failed agent",
+}
+_ENDED_WITHOUT_AGENT = ("no_worker", "failed", "timed_out", "cancelled", "room_closed")
+
+
+def dispatch_timeline(*, dispatch: Dispatch) -> list[TimelineStep]:
+    """The dispatch's life from the fields the API returns: the token or trigger, the
+    dispatch requested, the job assigned, then the agent joined (and left) or the verdict;
+    each dated step with the seconds since the dated step before it."""
+    trigger_detail = {
+        Dispatch.Source.TOKEN: f"for {dispatch.participant_identity_trigger}"
+        if dispatch.participant_identity_trigger
+        else "",
+        Dispatch.Source.RULE: f"rule '{dispatch.rule_name}'" if dispatch.rule_name else "",
+        Dispatch.Source.API: f"by {dispatch.requested_by}" if dispatch.requested_by else "",
+        Dispatch.Source.FALLBACK: f"replaces dispatch #{dispatch.previous_id}"
+        if dispatch.previous_id
+        else "",
+    }.get(dispatch.source, "")
+    in_token = dispatch.delivery == Dispatch.Delivery.TOKEN and dispatch.requested_at is None
+    ended = dispatch.status in _ENDED_WITHOUT_AGENT
+    steps = [
+        TimelineStep(
+            "trigger",
+            _TRIGGERS.get(dispatch.source, dispatch.source),
+            dispatch.created_at,
+            "done",
+            trigger_detail,
+        ),
+        TimelineStep(
+            "requested",
+            "Dispatch requested",
+            dispatch.requested_at,
+            "done" if dispatch.requested_at else "skipped" if in_token else "waiting",
+            "carried in the participant token; LiveKit dispatches it when the room starts"
+            if in_token
+            else dispatch.livekit_dispatch_id,
+        ),
+        TimelineStep(
+            "job_assigned",
+            "Job assigned to a worker",
+            dispatch.job_assigned_at,
+            "done" if dispatch.job_assigned_at else "waiting",
+            dispatch.livekit_job_id,
+        ),
+    ]
+    if dispatch.joined_at is not None:
+        steps.append(
+            TimelineStep("joined", "Agent joined", dispatch.joined_at, "done", dispatch.participant_identity)
+        )
+        if dispatch.left_at is not None:
+            steps.append(TimelineStep("left", "Agent left", dispatch.left_at, "done", dispatch.last_error))
+    elif ended:
+        steps.append(
+            TimelineStep(
+                "verdict", dispatch.get_status_display(), dispatch.ended_at, "failed", dispatch.last_error
+            )
+        )
+    else:
+        deadline = f"join deadline {dispatch.deadline_at:%H:%M:%S} UTC" if dispatch.deadline_at else ""
+        steps.append(TimelineStep("joined", "Agent joined", None, "waiting", deadline))
+    if ended:  # steps never reached are not waiting any more
+        steps = [s if s.state != "waiting" else replace(s, state="skipped") for s in steps]
+    answer, previous = [], None
+    for step in steps:
+        if step.at is not None:
+            gap = (step.at - previous).total_seconds() if previous is not None else None
+            step = replace(step, since_previous_s=gap)
+            previous = step.at
+        answer.append(step)
+    return answer
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSighting:
+    """The last time a worker under an agent's name was seen: it joined a room, or took a
+    job, as the ledger and LiveKit's webhooks recorded it."""
+
+    agent_name: str
+    at: datetime
+    how: str  # "joined" or "took a job"
+    participant_identity: str
+    room_name: str
+
+
+def agents_last_seen(*, agent_names: list[str]) -> dict[str, AgentSighting]:
+    """Per agent name, its latest sighting; names never seen are absent. Facts read: the
+    dispatches' job_assigned_at / joined_at (with the agent's participant identity) and
+    LiveKit's participant_joined webhooks for agent participants. The one place these facts
+    are gathered, so richer ones (worker registrations) can be added here later."""
+    seen: dict[str, AgentSighting] = {}
+
+    def keep(sighting: AgentSighting) -> None:
+        current = seen.get(sighting.agent_name)
+        if current is None or sighting.at > current.at:
+            seen[sighting.agent_name] = sighting
+
+    for field_name, how in (("joined_at", "joined"), ("job_assigned_at", "took a job")):
+        latest = (
+            Dispatch.objects.filter(agent_name__in=agent_names, **{f"{field_name}__isnull": False})
+            .values("agent_name")
+            .annotate(last=Max(field_name))
+        )
+        pairs = Q(pk__in=[])
+        for row in latest:
+            pairs |= Q(agent_name=row["agent_name"], **{field_name: row["last"]})
+        for agent_name, at, identity, room_name in Dispatch.objects.filter(pairs).values_list(
+            "agent_name", field_name, "participant_identity", "room__name"
+        ):
+            keep(AgentSighting(agent_name, at, how, identity, room_name))
+    # An empty agent_name in a webhook means "not an agent", so only named agents are looked up.
+    named = [name for name in agent_names if name]
+    joins = WebhookEvent.objects.filter(event="participant_joined", agent_name__in=named)
+    latest_ids = joins.values("agent_name").annotate(last=Max("id")).values("last")
+    for agent_name, at, identity, room_name in WebhookEvent.objects.filter(id__in=latest_ids).values_list(
+        "agent_name", "received_at", "participant_identity", "room_name"
+    ):
+        keep(AgentSighting(agent_name, at, "joined", identity, room_name))
+    return seen

@@ -69,9 +69,19 @@ def browser() -> Iterator[object]:
             os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
 
 
+SCREENS = {"1366x768": (1366, 768), "1920x1080": (1920, 1080)}
+
+
 @pytest.fixture
-def page(browser, live_server, lk) -> Iterator[object]:
-    context = browser.new_context(base_url=live_server.url, viewport={"width": 1280, "height": 900})
+def screen() -> str:
+    """The screen size; tests that check what fits parametrize it over SCREENS."""
+    return "1366x768"
+
+
+@pytest.fixture
+def page(browser, live_server, lk, screen) -> Iterator[object]:
+    width, height = SCREENS[screen]
+    context = browser.new_context(base_url=live_server.url, viewport={"width": width, "height": height})
     context.set_default_timeout(10_000)
     page = context.new_page()
     yield page

@@ -5,6 +5,7 @@ Each test saves screenshots under test-artifacts/."""
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 import pytest
@@ -79,8 +80,8 @@ def test_open_a_dispatch_timeline(admin_page, shot):
     page.goto("/admin/rooms_app/dispatch/")
     page.get_by_role("link", name=str(dispatch.pk), exact=True).click()
 
-    timeline = page.locator("fieldset, .inline-group").filter(has_text="timeline").last
-    text = timeline.inner_text()
+    events = page.locator(".inline-group").filter(has_text="events, as recorded")
+    text = events.inner_text()
     assert "CreateDispatch answered: AD_timeline1" in text
     assert "agent-AJ_timeline1 joined the room" in text
     assert text.index("CreateDispatch answered") < text.index("joined the room")  # oldest first
@@ -126,7 +127,7 @@ def test_the_dashboard_draws_charts_and_the_doctor_is_one_click_away(admin_page,
     box = page.locator("#dispatch-health-box")
     assert box.is_visible() and "why is there no agent in a room?" in box.inner_text()
     shot(page, "admin-home")
-    page.get_by_role("link", name="Dashboard").click()
+    page.locator("#dashboard-link").click()
 
     assert page.get_by_role("heading", name="Dispatch health").is_visible()
     for chart in ("#success-rate-chart svg", "#time-to-join-chart svg", "#hours-chart svg"):
@@ -138,7 +139,8 @@ def test_the_dashboard_draws_charts_and_the_doctor_is_one_click_away(admin_page,
     row = page.locator("#agent-stats tbody tr").filter(has_text="support-agent")
     assert "75% / 80%" in row.inner_text()
     waiting = page.locator("#rooms-waiting").inner_text()
-    assert "support-waiting" in waiting and ("75 s" in waiting or "76 s" in waiting)
+    assert "support-waiting" in waiting
+    assert 75 <= int(re.search(r"(\d+) s", waiting).group(1)) < 90  # asked for 75 s before the page loaded
     shot(page, "dashboard")
 
     failure = page.locator("#last-failures tbody tr").filter(has_text="support-3")

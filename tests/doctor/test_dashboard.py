@@ -88,8 +88,27 @@ def test_the_dashboard_shows_charts_waiting_rooms_and_failures_with_doctor_links
 def test_an_empty_dashboard_says_so(admin_client):
     page = admin_client.get("/admin/dispatch-dashboard/").content.decode()
 
-    assert "No dispatch in the last day." in page
+    assert "No dispatch in the last day: no chart to draw yet." in page
+    assert "No dispatch in the last 24 hours." in page and 'id="hours-chart"' not in page
     assert "No room is waiting for an agent." in page and "No failed dispatch." in page
+
+
+def test_the_open_dashboard_polls_its_sections_as_json(admin_client, history):
+    body = admin_client.get("/admin/dispatch-dashboard/live.json").json()
+
+    assert set(body["sections"]) == {"per-agent", "per-hour", "waiting", "failures"}
+    assert "support-waiting" in body["sections"]["waiting"]
+    assert "75%" in body["sections"]["per-agent"] and "<svg" in body["sections"]["per-hour"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", body["as_of"])
+
+
+def test_the_hourly_chart_starts_at_the_first_busy_hour(admin_client):
+    room = Room.objects.create(name="support-1", status="finished")
+    _dispatch(room, "support-agent", "agent_joined", ago_s=60, join_s=1.0)
+
+    page = admin_client.get("/admin/dispatch-dashboard/").content.decode()
+
+    assert "Dispatches per hour, last 6 h, by outcome" in page
 
 
 def test_the_admin_home_links_to_the_dashboard_and_the_doctor(admin_client):
@@ -117,6 +136,7 @@ def test_staff_without_permission_and_anonymous_users_are_kept_out(client, djang
     client.force_login(clerk)
     assert client.get("/admin/dispatch-dashboard/").status_code == 403
     assert client.get("/admin/dispatch-doctor/", {"room": "x"}).status_code == 403
+    assert client.get("/admin/dispatch-dashboard/live.json").status_code == 403
 
 
 def test_rooms_and_dispatches_in_the_admin_link_to_the_doctor(admin_client, lk):
