@@ -178,8 +178,8 @@ def token_mint(*, client: ClientScope, request: TokenRequest, config: Config | N
     """Mint a participant token within the client's scope, applying the matching rules.
     `config` is the configuration the caller authenticated against (saves a second look-up).
 
-    One Redis round trip admits the request, tells whether the room is live and queues the
-    ledger's part; no database query."""
+    One Redis round trip admits the request and tells whether the room is live; a token
+    that carries agents is then one INSERT (its fact), and nothing else touches the database."""
     identity = request.participant_identity or f"user-{secrets.token_hex(6)}"
     room = request.room_name
     if not room:
@@ -205,18 +205,12 @@ def token_mint(*, client: ClientScope, request: TokenRequest, config: Config | N
     ruled = {a.agent_name for a in agents}
     agents += [a for a in requested if a.agent_name not in ruled]
 
-    handoff = (
-        room_services.token_handoff(
-            room_name=room, participant_identity=identity, agents=agents, client=client.name
-        )
-        if agents
-        else None
-    )
     admission = ratelimit.admit(
         key=f"client:{client.id}",
         limit=client.rate_limit_per_minute,
         exists_key=room_selectors.room_live_key(room),
-        push=handoff,
+        flag_key=room_services.token_facts_flag_key() if agents else "",
+        flag_ms=int(room_services.DRAIN_DELAY_S * 1000),
     )
     if admission.retry_after:
         raise RateLimited(admission.retry_after)
@@ -249,12 +243,12 @@ def token_mint(*, client: ClientScope, request: TokenRequest, config: Config | N
         agents=agents,
         room_exists=room_exists,
     )
-    if admission.first_push:
-        room_services.token_drain_schedule()
-    elif agents and not admission.pushed:
-        room_services.token_minted(
-            room_name=room, participant_identity=identity, agents=agents, client=client.name
+    if agents:
+        # The token's agents are a fact in the database before anyone holds the token.
+        room_services.token_fact_record(
+            room_name=room, participant_identity=identity, agents=agents, client=client.name, room_live=room_exists
         )
+        room_services.token_facts_apply_schedule(first_in_window=admission.first_in_window)
     return minted
 
 

@@ -13,11 +13,12 @@ import contextlib
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from django.conf import settings
 from django.core.cache import cache
 
 from agents_app.selectors import ClientScope
 from dispatchportal.exceptions import NotFound
-from dispatchportal.redis import REDIS_ERRORS, redis_client, redis_key
+from dispatchportal.redis import REDIS_ERRORS, redis_available, redis_client, redis_down_mark, redis_key
 
 from .models import Dispatch, Room
 
@@ -28,15 +29,17 @@ def room_live_key(name: str) -> str:
 
 def room_is_live(*, room_name: str) -> bool:
     """Whether the portal knows this room already exists in LiveKit (then LiveKit would
-    ignore a token's agents, so they must be dispatched explicitly). No database query: one
-    Redis EXISTS (the token path folds it into its rate-limit round trip), or the cache."""
-    client = redis_client()
+    ignore a token's agents, so they must be dispatched explicitly). One Redis EXISTS (the
+    token path folds it into its rate-limit round trip), or the cache; while Redis is down,
+    the ledger (one query) instead of waiting on Redis."""
     try:
-        if client is None:
+        if not settings.REDIS_URL:
             return bool(cache.get(room_live_key(room_name)))
-        return bool(client.exists(room_live_key(room_name)))
+        if redis_available():
+            return bool(redis_client().exists(room_live_key(room_name)))
     except REDIS_ERRORS:  # a cache outage must not fail token requests
-        return False
+        redis_down_mark()
+    return Room.objects.filter(name=room_name, status=Room.Status.ACTIVE).exists()
 
 
 def dispatch_get(*, dispatch_id: int, client: ClientScope | None) -> Dispatch:

@@ -1,7 +1,9 @@
 """Writes to the dispatch ledger and the dispatch lifecycle's calls to LiveKit.
 
+- `facts`: append-only records (tokens minted, agent names seen, the worker's heartbeat)
+  and their application to the ledger;
 - `ledger`: rooms, dispatch rows, compare-and-set transitions, re-dispatch and fallback;
-- `triggers`: what asks for an agent (token path, rules, Dispatch API, admin) and what the
+- `triggers`: what asks for an agent (rules, Dispatch API, admin) and what the
   webhooks report (agents joining and leaving);
 - `lifecycle`: the calls to LiveKit the Celery tasks make (CreateDispatch exactly once,
   DeleteDispatch, the join-deadline check).
@@ -16,20 +18,36 @@ Import rule: `agents_app.services` imports this package, so only agents_app mode
 and rules are imported here at module level.
 """
 
+from .facts import (
+    DRAIN_DELAY_S,
+    HEARTBEAT_FRESH,
+    HEARTBEAT_INTERVAL_S,
+    agents_seen_record,
+    token_dispatches_record,
+    token_fact_apply,
+    token_fact_record,
+    token_facts_apply,
+    token_facts_apply_schedule,
+    token_facts_flag_key,
+    worker_heartbeat,
+)
 from .ledger import (
     DEADLINE_GRACE_S,
     FINAL_STATUSES,
     ROOM_FRESH,
     ROOM_LIVE_TTL_S,
     agent_joined_record,
+    agent_left_record,
     default_metadata,
     dispatch_create,
     dispatch_deadline_arm,
+    dispatch_deliver_explicitly,
     dispatch_note,
     dispatch_retry,
     dispatch_transition,
     enqueue,
     give_up_reason,
+    job_assigned_record,
     livekit_took_at,
     next_attempt_plan,
     room_finished,
@@ -46,6 +64,7 @@ from .lifecycle import (
     dispatch_deadline_check,
     dispatch_remove,
     dispatch_request,
+    dispatch_token_join_check,
     dispatch_unavailable_give_up,
     dispatch_unavailable_note,
 )
@@ -55,22 +74,23 @@ from .triggers import (
     dispatch_api_create,
     dispatch_cancel,
     dispatch_redispatch,
+    person_joined,
     room_explicit_agents,
     room_rules_apply,
-    token_dispatches_record,
-    token_drain_schedule,
-    token_events_drain,
-    token_handoff,
-    token_minted,
 )
 
 __all__ = [
+    "DRAIN_DELAY_S",
+    "HEARTBEAT_FRESH",
+    "HEARTBEAT_INTERVAL_S",
+    "agents_seen_record",
     "DEADLINE_GRACE_S",
     "FINAL_STATUSES",
     "ROOM_FRESH",
     "ROOM_LIVE_TTL_S",
     "DispatchInFlight",
     "agent_joined_record",
+    "agent_left_record",
     "agent_participant_joined",
     "agent_participant_left",
     "default_metadata",
@@ -78,17 +98,21 @@ __all__ = [
     "dispatch_cancel",
     "dispatch_create",
     "dispatch_deadline_arm",
+    "dispatch_deliver_explicitly",
     "dispatch_deadline_check",
     "dispatch_note",
     "dispatch_redispatch",
+    "person_joined",
     "dispatch_remove",
     "dispatch_request",
+    "dispatch_token_join_check",
     "dispatch_retry",
     "dispatch_transition",
     "dispatch_unavailable_give_up",
     "dispatch_unavailable_note",
     "enqueue",
     "give_up_reason",
+    "job_assigned_record",
     "livekit_took_at",
     "next_attempt_plan",
     "room_explicit_agents",
@@ -102,8 +126,10 @@ __all__ = [
     "session_close_previous",
     "token_deadlines_arm",
     "token_dispatches_record",
-    "token_drain_schedule",
-    "token_events_drain",
-    "token_handoff",
-    "token_minted",
+    "token_fact_apply",
+    "token_fact_record",
+    "token_facts_apply",
+    "token_facts_apply_schedule",
+    "token_facts_flag_key",
+    "worker_heartbeat",
 ]

@@ -91,8 +91,8 @@ def room_live_marks(live: Iterable[str] = (), finished: Iterable[str] = ()) -> N
     live, finished = list(live), list(finished)
 
     def write() -> None:
-        client = redis_client()
         try:
+            client = redis_client()
             if client is None:
                 cache.set_many({room_live_key(name): 1 for name in live}, ROOM_LIVE_TTL_S)
                 cache.delete_many([room_live_key(name) for name in finished])
@@ -432,7 +432,8 @@ def dispatch_retry(*, dispatch: Dispatch) -> Dispatch | None:
 def agent_joined_record(
     *, dispatch: Dispatch, participant: LkParticipant, livekit: LkDispatch | None = None, how: str = ""
 ) -> bool:
-    """The agent's participant is in the room."""
+    """The agent's participant is in the room. Its job (the identity `agent-AJ_…` names it,
+    or ListDispatch shows it) is recorded first if the ledger had not seen it."""
     fields: dict[str, Any] = {"participant_identity": participant.identity, "last_error": ""}
     if participant.joined_at is not None:
         fields["joined_at"] = participant.joined_at
@@ -445,7 +446,55 @@ def agent_joined_record(
         job_id = next((j.id for j in livekit.jobs if j.participant_identity == participant.identity), job_id)
     if job_id:
         fields["livekit_job_id"] = job_id
+        job_assigned_record(dispatch=dispatch, job_id=job_id, how=f"its agent '{participant.identity}' joined")
     detail = f"agent participant '{participant.identity}' joined" + (f" ({how})" if how else "")
     return dispatch_transition(
         dispatch=dispatch, to=S.AGENT_JOINED, expect=WAITING_STATUSES, detail=detail, **fields
     )
+
+
+def job_assigned_record(*, dispatch: Dispatch, job_id: str, how: str) -> bool:
+    """LiveKit shows a job for this dispatch (ListDispatch, or the agent's identity)."""
+    return dispatch_transition(
+        dispatch=dispatch,
+        to=S.JOB_ASSIGNED,
+        expect=(S.PENDING, S.REQUESTED),
+        detail=f"job {job_id} assigned to a worker ({how})",
+        livekit_job_id=job_id,
+    )
+
+
+def agent_left_record(*, dispatch: Dispatch, error: str, room_closed: bool = False) -> bool | None:
+    """The agent's participant is gone. The room closed: `room_closed`. Else a failure to
+    repair (self-hosted LiveKit never re-dispatches): the next attempt, the fallback, or
+    giving up. None when the dispatch had already moved on; else whether a new attempt began."""
+    if room_closed:
+        dispatch_transition(
+            dispatch=dispatch, to=S.ROOM_CLOSED, expect=(S.AGENT_JOINED,), detail=error, left_at=timezone.now()
+        )
+        return None
+    with transaction.atomic():
+        if not dispatch_transition(
+            dispatch=dispatch,
+            to=S.FAILED,
+            expect=(S.AGENT_JOINED,),
+            detail=error,
+            last_error=error,
+            left_at=timezone.now(),
+        ):
+            return None
+        return dispatch_retry(dispatch=dispatch) is not None
+
+
+def dispatch_deliver_explicitly(*, dispatch: Dispatch, why: str) -> bool:
+    """A token-delivered agent LiveKit ignored (the room existed before the token's join):
+    the same attempt, now sent by CreateDispatch."""
+    with transaction.atomic():
+        if not Dispatch.objects.filter(pk=dispatch.pk, status=S.PENDING, delivery=Dispatch.Delivery.TOKEN).update(
+            delivery=Dispatch.Delivery.EXPLICIT, deadline_at=None, updated_at=timezone.now()
+        ):
+            return False
+        dispatch.delivery, dispatch.deadline_at = Dispatch.Delivery.EXPLICIT, None
+        dispatch_note(dispatch=dispatch, detail=f"{why}; dispatching explicitly")
+        enqueue("dispatch_request", dispatch.pk)
+    return True

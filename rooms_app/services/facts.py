@@ -1,0 +1,220 @@
+"""Facts: what happened, appended to the database and never lost because something else
+arrived first. The ledger's state (a dispatch's status) is derived from them by `ledger`.
+
+- A token that carries agents is a `TokenFact`, written on the request path before the
+  answer (one INSERT). `token_facts_apply` turns unapplied facts into ledger rows: a task
+  scheduled once per `DRAIN_DELAY_S` by the token path, every participant webhook for its
+  room (so the ledger knows the token before it judges who joined), and every reconcile pass
+  (the sweep that catches up after a broker outage). Each fact is applied in its own
+  savepoint: a record that cannot be applied is marked with its error and skipped.
+- `AgentSeen`: agent names workers really register with, from every place they show.
+- `WorkerHeartbeat`: the Celery worker's sign of life, read by the doctor.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from django.db import DatabaseError, InterfaceError, OperationalError, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from agents_app.models import Agent
+from dispatchportal.redis import BROKER_ERRORS, redis_available, redis_key
+
+from ..models import AgentSeen, Dispatch, Room, TokenFact, WorkerHeartbeat
+from .ledger import dispatch_create, dispatch_note, room_get_or_create
+
+logger = logging.getLogger(__name__)
+
+DRAIN_DELAY_S = 0.5
+APPLY_BATCH = 200
+HEARTBEAT_INTERVAL_S = 5.0
+HEARTBEAT_FRESH = timedelta(seconds=20)
+# A database that is down or failing over: the facts stay unapplied and are tried again.
+_TRANSIENT_DB_ERRORS = (OperationalError, InterfaceError)
+
+
+# --- token facts ------------------------------------------------------------------------------
+
+
+def token_fact_record(
+    *, room_name: str, participant_identity: str, agents: Sequence[Any], client: str, room_live: bool
+) -> TokenFact:
+    """Record a minted token's agents (one INSERT, before the token's answer)."""
+    return TokenFact.objects.create(
+        minted_at=timezone.now(),
+        room_name=room_name,
+        participant_identity=participant_identity,
+        client=client,
+        agents=[
+            {"agent_name": a.agent_name, "rule": a.rule, "metadata": a.metadata, "delivery": a.delivery}
+            for a in agents
+        ],
+        room_live=room_live,
+    )
+
+
+_last_schedule = 0.0
+
+
+def token_facts_apply_schedule(*, first_in_window: bool | None) -> None:
+    """Have the ledger take in new token facts once the current window ends: one Celery
+    publish per window (with Redis, the first token of each window across processes says so;
+    without, each process keeps its own clock). Skipped while Redis is down: the broker is
+    down with it, and reconcile's sweep applies the facts once it is back."""
+    global _last_schedule
+    if first_in_window is None:
+        now = time.monotonic()
+        if now - _last_schedule < DRAIN_DELAY_S:
+            return
+        _last_schedule = now
+    elif not first_in_window:
+        return
+    if not redis_available():
+        return
+    from .. import tasks
+
+    try:
+        tasks.token_facts_apply.apply_async(countdown=DRAIN_DELAY_S, retry=False)
+    except BROKER_ERRORS:
+        logger.warning("could not schedule the token facts' application; reconcile will", exc_info=True)
+
+
+def token_facts_apply(*, room_name: str | None = None) -> int:
+    """Apply every token fact not yet in the ledger (of one room, or all), oldest first.
+    Returns how many were applied. A fact that fails is marked and skipped; a database
+    outage stops the run and leaves the rest for the next."""
+    applied = 0
+    last_id = 0
+    while True:
+        query = TokenFact.objects.filter(applied_at__isnull=True, id__gt=last_id).order_by("id")
+        if room_name is not None:
+            query = query.filter(room_name=room_name)
+        batch = list(query[:APPLY_BATCH])
+        for fact in batch:
+            applied += _token_fact_apply_safely(fact)
+        if len(batch) < APPLY_BATCH:
+            return applied
+        last_id = batch[-1].pk
+
+
+def _token_fact_apply_safely(fact: TokenFact) -> int:
+    try:
+        with transaction.atomic():
+            # Compare-and-set: of two runs racing for a fact, one applies it.
+            if not TokenFact.objects.filter(pk=fact.pk, applied_at__isnull=True).update(
+                applied_at=timezone.now()
+            ):
+                return 0
+            token_fact_apply(fact=fact)
+        return 1
+    except _TRANSIENT_DB_ERRORS:
+        raise
+    except Exception as exc:  # noqa: BLE001  one bad record must never hold up the others
+        logger.exception("token fact %s could not be applied; skipped", fact.pk, extra={"room": fact.room_name})
+        error = f"{type(exc).__name__}: {exc}"[:500]
+        try:
+            TokenFact.objects.filter(pk=fact.pk, applied_at__isnull=True).update(
+                applied_at=timezone.now(), apply_error=error
+            )
+        except DatabaseError:  # even the mark failed (the record's room name, say): keep going
+            logger.exception("token fact %s could not be marked", fact.pk)
+        return 0
+
+
+def token_fact_apply(*, fact: TokenFact) -> list[Dispatch]:
+    """A token fact's effect on the ledger: token-delivered agents as `pending` (LiveKit
+    dispatches them when the join creates the room), explicit ones dispatched now. An agent
+    already live in the room keeps its dispatch; the token is noted on its timeline."""
+    minted = fact.minted_at
+    room = room_get_or_create(name=fact.room_name)
+    updates: dict[str, Any] = {"last_token_at": minted, "tokens_minted": F("tokens_minted") + 1}
+    if room.first_token_at is None or room.first_token_at > minted:
+        updates["first_token_at"] = minted
+        updates["existed_before_token"] = bool(
+            fact.room_live
+            or (room.status == Room.Status.ACTIVE and room.started_at is not None and room.started_at < minted)
+        )
+    Room.objects.filter(pk=room.pk).update(**updates)
+    room.refresh_from_db()
+    wanted = [dict(item) for item in fact.agents]
+    by_name = {a.agent_name: a for a in Agent.objects.filter(agent_name__in=[w["agent_name"] for w in wanted])}
+    recorded = []
+    for item in wanted:
+        agent = by_name.get(item["agent_name"])
+        if agent is None:
+            logger.warning("token named unknown agent %r", item["agent_name"], extra={"room": fact.room_name})
+            continue
+        dispatch, created = dispatch_create(
+            room=room,
+            agent=agent,
+            source=Dispatch.Source.TOKEN,
+            delivery=item["delivery"],
+            metadata=item["metadata"],
+            rule_name=item["rule"],
+            requested_by=fact.client,
+            identity_trigger=fact.participant_identity,
+        )
+        if not created:
+            dispatch_note(
+                dispatch=dispatch,
+                detail=f"token minted for '{fact.participant_identity}' by {fact.client or 'staff'} also "
+                f"carried '{agent.agent_name}' ({item['delivery']} delivery); this dispatch stands",
+            )
+        recorded.append(dispatch)
+    return recorded
+
+
+def token_facts_flag_key() -> str:
+    """The Redis flag whose first setter in each window schedules `token_facts_apply`."""
+    return redis_key("rooms", "token-facts-scheduled")
+
+
+def token_dispatches_record(
+    *, room_name: str, participant_identity: str, agents: Sequence[dict[str, str]], client: str, minted_at: float
+) -> list[Dispatch]:
+    """Record a token fact and apply it at once (admin tools, tests)."""
+    fact = TokenFact.objects.create(
+        minted_at=datetime.fromtimestamp(minted_at, tz=UTC),
+        room_name=room_name,
+        participant_identity=participant_identity,
+        client=client,
+        agents=[dict(a) for a in agents],
+        applied_at=timezone.now(),
+    )
+    with transaction.atomic():
+        return token_fact_apply(fact=fact)
+
+
+# --- agent names seen -------------------------------------------------------------------------
+
+
+def agents_seen_record(*, seen: Iterable[tuple[str, str, str]]) -> None:
+    """(agent name, room, how) triples: upsert each name's last sighting. Names only; the
+    unnamed worker ("") is recorded too, the doctor explains what it can and cannot do."""
+    now = timezone.now()
+    latest: dict[str, tuple[str, str]] = {}
+    for name, room, how in seen:
+        if name is not None and len(name) <= 128:
+            latest[name] = (room[:256], how[:64])
+    for name, (room, how) in latest.items():
+        if not AgentSeen.objects.filter(agent_name=name).update(room_name=room, how=how, last_seen_at=now):
+            AgentSeen.objects.get_or_create(
+                agent_name=name, defaults={"room_name": room, "how": how, "last_seen_at": now}
+            )
+
+
+# --- the worker's heartbeat -------------------------------------------------------------------
+
+
+def worker_heartbeat(*, hostname: str, started_at: datetime) -> None:
+    now = timezone.now()
+    if not WorkerHeartbeat.objects.filter(hostname=hostname).update(beat_at=now, started_at=started_at):
+        WorkerHeartbeat.objects.get_or_create(
+            hostname=hostname, defaults={"started_at": started_at, "beat_at": now}
+        )
