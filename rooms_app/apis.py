@@ -112,9 +112,9 @@ class DispatchCreateApi(APIView):
             409: OpenApiResponse(
                 response=OpenApiTypes.OBJECT,
                 description="The agent already has a live dispatch in the room (from a token, a rule, "
-                "reconcile or an earlier call): nothing was created. Body: {\"error\": "
-                "\"already_dispatched\", \"detail\", \"metadata_applied\": whether the live dispatch "
-                "carries the metadata asked for, \"dispatch\": the live dispatch}.",
+                'reconcile or an earlier call): nothing was created. Body: {"error": '
+                '"already_dispatched", "detail", "metadata_applied": whether the live dispatch '
+                'carries the metadata asked for, "dispatch": the live dispatch}.',
             ),
             400: _error("Malformed JSON, a wrong type or size; the field is named."),
             401: _error("Missing, unknown or disabled key."),

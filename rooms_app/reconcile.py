@@ -379,10 +379,14 @@ class _Pass:
         joins: list[tuple[Dispatch, LkParticipant]] = []
         lefts: list[Dispatch] = []
         candidates: list[tuple[Room, str, Any, LkParticipant | None]] = []  # room, agent name, rule, present
+        sightings: list[tuple[str, str, str]] = []
         for name, present in participants.items():
             room = rooms[name]
             # Agents without lk.agent_name (older SDKs) still match by their recorded identity.
             agent_participants = [p for p in present if p.is_agent]
+            sightings += services.agent_sightings(
+                room_name=name, how="reconcile", participants=agent_participants
+            )
             live = live_by_room.get(room.pk, [])
             claimed: set[str] = set()
             for dispatch in live:
@@ -416,6 +420,9 @@ class _Pass:
                 for dispatch in live:
                     if dispatch.status == S.PENDING and dispatch.delivery == Dispatch.Delivery.EXPLICIT:
                         self._requeue_if_stale(dispatch)
+        # One row per agent name, however many rooms show it.
+        if sightings:
+            services.agents_seen_record(seen=sightings)
         self._joins_write(joins)
         self._lefts_write(lefts, rooms)
         self._candidates(candidates, agents)
@@ -515,6 +522,7 @@ class _Pass:
                     detail=f"explicit rule '{applied.rule}' applied to a room that lacked its agent (reconcile)",
                 )
                 self.report.dispatched += created
+
 
 def _match(dispatch: Dispatch, participants: list[LkParticipant], claimed: set[str]) -> LkParticipant | None:
     """The agent participant that is this dispatch's: its recorded identity, else the first

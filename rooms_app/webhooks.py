@@ -30,7 +30,7 @@ from .models import Room, WebhookEvent
 from .services import (
     agent_participant_joined,
     agent_participant_left,
-    agents_seen_record,
+    agents_seen_in,
     person_joined,
     room_finished,
     room_rules_apply,
@@ -138,7 +138,7 @@ def webhook_event_handle(*, event: Any) -> WebhookOutcome:
             token_facts_apply(room_name=name)
             if participant.is_agent:
                 agent_participant_joined(room=room, participant=participant)
-                agents_seen_record(seen=[(participant.agent_name or "", name, "agent joined (webhook)")])
+                agents_seen_in(room_name=name, how="webhook", participants=[participant])
             else:
                 person_joined(room=room, participant=participant)
     elif kind in PARTICIPANT_LEFT_EVENTS and participant is not None:

@@ -26,6 +26,7 @@ from django.utils import timezone
 from agents_app.models import Agent
 from dispatchportal.redis import BROKER_ERRORS, redis_available, redis_key
 
+from ..livekit_client import LkDispatch, LkParticipant
 from ..models import AgentSeen, Dispatch, Room, TokenFact, WorkerHeartbeat
 from .ledger import dispatch_create, dispatch_note, room_get_or_create
 
@@ -116,7 +117,9 @@ def _token_fact_apply_safely(fact: TokenFact) -> int:
     except _TRANSIENT_DB_ERRORS:
         raise
     except Exception as exc:  # noqa: BLE001  one bad record must never hold up the others
-        logger.exception("token fact %s could not be applied; skipped", fact.pk, extra={"room": fact.room_name})
+        logger.exception(
+            "token fact %s could not be applied; skipped", fact.pk, extra={"room": fact.room_name}
+        )
         error = f"{type(exc).__name__}: {exc}"[:500]
         try:
             TokenFact.objects.filter(pk=fact.pk, applied_at__isnull=True).update(
@@ -138,12 +141,16 @@ def token_fact_apply(*, fact: TokenFact) -> list[Dispatch]:
         updates["first_token_at"] = minted
         updates["existed_before_token"] = bool(
             fact.room_live
-            or (room.status == Room.Status.ACTIVE and room.started_at is not None and room.started_at < minted)
+            or (
+                room.status == Room.Status.ACTIVE and room.started_at is not None and room.started_at < minted
+            )
         )
     Room.objects.filter(pk=room.pk).update(**updates)
     room.refresh_from_db()
     wanted = [dict(item) for item in fact.agents]
-    by_name = {a.agent_name: a for a in Agent.objects.filter(agent_name__in=[w["agent_name"] for w in wanted])}
+    by_name = {
+        a.agent_name: a for a in Agent.objects.filter(agent_name__in=[w["agent_name"] for w in wanted])
+    }
     recorded = []
     for item in wanted:
         agent = by_name.get(item["agent_name"])
@@ -176,7 +183,12 @@ def token_facts_flag_key() -> str:
 
 
 def token_dispatches_record(
-    *, room_name: str, participant_identity: str, agents: Sequence[dict[str, str]], client: str, minted_at: float
+    *,
+    room_name: str,
+    participant_identity: str,
+    agents: Sequence[dict[str, str]],
+    client: str,
+    minted_at: float,
 ) -> list[Dispatch]:
     """Record a token fact and apply it at once (admin tools, tests)."""
     fact = TokenFact.objects.create(
@@ -207,6 +219,42 @@ def agents_seen_record(*, seen: Iterable[tuple[str, str, str]]) -> None:
             AgentSeen.objects.get_or_create(
                 agent_name=name, defaults={"room_name": room, "how": how, "last_seen_at": now}
             )
+
+
+WORKER_NAME_ATTRIBUTE = "lk.agent.name"  # set by the worker itself (the server sets lk.agent_name)
+
+
+def agent_sightings(
+    *,
+    room_name: str,
+    how: str,
+    participants: Iterable[LkParticipant] = (),
+    dispatches: Iterable[LkDispatch] = (),
+) -> list[tuple[str, str, str]]:
+    """The agent names LiveKit shows in a room, as (name, room, how): agent participants
+    (the server's `lk.agent_name` and the worker's own `lk.agent.name`), and dispatches a
+    worker took a job of (a job exists only if a worker registered as exactly that name)."""
+    seen: list[tuple[str, str, str]] = []
+    for p in participants:
+        if p.is_agent:
+            seen.append((p.agent_name or "", room_name, f"agent joined ({how})"))
+            own = p.attributes.get(WORKER_NAME_ATTRIBUTE)
+            if own is not None and own != p.agent_name:
+                seen.append((own, room_name, f"worker identity attribute ({how})"))
+    seen += [(d.agent_name, room_name, f"job in ListDispatch ({how})") for d in dispatches if d.jobs]
+    return seen
+
+
+def agents_seen_in(
+    *,
+    room_name: str,
+    how: str,
+    participants: Iterable[LkParticipant] = (),
+    dispatches: Iterable[LkDispatch] = (),
+) -> None:
+    seen = agent_sightings(room_name=room_name, how=how, participants=participants, dispatches=dispatches)
+    if seen:
+        agents_seen_record(seen=seen)
 
 
 # --- the worker's heartbeat -------------------------------------------------------------------

@@ -446,7 +446,9 @@ def agent_joined_record(
         job_id = next((j.id for j in livekit.jobs if j.participant_identity == participant.identity), job_id)
     if job_id:
         fields["livekit_job_id"] = job_id
-        job_assigned_record(dispatch=dispatch, job_id=job_id, how=f"its agent '{participant.identity}' joined")
+        job_assigned_record(
+            dispatch=dispatch, job_id=job_id, how=f"its agent '{participant.identity}' joined"
+        )
     detail = f"agent participant '{participant.identity}' joined" + (f" ({how})" if how else "")
     return dispatch_transition(
         dispatch=dispatch, to=S.AGENT_JOINED, expect=WAITING_STATUSES, detail=detail, **fields
@@ -470,7 +472,11 @@ def agent_left_record(*, dispatch: Dispatch, error: str, room_closed: bool = Fal
     giving up. None when the dispatch had already moved on; else whether a new attempt began."""
     if room_closed:
         dispatch_transition(
-            dispatch=dispatch, to=S.ROOM_CLOSED, expect=(S.AGENT_JOINED,), detail=error, left_at=timezone.now()
+            dispatch=dispatch,
+            to=S.ROOM_CLOSED,
+            expect=(S.AGENT_JOINED,),
+            detail=error,
+            left_at=timezone.now(),
         )
         return None
     with transaction.atomic():
@@ -490,9 +496,9 @@ def dispatch_deliver_explicitly(*, dispatch: Dispatch, why: str) -> bool:
     """A token-delivered agent LiveKit ignored (the room existed before the token's join):
     the same attempt, now sent by CreateDispatch."""
     with transaction.atomic():
-        if not Dispatch.objects.filter(pk=dispatch.pk, status=S.PENDING, delivery=Dispatch.Delivery.TOKEN).update(
-            delivery=Dispatch.Delivery.EXPLICIT, deadline_at=None, updated_at=timezone.now()
-        ):
+        if not Dispatch.objects.filter(
+            pk=dispatch.pk, status=S.PENDING, delivery=Dispatch.Delivery.TOKEN
+        ).update(delivery=Dispatch.Delivery.EXPLICIT, deadline_at=None, updated_at=timezone.now()):
             return False
         dispatch.delivery, dispatch.deadline_at = Dispatch.Delivery.EXPLICIT, None
         dispatch_note(dispatch=dispatch, detail=f"{why}; dispatching explicitly")

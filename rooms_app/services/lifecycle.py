@@ -27,6 +27,7 @@ from ..livekit_client import (
     livekit_run,
 )
 from ..models import LIVE_STATUSES, WAITING_STATUSES, Dispatch, Room
+from .facts import agents_seen_in
 from .ledger import (
     DEADLINE_GRACE_S,
     ROOM_FRESH,
@@ -331,6 +332,12 @@ def dispatch_deadline_check(*, dispatch_id: int) -> str:
         )
 
     snapshot = livekit_run(look)
+    agents_seen_in(
+        room_name=room.name,
+        how="deadline check",
+        participants=snapshot.participants,
+        dispatches=snapshot.dispatches,
+    )
     if not snapshot.room_exists:
         if dispatch.delivery == Dispatch.Delivery.TOKEN and room.status != Room.Status.ACTIVE:
             # Nobody has joined with the token yet: the deadline starts again with the room.
@@ -407,6 +414,7 @@ def dispatch_token_join_check(*, dispatch_id: int, identity: str) -> str:
         return "skipped"
     known = _known_livekit_ids(dispatch)
     found = livekit_run(lambda client: client.list_dispatches(dispatch.room.name))
+    agents_seen_in(room_name=dispatch.room.name, how="join check", dispatches=found)
     ours = _adoptable(found, dispatch, known)
     if ours is None:
         moved = dispatch_deliver_explicitly(
