@@ -246,7 +246,11 @@ def token_mint(*, client: ClientScope, request: TokenRequest, config: Config | N
     if agents:
         # The token's agents are a fact in the database before anyone holds the token.
         room_services.token_fact_record(
-            room_name=room, participant_identity=identity, agents=agents, client=client.name, room_live=room_exists
+            room_name=room,
+            participant_identity=identity,
+            agents=agents,
+            client=client.name,
+            room_live=room_exists,
         )
         room_services.token_facts_apply_schedule(first_in_window=admission.first_in_window)
     return minted

@@ -72,7 +72,9 @@ def test_a_live_token_dispatch_never_silently_drops_the_callers_metadata(api, ke
     [token_row] = services.token_dispatches_record(
         room_name="support-1",
         participant_identity="ann",
-        agents=[{"agent_name": "support-agent", "rule": "r", "metadata": '{"from":"token"}', "delivery": "token"}],
+        agents=[
+            {"agent_name": "support-agent", "rule": "r", "metadata": '{"from":"token"}', "delivery": "token"}
+        ],
         client="web",
         minted_at=timezone.now().timestamp(),
     )

@@ -127,9 +127,14 @@ def test_a_poison_record_never_holds_up_the_others(api, key):
     """Records the token path could never write today, put there by hand: the run marks each
     with its error and applies every other fact, before and after them."""
     assert mint(api, key, "support-1", "before").status_code == 201
-    TokenFact.objects.create(minted_at=timezone.now(), room_name="support-2", participant_identity="x", agents="oops")
     TokenFact.objects.create(
-        minted_at=timezone.now(), room_name="support-3", participant_identity="y", agents=[{"agent_name": "support-agent"}]
+        minted_at=timezone.now(), room_name="support-2", participant_identity="x", agents="oops"
+    )
+    TokenFact.objects.create(
+        minted_at=timezone.now(),
+        room_name="support-3",
+        participant_identity="y",
+        agents=[{"agent_name": "support-agent"}],
     )
     assert mint(api, key, "support-4", "after").status_code == 201
 
