@@ -88,6 +88,7 @@ def test_healthy_token_room_is_healthy_at_every_moment(e2e, live_server, intervi
     e2e.control.join(minted["participant_token"])
     eventually(lambda: agents_in(e2e, room, "interviewer"), what="agent in the room")
     if order == "reconcile first":
+        assert not Dispatch.objects.filter(room__name=room, status=S.AGENT_JOINED).exists()
         reconcile_run()
     row = eventually(
         lambda: Dispatch.objects.filter(room__name=room, status=S.AGENT_JOINED).first(), what="agent joined"
