@@ -1,9 +1,9 @@
-"""Admission on the token path: count the request against the client's per-minute limit,
-read whether the room is live, and, only if the request is admitted, set the flag whose first
-setter in each window schedules the application of token facts, all in one Redis round trip
-(a Lua script, so a refused request never schedules anything).
+"""Admission on the token path: count the request against the client's per-minute limit and,
+only if the request is admitted, set the flag whose first setter in each window schedules the
+application of token facts, in one Redis round trip (a Lua script, so a refused request never
+schedules anything), sent before and read after the token's own INSERT.
 
-Without Redis the Django cache counts, and the caller asks whether the room is live itself.
+Without Redis the Django cache counts.
 
 Counting fails OPEN: when Redis is unreachable the request is admitted uncounted, and for
 `REDIS_RETRY_AFTER_S` the token path does not try Redis again, so it neither waits on a
@@ -21,6 +21,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.cache import cache
+from redis.exceptions import NoScriptError
 
 from dispatchportal.redis import REDIS_ERRORS, redis_available, redis_client, redis_down_mark, redis_key
 
@@ -30,19 +31,17 @@ WINDOW_S = 60
 _ADMIT = """
 local count = redis.call('INCR', KEYS[1])
 if count == 1 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
-local live = redis.call('EXISTS', KEYS[2])
 local first = 0
 if count <= tonumber(ARGV[1]) and tonumber(ARGV[3]) > 0 then
-  if redis.call('SET', KEYS[3], '1', 'NX', 'PX', ARGV[3]) then first = 1 end
+  if redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[3]) then first = 1 end
 end
-return {count, live, first}
+return {count, first}
 """
 
 
 @dataclass(frozen=True, slots=True)
 class Admission:
     retry_after: int  # 0 when admitted, else seconds until the window ends
-    exists: bool | None = None  # whether `exists_key` existed; None when Redis was not asked
     # Whether this request set the flag first in its window; None when Redis was not asked.
     first_in_window: bool | None = None
 
@@ -62,22 +61,67 @@ def _count_in_cache(key: str) -> int:
         return 1
 
 
-def admit(*, key: str, limit: int, exists_key: str, flag_key: str = "", flag_ms: int = 0) -> Admission:
-    now = time.time()
-    window = int(now // WINDOW_S)
-    retry_after = max(1, int((window + 1) * WINDOW_S - now))
-    counter = redis_key("rl", key, str(window))
-    if not settings.REDIS_URL:
-        count = _count_in_cache(counter)
-        return Admission(retry_after if count > limit else 0)
-    if not redis_available():
-        return Admission(0)
-    try:
-        script = _admit_script(redis_client())
-        keys = [counter, exists_key, flag_key or counter]
-        count, live, first = script(keys=keys, args=[limit, WINDOW_S * 2, flag_ms if flag_key else 0])
-    except REDIS_ERRORS:
+class Admitting:
+    """An admission sent to Redis whose answer is read later (`result`): meanwhile the caller
+    makes its own round trip (the token's INSERT), so a request waits for the slower of the
+    two, not for both. Without Redis, or while it is down, the answer is known at once."""
+
+    def __init__(self, *, key: str, limit: int, flag_key: str = "", flag_ms: int = 0) -> None:
+        now = time.time()
+        window = int(now // WINDOW_S)
+        self.limit = limit
+        self.retry_after = max(1, int((window + 1) * WINDOW_S - now))
+        counter = redis_key("rl", key, str(window))
+        self.keys = [counter, flag_key or counter]
+        self.args = [limit, WINDOW_S * 2, flag_ms if flag_key else 0]
+        self.client: Any = None
+        self.known: Admission | None = None
+        if not settings.REDIS_URL:
+            count = _count_in_cache(counter)
+            self.known = Admission(self.retry_after if count > limit else 0)
+        elif not redis_available():
+            self.known = Admission(0)
+        else:
+            self._send()
+
+    def _send(self) -> None:
+        try:
+            client = redis_client()
+            script = _admit_script(client)
+            client.single_connection_lock.acquire()  # held until the answer is read
+            self.client = client
+            client.connection.send_command("EVALSHA", script.sha, len(self.keys), *self.keys, *self.args)
+        except REDIS_ERRORS:
+            self._failed()
+
+    def _failed(self) -> None:
         redis_down_mark()
         logger.warning("rate limit not counted: Redis unreachable (failing open)")
-        return Admission(0)
-    return Admission(retry_after if count > limit else 0, bool(live), bool(first))
+        self.known = Admission(0)
+        if self.client is not None:
+            self.client.connection.disconnect()  # a half-read answer must not be read by the next caller
+            self.client.single_connection_lock.release()
+            self.client = None
+
+    def result(self) -> Admission:
+        if self.known is not None:
+            return self.known
+        client = self.client
+        try:
+            try:
+                count, first = client.connection.read_response()
+            except NoScriptError:  # a fresh (or restarted) Redis: load the script, once
+                count, first = _admit_script(client)(keys=self.keys, args=self.args)
+        except REDIS_ERRORS:
+            self._failed()
+            return self.known
+        finally:
+            if self.client is not None:
+                client.single_connection_lock.release()
+                self.client = None
+        self.known = Admission(self.retry_after if count > self.limit else 0, bool(first))
+        return self.known
+
+
+def admit(*, key: str, limit: int, flag_key: str = "", flag_ms: int = 0) -> Admission:
+    return Admitting(key=key, limit=limit, flag_key=flag_key, flag_ms=flag_ms).result()

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from django.db import DatabaseError, InterfaceError, OperationalError, transaction
+from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -44,20 +44,50 @@ _TRANSIENT_DB_ERRORS = (OperationalError, InterfaceError)
 
 
 def token_fact_record(
-    *, room_name: str, participant_identity: str, agents: Sequence[Any], client: str, room_live: bool
-) -> TokenFact:
-    """Record a minted token's agents (one INSERT, before the token's answer)."""
-    return TokenFact.objects.create(
-        minted_at=timezone.now(),
-        room_name=room_name,
-        participant_identity=participant_identity,
-        client=client,
-        agents=[
-            {"agent_name": a.agent_name, "rule": a.rule, "metadata": a.metadata, "delivery": a.delivery}
-            for a in agents
-        ],
-        room_live=room_live,
+    *, room_name: str, participant_identity: str, agents: Sequence[Any], client: str
+) -> tuple[int, bool]:
+    """Record a token's agents before its answer, in one statement that also reads whether
+    the ledger knows the room is live: then LiveKit would ignore the token's agents, so they
+    are recorded (and minted) as explicit dispatches. Returns (fact id, room live)."""
+    as_token = [_agent_json(a, a.delivery) for a in agents]
+    as_explicit = [_agent_json(a, "explicit") for a in agents]
+    field = TokenFact._meta.get_field("agents")
+    quote = connection.ops.quote_name
+    sql = (
+        f"INSERT INTO {quote(TokenFact._meta.db_table)} "
+        "(minted_at, room_name, participant_identity, client, agents, room_live, apply_error) "
+        "SELECT %s, %s, %s, %s, CASE WHEN live.v THEN %s ELSE %s END, live.v, '' FROM "
+        f"(SELECT EXISTS(SELECT 1 FROM {quote(Room._meta.db_table)} WHERE name = %s AND status = %s) AS v) live "
+        "RETURNING id, room_live"
     )
+    params = [
+        timezone.now(),
+        room_name,
+        participant_identity,
+        client,
+        field.get_db_prep_save(as_explicit, connection),
+        field.get_db_prep_save(as_token, connection),
+        room_name,
+        Room.Status.ACTIVE,
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        fact_id, live = cursor.fetchone()
+    return fact_id, bool(live)
+
+
+def token_fact_withdraw(*, fact_id: int) -> None:
+    """The request was refused after all (over its rate limit): no token, so no fact."""
+    TokenFact.objects.filter(pk=fact_id, applied_at__isnull=True).delete()
+
+
+def _agent_json(agent: Any, delivery: str) -> dict[str, str]:
+    return {
+        "agent_name": agent.agent_name,
+        "rule": agent.rule,
+        "metadata": agent.metadata,
+        "delivery": delivery,
+    }
 
 
 _last_schedule = 0.0
