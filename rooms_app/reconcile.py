@@ -234,11 +234,6 @@ class _Pass:
                 services.enqueue("dispatch_request", dispatch_id)
             for dispatch_id in self.enqueue_deadline:
                 services.enqueue("dispatch_deadline", dispatch_id)
-            # Every room LiveKit has is marked live (refreshing markers the cache lost).
-            services.room_live_marks(
-                live=list(in_livekit),
-                finished=[name for name, live_now in self.marks.items() if not live_now],
-            )
 
     def _ledger_rooms(self, in_livekit: dict[str, LkRoom]) -> dict[str, Room]:
         fields = ("id", "name", "sid", "status", "num_participants", "started_at", "created_at")

@@ -1,10 +1,7 @@
 """Reads of the dispatch ledger: what the token path, the REST API and admin ask.
 
-`room_is_live` sits on the token path, which must not touch the database once warm: it is one
-Redis (or cache) lookup. The services write the markers when a room goes live or finishes, and every
-reconcile pass refreshes them for the rooms LiveKit has, so a lost marker (cache eviction) is
-wrong for at most one pass, and then only costs a delay: the token's agents, ignored by
-LiveKit, are dispatched explicitly at their join deadline.
+(The token path reads whether a room is live in the same statement that records its token:
+`services.token_fact_record`.)
 """
 
 from __future__ import annotations
@@ -13,33 +10,12 @@ import contextlib
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from django.conf import settings
 from django.core.cache import cache
 
 from agents_app.selectors import ClientScope
 from dispatchportal.exceptions import NotFound
-from dispatchportal.redis import REDIS_ERRORS, redis_available, redis_client, redis_down_mark, redis_key
 
 from .models import Dispatch, Room
-
-
-def room_live_key(name: str) -> str:
-    return redis_key("rooms", "live", name)
-
-
-def room_is_live(*, room_name: str) -> bool:
-    """Whether the portal knows this room already exists in LiveKit (then LiveKit would
-    ignore a token's agents, so they must be dispatched explicitly). One Redis EXISTS (the
-    token path folds it into its rate-limit round trip), or the cache; while Redis is down,
-    the ledger (one query) instead of waiting on Redis."""
-    try:
-        if not settings.REDIS_URL:
-            return bool(cache.get(room_live_key(room_name)))
-        if redis_available():
-            return bool(redis_client().exists(room_live_key(room_name)))
-    except REDIS_ERRORS:  # a cache outage must not fail token requests
-        redis_down_mark()
-    return Room.objects.filter(name=room_name, status=Room.Status.ACTIVE).exists()
 
 
 def dispatch_get(*, dispatch_id: int, client: ClientScope | None) -> Dispatch:
