@@ -149,7 +149,7 @@ def reconcile_run(*, room_names: Sequence[str] | None = None) -> ReconcileReport
                 report.token_facts_applied = services.token_facts_apply()
             else:
                 report.token_facts_applied = sum(services.token_facts_apply(room_name=n) for n in room_names)
-            _Pass(report, list(room_names) if room_names is not None else None).run()
+            ReconcilePass(report, list(room_names) if room_names is not None else None).run()
         except LiveKitError as exc:
             report.error = exc.message
             logger.warning("reconcile: LiveKit unavailable: %s", exc.message)
@@ -159,7 +159,7 @@ def reconcile_run(*, room_names: Sequence[str] | None = None) -> ReconcileReport
     return report
 
 
-class _Pass:
+class ReconcilePass:
     def __init__(self, report: ReconcileReport, scope: list[str] | None) -> None:
         self.report = report
         self.scope = scope
