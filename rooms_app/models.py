@@ -1,9 +1,11 @@
 """The dispatch ledger: rooms, dispatches and their timelines.
 
 For every room it governs the portal records which agents it wants there and what became of
-each request: the agent joined, or a named reason why not. Rows change only through
-`services.py`; statuses move forward with conditional updates, so two workers racing on one
-dispatch cannot both win a transition.
+each request: the agent joined, or a named reason why not. A dispatch is created only by
+`services.dispatch_create` and changes status only through `services.dispatch_transition`
+(a conditional update, so two workers racing on one dispatch cannot both win a transition);
+rooms change through the services and reconcile's bulk pass. The facts at the end of this
+module are appended and never rewritten.
 """
 
 from __future__ import annotations
