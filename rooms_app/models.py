@@ -4,8 +4,8 @@ For every room it governs the portal records which agents it wants there and wha
 each request: the agent joined, or a named reason why not. A dispatch is created only by
 `services.dispatch_create` and changes status only through `services.dispatch_transition`
 (a conditional update, so two workers racing on one dispatch cannot both win a transition);
-rooms change through the services and reconcile's bulk pass. The facts at the end of this
-module are appended and never rewritten.
+rooms change through the services and reconcile's bulk pass. Token facts (end of this
+module) are appended and never rewritten: only their `applied_at` bookkeeping changes.
 """
 
 from __future__ import annotations
