@@ -16,7 +16,9 @@ from tests.factories import AgentFactory, RuleFactory, make_client
 pytestmark = pytest.mark.django_db
 
 
-def call(path: str, body: dict | None = None, *, method: str = "POST", key: str = "") -> tuple[str, dict, bytes]:
+def call(
+    path: str, body: dict | None = None, *, method: str = "POST", key: str = ""
+) -> tuple[str, dict, bytes]:
     from dispatchportal.wsgi import application
 
     raw = json.dumps(body).encode() if body is not None else b""

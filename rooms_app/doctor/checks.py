@@ -706,7 +706,7 @@ def _check_agent(link: Link, facts: Facts, expected: list[str]) -> None:
             continue
         jobs = [j for d in facts.lk_dispatches_for(name) for j in d.jobs]
         if not jobs:
-            if facts.within_deadline(name):
+            if facts.within_deadline(name) or _ledger_waiting(facts, name):
                 link.set(UNKNOWN, f"{agent_name_quoted(name)} is not in the room yet (no job yet, link 5)")
             else:
                 link.set(BROKEN, f"{agent_name_quoted(name)} is not in the room (no job, link 5)")
@@ -730,6 +730,17 @@ def _check_agent(link: Link, facts: Facts, expected: list[str]) -> None:
         )
         return
     link.set(OK, "; ".join(notes))
+
+
+def _ledger_waiting(facts: Facts, name: str) -> bool:
+    """The ledger's latest attempt for the agent is still on its way, within its deadline."""
+    history = facts.ledger_for(name)
+    last = history[0] if history else None
+    return (
+        last is not None
+        and last.status in ("pending", "requested", "job_assigned")
+        and (last.deadline_at is None or last.deadline_at > facts.now)
+    )
 
 
 def _check_crowd(link: Link, facts: Facts, expected: list[str], *, managed: set[str]) -> None:
