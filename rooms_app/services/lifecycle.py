@@ -189,19 +189,9 @@ def dispatch_request(*, dispatch_id: int) -> str:
         else "adopted the LiveKit dispatch already there"
     )
     with transaction.atomic():
-        moved = dispatch_transition(
-            dispatch=dispatch,
-            to=S.REQUESTED,
-            expect=(S.PENDING,),
-            detail=f"{how}: {found.id}",
-            livekit_dispatch_id=found.id,
-            last_error="",
-        )
+        moved = _livekit_has_it(dispatch=dispatch, found=found, detail=f"{how}: {found.id}", last_error="")
         if moved:
             dispatch_deadline_arm(dispatch=dispatch)
-            job = next((j for j in found.jobs if j.active), None)
-            if job is not None:  # only ListDispatch shows a job (no webhook does)
-                job_assigned_record(dispatch=dispatch, job_id=job.id, how=f"{job.status}, ListDispatch")
     if not moved:
         # The row moved on while CreateDispatch was in flight. Forward (the agent's
         # participant_joined webhook beat this bookkeeping): just record the id. Ended
@@ -216,6 +206,23 @@ def dispatch_request(*, dispatch_id: int) -> str:
             _livekit_delete_quietly(room_name=room.name, livekit_id=found.id)
         return "ended meanwhile"
     return outcome.kind
+
+
+def _livekit_has_it(*, dispatch: Dispatch, found: LkDispatch, detail: str, **fields: Any) -> bool:
+    """pending -> requested with LiveKit's dispatch id, then the job if ListDispatch shows one
+    (only ListDispatch shows a job: no webhook does)."""
+    moved = dispatch_transition(
+        dispatch=dispatch,
+        to=S.REQUESTED,
+        expect=(S.PENDING,),
+        detail=detail,
+        livekit_dispatch_id=found.id,
+        **fields,
+    )
+    job = next((j for j in found.jobs if j.active), None)
+    if moved and job is not None:
+        job_assigned_record(dispatch=dispatch, job_id=job.id, how=f"{job.status}, ListDispatch")
+    return moved
 
 
 def dispatch_unavailable_note(*, dispatch_id: int, error: str, retry: int) -> None:
@@ -424,14 +431,9 @@ def dispatch_token_join_check(*, dispatch_id: int, identity: str) -> str:
         )
         return "converted to explicit" if moved else "skipped"
     with transaction.atomic():
-        dispatch_transition(
+        _livekit_has_it(
             dispatch=dispatch,
-            to=S.REQUESTED,
-            expect=(S.PENDING,),
+            found=ours,
             detail=f"LiveKit dispatched it from the token of '{identity}': {ours.id}",
-            livekit_dispatch_id=ours.id,
         )
-        job = next((j for j in ours.jobs if j.active), None)
-        if job is not None:
-            job_assigned_record(dispatch=dispatch, job_id=job.id, how=f"{job.status}, ListDispatch")
     return S.REQUESTED

@@ -12,7 +12,7 @@ from django.utils import timezone
 from rooms_app import services as room_services
 from rooms_app.doctor import room_diagnose
 from rooms_app.models import Dispatch, Room, WorkerHeartbeat
-from tests.factories import AgentFactory, RuleFactory
+from tests.factories import AgentFactory, RuleFactory, token_recorded
 
 from .conftest import agents_in, dispatch, eventually, person_joins
 
@@ -72,15 +72,7 @@ def test_an_agent_present_makes_upstream_doubts_informational(lk):
 def test_a_token_agent_converted_at_the_join_is_told_as_it_happened(lk):
     agent = AgentFactory(agent_name="support-agent")
     RuleFactory(name="support rooms", agent=agent, room_match_value="support-*", delivery="token")
-    [row] = room_services.token_dispatches_record(
-        room_name="support-3",
-        participant_identity="ann",
-        agents=[
-            {"agent_name": "support-agent", "rule": "support rooms", "metadata": "", "delivery": "token"}
-        ],
-        client="web",
-        minted_at=timezone.now().timestamp(),
-    )
+    [row] = token_recorded("support-3", "ann", "support-agent")
     person_joins(lk, "support-3", "other-app")
     person_joins(lk, "support-3", "ann", agents=["support-agent"])  # ignored: the room existed
     Room.objects.filter(name="support-3").update(status="active")

@@ -8,7 +8,7 @@ from django.utils import timezone
 
 from rooms_app import services
 from rooms_app.models import Dispatch
-from tests.factories import AgentFactory, make_client
+from tests.factories import AgentFactory, make_client, token_recorded
 
 pytestmark = pytest.mark.django_db
 
@@ -69,15 +69,7 @@ def test_a_second_request_is_409_with_the_live_dispatch(api, key):
 
 
 def test_a_live_token_dispatch_never_silently_drops_the_callers_metadata(api, key):
-    [token_row] = services.token_dispatches_record(
-        room_name="support-1",
-        participant_identity="ann",
-        agents=[
-            {"agent_name": "support-agent", "rule": "r", "metadata": '{"from":"token"}', "delivery": "token"}
-        ],
-        client="web",
-        minted_at=timezone.now().timestamp(),
-    )
+    [token_row] = token_recorded("support-1", "ann", "support-agent", metadata='{"from":"token"}')
     answer = create(api, key, metadata='{"topic": "billing"}')
     assert answer.status_code == 409
     body = answer.json()
