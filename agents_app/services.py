@@ -213,14 +213,19 @@ def token_mint(*, client: ClientScope, request: TokenRequest, config: Config | N
         flag_ms=int(room_services.DRAIN_DELAY_S * 1000),
     )
     fact_id, room_exists = None, False
-    if agents:
-        # The token's agents are a fact in the database before anyone holds the token. LiveKit
-        # applies a token's agents only when that join creates the room (livekit/livekit#4390):
-        # for a room the ledger knows is live, they are dispatched explicitly instead.
-        fact_id, room_exists = room_services.token_fact_record(
-            room_name=room, participant_identity=identity, agents=agents, client=client.name
-        )
-    admission = admitting.result()
+    try:
+        if agents:
+            # The token's agents are a fact in the database before anyone holds the token.
+            # LiveKit applies a token's agents only when that join creates the room
+            # (livekit/livekit#4390): for a room the ledger knows is live, they are dispatched
+            # explicitly instead.
+            fact_id, room_exists = room_services.token_fact_record(
+                room_name=room, participant_identity=identity, agents=agents, client=client.name
+            )
+    finally:
+        # Always read Redis's answer, even when the INSERT failed: it must never be left for
+        # the next request on this connection to read.
+        admission = admitting.result()
     if admission.retry_after:
         if fact_id is not None:
             room_services.token_fact_withdraw(fact_id=fact_id)

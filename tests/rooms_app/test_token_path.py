@@ -167,3 +167,27 @@ def test_redis_down_the_token_is_answered_and_recorded(api, key, settings):
         portal_redis._down_until = 0.0
     assert TokenFact.objects.filter(room_name="support-1").count() == 3
     assert services.token_facts_apply() == 3
+
+
+def test_a_request_whose_record_fails_leaves_the_next_ones_whole(api, key):
+    """A record the database refuses (a lone UTF-16 surrogate cannot be encoded; input
+    validation may refuse it earlier, this layer must hold either way): that request gets no
+    token, and the requests after it are answered and recorded, with Redis's answers read in
+    step (a leftover answer would make the next command read the wrong reply)."""
+    from rest_framework.test import APIClient
+
+    quiet = APIClient(raise_request_exception=False)
+    bad = quiet.post(
+        "/api/v1/token",
+        data='{"room_name": "support-1", "participant_identity": "\\udc80"}',
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {key}",
+    )
+    assert bad.status_code != 201
+    for who in ("ann", "bob", "cy"):
+        assert mint(api, key, "support-2", who).status_code == 201
+    assert sorted(TokenFact.objects.values_list("participant_identity", flat=True)) == ["ann", "bob", "cy"]
+    from dispatchportal.redis import redis_client
+
+    if redis_client() is not None:
+        assert redis_client().ping() is True
