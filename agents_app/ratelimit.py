@@ -121,7 +121,3 @@ class Admitting:
                 self.client = None
         self.known = Admission(self.retry_after if count > self.limit else 0, bool(first))
         return self.known
-
-
-def admit(*, key: str, limit: int, flag_key: str = "", flag_ms: int = 0) -> Admission:
-    return Admitting(key=key, limit=limit, flag_key=flag_key, flag_ms=flag_ms).result()
