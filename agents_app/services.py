@@ -210,7 +210,7 @@ def token_mint(*, client: ClientScope, request: TokenRequest, config: Config | N
         key=f"client:{client.id}",
         limit=client.rate_limit_per_minute,
         flag_key=room_services.token_facts_flag_key() if agents else "",
-        flag_ms=int(room_services.DRAIN_DELAY_S * 1000),
+        flag_ms=int(room_services.APPLY_WINDOW_S * 1000),
     )
     fact_id, room_exists = None, False
     try:

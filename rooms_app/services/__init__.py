@@ -19,7 +19,7 @@ and rules are imported here at module level.
 """
 
 from .facts import (
-    DRAIN_DELAY_S,
+    APPLY_WINDOW_S,
     HEARTBEAT_FRESH,
     HEARTBEAT_INTERVAL_S,
     agent_sightings,
@@ -80,7 +80,7 @@ from .triggers import (
 )
 
 __all__ = [
-    "DRAIN_DELAY_S",
+    "APPLY_WINDOW_S",
     "HEARTBEAT_FRESH",
     "HEARTBEAT_INTERVAL_S",
     "agent_sightings",

@@ -2,9 +2,10 @@
 arrived first. The ledger's state (a dispatch's status) is derived from them by `ledger`.
 
 - A token that carries agents is a `TokenFact`, written on the request path before the
-  answer (one INSERT). `token_facts_apply` turns unapplied facts into ledger rows: a task
-  scheduled once per `DRAIN_DELAY_S` by the token path, every participant webhook for its
-  room (so the ledger knows the token before it judges who joined), and every reconcile pass
+  answer (one INSERT, which also reads whether the room is live). `token_facts_apply` turns
+  unapplied facts into ledger rows: a task scheduled once per `APPLY_WINDOW_S` by the token
+  path, every participant webhook for its room (so the ledger knows the token before it
+  judges who joined), and every reconcile pass
   (the sweep that catches up after a broker outage). Each fact is applied in its own
   savepoint: a record that cannot be applied is marked with its error and skipped.
 - `AgentSeen`: agent names workers really register with, from every place they show.
@@ -32,7 +33,7 @@ from .ledger import dispatch_create, dispatch_note, room_get_or_create
 
 logger = logging.getLogger(__name__)
 
-DRAIN_DELAY_S = 0.5
+APPLY_WINDOW_S = 0.5
 APPLY_BATCH = 200
 HEARTBEAT_INTERVAL_S = 5.0
 HEARTBEAT_FRESH = timedelta(seconds=20)
@@ -101,7 +102,7 @@ def token_facts_apply_schedule(*, first_in_window: bool | None) -> None:
     global _last_schedule
     if first_in_window is None:
         now = time.monotonic()
-        if now - _last_schedule < DRAIN_DELAY_S:
+        if now - _last_schedule < APPLY_WINDOW_S:
             return
         _last_schedule = now
     elif not first_in_window:
@@ -111,7 +112,7 @@ def token_facts_apply_schedule(*, first_in_window: bool | None) -> None:
     from .. import tasks
 
     try:
-        tasks.token_facts_apply.apply_async(countdown=DRAIN_DELAY_S, retry=False)
+        tasks.token_facts_apply.apply_async(countdown=APPLY_WINDOW_S, retry=False)
     except BROKER_ERRORS:
         logger.warning("could not schedule the token facts' application; reconcile will", exc_info=True)
 
