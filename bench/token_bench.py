@@ -96,7 +96,7 @@ def _post(url: str, key: str) -> dict:
         headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"},
         method="POST",
     )
-    with urllib.request.urlopen(request, timeout=10) as response:
+    with urllib.request.urlopen(request, timeout=60) as response:  # workers boot slowly on a busy machine
         if response.status != 201:
             raise SystemExit(f"{url} answered {response.status}")
         return json.loads(response.read())
