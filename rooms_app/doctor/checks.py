@@ -679,12 +679,23 @@ def _check_job_outcome(link: Link, facts: Facts, expected: list[str]) -> None:
                 BROKEN,
                 f"job {job.id} of {agent_name_quoted(name)} {job.status}",
                 cause=f"Job {job.id} of {agent_name_quoted(name)} (dispatch {dispatch.id}) {job.status} "
-                f"{moment_described(ended, facts.now) if ended else '(LiveKit does not say when)'}: {error}.",
+                f"{moment_described(ended, facts.now) if ended else '(LiveKit does not say when)'}: {error}."
+                + _retry_described(facts.ledger_for(name)),
                 fix=_FIXES["job_outcome"],
             )
             return
         notes.append(f"{agent_name_quoted(name)}: job {job.id} ended without error")
     link.set(OK, "; ".join(notes))
+
+
+def _retry_described(history: list[Dispatch]) -> str:
+    """What the portal is doing about it, from the ledger's latest attempt."""
+    last = history[0] if history else None
+    if last is not None and last.is_live and last.attempt > 1:
+        return f" The portal is re-dispatching: attempt {last.attempt} (#{last.pk}) is {last.status}."
+    if last is not None and not last.is_live and last.status != "cancelled":
+        return f" The portal gave up after {last.attempt} attempt(s)."
+    return ""
 
 
 def _ledger_time(facts: Facts, name: str, job_id: str, attr: str) -> datetime | None:

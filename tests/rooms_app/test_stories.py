@@ -265,3 +265,35 @@ def test_the_real_worker_writes_a_heartbeat_the_doctor_reads(e2e, worker):
         what="a recent heartbeat",
     )
     assert beat.hostname
+
+
+# --- a crashing worker: the job failed, the agent left, then the worker is fixed ---------------
+
+
+def test_a_crashing_agent_is_named_then_healthy_after_recovery(e2e, live_server):
+    agent = AgentFactory(agent_name="support-agent", join_deadline_s=2, max_attempts=8)
+    RuleFactory(name="support", agent=agent, room_match_value="support-*", delivery="explicit")
+    _, key = make_client("web", rooms=["support-*"], agent_names=["support-agent"])
+    e2e.control.add_worker("support-agent", behavior="crash", crash_after_ms=300)
+    e2e.control.create_rooms([{"name": "support-81", "participants": [{"identity": "caller"}]}])
+    eventually(
+        lambda: Dispatch.objects.filter(room__name="support-81", status=S.FAILED).exists(), what="crash seen"
+    )
+    e2e.control.remove_worker("support-agent")  # no worker while we ask: nothing can hide it
+    during = diagnosis(live_server, key, "support-81")
+    assert during["first_broken_link"] == 6 and during["exit_code"] == 1, during["summary"]
+    assert (
+        "agent worker crashed" in during["cause"]
+        and "The portal is re-dispatching: attempt" in during["cause"]
+    )
+    assert "Celery" not in during["cause"]
+
+    e2e.control.add_worker("support-agent")  # the fixed worker
+    eventually(
+        lambda: Dispatch.objects.filter(room__name="support-81", status=S.AGENT_JOINED).exists(),
+        timeout=20,
+        what="a re-dispatch joined",
+    )
+    after = diagnosis(live_server, key, "support-81")
+    assert after["status"] == "healthy", after["summary"]
+    assert len(agents_in(e2e, "support-81", "support-agent")) == 1
