@@ -71,10 +71,21 @@ def token_fact_record(
         room_name,
         Room.Status.ACTIVE,
     ]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        fact_id, live = cursor.fetchone()
-    return fact_id, bool(live)
+    # The token path's only query: skip Django's per-request health check (a SELECT 1, one
+    # more round trip on every token) and instead, if the connection turns out dead (the
+    # database restarted), reconnect and send the statement once more.
+    for attempt in (1, 2):
+        connection.health_check_done = True
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(sql, params)
+                fact_id, live = cursor.fetchone()
+            return fact_id, bool(live)
+        except OperationalError:
+            if attempt == 2 or connection.in_atomic_block:
+                raise
+            connection.close()
+    raise AssertionError("unreachable")
 
 
 def token_fact_withdraw(*, fact_id: int) -> None:

@@ -191,3 +191,20 @@ def test_a_request_whose_record_fails_leaves_the_next_ones_whole(api, key):
 
     if redis_client() is not None:
         assert redis_client().ping() is True
+
+
+@pytest.mark.needs_postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_dead_database_connection_costs_no_token(api, key):
+    """The token path skips Django's per-request health check (one round trip fewer); a
+    connection the database dropped (a restart) is replaced and the record sent again."""
+    import psycopg
+    from django.db import connection
+
+    assert mint(api, key, "support-1", "ann").status_code == 201
+    pid = connection.connection.info.backend_pid
+    dsn = connection.connection.info.dsn
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    assert mint(api, key, "support-1", "bob").status_code == 201
+    assert sorted(TokenFact.objects.values_list("participant_identity", flat=True)) == ["ann", "bob"]
