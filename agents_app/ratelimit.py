@@ -1,9 +1,15 @@
-"""Admission on the token path: count the request against the client's per-minute limit,
-read whether the room is live, and, only if the request is admitted, queue its ledger event,
-all in one Redis round trip (a Lua script, so a refused request never queues anything).
+"""Admission on the token path: count the request against the client's per-minute limit and,
+only if the request is admitted, set the flag whose first setter in each window schedules the
+application of token facts, in one Redis round trip (a Lua script, so a refused request never
+schedules anything), sent before and read after the token's own INSERT.
 
-Without Redis the Django cache counts, and the caller asks the room and hands the event over
-itself. Counting fails open: Redis restarting must not turn token requests into errors."""
+Without Redis the Django cache counts.
+
+Counting fails OPEN: when Redis is unreachable the request is admitted uncounted, and for
+`REDIS_RETRY_AFTER_S` the token path does not try Redis again, so it neither waits on a
+connect timeout nor answers 5xx. Why open: the limit guards LiveKit and the ledger against
+a runaway client; every caller is an authenticated API client, the token is recorded in the
+database either way, and failing closed would stop every join while Redis restarts."""
 
 from __future__ import annotations
 
@@ -13,9 +19,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from django.conf import settings
 from django.core.cache import cache
+from redis.exceptions import NoScriptError
 
-from dispatchportal.redis import REDIS_ERRORS, redis_client, redis_key
+from dispatchportal.redis import REDIS_ERRORS, redis_available, redis_client, redis_down_mark, redis_key
 
 logger = logging.getLogger(__name__)
 WINDOW_S = 60
@@ -23,34 +31,19 @@ WINDOW_S = 60
 _ADMIT = """
 local count = redis.call('INCR', KEYS[1])
 if count == 1 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
-local live = redis.call('EXISTS', KEYS[2])
-local pushed, first = 0, 0
-if count <= tonumber(ARGV[1]) and ARGV[3] ~= '' then
-  redis.call('RPUSH', KEYS[3], live .. ARGV[3])
-  pushed = 1
-  if redis.call('SET', KEYS[4], '1', 'NX', 'PX', ARGV[4]) then first = 1 end
+local first = 0
+if count <= tonumber(ARGV[1]) and tonumber(ARGV[3]) > 0 then
+  if redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[3]) then first = 1 end
 end
-return {count, live, pushed, first}
+return {count, first}
 """
-
-
-@dataclass(frozen=True, slots=True)
-class Push:
-    """An item to append to a list when the request is admitted, prefixed with '1' or '0'
-    (the room was live or not), and a flag set on the first push of each `flag_ms`."""
-
-    list_key: str
-    item: str
-    flag_key: str
-    flag_ms: int
 
 
 @dataclass(frozen=True, slots=True)
 class Admission:
     retry_after: int  # 0 when admitted, else seconds until the window ends
-    exists: bool | None = None  # whether `exists_key` existed; None when Redis was not asked
-    pushed: bool = False
-    first_push: bool = False
+    # Whether this request set the flag first in its window; None when Redis was not asked.
+    first_in_window: bool | None = None
 
 
 @lru_cache(maxsize=4)
@@ -68,21 +61,63 @@ def _count_in_cache(key: str) -> int:
         return 1
 
 
-def admit(*, key: str, limit: int, exists_key: str, push: Push | None = None) -> Admission:
-    now = time.time()
-    window = int(now // WINDOW_S)
-    retry_after = max(1, int((window + 1) * WINDOW_S - now))
-    counter = redis_key("rl", key, str(window))
-    client = redis_client()
-    try:
-        if client is None:
+class Admitting:
+    """An admission sent to Redis whose answer is read later (`result`): meanwhile the caller
+    makes its own round trip (the token's INSERT), so a request waits for the slower of the
+    two, not for both. Without Redis, or while it is down, the answer is known at once."""
+
+    def __init__(self, *, key: str, limit: int, flag_key: str = "", flag_ms: int = 0) -> None:
+        now = time.time()
+        window = int(now // WINDOW_S)
+        self.limit = limit
+        self.retry_after = max(1, int((window + 1) * WINDOW_S - now))
+        counter = redis_key("rl", key, str(window))
+        self.keys = [counter, flag_key or counter]
+        self.args = [limit, WINDOW_S * 2, flag_ms if flag_key else 0]
+        self.client: Any = None
+        self.known: Admission | None = None
+        if not settings.REDIS_URL:
             count = _count_in_cache(counter)
-            return Admission(retry_after if count > limit else 0)
-        script = _admit_script(client)
-        keys = [counter, exists_key, push.list_key if push else counter, push.flag_key if push else counter]
-        args = [limit, WINDOW_S * 2, push.item if push else "", push.flag_ms if push else 0]
-        count, live, pushed, first = script(keys=keys, args=args)
-    except REDIS_ERRORS:
-        logger.warning("rate limit not counted: Redis unreachable")
-        return Admission(0)
-    return Admission(retry_after if count > limit else 0, bool(live), bool(pushed), bool(first))
+            self.known = Admission(self.retry_after if count > limit else 0)
+        elif not redis_available():
+            self.known = Admission(0)
+        else:
+            self._send()
+
+    def _send(self) -> None:
+        try:
+            client = redis_client()
+            script = _admit_script(client)
+            client.single_connection_lock.acquire()  # held until the answer is read
+            self.client = client
+            client.connection.send_command("EVALSHA", script.sha, len(self.keys), *self.keys, *self.args)
+        except REDIS_ERRORS:
+            self._failed()
+
+    def _failed(self) -> None:
+        redis_down_mark()
+        logger.warning("rate limit not counted: Redis unreachable (failing open)")
+        self.known = Admission(0)
+        if self.client is not None:
+            self.client.connection.disconnect()  # a half-read answer must not be read by the next caller
+            self.client.single_connection_lock.release()
+            self.client = None
+
+    def result(self) -> Admission:
+        if self.known is not None:
+            return self.known
+        client = self.client
+        try:
+            try:
+                count, first = client.connection.read_response()
+            except NoScriptError:  # a fresh (or restarted) Redis: load the script, once
+                count, first = _admit_script(client)(keys=self.keys, args=self.args)
+        except REDIS_ERRORS:
+            self._failed()
+            return self.known
+        finally:
+            if self.client is not None:
+                client.single_connection_lock.release()
+                self.client = None
+        self.known = Admission(self.retry_after if count > self.limit else 0, bool(first))
+        return self.known

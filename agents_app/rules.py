@@ -26,8 +26,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from dispatchportal.limits import MAX_METADATA_BYTES
+
 MAX_PATTERN_LENGTH = 256
-MAX_METADATA_BYTES = 64 * 1024
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][\w.\-]*)\s*\}\}")
 FIXED_PLACEHOLDERS = frozenset({"room_name", "participant_identity", "participant_name", "client"})
 KINDS = ("exact", "prefix", "glob", "regex")

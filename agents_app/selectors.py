@@ -15,6 +15,8 @@ from django.conf import settings
 from django.core.cache import cache
 from redis.exceptions import RedisError
 
+from dispatchportal.redis import redis_available, redis_down_mark
+
 from .models import Agent, ApiClient, DispatchRule, RuleSetVersion
 from .rules import CompiledRule, Matcher, RuleError, RuleSet, RuleSpec, matcher_compile, rule_compile
 
@@ -131,16 +133,19 @@ _checked_at = 0.0
 
 
 def change_token_get() -> str:
+    token = None
     try:
-        token = cache.get(CHANGE_TOKEN_KEY)
+        if redis_available():  # while Redis is known down, do not wait on it
+            token = cache.get(CHANGE_TOKEN_KEY)
     except (RedisError, OSError):  # Redis restarting must not fail token requests
         logger.warning("cache unreachable; reading the rule-set token from the database")
-        token = None
+        redis_down_mark()
     if token is None:
         row = RuleSetVersion.objects.filter(ident=1).first()
         token = row.token if row else "initial"
-        with contextlib.suppress(RedisError, OSError):
-            cache.add(CHANGE_TOKEN_KEY, token, None)
+        if redis_available():
+            with contextlib.suppress(RedisError, OSError):
+                cache.add(CHANGE_TOKEN_KEY, token, None)
     return token
 
 

@@ -15,7 +15,6 @@ from django.db.models import F
 from redis.exceptions import RedisError
 
 from dispatchportal.exceptions import ApplicationError, Forbidden
-from rooms_app import selectors as room_selectors
 from rooms_app import services as room_services
 
 from . import ratelimit
@@ -178,8 +177,9 @@ def token_mint(*, client: ClientScope, request: TokenRequest, config: Config | N
     """Mint a participant token within the client's scope, applying the matching rules.
     `config` is the configuration the caller authenticated against (saves a second look-up).
 
-    One Redis round trip admits the request, tells whether the room is live and queues the
-    ledger's part; no database query."""
+    One Redis round trip admits the request; a token that carries agents is also one
+    statement (its fact's INSERT, which reads whether the room is live), sent while Redis
+    answers. Nothing else touches Redis or the database."""
     identity = request.participant_identity or f"user-{secrets.token_hex(6)}"
     room = request.room_name
     if not room:
@@ -205,27 +205,31 @@ def token_mint(*, client: ClientScope, request: TokenRequest, config: Config | N
     ruled = {a.agent_name for a in agents}
     agents += [a for a in requested if a.agent_name not in ruled]
 
-    handoff = (
-        room_services.token_handoff(
-            room_name=room, participant_identity=identity, agents=agents, client=client.name
-        )
-        if agents
-        else None
-    )
-    admission = ratelimit.admit(
+    # The rate limit's Redis round trip overlaps the INSERT of the token's fact.
+    admitting = ratelimit.Admitting(
         key=f"client:{client.id}",
         limit=client.rate_limit_per_minute,
-        exists_key=room_selectors.room_live_key(room),
-        push=handoff,
+        flag_key=room_services.token_facts_flag_key() if agents else "",
+        flag_ms=int(room_services.APPLY_WINDOW_S * 1000),
     )
+    fact_id, room_exists = None, False
+    try:
+        if agents:
+            # The token's agents are a fact in the database before anyone holds the token.
+            # LiveKit applies a token's agents only when that join creates the room
+            # (livekit/livekit#4390): for a room the ledger knows is live, they are dispatched
+            # explicitly instead.
+            fact_id, room_exists = room_services.token_fact_record(
+                room_name=room, participant_identity=identity, agents=agents, client=client.name
+            )
+    finally:
+        # Always read Redis's answer, even when the INSERT failed: it must never be left for
+        # the next request on this connection to read.
+        admission = admitting.result()
     if admission.retry_after:
+        if fact_id is not None:
+            room_services.token_fact_withdraw(fact_id=fact_id)
         raise RateLimited(admission.retry_after)
-    room_live = admission.exists
-    # LiveKit applies a token's agents only when that join creates the room
-    # (livekit/livekit#4390): for a room known to exist, dispatch them explicitly instead.
-    if agents and room_live is None:  # no Redis (embedded) or Redis unreachable
-        room_live = room_selectors.room_is_live(room_name=room)
-    room_exists = bool(agents and room_live)
     if room_exists:
         agents = [replace(a, delivery="explicit") for a in agents]
 
@@ -249,12 +253,8 @@ def token_mint(*, client: ClientScope, request: TokenRequest, config: Config | N
         agents=agents,
         room_exists=room_exists,
     )
-    if admission.first_push:
-        room_services.token_drain_schedule()
-    elif agents and not admission.pushed:
-        room_services.token_minted(
-            room_name=room, participant_identity=identity, agents=agents, client=client.name
-        )
+    if agents:
+        room_services.token_facts_apply_schedule(first_in_window=admission.first_in_window)
     return minted
 
 

@@ -1,11 +1,54 @@
 """The Celery application; tasks live in each app's `tasks.py`."""
 
+import logging
 import os
+from typing import Any
 
-from celery import Celery
+from celery import Celery, bootsteps
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dispatchportal.settings")
 
 app = Celery("dispatchportal")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+logger = logging.getLogger(__name__)
+
+
+class Heartbeat(bootsteps.StartStopStep):
+    """Each worker writes a heartbeat row every few seconds (`rooms_app` WorkerHeartbeat):
+    the doctor blames the worker only when no heartbeat is recent."""
+
+    requires = {"celery.worker.components:Timer"}
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        self.timer_ref: Any = None
+        self.started_at: Any = None
+
+    def start(self, worker: Any) -> None:
+        from django.utils import timezone
+
+        from rooms_app.services import HEARTBEAT_INTERVAL_S
+
+        self.started_at = timezone.now()
+        self.beat(worker)
+        self.timer_ref = worker.timer.call_repeatedly(HEARTBEAT_INTERVAL_S, self.beat, (worker,), priority=10)
+
+    def stop(self, worker: Any) -> None:
+        if self.timer_ref is not None:
+            self.timer_ref.cancel()
+            self.timer_ref = None
+
+    def beat(self, worker: Any) -> None:
+        from django.db import DatabaseError, close_old_connections
+
+        from rooms_app.services import worker_heartbeat
+
+        close_old_connections()
+        try:
+            worker_heartbeat(hostname=worker.hostname, started_at=self.started_at)
+        except DatabaseError:  # the next beat tries again
+            logger.warning("could not write the worker heartbeat", exc_info=True)
+
+
+app.steps["worker"].add(Heartbeat)

@@ -5,6 +5,7 @@ callers fall back to the Django cache or Celery."""
 from __future__ import annotations
 
 import os
+import time
 from functools import lru_cache
 
 import redis
@@ -34,3 +35,21 @@ def redis_client() -> redis.Redis | None:
 def redis_key(*parts: str) -> str:
     """A key in the portal's namespace (CACHE_KEY_PREFIX), apart from the Django cache's."""
     return ":".join((settings.CACHE_KEY_PREFIX, *parts))
+
+
+# After an outage is seen, callers on hot paths skip Redis (and the broker, which is the same
+# server) for this long instead of each paying a connect timeout: the token path answers at
+# once while Redis is down, and tries it again a few seconds later.
+REDIS_RETRY_AFTER_S = 3.0
+_down_until = 0.0
+
+
+def redis_down_mark() -> None:
+    global _down_until
+    _down_until = time.monotonic() + REDIS_RETRY_AFTER_S
+
+
+def redis_available() -> bool:
+    """False for a few seconds after a caller saw Redis fail (always True without REDIS_URL:
+    then the broker is not Redis)."""
+    return time.monotonic() >= _down_until

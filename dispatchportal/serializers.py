@@ -8,11 +8,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from django.conf import settings
 from rest_framework import serializers
 
-MAX_NAME_LENGTH = getattr(settings, "LIVEKIT_MAX_NAME_LENGTH", 256)
-MAX_METADATA_BYTES = getattr(settings, "LIVEKIT_MAX_METADATA_BYTES", 64_000)
+from .limits import MAX_METADATA_BYTES, MAX_NAME_LENGTH  # noqa: F401  (one place for each limit)
+
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
 

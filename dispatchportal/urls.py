@@ -14,7 +14,7 @@ urlpatterns = [
     *admin_urlpatterns(),  # before admin/: admin's catch-all would answer them with a 404
     path("admin/", admin.site.urls),
     path("api/v1/", include("agents_app.urls")),
-    path("", include("rooms_app.doctor_urls")),
+    path("", include("rooms_app.doctor.urls")),
     path("", include("rooms_app.urls")),
     path("metrics", metrics_view, name="metrics"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),

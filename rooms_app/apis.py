@@ -131,9 +131,12 @@ class DispatchCreateApi(APIView):
         request=InputSerializer,
         responses={
             202: OpenApiResponse(DispatchOutputSerializer, description="Recorded; the agent is on its way."),
-            200: OpenApiResponse(
-                DispatchOutputSerializer,
-                description="The agent already has a live dispatch in the room: that one.",
+            409: OpenApiResponse(
+                response=OpenApiTypes.OBJECT,
+                description="The agent already has a live dispatch in the room (from a token, a rule, "
+                'reconcile or an earlier call): nothing was created. Body: {"error": '
+                '"already_dispatched", "detail", "metadata_applied": whether the live dispatch '
+                'carries the metadata asked for, "dispatch": the live dispatch}.',
             ),
             400: _error("Malformed JSON, a wrong type or size; the field is named."),
             401: _error("Missing, unknown or disabled key."),
@@ -159,8 +162,26 @@ class DispatchCreateApi(APIView):
             agent_name=values["agent_name"],
             metadata=values.get("metadata"),
         )
-        code = status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK
-        return Response(_dispatch_body(dispatch), status=code)
+        if created:
+            return Response(_dispatch_body(dispatch), status=status.HTTP_202_ACCEPTED)
+        asked = values.get("metadata")
+        applied = asked is None or asked == dispatch.metadata
+        detail = (
+            f"'{dispatch.agent_name}' already has a live dispatch in '{dispatch.room.name}' "
+            f"(#{dispatch.pk}, {dispatch.status}, from {dispatch.get_source_display().lower()}): nothing was created"
+        )
+        if not applied:
+            detail += (
+                "; the metadata you sent was NOT applied (the agent keeps the live dispatch's). Cancel "
+                f"that dispatch (DELETE /api/v1/dispatches/{dispatch.pk}) and ask again to change it"
+            )
+        body = {
+            "error": "already_dispatched",
+            "detail": detail,
+            "metadata_applied": applied,
+            "dispatch": _dispatch_body(dispatch),
+        }
+        return Response(body, status=status.HTTP_409_CONFLICT)
 
 
 class DispatchDetailApi(APIView):

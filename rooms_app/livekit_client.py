@@ -30,7 +30,9 @@ from typing import Any, TypeVar
 import aiohttp
 from django.conf import settings
 from livekit.api import LiveKitAPI, TwirpError, VideoGrants
+from livekit.protocol.agent import JobStatus
 from livekit.protocol.agent_dispatch import CreateAgentDispatchRequest
+from livekit.protocol.models import DisconnectReason, ParticipantInfo
 from livekit.protocol.room import ListParticipantsRequest, ListRoomsRequest
 
 from agents_app.tokens import jwt_hs256
@@ -41,11 +43,12 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 AGENT_NAME_ATTRIBUTE = "lk.agent_name"
-KIND_AGENT = 4  # ParticipantInfo.Kind.AGENT
-JOB_STATUSES = {0: "pending", 1: "running", 2: "success", 3: "failed", 4: "cancelled"}
+KIND_AGENT = ParticipantInfo.Kind.AGENT
+# JS_PENDING -> "pending", ... (livekit.JobStatus)
+JOB_STATUSES = {number: name.removeprefix("JS_").lower() for name, number in JobStatus.items()}
 # Disconnect reasons (livekit.DisconnectReason) that mean the room itself went away: an agent
 # leaving for these must not be re-dispatched (CreateDispatch would re-create the room).
-ROOM_GONE_REASONS = frozenset({5, 10})  # ROOM_DELETED, ROOM_CLOSED
+ROOM_GONE_REASONS = frozenset({DisconnectReason.ROOM_DELETED, DisconnectReason.ROOM_CLOSED})
 _TRANSIENT_CODES = frozenset(
     {"unavailable", "internal", "unknown", "deadline_exceeded", "resource_exhausted", "aborted"}
 )

@@ -1,9 +1,11 @@
 """The dispatch ledger: rooms, dispatches and their timelines.
 
 For every room it governs the portal records which agents it wants there and what became of
-each request: the agent joined, or a named reason why not. Rows change only through
-`services.py`; statuses move forward with conditional updates, so two workers racing on one
-dispatch cannot both win a transition.
+each request: the agent joined, or a named reason why not. A dispatch is created only by
+`services.dispatch_create` and changes status only through `services.dispatch_transition`
+(a conditional update, so two workers racing on one dispatch cannot both win a transition);
+rooms change through the services and reconcile's bulk pass. Token facts (end of this
+module) are appended and never rewritten: only their `applied_at` bookkeeping changes.
 """
 
 from __future__ import annotations
@@ -269,3 +271,74 @@ class WebhookEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event} {self.room_name} ({self.event_id})"
+
+
+# --- facts: append-only records of what happened, kept whatever the state machine decides ----
+
+
+class TokenFact(models.Model):
+    """A minted token that carried agents, written before the token's answer. The fact never
+    changes; `applied_at` only says the ledger's state has taken it in (or, with
+    `apply_error`, that it could not be: one bad record never holds up the others)."""
+
+    minted_at = models.DateTimeField("minted", db_index=True)
+    room_name = models.CharField("room", max_length=256, db_index=True, help_text="e.g. 'interview-42'.")
+    participant_identity = models.CharField("identity", max_length=256, help_text="e.g. 'alice'.")
+    client = models.CharField("API client", max_length=200, blank=True, help_text="e.g. 'web frontend'.")
+    agents = models.JSONField(
+        "agents carried",
+        default=list,
+        help_text='Each agent and how it travels, e.g. [{"agent_name": "interviewer", "rule": "r1", '
+        '"metadata": "{}", "delivery": "token"}]. delivery "explicit": the room was live, so the portal '
+        "dispatches it.",
+    )
+    room_live = models.BooleanField(
+        "room was live", default=False, help_text="The portal knew the room existed when it minted the token."
+    )
+    applied_at = models.DateTimeField("applied to the ledger", null=True, blank=True)
+    apply_error = models.TextField("could not apply", blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        verbose_name = "token fact"
+        indexes = [
+            models.Index(fields=["id"], condition=Q(applied_at__isnull=True), name="tokenfact_unapplied"),
+        ]
+
+    def __str__(self) -> str:
+        names = ", ".join(str(a.get("agent_name", "?")) for a in self.agents if isinstance(a, dict))
+        return f"token for {self.participant_identity} in {self.room_name}: {names}"
+
+
+class AgentSeen(models.Model):
+    """An agent name a worker really registers with, as the portal last saw it: an agent that
+    joined (webhook or reconcile), a job in ListDispatch, a worker's identity attributes.
+    The doctor suggests these when a dispatch names a worker nobody runs (a typo)."""
+
+    agent_name = models.CharField("agent name", max_length=128, unique=True, help_text="e.g. 'demo-agent'.")
+    room_name = models.CharField("last seen in room", max_length=256, blank=True)
+    how = models.CharField("seen as", max_length=64, blank=True, help_text="e.g. 'agent joined (webhook)'.")
+    last_seen_at = models.DateTimeField("last seen", db_index=True)
+
+    class Meta:
+        ordering = ["-last_seen_at"]
+        verbose_name = "agent name seen"
+        verbose_name_plural = "agent names seen"
+
+    def __str__(self) -> str:
+        return self.agent_name
+
+
+class WorkerHeartbeat(models.Model):
+    """A Celery worker's sign of life, written every few seconds by the worker itself: the
+    doctor says "the worker is not running" only when no heartbeat is recent."""
+
+    hostname = models.CharField("worker", max_length=256, unique=True, help_text="e.g. 'celery@host'.")
+    started_at = models.DateTimeField("started")
+    beat_at = models.DateTimeField("last heartbeat", db_index=True)
+
+    class Meta:
+        ordering = ["-beat_at"]
+
+    def __str__(self) -> str:
+        return self.hostname

@@ -28,14 +28,12 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
-from django.db.models import Case, Value, When
-from django.db.models.functions import Coalesce
+from django.db import transaction
 from django.utils import timezone
 
 from agents_app.models import Agent
@@ -45,7 +43,7 @@ from dispatchportal import metrics
 
 from . import services
 from .livekit_client import LiveKit, LiveKitError, LkParticipant, LkRoom, livekit_run
-from .models import LIVE_STATUSES, WAITING_STATUSES, Dispatch, DispatchEvent, Room, WebhookEvent
+from .models import LIVE_STATUSES, WAITING_STATUSES, Dispatch, Room, TokenFact, WebhookEvent
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +57,8 @@ OVERDUE_GRACE_S = 5
 # A token minted for a room that never started is forgotten after the longest token TTL.
 PENDING_ROOM_EXPIRY_S = 6 * 3600
 WEBHOOK_EVENT_RETENTION = timedelta(days=2)
+# Token facts already applied are kept this long (the doctor reads the last 6 hours).
+TOKEN_FACT_RETENTION = timedelta(days=7)
 BULK_BATCH = 500
 NAME_CHUNK = 5000
 
@@ -78,6 +78,7 @@ class ReconcileReport:
     deadline_checks: int = 0
     requeued: int = 0
     tokens_expired: int = 0
+    token_facts_applied: int = 0
     livekit_errors: int = 0
     skipped: bool = False
     error: str = ""
@@ -99,6 +100,7 @@ class ReconcileReport:
             + self.dispatched
             + self.requeued
             + self.tokens_expired
+            + self.token_facts_applied
         )
 
 
@@ -143,7 +145,13 @@ def reconcile_run(*, room_names: Sequence[str] | None = None) -> ReconcileReport
             report.skipped = True
             return report
         try:
-            _Pass(report, list(room_names) if room_names is not None else None).run()
+            # Token facts not applied yet (the broker was down, say) first: the pass then
+            # sees their dispatches.
+            if room_names is None:
+                report.token_facts_applied = services.token_facts_apply()
+            else:
+                report.token_facts_applied = sum(services.token_facts_apply(room_name=n) for n in room_names)
+            ReconcilePass(report, list(room_names) if room_names is not None else None).run()
         except LiveKitError as exc:
             report.error = exc.message
             logger.warning("reconcile: LiveKit unavailable: %s", exc.message)
@@ -153,29 +161,11 @@ def reconcile_run(*, room_names: Sequence[str] | None = None) -> ReconcileReport
     return report
 
 
-@dataclass(slots=True)
-class _NewDispatch:
-    room: Room
-    agent: Agent
-    source: str
-    status: str
-    detail: str
-    metadata: str
-    rule_name: str = ""
-    requested_by: str = ""
-    attempt: int = 1
-    previous_id: int | None = None
-    participant_identity: str = ""
-    joined_at: datetime | None = None
-
-
-class _Pass:
+class ReconcilePass:
     def __init__(self, report: ReconcileReport, scope: list[str] | None) -> None:
         self.report = report
         self.scope = scope
         self.now = timezone.now()
-        self.events: list[DispatchEvent] = []
-        self.new_dispatches: list[_NewDispatch] = []
         self.enqueue_request: list[int] = []
         self.enqueue_deadline: list[int] = []
         self.marks: dict[str, bool] = {}
@@ -214,7 +204,6 @@ class _Pass:
         ledger = self._ledger_rooms(in_livekit)
         live = self._live_dispatches(ledger)
         agents = {a.agent_name: a for a in Agent.objects.all()}
-        self.agents_by_pk = {a.pk: a for a in agents.values()}
         rules = config_get().rules
 
         live_by_room: dict[int, list[Dispatch]] = defaultdict(list)
@@ -242,18 +231,14 @@ class _Pass:
         with transaction.atomic():
             rooms = self._rooms_write(in_livekit, ledger, live_by_room)
             self._compare(rooms, participants, live_by_room, wanted_by_rule, agents)
-            self._dispatches_write()
-            DispatchEvent.objects.bulk_create(self.events, batch_size=BULK_BATCH)
             WebhookEvent.objects.filter(received_at__lt=self.now - WEBHOOK_EVENT_RETENTION).delete()
+            TokenFact.objects.filter(
+                applied_at__isnull=False, minted_at__lt=self.now - TOKEN_FACT_RETENTION
+            ).delete()
             for dispatch_id in self.enqueue_request:
                 services.enqueue("dispatch_request", dispatch_id)
             for dispatch_id in self.enqueue_deadline:
                 services.enqueue("dispatch_deadline", dispatch_id)
-            # Every room LiveKit has is marked live (refreshing markers the cache lost).
-            services.room_live_marks(
-                live=list(in_livekit),
-                finished=[name for name, live_now in self.marks.items() if not live_now],
-            )
 
     def _ledger_rooms(self, in_livekit: dict[str, LkRoom]) -> dict[str, Room]:
         fields = ("id", "name", "sid", "status", "num_participants", "started_at", "created_at")
@@ -376,8 +361,8 @@ class _Pass:
             Room.objects.filter(pk__in=ids[start : start + NAME_CHUNK]).update(
                 status=Room.Status.FINISHED, finished_at=self.now, num_participants=0
             )
-        closing = [d for room in rooms for d in live_by_room.pop(room.pk, [])]
-        self._transition_bulk(closing, to=to, detail=detail)
+        for dispatch in (d for room in rooms for d in live_by_room.pop(room.pk, [])):
+            services.dispatch_transition(dispatch=dispatch, to=to, expect=LIVE_STATUSES, detail=detail)
         for room in rooms:
             self.marks[room.name] = False
 
@@ -394,10 +379,14 @@ class _Pass:
         joins: list[tuple[Dispatch, LkParticipant]] = []
         lefts: list[Dispatch] = []
         candidates: list[tuple[Room, str, Any, LkParticipant | None]] = []  # room, agent name, rule, present
+        sightings: list[tuple[str, str, str]] = []
         for name, present in participants.items():
             room = rooms[name]
             # Agents without lk.agent_name (older SDKs) still match by their recorded identity.
             agent_participants = [p for p in present if p.is_agent]
+            sightings += services.agent_sightings(
+                room_name=name, how="reconcile", participants=agent_participants
+            )
             live = live_by_room.get(room.pk, [])
             claimed: set[str] = set()
             for dispatch in live:
@@ -431,6 +420,9 @@ class _Pass:
                 for dispatch in live:
                     if dispatch.status == S.PENDING and dispatch.delivery == Dispatch.Delivery.EXPLICIT:
                         self._requeue_if_stale(dispatch)
+        # One row per agent name, however many rooms show it.
+        if sightings:
+            services.agents_seen_record(seen=sightings)
         self._joins_write(joins)
         self._lefts_write(lefts, rooms)
         self._candidates(candidates, agents)
@@ -458,67 +450,31 @@ class _Pass:
             self.report.requeued += 1
 
     def _joins_write(self, joins: list[tuple[Dispatch, LkParticipant]]) -> None:
-        if not joins:
-            return
-        ids = [d.pk for d, _ in joins]
-        Dispatch.objects.filter(pk__in=ids, status__in=LIVE_STATUSES).update(
-            status=S.AGENT_JOINED,
-            participant_identity=Case(*[When(pk=d.pk, then=Value(p.identity)) for d, p in joins]),
-            joined_at=Coalesce(
-                Case(*[When(pk=d.pk, then=Value(p.joined_at or self.now)) for d, p in joins]), Value(self.now)
-            ),
-            last_error="",
-            deadline_at=None,
-            updated_at=self.now,
-        )
         for dispatch, participant in joins:
-            if dispatch.status != S.AGENT_JOINED:
+            if dispatch.status == S.AGENT_JOINED:
+                services.dispatch_transition(
+                    dispatch=dispatch,
+                    to=S.AGENT_JOINED,
+                    expect=(S.AGENT_JOINED,),
+                    detail=f"agent participant is now '{participant.identity}' (reconcile)",
+                    participant_identity=participant.identity,
+                )
+            elif services.agent_joined_record(dispatch=dispatch, participant=participant, how="reconcile"):
                 self.report.agents_joined += 1
-                detail = f"agent participant '{participant.identity}' found in the room (reconcile)"
-            else:
-                detail = f"agent participant is now '{participant.identity}' (reconcile)"
-            self._event(dispatch, S.AGENT_JOINED, detail)
 
     def _lefts_write(self, lefts: list[Dispatch], rooms: dict[str, Room]) -> None:
-        if not lefts:
-            return
-        error = "agent participant no longer in the room (found by reconcile)"
-        ids = [d.pk for d in lefts]
-        Dispatch.objects.filter(pk__in=ids, status=S.AGENT_JOINED).update(
-            status=S.FAILED, last_error=error, left_at=self.now, ended_at=self.now, updated_at=self.now
-        )
         rooms_by_pk = {room.pk: room for room in rooms.values()}
         for dispatch in lefts:
-            self._event(dispatch, S.FAILED, f"{error}: '{dispatch.participant_identity}'")
-            dispatch.status, dispatch.last_error = S.FAILED, error
-            self.report.agents_left += 1
-            agent = self.agents_by_pk.get(dispatch.agent_id) if dispatch.agent_id else None
-            fallback = (
-                self.agents_by_pk.get(agent.fallback_id) if agent is not None and agent.fallback_id else None
-            )
-            plan = services.next_attempt_plan(dispatch=dispatch, agent=agent, fallback=fallback)
-            if plan is None:
-                self._event(dispatch, S.FAILED, services.give_up_reason(dispatch=dispatch, agent=agent))
-                self.report.gave_up += 1
+            dispatch.room = rooms_by_pk[dispatch.room_id]
+            error = f"agent participant '{dispatch.participant_identity}' no longer in the room (found by reconcile)"
+            outcome = services.agent_left_record(dispatch=dispatch, error=error)
+            if outcome is None:
                 continue
-            next_agent, attempt, source = plan
-            self.new_dispatches.append(
-                _NewDispatch(
-                    room=rooms_by_pk[dispatch.room_id],
-                    agent=next_agent,
-                    source=source,
-                    status=S.PENDING,
-                    detail=f"re-dispatch (attempt {attempt}) after: {error}",
-                    metadata=dispatch.metadata
-                    if next_agent.pk == dispatch.agent_id
-                    else _metadata(next_agent),
-                    rule_name=dispatch.rule_name,
-                    requested_by=dispatch.requested_by,
-                    attempt=attempt,
-                    previous_id=dispatch.pk,
-                )
-            )
-            self.report.redispatched += 1
+            self.report.agents_left += 1
+            if outcome:
+                self.report.redispatched += 1
+            else:
+                self.report.gave_up += 1
 
     def _candidates(
         self, candidates: list[tuple[Room, str, Any, LkParticipant | None]], agents: dict[str, Agent]
@@ -544,116 +500,28 @@ class _Pass:
                 continue
             agent = agents[agent_name]
             if present is not None:
-                self.new_dispatches.append(
-                    _NewDispatch(
-                        room=room,
-                        agent=agent,
-                        source=Dispatch.Source.RECONCILE,
-                        status=S.AGENT_JOINED,
-                        detail=f"agent participant '{present.identity}' found in the room with no dispatch "
-                        "in the ledger; recorded (reconcile)",
-                        metadata="",
-                        participant_identity=present.identity,
-                        joined_at=present.joined_at or self.now,
-                    )
+                _, created = services.dispatch_create(
+                    room=room,
+                    agent=agent,
+                    source=Dispatch.Source.RECONCILE,
+                    status=S.AGENT_JOINED,
+                    metadata="",
+                    participant_identity=present.identity,
+                    joined_at=present.joined_at or self.now,
+                    detail=f"agent participant '{present.identity}' found in the room with no dispatch "
+                    "in the ledger; recorded (reconcile)",
                 )
-                self.report.agents_adopted += 1
+                self.report.agents_adopted += created
             else:
-                self.new_dispatches.append(
-                    _NewDispatch(
-                        room=room,
-                        agent=agent,
-                        source=Dispatch.Source.RECONCILE,
-                        status=S.PENDING,
-                        detail=f"explicit rule '{applied.rule}' applied to a room that lacked its agent (reconcile)",
-                        metadata=applied.metadata,
-                        rule_name=applied.rule,
-                    )
+                _, created = services.dispatch_create(
+                    room=room,
+                    agent=agent,
+                    source=Dispatch.Source.RECONCILE,
+                    metadata=applied.metadata,
+                    rule_name=applied.rule,
+                    detail=f"explicit rule '{applied.rule}' applied to a room that lacked its agent (reconcile)",
                 )
-                self.report.dispatched += 1
-
-    # -- writes ----------------------------------------------------------------------------
-
-    def _dispatches_write(self) -> None:
-        if not self.new_dispatches:
-            return
-        rows = [
-            Dispatch(
-                room=spec.room,
-                agent=spec.agent,
-                agent_name=spec.agent.agent_name,
-                source=spec.source,
-                delivery=Dispatch.Delivery.EXPLICIT,
-                status=spec.status,
-                metadata=spec.metadata,
-                rule_name=spec.rule_name,
-                requested_by=spec.requested_by,
-                attempt=spec.attempt,
-                previous_id=spec.previous_id,
-                participant_identity=spec.participant_identity,
-                joined_at=spec.joined_at,
-            )
-            for spec in self.new_dispatches
-        ]
-        try:
-            with transaction.atomic():
-                Dispatch.objects.bulk_create(rows, batch_size=BULK_BATCH)
-        except IntegrityError:
-            # A webhook or the API raced this pass for some room: fall back to one at a time,
-            # letting the constraint pick the winner for each.
-            for spec in self.new_dispatches:
-                services.dispatch_create(
-                    room=spec.room,
-                    agent=spec.agent,
-                    source=spec.source,
-                    status=spec.status,
-                    metadata=spec.metadata,
-                    rule_name=spec.rule_name,
-                    requested_by=spec.requested_by,
-                    attempt=spec.attempt,
-                    previous=Dispatch(pk=spec.previous_id) if spec.previous_id else None,
-                    detail=spec.detail,
-                    participant_identity=spec.participant_identity,
-                    joined_at=spec.joined_at,
-                )
-            return
-        for dispatch, spec in zip(rows, self.new_dispatches, strict=True):
-            self.events.append(
-                DispatchEvent(
-                    dispatch=dispatch, at=self.now, previous_status="", status=spec.status, detail=spec.detail
-                )
-            )
-            if spec.status == S.PENDING:
-                self.enqueue_request.append(dispatch.pk)
-
-    def _transition_bulk(self, dispatches: list[Dispatch], *, to: str, detail: str) -> None:
-        if not dispatches:
-            return
-        ids = [d.pk for d in dispatches]
-        for start in range(0, len(ids), NAME_CHUNK):
-            Dispatch.objects.filter(pk__in=ids[start : start + NAME_CHUNK], status__in=LIVE_STATUSES).update(
-                status=to, ended_at=self.now, deadline_at=None, updated_at=self.now
-            )
-        for dispatch in dispatches:
-            self._event(dispatch, to, detail)
-
-    def _event(self, dispatch: Dispatch, to: str, detail: str) -> None:
-        # Every bulk transition passes here: count it as `dispatch_transition` would.
-        if to != dispatch.status:
-            metrics.dispatch_status_record(status=to, agent=dispatch.agent_name)
-        self.events.append(
-            DispatchEvent(
-                dispatch_id=dispatch.pk,
-                at=self.now,
-                previous_status=dispatch.status,
-                status=to,
-                detail=detail,
-            )
-        )
-
-
-def _metadata(agent: Agent) -> str:
-    return services.default_metadata(agent)
+                self.report.dispatched += created
 
 
 def _match(dispatch: Dispatch, participants: list[LkParticipant], claimed: set[str]) -> LkParticipant | None:

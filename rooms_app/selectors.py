@@ -1,10 +1,7 @@
 """Reads of the dispatch ledger: what the token path, the REST API and admin ask.
 
-`room_is_live` sits on the token path, which must not touch the database once warm: it is one
-Redis (or cache) lookup. The services write the markers when a room goes live or finishes, and every
-reconcile pass refreshes them for the rooms LiveKit has, so a lost marker (cache eviction) is
-wrong for at most one pass, and then only costs a delay: the token's agents, ignored by
-LiveKit, are dispatched explicitly at their join deadline.
+(The token path reads whether a room is live in the same statement that records its token:
+`services.token_fact_record`.)
 """
 
 from __future__ import annotations
@@ -18,26 +15,8 @@ from django.db.models import Max, Q
 
 from agents_app.selectors import ClientScope
 from dispatchportal.exceptions import NotFound
-from dispatchportal.redis import REDIS_ERRORS, redis_client, redis_key
 
 from .models import Dispatch, Room, WebhookEvent
-
-
-def room_live_key(name: str) -> str:
-    return redis_key("rooms", "live", name)
-
-
-def room_is_live(*, room_name: str) -> bool:
-    """Whether the portal knows this room already exists in LiveKit (then LiveKit would
-    ignore a token's agents, so they must be dispatched explicitly). No database query: one
-    Redis EXISTS (the token path folds it into its rate-limit round trip), or the cache."""
-    client = redis_client()
-    try:
-        if client is None:
-            return bool(cache.get(room_live_key(room_name)))
-        return bool(client.exists(room_live_key(room_name)))
-    except REDIS_ERRORS:  # a cache outage must not fail token requests
-        return False
 
 
 def dispatch_get(*, dispatch_id: int, client: ClientScope | None) -> Dispatch:

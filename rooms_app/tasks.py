@@ -3,8 +3,8 @@
 Each task takes ids, loads its row and calls one service whose status guard makes a second
 run harmless, which is why they are `acks_late` with `reject_on_worker_lost`: a worker killed
 mid-task gets the task redelivered, and the redelivery adopts whatever the first run already
-did in LiveKit instead of doing it twice. (`token_dispatches_record` takes the token's
-content: before it runs there is no row to point at.)
+did in LiveKit instead of doing it twice. (`token_facts_apply` takes nothing: it applies
+every token fact not yet applied, each at most once.)
 
 Only named transient errors are retried (LiveKit unreachable, timing out or answering 5xx;
 the database being briefly locked), with exponential backoff, jitter and a bound. LiveKit
@@ -106,44 +106,27 @@ def dispatch_remove(self: Task, dispatch_id: int) -> str | None:
         return _retry(self, exc, what="dispatch_remove", dispatch_id=dispatch_id)
 
 
-@shared_task(bind=True, base=LifecycleTask, name="rooms.token_dispatches_record")
-def token_dispatches_record(
-    self: Task,
-    *,
-    room_name: str,
-    participant_identity: str,
-    agents: list[dict[str, str]],
-    client: str,
-    minted_at: float,
-) -> int | None:
-    """The ledger side of a minted token (kept off the token request path)."""
+@shared_task(bind=True, base=LifecycleTask, name="rooms.dispatch_token_check")
+def dispatch_token_check(self: Task, dispatch_id: int, identity: str) -> str | None:
+    """The token's participant joined: did LiveKit honour the token's agents?"""
     try:
-        recorded = services.token_dispatches_record(
-            room_name=room_name,
-            participant_identity=participant_identity,
-            agents=agents,
-            client=client,
-            minted_at=minted_at,
-        )
-    except OperationalError as exc:  # SQLite busy, a PostgreSQL failover: transient
-        return _retry(self, exc, what="token_dispatches_record")
-    return len(recorded)
+        return services.dispatch_token_join_check(dispatch_id=dispatch_id, identity=identity)
+    except LiveKitUnavailable as exc:  # given up here, the join deadline still converts it
+        return _retry(self, exc, what="dispatch_token_check", dispatch_id=dispatch_id)
 
 
-@shared_task(bind=True, base=LifecycleTask, name="rooms.token_events_drain")
-def token_events_drain(self: Task) -> int | None:
-    """Record the tokens queued in Redis by the token path (scheduled by the first token of
-    each second, and by every reconcile pass as a safety net)."""
+@shared_task(bind=True, base=LifecycleTask, name="rooms.token_facts_apply")
+def token_facts_apply(self: Task) -> int | None:
+    """Apply the token facts the token path recorded (scheduled by the first token of each
+    window; every reconcile pass sweeps as well)."""
     try:
-        return services.token_events_drain()
+        return services.token_facts_apply()
     except OperationalError as exc:  # SQLite busy, a PostgreSQL failover: transient
-        return _retry(self, exc, what="token_events_drain")
+        return _retry(self, exc, what="token_facts_apply")
 
 
 @shared_task(bind=True, base=LifecycleTask, name="rooms.reconcile", soft_time_limit=240, time_limit=300)
 def reconcile_run(self: Task) -> dict[str, Any]:
     """The periodic pass (django-celery-beat, editable in admin). No retry: the next pass
-    comes soon, and a pass already running holds the lock. Tokens still queued are recorded
-    first, so the pass sees their dispatches."""
-    services.token_events_drain()
+    comes soon, and a pass already running holds the lock."""
     return reconcile.reconcile_run().as_dict()

@@ -30,9 +30,12 @@ from .models import Room, WebhookEvent
 from .services import (
     agent_participant_joined,
     agent_participant_left,
+    agents_seen_in,
+    person_joined,
     room_finished,
     room_rules_apply,
     room_started,
+    token_facts_apply,
 )
 
 logger = logging.getLogger(__name__)
@@ -129,8 +132,15 @@ def webhook_event_handle(*, event: Any) -> WebhookOutcome:
         room_finished(name=name, sid=event.room.sid)
     elif kind == "participant_joined" and participant is not None:
         room = _room_for_participant_event(event)
-        if room is not None and participant.is_agent:
-            agent_participant_joined(room=room, participant=participant)
+        if room is not None:
+            # The ledger takes in this room's token facts before it judges who joined: an
+            # agent that LiveKit dispatched from a token is the token's, whichever came first.
+            token_facts_apply(room_name=name)
+            if participant.is_agent:
+                agent_participant_joined(room=room, participant=participant)
+                agents_seen_in(room_name=name, how="webhook", participants=[participant])
+            else:
+                person_joined(room=room, participant=participant)
     elif kind in PARTICIPANT_LEFT_EVENTS and participant is not None:
         room = Room.objects.filter(name=name).first()
         if room is not None:

@@ -32,3 +32,16 @@ def make_client(name: str = "web", *, rooms: list[str] | None = None, **fields):
     """An API client and its key (the only time the key exists in clear)."""
     client, key = api_client_create(name=name, room_patterns=rooms if rooms is not None else ["*"], **fields)
     return client, key
+
+
+def token_recorded(room: str, identity: str, agent_name: str, *, metadata: str = "", delivery: str = "token"):
+    """A token minted for `identity` carrying one agent, recorded and applied to the ledger
+    (what the token endpoint and the fact's application do); returns its dispatches."""
+    import time
+
+    from rooms_app.services import token_dispatches_record
+
+    agents = [{"agent_name": agent_name, "rule": "rule", "metadata": metadata, "delivery": delivery}]
+    return token_dispatches_record(
+        room_name=room, participant_identity=identity, agents=agents, client="web", minted_at=time.time()
+    )

@@ -14,7 +14,6 @@ from agents_app.services import rules_explain
 
 from ..livekit_client import (
     LiveKitAuthRejected,
-    LkDispatch,
     LkParticipant,
 )
 from ..models import Dispatch, Room
@@ -31,6 +30,7 @@ from .facts import (
     agent_name_quoted,
     agent_names_quoted,
     agent_names_seen_in_livekit,
+    agent_names_seen_recorded,
     facts_gather,
 )
 from .wording import moment_described
@@ -70,6 +70,7 @@ def room_diagnose(
         _check_job_outcome(by_key["job_outcome"], facts, expected)
         _check_agent(by_key["agent"], facts, expected)
         _check_crowd(by_key["crowd"], facts, expected, managed=set(managed))
+    _present_outranks_inferred(links, facts, expected)
     return Diagnosis(
         room_name=room_name,
         agent=agent_name,
@@ -80,6 +81,19 @@ def room_diagnose(
         expected_agents=expected,
         links=links,
     )
+
+
+def _present_outranks_inferred(links: list[Link], facts: Facts, expected: list[str]) -> None:
+    """What LiveKit shows outranks what was inferred: with every expected agent present in
+    the room, nothing upstream of it (rules, token, dispatch, job) is "broken"; what was
+    found there is kept as information."""
+    if not (facts.live and expected and all(facts.agents_named(name) for name in expected)):
+        return
+    for link in links:
+        if link.key in ("rules", "token", "dispatch", "job", "job_outcome") and link.state == BROKEN:
+            if link.cause:
+                link.details.append(link.cause)
+            link.set(OK, f"informational (the agent is present and running): {link.summary}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,7 +265,8 @@ def _check_rules(
 
 
 def _check_token(link: Link, facts: Facts, wanted: dict[str, Wanted]) -> set[str]:
-    """Returns the agents whose token delivery is broken."""
+    """Returns the agents whose token delivery is broken. Reads the token facts (every token
+    the portal minted with agents), not the dispatch rows their application produced."""
     by_token = [w for w in wanted.values() if w.delivery == "token"]
     if not by_token:
         link.set(OK, "not used: no expected agent travels in a token" if wanted else "not used")
@@ -259,14 +274,13 @@ def _check_token(link: Link, facts: Facts, wanted: dict[str, Wanted]) -> set[str
     room = facts.ledger_room
     names = agent_names_quoted(w.agent_name for w in by_token)
     people = [p for p in facts.lk.participants if not p.is_agent]
-    if room is None or room.first_token_at is None:
+    if not facts.token_facts:
         if facts.live and people:
             link.set(
                 BROKEN,
-                "no token for this room came from the portal",
+                "no token carrying the agent came from the portal",
                 cause=f"{len(people)} participant(s) are in room '{facts.room_name}', but the portal "
-                f"never minted a token for it, so no token carried {names}: they joined with tokens "
-                "minted elsewhere.",
+                f"minted no token carrying {names} for it: they joined with tokens minted elsewhere.",
                 fix="Have the frontend fetch its token from POST /api/v1/token, or set the rule's "
                 "delivery to 'explicit' so the portal dispatches the agent whoever minted the token.",
             )
@@ -277,27 +291,39 @@ def _check_token(link: Link, facts: Facts, wanted: dict[str, Wanted]) -> set[str
     broken: set[str] = set()
     notes: list[str] = []
     lk_room = facts.lk.room
-    existed_before = bool(room.existed_before_token) or bool(
-        lk_room is not None and lk_room.created_at is not None and lk_room.created_at < room.first_token_at
+    first_minted = facts.token_facts[-1].minted_at
+    existed_before = bool(room is not None and room.existed_before_token) or bool(
+        lk_room is not None and lk_room.created_at is not None and lk_room.created_at < first_minted
     )
     for w in by_token:
-        carried = [d for d in facts.ledger_for(w.agent_name) if d.source == "token"]
-        if not carried:
+        carrying = facts.tokens_carrying(w.agent_name)
+        agent = agent_name_quoted(w.agent_name)
+        if not carrying:
             broken.add(w.agent_name)
             link.set(
                 BROKEN,
-                f"the tokens minted did not carry {agent_name_quoted(w.agent_name)}",
-                cause=f"The portal minted tokens for '{facts.room_name}' (first at "
-                f"{moment_described(room.first_token_at, facts.now)}), but none carried {agent_name_quoted(w.agent_name)}: "
-                "the rule was probably added or changed after they were minted.",
+                f"the tokens minted did not carry {agent}",
+                cause=f"The portal minted {len(facts.token_facts)} token(s) with agents for '{facts.room_name}' "
+                f"(first {moment_described(first_minted, facts.now)}), but none carried {agent}: the rule "
+                "was probably added or changed after they were minted.",
                 fix="Have the participant fetch a new token (rejoin), or dispatch the agent from "
                 "Admin › Dispatches.",
             )
             return broken
-        latest = carried[0]
-        if latest.delivery == "explicit":
+        fact, item = carrying[0]
+        minted = (
+            f"the token for '{fact.participant_identity}' ({moment_described(fact.minted_at, facts.now)})"
+        )
+        rows = facts.ledger_for(w.agent_name)
+        if item.get("delivery") == "explicit":
             notes.append(
-                f"{agent_name_quoted(w.agent_name)}: the room already existed, so the portal dispatched it explicitly"
+                f"{agent}: the room already existed when {minted} was minted, so the portal dispatched it explicitly"
+            )
+            continue
+        if any(d.source == "token" and d.delivery == "explicit" for d in rows):
+            notes.append(
+                f"{agent}: carried in {minted}; LiveKit ignored it (the room existed before that join), "
+                "so the portal dispatched it explicitly"
             )
             continue
         if facts.live and not facts.lk_dispatches_for(w.agent_name) and existed_before:
@@ -305,19 +331,18 @@ def _check_token(link: Link, facts: Facts, wanted: dict[str, Wanted]) -> set[str
             created = moment_described(lk_room.created_at if lk_room else None, facts.now)
             link.set(
                 BROKEN,
-                f"the token carried {agent_name_quoted(w.agent_name)}, but the room existed before the first join",
-                cause=f"The token for '{latest.participant_identity_trigger}' carried {agent_name_quoted(w.agent_name)}, "
-                f"but room '{facts.room_name}' already existed (created {created}, before the portal's "
-                f"first token at {moment_described(room.first_token_at, facts.now)}), so LiveKit ignored the "
-                "token's agents: it applies them only when that join creates the room (livekit/livekit#4390).",
+                f"the token carried {agent}, but the room existed before the first join",
+                cause=f"The token for '{fact.participant_identity}' carried {agent} (minted "
+                f"{moment_described(fact.minted_at, facts.now)}), but room '{facts.room_name}' already "
+                f"existed (created {created}, before the portal's first token "
+                f"{moment_described(first_minted, facts.now)}), so LiveKit ignored the token's agents: it "
+                "applies them only when that join creates the room (livekit/livekit#4390).",
                 fix="Dispatch the agent now (Admin › Dispatches, or POST /api/v1/dispatches), and give "
                 "rooms that other apps create an 'explicit' delivery rule; the portal switches to "
                 "explicit dispatch by itself when it knows the room exists.",
             )
             return broken
-        notes.append(
-            f"{agent_name_quoted(w.agent_name)}: carried in the token for '{latest.participant_identity_trigger}'"
-        )
+        notes.append(f"{agent}: carried in {minted}")
     link.set(OK, "; ".join(notes))
     return broken
 
@@ -357,6 +382,7 @@ def _check_not_live(by_key: dict[str, Link], facts: Facts, expected: list[str]) 
 
 def _check_dispatch(link: Link, facts: Facts, wanted: dict[str, Wanted], token_broken: set[str]) -> None:
     found: list[str] = []
+    waiting: list[str] = []
     for name, w in wanted.items():
         dispatches = facts.lk_dispatches_for(name)
         if dispatches:
@@ -376,56 +402,119 @@ def _check_dispatch(link: Link, facts: Facts, wanted: dict[str, Wanted], token_b
             )
             return
         history = facts.ledger_for(name)
-        last = history[0] if history else None
-        cause, fix = _missing_dispatch_why(facts, name, w, last)
-        link.set(
-            BROKEN, f"no dispatch for {agent_name_quoted(name)} in LiveKit", cause=cause + implicit, fix=fix
-        )
+        if _no_worker_attempts(history):
+            # The portal deleted the dispatch no worker took; link 5 names why.
+            waiting.append(f"{agent_name_quoted(name)}: {_attempts_described(history, facts)}")
+            continue
+        state, summary, cause, fix = _missing_dispatch_why(facts, name, w, history[0] if history else None)
+        if state == UNKNOWN:
+            waiting.append(summary)
+            continue
+        link.set(state, summary, cause=cause + implicit, fix=fix)
         return
-    link.set(OK, "; ".join(found))
+    if waiting:
+        link.set(UNKNOWN, "; ".join(waiting + found))
+    else:
+        link.set(OK, "; ".join(found))
 
 
-def _missing_dispatch_why(facts: Facts, name: str, w: Wanted, last: Dispatch | None) -> tuple[str, str]:
+def _no_worker_attempts(history: list[Dispatch]) -> list[Dispatch]:
+    return [d for d in history if d.status == "no_worker"]
+
+
+def _attempts_described(history: list[Dispatch], facts: Facts) -> str:
+    last = history[0]
+    failed = _no_worker_attempts(history)
+    text = f"{len(failed)} attempt(s) ended with no worker taking the job (link 5); "
+    if last.is_live:
+        return text + f"attempt {last.attempt} (#{last.pk}) is {last.get_status_display().lower()}"
+    return text + "the portal gave up"
+
+
+def _missing_dispatch_why(
+    facts: Facts, name: str, w: Wanted, last: Dispatch | None
+) -> tuple[str, str, str, str]:
+    """(state, summary, cause, fix) for an expected agent with no dispatch in LiveKit."""
     agent = agent_name_quoted(name)
-    worker = "Check that the Celery worker runs (`make run` starts one) and can reach LiveKit."
+    summary = f"no dispatch for {agent} in LiveKit"
+    worker_fix = "Start the Celery worker (`make run` starts one; else `celery -A dispatchportal worker`)."
     if last is None:
         if w.delivery == "token":
             return (
+                BROKEN,
+                summary,
                 f"LiveKit has no dispatch for {agent}, although it travels in the token: the room was "
                 "not created by a join with the portal's token.",
                 "Dispatch it from Admin › Dispatches; use 'explicit' delivery for rooms others create.",
             )
         return (
+            BROKEN,
+            summary,
             f"Nothing asked LiveKit for {agent} in this room: the ledger has no dispatch for it. The "
             "room_started webhook probably never reached the portal.",
             "Point LiveKit's webhook at https://<portal>/livekit/webhook signed with the same API key, "
             "and run `manage.py reconcile` to apply the explicit rules now.",
         )
     when = moment_described(last.updated_at, facts.now)
+    status = last.get_status_display().lower()
+    if last.status in ("pending", "requested") and not last.livekit_dispatch_id:
+        since = moment_described(last.created_at, facts.now)
+        error = f"; last error: {last.last_error}" if last.last_error else ""
+        if not facts.worker_alive:
+            beat = (
+                f"its last heartbeat was {moment_described(facts.heartbeat.beat_at, facts.now)}"
+                if facts.heartbeat is not None
+                else "none ever sent a heartbeat"
+            )
+            return (
+                BROKEN,
+                f"dispatch #{last.pk} of {agent} waits for a Celery worker, and none is running",
+                f"Dispatch #{last.pk} of {agent} is still {status} since {since}: the Celery worker "
+                f"that sends it to LiveKit is not running ({beat}){error}.",
+                worker_fix,
+            )
+        if last.delivery == "token":
+            what = "waiting for the participant to join with the token that carries it"
+        else:
+            what = "the Celery worker (running) is sending it to LiveKit"
+        return (UNKNOWN, f"{agent}: dispatch #{last.pk} {status} since {since}; {what}{error}", "", "")
     if last.status == "failed":
         return (
-            f"The portal's CreateDispatch for {agent} (#{last.pk}) failed {when}: {last.last_error}.",
+            BROKEN,
+            summary,
+            f"The portal's dispatch of {agent} (#{last.pk}, attempt {last.attempt}) failed {when}: {last.last_error}.",
             "Fix what LiveKit refused, then re-dispatch from Admin › Dispatches.",
-        )
-    if last.status in ("pending", "requested") and not last.livekit_dispatch_id:
-        error = f" Last error: {last.last_error}." if last.last_error else ""
-        return (
-            f"Dispatch #{last.pk} of {agent} is still {last.get_status_display().lower()} since "
-            f"{moment_described(last.created_at, facts.now)}: LiveKit has not created it yet.{error}",
-            worker,
         )
     if last.status == "cancelled":
         return (
+            BROKEN,
+            summary,
             f"Dispatch #{last.pk} of {agent} was cancelled {when}.",
             "Re-dispatch it if it is still wanted.",
         )
-    if last.livekit_dispatch_id:
+    if not last.is_live:
         return (
-            f"The ledger's dispatch #{last.pk} of {agent} ({last.livekit_dispatch_id}) is no longer in "
-            f"LiveKit (status {last.get_status_display().lower()}): it was deleted or the room was recreated.",
+            BROKEN,
+            summary,
+            f"The last dispatch of {agent} (#{last.pk}, attempt {last.attempt}) ended {when} as '{status}'"
+            + (f": {last.last_error}" if last.last_error else "")
+            + ", and nothing replaced it.",
             "Re-dispatch from Admin › Dispatches, or run `manage.py reconcile`.",
         )
-    return (f"No LiveKit dispatch for {agent} (ledger dispatch #{last.pk}: {last.status}).", worker)
+    if last.livekit_dispatch_id:
+        return (
+            BROKEN,
+            summary,
+            f"The ledger's dispatch #{last.pk} of {agent} ({last.livekit_dispatch_id}, {status}) is no longer "
+            "in LiveKit: it was deleted by someone else or the room was recreated.",
+            "Re-dispatch from Admin › Dispatches, or run `manage.py reconcile`.",
+        )
+    return (
+        BROKEN,
+        summary,
+        f"No LiveKit dispatch for {agent} (ledger dispatch #{last.pk}: {status}).",
+        worker_fix,
+    )
 
 
 _FIXES = {
@@ -444,7 +533,23 @@ def _check_job(link: Link, facts: Facts, expected: list[str]) -> None:
     waiting: list[str] = []
     for name in expected:
         dispatches = facts.lk_dispatches_for(name)
+        history = facts.ledger_for(name)
         if not dispatches:
+            gave_up = _no_worker_attempts(history)
+            if gave_up:
+                ended = gave_up[0]
+                link.set(
+                    BROKEN,
+                    f"no worker registered as '{name}' took {agent_name_quoted(name)}'s dispatch",
+                    **_no_worker(
+                        facts,
+                        name,
+                        f"dispatch #{ended.pk} (attempt {ended.attempt})",
+                        ended.requested_at or ended.created_at,
+                        history,
+                    ),
+                )
+                return
             link.set(UNKNOWN, f"no dispatch for {agent_name_quoted(name)} to take (link 4)")
             return
         latest = dispatches[-1]
@@ -454,15 +559,16 @@ def _check_job(link: Link, facts: Facts, expected: list[str]) -> None:
             continue
         age = (facts.now - latest.created_at).total_seconds() if latest.created_at else None
         deadline = facts.deadline_s(name)
-        if age is not None and age < deadline:
+        if age is not None and age < deadline and not _no_worker_attempts(history):
             waiting.append(
-                f"{agent_name_quoted(name)}: dispatched {age:.0f} s ago, no job yet (deadline {deadline} s)"
+                f"{agent_name_quoted(name)}: waiting, {deadline - age:.0f} s left of its {deadline} s join "
+                f"deadline; no job yet (dispatched {age:.0f} s ago)"
             )
             continue
         link.set(
             BROKEN,
             f"no worker took dispatch {latest.id} of {agent_name_quoted(name)}",
-            **_no_worker(facts, name, latest),
+            **_no_worker(facts, name, f"dispatch {latest.id}", latest.created_at, history),
         )
         return
     if waiting:
@@ -471,7 +577,9 @@ def _check_job(link: Link, facts: Facts, expected: list[str]) -> None:
         link.set(OK, "; ".join(found))
 
 
-def _no_worker(facts: Facts, name: str, dispatch: LkDispatch) -> dict[str, str]:
+def _no_worker(
+    facts: Facts, name: str, what: str, created: datetime | None, history: list[Dispatch]
+) -> dict[str, str]:
     url = settings.LIVEKIT_URL
     seen = _agent_names_seen(facts)
     close = [
@@ -482,9 +590,9 @@ def _no_worker(facts: Facts, name: str, dispatch: LkDispatch) -> dict[str, str]:
         for n in difflib.get_close_matches(name, [n for n in facts.agents if n], n=3, cutoff=0.75)
         if n != name and n not in close
     ]
-    age = moment_described(dispatch.created_at, facts.now)
     parts = [
-        f"LiveKit created dispatch {dispatch.id} for {agent_name_quoted(name)} {age}, but no job came: no worker "
+        f"LiveKit took {what} for {agent_name_quoted(name)} {moment_described(created, facts.now)}, but no job "
+        "came: no worker "
     ]
     if name == "":
         named = sorted(n for n in seen if n)
@@ -503,9 +611,9 @@ def _no_worker(facts: Facts, name: str, dispatch: LkDispatch) -> dict[str, str]:
     parts.append(f"is registered as exactly '{name}' on LiveKit at {url}.")
     if close:
         parts.append(
-            " Agents with close names were seen joining recently: "
+            " Workers seen recently: "
             + ", ".join(f"'{n}' (room '{seen[n]}')" for n in close)
-            + ": likely a typo in the worker's or the portal's agent name."
+            + " (a typo? in the worker's or the portal's agent name)."
         )
     if configured_close:
         parts.append(f" Configured agents with close names: {agent_names_quoted(configured_close)}.")
@@ -519,14 +627,26 @@ def _no_worker(facts: Facts, name: str, dispatch: LkDispatch) -> dict[str, str]:
         " Otherwise the worker is down, not yet up, or registered on another LiveKit server or project "
         "(its LIVEKIT_URL or API key differ from the portal's)."
     )
+    if history:
+        last = history[0]
+        if last.is_live:
+            parts.append(
+                f" The portal is trying again: attempt {last.attempt} (#{last.pk}) is {last.status}."
+            )
+        elif last.status == "no_worker":
+            parts.append(f" The portal gave up after {last.attempt} attempt(s).")
     return {"cause": "".join(parts), "fix": _FIXES["job"].format(agent=name, url=url)}
 
 
 def _agent_names_seen(facts: Facts) -> dict[str, str]:
-    """Agent names seen joining recently: in this room, in other live rooms, in the ledger."""
+    """Agent names seen recently, from every place the portal learns them: agents in this
+    room and in other live rooms, names recorded from webhooks, reconcile and ListDispatch
+    jobs, and the ledger's joined dispatches."""
     seen: dict[str, str] = {}
     for p in facts.lk.agents:
         seen.setdefault(p.agent_name or "", facts.room_name)
+    for name, room in agent_names_seen_recorded(facts.now - SEEN_WINDOW).items():
+        seen.setdefault(name, room)
     for name, room in agent_names_seen_in_livekit(facts.room_name).items():
         seen.setdefault(name, room)
     recent = (  # created_at is indexed; an agent joins within seconds of its dispatch
@@ -559,12 +679,23 @@ def _check_job_outcome(link: Link, facts: Facts, expected: list[str]) -> None:
                 BROKEN,
                 f"job {job.id} of {agent_name_quoted(name)} {job.status}",
                 cause=f"Job {job.id} of {agent_name_quoted(name)} (dispatch {dispatch.id}) {job.status} "
-                f"{moment_described(ended, facts.now) if ended else '(LiveKit does not say when)'}: {error}.",
+                f"{moment_described(ended, facts.now) if ended else '(LiveKit does not say when)'}: {error}."
+                + _retry_described(facts.ledger_for(name)),
                 fix=_FIXES["job_outcome"],
             )
             return
         notes.append(f"{agent_name_quoted(name)}: job {job.id} ended without error")
     link.set(OK, "; ".join(notes))
+
+
+def _retry_described(history: list[Dispatch]) -> str:
+    """What the portal is doing about it, from the ledger's latest attempt."""
+    last = history[0] if history else None
+    if last is not None and last.is_live and last.attempt > 1:
+        return f" The portal is re-dispatching: attempt {last.attempt} (#{last.pk}) is {last.status}."
+    if last is not None and not last.is_live and last.status != "cancelled":
+        return f" The portal gave up after {last.attempt} attempt(s)."
+    return ""
 
 
 def _ledger_time(facts: Facts, name: str, job_id: str, attr: str) -> datetime | None:
@@ -586,7 +717,7 @@ def _check_agent(link: Link, facts: Facts, expected: list[str]) -> None:
             continue
         jobs = [j for d in facts.lk_dispatches_for(name) for j in d.jobs]
         if not jobs:
-            if facts.within_deadline(name):
+            if facts.within_deadline(name) or _ledger_waiting(facts, name):
                 link.set(UNKNOWN, f"{agent_name_quoted(name)} is not in the room yet (no job yet, link 5)")
             else:
                 link.set(BROKEN, f"{agent_name_quoted(name)} is not in the room (no job, link 5)")
@@ -610,6 +741,17 @@ def _check_agent(link: Link, facts: Facts, expected: list[str]) -> None:
         )
         return
     link.set(OK, "; ".join(notes))
+
+
+def _ledger_waiting(facts: Facts, name: str) -> bool:
+    """The ledger's latest attempt for the agent is still on its way, within its deadline."""
+    history = facts.ledger_for(name)
+    last = history[0] if history else None
+    return (
+        last is not None
+        and last.status in ("pending", "requested", "job_assigned")
+        and (last.deadline_at is None or last.deadline_at > facts.now)
+    )
 
 
 def _check_crowd(link: Link, facts: Facts, expected: list[str], *, managed: set[str]) -> None:

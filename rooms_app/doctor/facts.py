@@ -20,7 +20,8 @@ from ..livekit_client import (
     LkRoom,
     livekit_run,
 )
-from ..models import Dispatch, Room
+from ..models import AgentSeen, Dispatch, Room, TokenFact, WorkerHeartbeat
+from ..services import HEARTBEAT_FRESH
 
 OK, BROKEN, UNKNOWN = "ok", "broken", "unknown"
 HEALTHY, WAITING, BROKEN_STATUS, LIVEKIT_UNAVAILABLE = "healthy", "waiting", "broken", "livekit_unavailable"
@@ -29,7 +30,7 @@ EXIT_CODES = {HEALTHY: 0, WAITING: 0, BROKEN_STATUS: 1, LIVEKIT_UNAVAILABLE: 2}
 LINK_TITLES = (
     ("livekit", "LiveKit reachable, credentials accepted"),
     ("rules", "Rules give the room its agents, agents enabled"),
-    ("token", "Token path: minted, carried the agent, room did not exist before"),
+    ("token", "Token path: a token from the portal carried the agent, and LiveKit could honour it"),
     ("dispatch", "Dispatch present in LiveKit"),
     ("job", "Job created: a worker took the dispatch"),
     ("job_outcome", "Job did not fail or end"),
@@ -42,6 +43,8 @@ MAX_JOINS = 10  # sample participants whose rules are evaluated
 MAX_SCANNED_ROOMS = 20  # other rooms looked at for agent names seen joining
 SEEN_WINDOW = timedelta(days=1)
 TOKEN_SLACK = timedelta(seconds=60)  # a token is minted shortly before the room it creates
+TOKEN_WINDOW = timedelta(hours=6)  # the longest token TTL: older tokens cannot join any more
+MAX_TOKEN_FACTS = 200
 
 
 @dataclass(slots=True)
@@ -199,6 +202,22 @@ class Facts:
     ledger_room: Room | None
     ledger: list[Dispatch]  # newest first
     agents: dict[str, Agent]  # configured, by name
+    token_facts: list[TokenFact] = field(default_factory=list)  # newest first
+    heartbeat: WorkerHeartbeat | None = None  # the freshest Celery worker heartbeat
+
+    @property
+    def worker_alive(self) -> bool:
+        return self.heartbeat is not None and self.heartbeat.beat_at >= self.now - HEARTBEAT_FRESH
+
+    def tokens_carrying(self, agent_name: str) -> list[tuple[TokenFact, dict[str, Any]]]:
+        """Token facts that carried the agent, newest first, with how each carried it."""
+        found = []
+        for fact in self.token_facts:
+            for item in fact.agents if isinstance(fact.agents, list) else ():
+                if isinstance(item, dict) and item.get("agent_name") == agent_name:
+                    found.append((fact, item))
+                    break
+        return found
 
     @property
     def reachable(self) -> bool:
@@ -241,7 +260,22 @@ def facts_gather(room_name: str, now: datetime) -> Facts:
             current = [d for d in ledger if d.created_at >= since or d.is_live]
             ledger = current
     agents = {a.agent_name: a for a in Agent.objects.all()}
-    return Facts(room_name, now, lk, ledger_room, ledger, agents)
+    token_facts = list(
+        TokenFact.objects.filter(room_name=room_name, minted_at__gte=now - TOKEN_WINDOW).order_by("-id")[
+            :MAX_TOKEN_FACTS
+        ]
+    )
+    heartbeat = WorkerHeartbeat.objects.order_by("-beat_at").first()
+    return Facts(room_name, now, lk, ledger_room, ledger, agents, token_facts, heartbeat)
+
+
+def agent_names_seen_recorded(since: datetime) -> dict[str, str]:
+    """Agent names the portal recorded seeing (agents joining, jobs in ListDispatch, the
+    worker's own identity attribute). Name -> where."""
+    return {
+        seen.agent_name: seen.room_name or seen.how
+        for seen in AgentSeen.objects.filter(last_seen_at__gte=since).order_by("-last_seen_at")[:500]
+    }
 
 
 def agent_name_quoted(agent_name: str) -> str:

@@ -14,20 +14,18 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.core.cache import cache
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from agents_app.models import Agent
 from dispatchportal import metrics
-from dispatchportal.redis import BROKER_ERRORS, REDIS_ERRORS, redis_client
+from dispatchportal.redis import BROKER_ERRORS
 
 from ..livekit_client import (
     LkDispatch,
     LkParticipant,
 )
 from ..models import LIVE_STATUSES, WAITING_STATUSES, Dispatch, DispatchEvent, Room
-from ..selectors import room_live_key
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +34,6 @@ FINAL_STATUSES = tuple(s for s in S.values if s not in LIVE_STATUSES)
 # Extra seconds after a join deadline before the check runs, so an agent joining at the last
 # moment is seen as joined rather than timed out.
 DEADLINE_GRACE_S = 0.25
-ROOM_LIVE_TTL_S = 24 * 3600
 # A room LiveKit reported this recently is taken to still exist without asking again.
 ROOM_FRESH = timedelta(seconds=10)
 
@@ -86,34 +83,6 @@ def enqueue(task_name: str, *args: Any, countdown: float | None = None) -> None:
 # --- rooms ----------------------------------------------------------------------------------
 
 
-def room_live_marks(live: Iterable[str] = (), finished: Iterable[str] = ()) -> None:
-    """Keep the token path's room-is-live markers in step with the ledger, after commit."""
-    live, finished = list(live), list(finished)
-
-    def write() -> None:
-        client = redis_client()
-        try:
-            if client is None:
-                cache.set_many({room_live_key(name): 1 for name in live}, ROOM_LIVE_TTL_S)
-                cache.delete_many([room_live_key(name) for name in finished])
-                return
-            pipe = client.pipeline(transaction=False)
-            for name in live:
-                pipe.set(room_live_key(name), 1, ex=ROOM_LIVE_TTL_S)
-            if finished:
-                pipe.delete(*[room_live_key(name) for name in finished])
-            pipe.execute()
-        except REDIS_ERRORS:  # the marker is an optimisation; the ledger is the truth
-            logger.warning("cache unreachable; room-is-live markers not updated")
-
-    if live or finished:
-        transaction.on_commit(write)
-
-
-def room_live_mark(name: str, live: bool) -> None:
-    room_live_marks(live=[name] if live else [], finished=[] if live else [name])
-
-
 def room_get_or_create(*, name: str, **defaults: Any) -> Room:
     room, _ = _room_get_or_create(name=name, **defaults)
     return room
@@ -146,9 +115,7 @@ def room_started(
         fields["num_participants"] = num_participants
     room, created = _room_get_or_create(name=name, **fields)
     if created:
-        # First news of the room (the webhook path's common case): nothing else to update.
-        room_live_mark(name, True)
-        return room
+        return room  # first news of the room (the webhook path's common case): nothing else to update
     new_session = bool(sid) and room.sid != sid
     fields = {"last_seen_at": now}
     if num_participants is not None:
@@ -166,7 +133,6 @@ def room_started(
     if new_session and old_sid:
         session_close_previous(room=room, started_at=room.started_at or now)
     if fields.get("status") == Room.Status.ACTIVE:
-        room_live_mark(name, True)
         token_deadlines_arm(room=room)
     return room
 
@@ -206,7 +172,6 @@ def room_finished(*, name: str, sid: str = "", reason: str = "LiveKit reported r
     now = timezone.now()
     Room.objects.filter(pk=room.pk).update(status=Room.Status.FINISHED, finished_at=now, num_participants=0)
     room.status, room.finished_at, room.num_participants = Room.Status.FINISHED, now, 0
-    room_live_mark(name, False)
     for dispatch in Dispatch.objects.filter(room=room, status__in=LIVE_STATUSES):
         dispatch.room = room
         dispatch_transition(dispatch=dispatch, to=S.ROOM_CLOSED, expect=LIVE_STATUSES, detail=reason)
@@ -432,7 +397,8 @@ def dispatch_retry(*, dispatch: Dispatch) -> Dispatch | None:
 def agent_joined_record(
     *, dispatch: Dispatch, participant: LkParticipant, livekit: LkDispatch | None = None, how: str = ""
 ) -> bool:
-    """The agent's participant is in the room."""
+    """The agent's participant is in the room. Its job (the identity `agent-AJ_…` names it,
+    or ListDispatch shows it) is recorded first if the ledger had not seen it."""
     fields: dict[str, Any] = {"participant_identity": participant.identity, "last_error": ""}
     if participant.joined_at is not None:
         fields["joined_at"] = participant.joined_at
@@ -445,7 +411,61 @@ def agent_joined_record(
         job_id = next((j.id for j in livekit.jobs if j.participant_identity == participant.identity), job_id)
     if job_id:
         fields["livekit_job_id"] = job_id
+        job_assigned_record(
+            dispatch=dispatch, job_id=job_id, how=f"its agent '{participant.identity}' joined"
+        )
     detail = f"agent participant '{participant.identity}' joined" + (f" ({how})" if how else "")
     return dispatch_transition(
         dispatch=dispatch, to=S.AGENT_JOINED, expect=WAITING_STATUSES, detail=detail, **fields
     )
+
+
+def job_assigned_record(*, dispatch: Dispatch, job_id: str, how: str) -> bool:
+    """LiveKit shows a job for this dispatch (ListDispatch, or the agent's identity)."""
+    return dispatch_transition(
+        dispatch=dispatch,
+        to=S.JOB_ASSIGNED,
+        expect=(S.PENDING, S.REQUESTED),
+        detail=f"job {job_id} assigned to a worker ({how})",
+        livekit_job_id=job_id,
+    )
+
+
+def agent_left_record(*, dispatch: Dispatch, error: str, room_closed: bool = False) -> bool | None:
+    """The agent's participant is gone. The room closed: `room_closed`. Else a failure to
+    repair (self-hosted LiveKit never re-dispatches): the next attempt, the fallback, or
+    giving up. None when the dispatch had already moved on; else whether a new attempt began."""
+    if room_closed:
+        dispatch_transition(
+            dispatch=dispatch,
+            to=S.ROOM_CLOSED,
+            expect=(S.AGENT_JOINED,),
+            detail=error,
+            left_at=timezone.now(),
+        )
+        return None
+    with transaction.atomic():
+        if not dispatch_transition(
+            dispatch=dispatch,
+            to=S.FAILED,
+            expect=(S.AGENT_JOINED,),
+            detail=error,
+            last_error=error,
+            left_at=timezone.now(),
+        ):
+            return None
+        return dispatch_retry(dispatch=dispatch) is not None
+
+
+def dispatch_deliver_explicitly(*, dispatch: Dispatch, why: str) -> bool:
+    """A token-delivered agent LiveKit ignored (the room existed before the token's join):
+    the same attempt, now sent by CreateDispatch."""
+    with transaction.atomic():
+        if not Dispatch.objects.filter(
+            pk=dispatch.pk, status=S.PENDING, delivery=Dispatch.Delivery.TOKEN
+        ).update(delivery=Dispatch.Delivery.EXPLICIT, deadline_at=None, updated_at=timezone.now()):
+            return False
+        dispatch.delivery, dispatch.deadline_at = Dispatch.Delivery.EXPLICIT, None
+        dispatch_note(dispatch=dispatch, detail=f"{why}; dispatching explicitly")
+        enqueue("dispatch_request", dispatch.pk)
+    return True

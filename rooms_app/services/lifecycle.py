@@ -27,16 +27,19 @@ from ..livekit_client import (
     livekit_run,
 )
 from ..models import LIVE_STATUSES, WAITING_STATUSES, Dispatch, Room
+from .facts import agents_seen_in
 from .ledger import (
     DEADLINE_GRACE_S,
     ROOM_FRESH,
     S,
     agent_joined_record,
     dispatch_deadline_arm,
+    dispatch_deliver_explicitly,
     dispatch_note,
     dispatch_retry,
     dispatch_transition,
     enqueue,
+    job_assigned_record,
 )
 
 logger = logging.getLogger(__name__)
@@ -186,26 +189,9 @@ def dispatch_request(*, dispatch_id: int) -> str:
         else "adopted the LiveKit dispatch already there"
     )
     with transaction.atomic():
-        moved = dispatch_transition(
-            dispatch=dispatch,
-            to=S.REQUESTED,
-            expect=(S.PENDING,),
-            detail=f"{how}: {found.id}",
-            livekit_dispatch_id=found.id,
-            last_error="",
-        )
+        moved = _livekit_has_it(dispatch=dispatch, found=found, detail=f"{how}: {found.id}", last_error="")
         if moved:
             dispatch_deadline_arm(dispatch=dispatch)
-            job = next((j for j in found.jobs if j.active), None)
-            if job is not None:
-                # Only ListDispatch shows a job (no webhook does): record it when seen.
-                dispatch_transition(
-                    dispatch=dispatch,
-                    to=S.JOB_ASSIGNED,
-                    expect=(S.REQUESTED,),
-                    detail=f"job {job.id} assigned to a worker ({job.status})",
-                    livekit_job_id=job.id,
-                )
     if not moved:
         # The row moved on while CreateDispatch was in flight. Forward (the agent's
         # participant_joined webhook beat this bookkeeping): just record the id. Ended
@@ -220,6 +206,23 @@ def dispatch_request(*, dispatch_id: int) -> str:
             _livekit_delete_quietly(room_name=room.name, livekit_id=found.id)
         return "ended meanwhile"
     return outcome.kind
+
+
+def _livekit_has_it(*, dispatch: Dispatch, found: LkDispatch, detail: str, **fields: Any) -> bool:
+    """pending -> requested with LiveKit's dispatch id, then the job if ListDispatch shows one
+    (only ListDispatch shows a job: no webhook does)."""
+    moved = dispatch_transition(
+        dispatch=dispatch,
+        to=S.REQUESTED,
+        expect=(S.PENDING,),
+        detail=detail,
+        livekit_dispatch_id=found.id,
+        **fields,
+    )
+    job = next((j for j in found.jobs if j.active), None)
+    if moved and job is not None:
+        job_assigned_record(dispatch=dispatch, job_id=job.id, how=f"{job.status}, ListDispatch")
+    return moved
 
 
 def dispatch_unavailable_note(*, dispatch_id: int, error: str, retry: int) -> None:
@@ -336,6 +339,12 @@ def dispatch_deadline_check(*, dispatch_id: int) -> str:
         )
 
     snapshot = livekit_run(look)
+    agents_seen_in(
+        room_name=room.name,
+        how="deadline check",
+        participants=snapshot.participants,
+        dispatches=snapshot.dispatches,
+    )
     if not snapshot.room_exists:
         if dispatch.delivery == Dispatch.Delivery.TOKEN and room.status != Room.Status.ACTIVE:
             # Nobody has joined with the token yet: the deadline starts again with the room.
@@ -361,16 +370,11 @@ def dispatch_deadline_check(*, dispatch_id: int) -> str:
         if dispatch.delivery == Dispatch.Delivery.TOKEN:
             # LiveKit applies a token's agents only when that join creates the room: the room
             # already existed, so deliver the agent explicitly (not a new attempt).
-            with transaction.atomic():
-                Dispatch.objects.filter(pk=dispatch.pk, status=S.PENDING).update(
-                    delivery=Dispatch.Delivery.EXPLICIT, deadline_at=None
-                )
-                dispatch_note(
-                    dispatch=dispatch,
-                    detail="LiveKit has no dispatch for the token's agent (the room existed before the "
-                    "token's join, so LiveKit ignored its agents); dispatching explicitly",
-                )
-                enqueue("dispatch_request", dispatch.pk)
+            dispatch_deliver_explicitly(
+                dispatch=dispatch,
+                why="LiveKit has no dispatch for the token's agent at its deadline (the room existed "
+                "before the token's join, so LiveKit ignored its agents)",
+            )
             return "converted to explicit"
         to, error = S.FAILED, f"LiveKit has no dispatch for '{dispatch.agent_name}' any more"
     else:
@@ -404,3 +408,32 @@ def dispatch_deadline_check(*, dispatch_id: int) -> str:
     with transaction.atomic():
         dispatch_retry(dispatch=dispatch)
     return to
+
+
+def dispatch_token_join_check(*, dispatch_id: int, identity: str) -> str:
+    """The participant whose token carried this agent joined: did that join create the room?
+    LiveKit shows a dispatch for the agent if it did (it honoured the token); if not, the room
+    was created by someone else after the token was minted and LiveKit ignored the token's
+    agents, so the agent is dispatched explicitly now rather than at its join deadline.
+    Raises LiveKitUnavailable for the task to retry."""
+    dispatch = Dispatch.objects.select_related("room").filter(pk=dispatch_id).first()
+    if dispatch is None or dispatch.status != S.PENDING or dispatch.delivery != Dispatch.Delivery.TOKEN:
+        return "skipped"
+    known = _known_livekit_ids(dispatch)
+    found = livekit_run(lambda client: client.list_dispatches(dispatch.room.name))
+    agents_seen_in(room_name=dispatch.room.name, how="join check", dispatches=found)
+    ours = _adoptable(found, dispatch, known)
+    if ours is None:
+        moved = dispatch_deliver_explicitly(
+            dispatch=dispatch,
+            why=f"'{identity}' joined a room that already existed (created after the token was minted), "
+            "so LiveKit ignored the token's agents",
+        )
+        return "converted to explicit" if moved else "skipped"
+    with transaction.atomic():
+        _livekit_has_it(
+            dispatch=dispatch,
+            found=ours,
+            detail=f"LiveKit dispatched it from the token of '{identity}': {ours.id}",
+        )
+    return S.REQUESTED

@@ -1,27 +1,21 @@
-"""What asks for an agent, and what the webhooks report: the token path, explicit rules on a
-room, the Dispatch API and admin actions, agents joining and leaving. All ledger writes; the
-LiveKit side is enqueued (see `lifecycle`).
+"""What asks for an agent, and what the webhooks report: explicit rules on a room, the
+Dispatch API and admin actions, agents and people joining and leaving. (The token path's
+record is a fact: see `facts`.) All ledger writes; the LiveKit side is enqueued (see
+`lifecycle`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import time
-from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 from django.db import transaction
-from django.db.models import F
 from django.utils import timezone
 
 from agents_app.models import Agent
-from agents_app.ratelimit import Push
 from agents_app.rules import Join
 from agents_app.selectors import ClientScope, config_get
 from dispatchportal.exceptions import Forbidden, NotFound
-from dispatchportal.redis import BROKER_ERRORS, redis_client, redis_key
 
 from ..livekit_client import (
     ROOM_GONE_REASONS,
@@ -31,162 +25,15 @@ from ..models import LIVE_STATUSES, Dispatch, Room
 from .ledger import (
     S,
     agent_joined_record,
+    agent_left_record,
     dispatch_create,
     dispatch_note,
-    dispatch_retry,
     dispatch_transition,
     enqueue,
     room_get_or_create,
 )
 
 logger = logging.getLogger(__name__)
-
-
-# --- the token path -------------------------------------------------------------------------
-
-
-TOKEN_EVENTS = ("rooms", "token-events")
-DRAIN_SCHEDULED = ("rooms", "token-drain-scheduled")
-DRAIN_LOCK = ("rooms", "token-drain-lock")
-DRAIN_DELAY_S = 1.0
-DRAIN_BATCH = 200
-
-
-def _token_event(
-    *, room_name: str, participant_identity: str, agents: Sequence[Any], client: str
-) -> dict[str, Any]:
-    return {
-        "room_name": room_name,
-        "participant_identity": participant_identity,
-        "agents": [
-            {"agent_name": a.agent_name, "rule": a.rule, "metadata": a.metadata, "delivery": a.delivery}
-            for a in agents
-        ],
-        "client": client,
-        "minted_at": time.time(),
-    }
-
-
-def token_handoff(
-    *, room_name: str, participant_identity: str, agents: Sequence[Any], client: str
-) -> Push | None:
-    """What the token path queues in Redis, in the same round trip that admits the request
-    (`agents_app.ratelimit.admit`): the token's event, and a flag whose first setter each
-    second schedules the drain (`token_drain_schedule`). None without Redis."""
-    if redis_client() is None:
-        return None
-    event = _token_event(
-        room_name=room_name, participant_identity=participant_identity, agents=agents, client=client
-    )
-    return Push(
-        list_key=redis_key(*TOKEN_EVENTS),
-        item=json.dumps(event),
-        flag_key=redis_key(*DRAIN_SCHEDULED),
-        flag_ms=int(DRAIN_DELAY_S * 1000),
-    )
-
-
-def token_drain_schedule() -> None:
-    """Drain the queue once the current second ends: a Celery publish (about 1 ms) is paid
-    once a second, not per token."""
-    from .. import tasks
-
-    try:
-        tasks.token_events_drain.apply_async(countdown=DRAIN_DELAY_S, retry=False)
-    except BROKER_ERRORS:  # the next second's first token, or reconcile, drains instead
-        logger.warning("could not schedule the token drain", exc_info=True)
-
-
-def token_minted(*, room_name: str, participant_identity: str, agents: Sequence[Any], client: str) -> None:
-    """Hand a minted token's agents over when they could not be queued in Redis (embedded
-    set-up, or Redis down): one task per token. No database write on the request path."""
-    from .. import tasks
-
-    event = _token_event(
-        room_name=room_name, participant_identity=participant_identity, agents=agents, client=client
-    )
-    try:
-        tasks.token_dispatches_record.apply_async(kwargs=event, retry=False)
-    except BROKER_ERRORS:
-        # The token is valid either way; the join deadline and reconcile still cover the room.
-        logger.warning("could not hand the token's dispatches over", extra={"room": room_name}, exc_info=True)
-
-
-def _queued_event(raw: bytes) -> dict[str, Any]:
-    """A queued event: '1' or '0' (the room was live when the token was minted, so its agents
-    went out as explicit dispatches, as the token's answer said), then the JSON."""
-    text = raw.decode()
-    event = json.loads(text[1:])
-    if text[0] == "1":
-        event["agents"] = [{**a, "delivery": "explicit"} for a in event["agents"]]
-    return event
-
-
-def token_events_drain() -> int:
-    """Record queued token events in the ledger. At least once: a batch is removed only after
-    it is recorded, so a worker killed mid-drain loses nothing (a replayed event finds its
-    dispatch already live). One drain at a time."""
-    redis = redis_client()
-    if redis is None:
-        return 0
-    lock = redis.lock(redis_key(*DRAIN_LOCK), timeout=120, blocking=False)
-    if not lock.acquire():
-        return 0
-    drained = 0
-    try:
-        key = redis_key(*TOKEN_EVENTS)
-        while batch := redis.lrange(key, 0, DRAIN_BATCH - 1):
-            for raw in batch:
-                token_dispatches_record(**_queued_event(raw))
-            redis.ltrim(key, len(batch), -1)
-            drained += len(batch)
-    finally:
-        lock.release()
-    return drained
-
-
-def token_dispatches_record(
-    *,
-    room_name: str,
-    participant_identity: str,
-    agents: Sequence[dict[str, str]],
-    client: str,
-    minted_at: float,
-) -> list[Dispatch]:
-    """Record a minted token's agents: token-delivered ones as `pending` (LiveKit dispatches
-    them when the join creates the room), explicit ones dispatched now."""
-    minted = datetime.fromtimestamp(minted_at, tz=UTC)
-    with transaction.atomic():
-        room = room_get_or_create(name=room_name)
-        updates: dict[str, Any] = {"last_token_at": minted, "tokens_minted": F("tokens_minted") + 1}
-        if room.first_token_at is None:
-            updates["first_token_at"] = minted
-            updates["existed_before_token"] = bool(
-                room.status == Room.Status.ACTIVE and room.started_at and room.started_at < minted
-            )
-        Room.objects.filter(pk=room.pk).update(**updates)
-        room.refresh_from_db()
-        by_name = {
-            a.agent_name: a for a in Agent.objects.filter(agent_name__in=[x["agent_name"] for x in agents])
-        }
-        recorded = []
-        for item in agents:
-            agent = by_name.get(item["agent_name"])
-            if agent is None:
-                logger.warning("token named unknown agent %r", item["agent_name"], extra={"room": room_name})
-                continue
-            dispatch, _ = dispatch_create(
-                room=room,
-                agent=agent,
-                source=Dispatch.Source.TOKEN,
-                delivery=item["delivery"],
-                metadata=item["metadata"],
-                rule_name=item["rule"],
-                requested_by=client,
-                identity_trigger=participant_identity,
-            )
-            recorded.append(dispatch)
-    return recorded
 
 
 # --- rules on a room ----------------------------------------------------------------------
@@ -229,7 +76,8 @@ def dispatch_api_create(
     *, client: ClientScope | None, requested_by: str, room_name: str, agent_name: str, metadata: str | None
 ) -> tuple[Dispatch, bool]:
     """POST /api/v1/dispatches: an explicit dispatch within the caller's scope. `client` is
-    None for staff. Returns the dispatch and whether it is new (else the live one)."""
+    None for staff. Returns the dispatch and whether it is new (else the live one, whose
+    timeline notes the request)."""
     agent = Agent.objects.filter(agent_name=agent_name).first()
     if agent is None:
         raise NotFound(f"unknown agent '{agent_name}'", field="agent_name")
@@ -241,9 +89,17 @@ def dispatch_api_create(
         raise Forbidden(f"agent '{agent_name}' is disabled", field="agent_name")
     with transaction.atomic():
         room = room_get_or_create(name=room_name)
-        return dispatch_create(
+        dispatch, created = dispatch_create(
             room=room, agent=agent, source=Dispatch.Source.API, metadata=metadata, requested_by=requested_by
         )
+        if not created:  # the request is a fact too: on the live dispatch's timeline
+            differs = metadata is not None and metadata != dispatch.metadata
+            dispatch_note(
+                dispatch=dispatch,
+                detail=f"Dispatch API: {requested_by} asked for '{agent_name}' again; answered 409, nothing "
+                "created" + ("; their different metadata was not applied" if differs else ""),
+            )
+    return dispatch, created
 
 
 def dispatch_cancel(*, dispatch: Dispatch, by: str) -> bool:
@@ -343,28 +199,27 @@ def agent_participant_left(
     if dispatch is None:
         return None
     dispatch.room = room
-    now = timezone.now()
     if participant.disconnect_reason in ROOM_GONE_REASONS or room.status == Room.Status.FINISHED:
-        dispatch_transition(
-            dispatch=dispatch,
-            to=S.ROOM_CLOSED,
-            expect=(S.AGENT_JOINED,),
-            detail="the room closed",
-            left_at=now,
-        )
+        agent_left_record(dispatch=dispatch, error="the room closed", room_closed=True)
         return dispatch
     error = f"agent participant '{participant.identity}' left the room ({how}"
     if participant.disconnect_reason:
         error += f", reason {participant.disconnect_reason}"
-    error += ")"
-    with transaction.atomic():
-        if dispatch_transition(
-            dispatch=dispatch,
-            to=S.FAILED,
-            expect=(S.AGENT_JOINED,),
-            detail=error,
-            last_error=error,
-            left_at=now,
-        ):
-            dispatch_retry(dispatch=dispatch)
+    agent_left_record(dispatch=dispatch, error=error + ")")
     return dispatch
+
+
+def person_joined(*, room: Room, participant: LkParticipant) -> int:
+    """A participant who is not an agent joined. If its token carried agents still waiting
+    for LiveKit, check now whether LiveKit honoured them (it does not when the room existed
+    before this join): the check task dispatches them explicitly if not."""
+    waiting = Dispatch.objects.filter(
+        room=room,
+        status=S.PENDING,
+        delivery=Dispatch.Delivery.TOKEN,
+        participant_identity_trigger=participant.identity,
+    ).values_list("pk", flat=True)
+    ids = list(waiting)
+    for dispatch_id in ids:
+        enqueue("dispatch_token_check", dispatch_id, participant.identity)
+    return len(ids)

@@ -226,7 +226,7 @@ def test_no_worker_with_that_name_suggests_the_near_miss_seen_joining(lk):
     later = room_diagnose(room_name="support-8", now=_later())
 
     assert now_waiting.status == "waiting" and now_waiting.exit_code == 0
-    assert "no job yet (deadline 15 s)" in _link(now_waiting, 5).summary
+    assert "waiting, 15 s left of its 15 s join deadline; no job yet" in _link(now_waiting, 5).summary
     link = later.first_broken
     assert link.number == 5 and later.exit_code == 1
     assert "no worker is registered as exactly 'support-agent'" in link.cause

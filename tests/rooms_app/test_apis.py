@@ -8,7 +8,7 @@ from django.utils import timezone
 
 from rooms_app import services
 from rooms_app.models import Dispatch
-from tests.factories import AgentFactory, make_client
+from tests.factories import AgentFactory, make_client, token_recorded
 
 pytestmark = pytest.mark.django_db
 
@@ -58,11 +58,24 @@ def test_metadata_defaults_to_the_agents(api, key):
     assert create(api, key).json()["metadata"] == '{"lang":"en"}'
 
 
-def test_a_second_request_returns_the_live_dispatch(api, key):
+def test_a_second_request_is_409_with_the_live_dispatch(api, key):
     first = create(api, key).json()
     again = create(api, key)
-    assert again.status_code == 200 and again.json()["id"] == first["id"]
+    assert again.status_code == 409
+    body = again.json()
+    assert body["error"] == "already_dispatched" and body["dispatch"]["id"] == first["id"]
+    assert body["metadata_applied"] is True
     assert Dispatch.objects.count() == 1
+
+
+def test_a_live_token_dispatch_never_silently_drops_the_callers_metadata(api, key):
+    [token_row] = token_recorded("support-1", "ann", "support-agent", metadata='{"from":"token"}')
+    answer = create(api, key, metadata='{"topic": "billing"}')
+    assert answer.status_code == 409
+    body = answer.json()
+    assert body["metadata_applied"] is False and "NOT applied" in body["detail"]
+    assert body["dispatch"]["id"] == token_row.pk and body["dispatch"]["metadata"] == '{"from":"token"}'
+    assert "not applied" in body["dispatch"]["events"][-1]["detail"]
 
 
 @pytest.mark.parametrize(
@@ -199,7 +212,7 @@ def test_endpoints_are_in_the_openapi_schema(staff_api):
     paths = schema["paths"]
     assert {"post"} <= set(paths["/api/v1/dispatches"])
     assert {"get", "delete"} <= set(paths["/api/v1/dispatches/{dispatch_id}"])
-    assert set(paths["/api/v1/dispatches"]["post"]["responses"]) >= {"200", "202", "400", "401", "403", "404"}
+    assert set(paths["/api/v1/dispatches"]["post"]["responses"]) >= {"202", "400", "401", "403", "404", "409"}
     assert set(paths["/api/v1/dispatches/{dispatch_id}"]["delete"]["responses"]) >= {"202", "404", "409"}
     assert set(paths["/api/v1/rooms/{room_name}"]["get"]["responses"]) >= {"200", "401", "403"}
     assert set(paths["/livekit/webhook"]["post"]["responses"]) >= {"200", "401"}

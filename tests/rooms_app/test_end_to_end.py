@@ -99,7 +99,9 @@ def test_room_started_webhook_and_explicit_rule_agent_joined(e2e):
     e2e.control.create_rooms([{"name": "support-2", "participants": [{"identity": "caller"}]}])
     row = wait_joined(e2e, "support-2")
     assert row.source == "rule" and row.livekit_dispatch_id.startswith("AD_")
-    assert [e.status for e in row.events.all()] == ["pending", "requested", "agent_joined"]
+    # The job is on the timeline too (story 7 of issue 9: it never was).
+    assert [e.status for e in row.events.all()] == ["pending", "requested", "job_assigned", "agent_joined"]
+    assert row.livekit_job_id.startswith("AJ_") and row.job_assigned_at is not None
     assert len(agents_in(e2e, "support-2", "support-agent")) == 1
 
 
@@ -197,6 +199,7 @@ def test_concurrent_triggers_for_one_room_make_one_agent(e2e, live_server):
     _, key = make_client("web", rooms=["support-*"], agent_names=["support-agent"])
     e2e.control.add_worker("support-agent", delay_ms=50)
     import json
+    import urllib.error
     import urllib.request
 
     def api_dispatch() -> None:
@@ -206,7 +209,10 @@ def test_concurrent_triggers_for_one_room_make_one_agent(e2e, live_server):
             headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"},
             method="POST",
         )
-        urllib.request.urlopen(request, timeout=10).read()
+        try:
+            urllib.request.urlopen(request, timeout=10).read()
+        except urllib.error.HTTPError as exc:  # another trigger got there first: said so
+            assert exc.code == 409, exc.code
 
     triggers = [
         lambda: e2e.control.create_rooms([{"name": "support-8", "participants": [{"identity": "caller"}]}]),

@@ -3,7 +3,7 @@
 
 from django.urls import path
 
-from .doctor_apis import RoomDiagnosisApi
+from .apis import RoomDiagnosisApi
 
 app_name = "doctor"
 urlpatterns = [

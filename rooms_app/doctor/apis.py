@@ -21,7 +21,8 @@ from agents_app.selectors import ClientScope
 from dispatchportal.exceptions import Forbidden
 from dispatchportal.serializers import LiveKitName
 
-from .doctor import BROKEN, HEALTHY, LIVEKIT_UNAVAILABLE, OK, UNKNOWN, WAITING, room_diagnose
+from .checks import room_diagnose
+from .facts import BROKEN, HEALTHY, LIVEKIT_UNAVAILABLE, OK, UNKNOWN, WAITING
 
 
 def _error(description: str) -> OpenApiResponse:
