@@ -1,0 +1,127 @@
+"""Admin for alert targets, incidents and deliveries, worker health URLs, and canaries."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.http import HttpRequest
+
+from . import alerts
+from .models import AlertDelivery, AlertTarget, Incident
+from .net import safe_host
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """History written by the services: visible, never edited by hand."""
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class AlertTargetForm(forms.ModelForm):
+    new_secret = forms.CharField(
+        label="set signing secret",
+        required=False,
+        widget=forms.PasswordInput(render_value=False),
+        help_text="Webhooks only. Leave empty to keep the current one (or, for a new webhook, to "
+        "generate one, shown once). At least 32 characters, e.g. from `openssl rand -hex 32`.",
+    )
+
+    class Meta:
+        model = AlertTarget
+        fields = ("name", "kind", "url", "enabled", "allow_private", "max_per_hour", "max_attempts", "timeout_s")
+
+    def clean_new_secret(self) -> str:
+        secret = self.cleaned_data["new_secret"]
+        if secret and len(secret) < 32:
+            raise forms.ValidationError("use at least 32 characters")
+        return secret
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        from .net import UrlRefused, url_check
+
+        if data.get("url"):
+            try:
+                url_check(data["url"], allow_private=bool(data.get("allow_private")))
+            except UrlRefused as exc:
+                self.add_error("url", str(exc))
+        return data
+
+
+class DeliveryInline(admin.TabularInline):
+    model = AlertDelivery
+    fields = ("created_at", "incident", "event", "status", "attempts", "response_status", "last_error", "sent_at")
+    readonly_fields = fields
+    extra = 0
+    max_num = 0
+    can_delete = False
+    ordering = ("-created_at",)
+
+    def get_queryset(self, request: HttpRequest) -> Any:
+        return super().get_queryset(request).select_related("incident", "target")
+
+
+@admin.register(AlertTarget)
+class AlertTargetAdmin(admin.ModelAdmin):
+    form = AlertTargetForm
+    list_display = ("name", "kind", "host", "enabled", "allow_private", "max_per_hour", "secret_state")
+    list_filter = ("kind", "enabled")
+    fieldsets = (
+        (None, {"fields": ("name", "kind", "url", "enabled")}),
+        ("Signing (webhooks)", {"fields": ("secret_state", "new_secret")}),
+        ("Delivery", {"fields": ("allow_private", "max_per_hour", "max_attempts", "timeout_s")}),
+    )
+    readonly_fields = ("secret_state",)
+    inlines = [DeliveryInline]
+
+    @admin.display(description="URL host")
+    def host(self, target: AlertTarget) -> str:
+        return safe_host(target.url)
+
+    @admin.display(description="signing secret")
+    def secret_state(self, target: AlertTarget) -> str:
+        if target.kind == AlertTarget.Kind.SLACK:
+            return "not used (Slack)"
+        return f"set, ends …{target.secret[-4:]}" if target.secret else "not set"
+
+    def save_model(self, request: HttpRequest, obj: AlertTarget, form: Any, change: bool) -> None:
+        shown = alerts.target_save(target=obj, new_secret=form.cleaned_data.get("new_secret", ""))
+        if shown:
+            messages.warning(
+                request,
+                f"Signing secret for '{obj.name}' (shown once, copy it now): {shown}. Verify "
+                f"{alerts.SIGNATURE_HEADER}: sha256=HMAC-SHA256(secret, raw body) in hex.",
+            )
+
+
+class IncidentDeliveryInline(DeliveryInline):
+    fields = ("created_at", "target", "event", "status", "attempts", "response_status", "last_error", "sent_at")
+    readonly_fields = fields
+
+
+@admin.register(Incident)
+class IncidentAdmin(ReadOnlyAdmin):
+    list_display = ("opened_at", "status", "kind", "subject", "summary", "occurrences", "resolved_at")
+    list_filter = ("status", "kind")
+    search_fields = ("key", "subject", "summary")
+    readonly_fields = (
+        "key", "kind", "subject", "status", "summary", "detail", "opened_at", "last_seen_at", "resolved_at",
+        "occurrences",
+    )
+    inlines = [IncidentDeliveryInline]
+
+
+@admin.register(AlertDelivery)
+class AlertDeliveryAdmin(ReadOnlyAdmin):
+    list_display = ("created_at", "target", "incident", "event", "status", "attempts", "response_status", "sent_at")
+    list_filter = ("status", "event", "target")
+    list_select_related = ("target", "incident")
+    readonly_fields = (
+        "target", "incident", "event", "status", "attempts", "response_status", "last_error", "created_at", "sent_at"
+    )

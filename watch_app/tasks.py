@@ -1,0 +1,26 @@
+"""Celery tasks of alerts, worker presence and canaries: each takes ids and calls a service."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Task, shared_task
+
+from . import alerts, checks
+
+
+@shared_task(name="alerts.evaluate", soft_time_limit=60, time_limit=90, ignore_result=True)
+def alerts_evaluate(only: list[str] | None = None) -> list[str]:
+    """Run the alert checks (beat, every ALERTS_EVALUATE_INTERVAL_S)."""
+    return checks.alerts_evaluate(only=only)
+
+
+@shared_task(
+    bind=True, name="alerts.deliver", acks_late=True, soft_time_limit=30, time_limit=45, max_retries=None
+)
+def alert_deliver(self: Task, delivery_id: int) -> Any:
+    """Send one alert delivery; the row counts attempts and bounds the retries."""
+    try:
+        return alerts.delivery_send(delivery_id=delivery_id)
+    except alerts.DeliveryRetry as exc:
+        raise self.retry(exc=exc, countdown=exc.countdown) from None
