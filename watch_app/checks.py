@@ -33,13 +33,15 @@ GIVE_UP_GRACE = timedelta(seconds=2)
 LOOKBACK = timedelta(days=1)
 
 
-def dispatches_check(*, now: datetime | None = None) -> None:
+def dispatches_check(*, now: datetime | None = None, settled: bool = False) -> None:
+    """`settled`: called after the dispatch task finished, so any re-dispatch is written."""
     now = now or timezone.now()
+    grace = timedelta(0) if settled else GIVE_UP_GRACE
     gave_up = (
         Dispatch.objects.filter(
             status__in=GAVE_UP_STATUSES,
             ended_at__gt=now - LOOKBACK,
-            ended_at__lte=now - GIVE_UP_GRACE,
+            ended_at__lte=now - grace,
             retries__isnull=True,
         )
         .exclude(room__name__startswith=CANARY_ROOM_PREFIX)
@@ -147,7 +149,9 @@ CHECKS = {
 }
 
 
-def alerts_evaluate(*, only: Iterable[str] | None = None, now: datetime | None = None) -> list[str]:
+def alerts_evaluate(
+    *, only: Iterable[str] | None = None, now: datetime | None = None, settled: bool = False
+) -> list[str]:
     """Run the checks (all, or those named); one failing check does not stop the others."""
     from . import canary
 
@@ -155,7 +159,10 @@ def alerts_evaluate(*, only: Iterable[str] | None = None, now: datetime | None =
     ran = []
     for name in only or checks:
         try:
-            checks[name](now=now)
+            if name == "dispatches":
+                dispatches_check(now=now, settled=settled)
+            else:
+                checks[name](now=now)
         except Exception:  # a bug in one check must not silence the others
             logger.exception("alert check %s failed", name)
             continue

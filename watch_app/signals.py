@@ -32,8 +32,8 @@ def _after_task(sender: Any = None, retval: Any = None, state: str = "", **_: An
         from .tasks import alerts_evaluate
 
         try:
-            # After the grace in which a re-dispatch may still be written.
-            alerts_evaluate.apply_async(kwargs={"only": ["dispatches"]}, countdown=2.5, retry=False)
+            # The task has finished: any re-dispatch it made is committed.
+            alerts_evaluate.apply_async(kwargs={"only": ["dispatches"], "settled": True}, retry=False)
         except BROKER_ERRORS:
             logger.warning("could not enqueue the dispatch alert check; beat will run it")
 

@@ -10,9 +10,10 @@ from . import alerts, checks
 
 
 @shared_task(name="alerts.evaluate", soft_time_limit=60, time_limit=90, ignore_result=True)
-def alerts_evaluate(only: list[str] | None = None) -> list[str]:
-    """Run the alert checks (beat, every ALERTS_EVALUATE_INTERVAL_S)."""
-    return checks.alerts_evaluate(only=only)
+def alerts_evaluate(only: list[str] | None = None, settled: bool = False) -> list[str]:
+    """Run the alert checks (beat, every ALERTS_EVALUATE_INTERVAL_S; `settled` when nudged by a
+    dispatch task that has finished)."""
+    return checks.alerts_evaluate(only=only, settled=settled)
 
 
 @shared_task(
