@@ -8,22 +8,28 @@ import uuid
 import pytest
 from rest_framework.test import APIClient
 
-pytest_plugins = ["livekit_emulator.pytest_plugin"]
+pytest_plugins = ["livekit_emulator.pytest_plugin", "tests.real_livekit"]
 
 REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES") == "1"
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """A test marked as needing a service skips without it, or fails under REQUIRE_SERVICES=1."""
+    from tests import real_livekit  # registered above as a plugin; imported here to be rewritten
+
     missing = {
-        "needs_redis": not os.environ.get("REDIS_URL"),
-        "needs_postgres": not os.environ.get("DATABASE_URL", "").startswith("postgres"),
+        "needs_redis": (not os.environ.get("REDIS_URL"), "service not configured"),
+        "needs_postgres": (
+            not os.environ.get("DATABASE_URL", "").startswith("postgres"),
+            "service not configured",
+        ),
+        real_livekit.MARKER: (real_livekit.server_binary() is None, real_livekit.HOW_TO_GET),
     }
-    for marker, absent in missing.items():
+    for marker, (absent, why) in missing.items():
         if absent and item.get_closest_marker(marker):
             if REQUIRE_SERVICES:
-                pytest.fail(f"REQUIRE_SERVICES=1 but {marker} has no service configured")
-            pytest.skip(f"{marker}: service not configured")
+                pytest.fail(f"REQUIRE_SERVICES=1 but {marker}: {why}")
+            pytest.skip(f"{marker}: {why}")
 
 
 @pytest.fixture(autouse=True)

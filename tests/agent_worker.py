@@ -1,0 +1,76 @@
+"""A real livekit-agents 1.8.9 worker for tests and `make run`, configured from its environment.
+
+    LIVEKIT_URL, LIVEKIT_API_KEY, LIVEKIT_API_SECRET   the server (read by livekit-agents)
+    AGENT_NAME        the name it registers with ("" registers for automatic dispatch)
+    AGENT_BEHAVIOR    what each job does:
+                        accept  join the room (ctx.connect()) and stay until the room ends
+                        raise   raise in the entrypoint
+                        exit    end the job process at once (os._exit(1)) in the entrypoint
+                        slow    wait AGENT_DELAY_S before accepting, then as accept
+    AGENT_DELAY_S     seconds for `slow` (default 3)
+
+It prints `AGENT_WORKER_REGISTERED <worker id> <health port>` once the server has registered
+it (about 3 s after start); tests/real_livekit.py waits for that line. Never overloaded: a busy
+test machine must not make it reject jobs (load 0, no threshold). Its health server
+(`/` and `/worker`) listens on 127.0.0.1 on a free port, not on all interfaces on 8081.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+
+from livekit.agents import AgentServer, JobContext, JobRequest, cli
+
+AGENT_NAME = os.environ.get("AGENT_NAME", "")
+BEHAVIOR = os.environ.get("AGENT_BEHAVIOR", "accept")
+DELAY_S = float(os.environ.get("AGENT_DELAY_S", "3"))
+
+logger = logging.getLogger("agent_worker")
+
+
+def no_load() -> float:
+    return 0.0
+
+
+server = AgentServer(
+    load_fnc=no_load,
+    load_threshold=float("inf"),
+    host="127.0.0.1",
+    port=0,
+    num_idle_processes=1,  # one warm job process: a job starts without forking under load
+    http_proxy=None,  # everything is on loopback
+)
+
+
+async def on_request(request: JobRequest) -> None:
+    if BEHAVIOR == "slow":
+        await asyncio.sleep(DELAY_S)
+    await request.accept()
+
+
+@server.rtc_session(agent_name=AGENT_NAME, on_request=on_request)
+async def entrypoint(ctx: JobContext) -> None:
+    logger.info("job %s for room %s: %s", ctx.job.id, ctx.job.room.name, BEHAVIOR)
+    if BEHAVIOR == "raise":
+        raise RuntimeError(f"agent_worker: the entrypoint raised (job {ctx.job.id})")
+    if BEHAVIOR == "exit":
+        os._exit(1)
+    await ctx.connect()
+    logger.info("job %s joined room %s as %s", ctx.job.id, ctx.room.name, ctx.room.local_participant.identity)
+
+
+def on_registered(worker_id: str, _server_info: object) -> None:
+    print(f"AGENT_WORKER_REGISTERED {worker_id} {server.worker_info.http_port}", flush=True)
+
+
+server.on("worker_registered", on_registered)
+
+
+if __name__ == "__main__":
+    if BEHAVIOR not in ("accept", "raise", "exit", "slow"):
+        sys.exit(f"AGENT_BEHAVIOR must be accept, raise, exit or slow, not {BEHAVIOR!r}")
+    sys.argv = [sys.argv[0], "start"]
+    cli.run_app(server)
