@@ -127,6 +127,8 @@ class LkDispatch:
     metadata: str
     created_at: datetime | None
     jobs: tuple[LkJob, ...] = field(default_factory=tuple)
+    deployment: str = ""
+    attributes: dict[str, str] = field(default_factory=dict)
 
 
 def _from_seconds(seconds: float) -> datetime | None:
@@ -172,6 +174,8 @@ def _dispatch(message: Any) -> LkDispatch:
         metadata=message.metadata,
         created_at=_from_seconds(message.state.created_at / 1e9),
         jobs=jobs,
+        deployment=message.deployment,
+        attributes=dict(message.attributes),
     )
 
 
@@ -279,8 +283,22 @@ class LiveKit:
         answer = await self._call("ListDispatch", self._api.agent_dispatch.list_dispatch(room))
         return [_dispatch(d) for d in answer]
 
-    async def create_dispatch(self, room: str, agent_name: str, metadata: str) -> LkDispatch:
-        request = CreateAgentDispatchRequest(room=room, agent_name=agent_name, metadata=metadata)
+    async def create_dispatch(
+        self,
+        room: str,
+        agent_name: str,
+        metadata: str,
+        *,
+        deployment: str = "",
+        attributes: dict[str, str] | None = None,
+    ) -> LkDispatch:
+        request = CreateAgentDispatchRequest(
+            room=room,
+            agent_name=agent_name,
+            metadata=metadata,
+            deployment=deployment,
+            attributes=attributes or {},
+        )
         return _dispatch(
             await self._call("CreateDispatch", self._api.agent_dispatch.create_dispatch(request))
         )

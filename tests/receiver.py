@@ -48,7 +48,13 @@ class Receiver:
                 body = self.rfile.read(length) if length else b""
                 with receiver._lock:
                     receiver.requests.append(
-                        Received(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body, time.time())
+                        Received(
+                            self.command,
+                            self.path,
+                            {k.lower(): v for k, v in self.headers.items()},
+                            body,
+                            time.time(),
+                        )
                     )
                     reply = receiver.routes.get(self.path) or (
                         receiver.script.pop(0) if receiver.script else receiver.default

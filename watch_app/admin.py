@@ -34,7 +34,16 @@ class AlertTargetForm(forms.ModelForm):
 
     class Meta:
         model = AlertTarget
-        fields = ("name", "kind", "url", "enabled", "allow_private", "max_per_hour", "max_attempts", "timeout_s")
+        fields = (
+            "name",
+            "kind",
+            "url",
+            "enabled",
+            "allow_private",
+            "max_per_hour",
+            "max_attempts",
+            "timeout_s",
+        )
 
     def clean_new_secret(self) -> str:
         secret = self.cleaned_data["new_secret"]
@@ -56,7 +65,16 @@ class AlertTargetForm(forms.ModelForm):
 
 class DeliveryInline(admin.TabularInline):
     model = AlertDelivery
-    fields = ("created_at", "incident", "event", "status", "attempts", "response_status", "last_error", "sent_at")
+    fields = (
+        "created_at",
+        "incident",
+        "event",
+        "status",
+        "attempts",
+        "response_status",
+        "last_error",
+        "sent_at",
+    )
     readonly_fields = fields
     extra = 0
     max_num = 0
@@ -101,7 +119,16 @@ class AlertTargetAdmin(admin.ModelAdmin):
 
 
 class IncidentDeliveryInline(DeliveryInline):
-    fields = ("created_at", "target", "event", "status", "attempts", "response_status", "last_error", "sent_at")
+    fields = (
+        "created_at",
+        "target",
+        "event",
+        "status",
+        "attempts",
+        "response_status",
+        "last_error",
+        "sent_at",
+    )
     readonly_fields = fields
 
 
@@ -111,7 +138,15 @@ class IncidentAdmin(ReadOnlyAdmin):
     list_filter = ("status", "kind")
     search_fields = ("key", "subject", "summary")
     readonly_fields = (
-        "key", "kind", "subject", "status", "summary", "detail", "opened_at", "last_seen_at", "resolved_at",
+        "key",
+        "kind",
+        "subject",
+        "status",
+        "summary",
+        "detail",
+        "opened_at",
+        "last_seen_at",
+        "resolved_at",
         "occurrences",
     )
     inlines = [IncidentDeliveryInline]
@@ -119,9 +154,26 @@ class IncidentAdmin(ReadOnlyAdmin):
 
 @admin.register(AlertDelivery)
 class AlertDeliveryAdmin(ReadOnlyAdmin):
-    list_display = ("created_at", "target", "incident", "event", "status", "attempts", "response_status", "sent_at")
+    list_display = (
+        "created_at",
+        "target",
+        "incident",
+        "event",
+        "status",
+        "attempts",
+        "response_status",
+        "sent_at",
+    )
     list_filter = ("status", "event", "target")
     list_select_related = ("target", "incident")
     readonly_fields = (
-        "target", "incident", "event", "status", "attempts", "response_status", "last_error", "created_at", "sent_at"
+        "target",
+        "incident",
+        "event",
+        "status",
+        "attempts",
+        "response_status",
+        "last_error",
+        "created_at",
+        "sent_at",
     )

@@ -60,7 +60,12 @@ def backoff_s(attempt: int) -> float:
 
 
 def incident_raise(
-    *, key: str, kind: str, summary: str, subject: str = "", detail: dict[str, Any] | None = None,
+    *,
+    key: str,
+    kind: str,
+    summary: str,
+    subject: str = "",
+    detail: dict[str, Any] | None = None,
     now: datetime | None = None,
 ) -> tuple[Incident, bool]:
     """Open the incident `key`, or count another occurrence of the open one. Returns it and
@@ -72,8 +77,13 @@ def incident_raise(
             try:
                 with transaction.atomic():
                     incident = Incident.objects.create(
-                        key=key, kind=kind, subject=subject, summary=summary, detail=detail or {},
-                        opened_at=now, last_seen_at=now,
+                        key=key,
+                        kind=kind,
+                        subject=subject,
+                        summary=summary,
+                        detail=detail or {},
+                        opened_at=now,
+                        last_seen_at=now,
                     )
             except IntegrityError:  # opened by a concurrent check a moment ago
                 open_ = Incident.objects.get(key=key, status=Incident.Status.OPEN)
@@ -82,7 +92,10 @@ def incident_raise(
                 _deliveries_create(incident=incident, event=AlertDelivery.Event.OPENED, now=now)
                 return incident, True
         Incident.objects.filter(pk=open_.pk).update(
-            last_seen_at=now, occurrences=open_.occurrences + 1, summary=summary, detail=detail or open_.detail
+            last_seen_at=now,
+            occurrences=open_.occurrences + 1,
+            summary=summary,
+            detail=detail or open_.detail,
         )
         open_.refresh_from_db()
         return open_, False
@@ -106,8 +119,15 @@ def incident_resolve(*, key: str, summary: str = "", now: datetime | None = None
 
 
 def incident_set(
-    *, failing: bool, key: str, kind: str, summary: str, resolution: str = "", subject: str = "",
-    detail: dict[str, Any] | None = None, now: datetime | None = None,
+    *,
+    failing: bool,
+    key: str,
+    kind: str,
+    summary: str,
+    resolution: str = "",
+    subject: str = "",
+    detail: dict[str, Any] | None = None,
+    now: datetime | None = None,
 ) -> None:
     """Raise `key` while `failing`, resolve it otherwise: what every check ends with."""
     if failing:
@@ -221,7 +241,11 @@ def delivery_send(*, delivery_id: int) -> str:
     body, headers = delivery_request(delivery)
     try:
         answer = http_request(
-            target.url, allow_private=target.allow_private, timeout_s=target.timeout_s, body=body, headers=headers
+            target.url,
+            allow_private=target.allow_private,
+            timeout_s=target.timeout_s,
+            body=body,
+            headers=headers,
         )
     except SendFailed as exc:
         final = not exc.transient or attempt >= target.max_attempts
@@ -232,13 +256,20 @@ def delivery_send(*, delivery_id: int) -> str:
             status=AlertDelivery.Status.FAILED if final else AlertDelivery.Status.PENDING,
         )
         logger.warning(
-            "alert to %s failed (attempt %d): %s", target.name, attempt, exc.message, extra={"target": target.name}
+            "alert to %s failed (attempt %d): %s",
+            target.name,
+            attempt,
+            exc.message,
+            extra={"target": target.name},
         )
         if final:
             return "failed"
         raise DeliveryRetry(exc.message, countdown=backoff_s(attempt)) from None
     AlertDelivery.objects.filter(pk=delivery.pk, status=AlertDelivery.Status.PENDING).update(
-        attempts=attempt, response_status=answer.status, last_error="", status=AlertDelivery.Status.SENT,
+        attempts=attempt,
+        response_status=answer.status,
+        last_error="",
+        status=AlertDelivery.Status.SENT,
         sent_at=timezone.now(),
     )
     logger.info("alert sent to %s (%s)", target.name, safe_host(target.url), extra={"target": target.name})

@@ -52,7 +52,9 @@ def dispatches_check(*, now: datetime | None = None, settled: bool = False) -> N
     from .models import Incident
 
     open_agents = set(
-        Incident.objects.filter(kind="dispatch_gave_up", status=Incident.Status.OPEN).values_list("subject", flat=True)
+        Incident.objects.filter(kind="dispatch_gave_up", status=Incident.Status.OPEN).values_list(
+            "subject", flat=True
+        )
     )
     names = set(last_gave_up) | open_agents
     last_joined = dict(
@@ -168,4 +170,3 @@ def alerts_evaluate(
             continue
         ran.append(name)
     return ran
-

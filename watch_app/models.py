@@ -79,7 +79,9 @@ class Incident(models.Model):
     class Meta:
         ordering = ["-opened_at"]
         constraints = [
-            models.UniqueConstraint(fields=["key"], condition=Q(status="open"), name="one_open_incident_per_key")
+            models.UniqueConstraint(
+                fields=["key"], condition=Q(status="open"), name="one_open_incident_per_key"
+            )
         ]
 
     def __str__(self) -> str:
@@ -178,7 +180,9 @@ class CanarySchedule(models.Model):
         "agents_app.Agent", verbose_name="agent", on_delete=models.CASCADE, related_name="canary"
     )
     enabled = models.BooleanField("enabled", default=True)
-    every_s = models.PositiveIntegerField("every (seconds)", default=300, help_text="e.g. 300 for every 5 minutes.")
+    every_s = models.PositiveIntegerField(
+        "every (seconds)", default=300, help_text="e.g. 300 for every 5 minutes."
+    )
     join_timeout_s = models.PositiveIntegerField(
         "join timeout (seconds)", default=20, help_text="A run fails when the agent has not joined by then."
     )

@@ -104,10 +104,8 @@ def http_request(
         transient = status >= 500 or status == 429
         what = "redirect not followed" if 300 <= status < 400 else "answered"
         raise SendFailed(f"{safe_host(url)} {what} {status}", transient=transient, status=status) from None
-    except (TimeoutError, socket.timeout):
+    except TimeoutError:
         raise SendFailed(f"{safe_host(url)} timed out after {timeout_s:g} s", transient=True) from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise SendFailed(
-            f"cannot reach {safe_host(url)}: {type(reason).__name__}", transient=True
-        ) from None
+        raise SendFailed(f"cannot reach {safe_host(url)}: {type(reason).__name__}", transient=True) from None

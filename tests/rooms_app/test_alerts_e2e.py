@@ -18,10 +18,12 @@ from .conftest import eventually
 SECRET = "e2e-secret-0123456789abcdefghijklmnopqrstuvwxyz"
 
 
-def test_give_up_alerted_once_then_resolved(e2e, receiver):
+def test_give_up_alerted_once_then_resolved(e2e, receiver):  # noqa: F811
     AlertTarget.objects.create(name="pager", url=f"{receiver.url}/hook", allow_private=True, secret=SECRET)
     agent = AgentFactory(agent_name="support-agent", join_deadline_s=1, max_attempts=1)
-    DispatchRule.objects.create(name="support", agent=agent, room_match_value="support-*", delivery="explicit")
+    DispatchRule.objects.create(
+        name="support", agent=agent, room_match_value="support-*", delivery="explicit"
+    )
 
     e2e.control.create_rooms([{"name": "support-1"}, {"name": "support-2"}])
     eventually(lambda: len(receiver.requests) >= 1, timeout=15, what="alert received")
@@ -40,7 +42,9 @@ def test_give_up_alerted_once_then_resolved(e2e, receiver):
 
     e2e.control.add_worker("support-agent")
     e2e.control.create_rooms([{"name": "support-3"}])
-    eventually(lambda: Dispatch.objects.filter(room__name="support-3", status="agent_joined").exists(), timeout=10)
+    eventually(
+        lambda: Dispatch.objects.filter(room__name="support-3", status="agent_joined").exists(), timeout=10
+    )
     checks.dispatches_check()  # what beat runs every ALERTS_EVALUATE_INTERVAL_S
     eventually(lambda: len(receiver.requests) == 2, timeout=10, what="resolved message")
     assert receiver.requests[1].json()["event"] == "resolved"

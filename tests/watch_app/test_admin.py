@@ -10,9 +10,17 @@ from watch_app.models import AlertTarget
 def test_secret_shown_once_then_masked(client, admin_user, receiver):
     client.force_login(admin_user)
     form = {
-        "name": "pager", "kind": "webhook", "url": f"{receiver.url}/hook", "enabled": "on", "allow_private": "on",
-        "max_per_hour": 30, "max_attempts": 5, "timeout_s": 5, "new_secret": "",
-        "deliveries-TOTAL_FORMS": 0, "deliveries-INITIAL_FORMS": 0,
+        "name": "pager",
+        "kind": "webhook",
+        "url": f"{receiver.url}/hook",
+        "enabled": "on",
+        "allow_private": "on",
+        "max_per_hour": 30,
+        "max_attempts": 5,
+        "timeout_s": 5,
+        "new_secret": "",
+        "deliveries-TOTAL_FORMS": 0,
+        "deliveries-INITIAL_FORMS": 0,
     }
     response = client.post("/admin/watch_app/alerttarget/add/", form, follow=True)
     assert response.status_code == 200
@@ -34,8 +42,14 @@ def test_slack_url_listed_by_host_only(client, admin_user, db):
 def test_private_url_refused_in_the_form(client, admin_user, receiver):
     client.force_login(admin_user)
     form = {
-        "name": "p", "kind": "webhook", "url": f"{receiver.url}/hook", "max_per_hour": 30, "max_attempts": 5,
-        "timeout_s": 5, "deliveries-TOTAL_FORMS": 0, "deliveries-INITIAL_FORMS": 0,
+        "name": "p",
+        "kind": "webhook",
+        "url": f"{receiver.url}/hook",
+        "max_per_hour": 30,
+        "max_attempts": 5,
+        "timeout_s": 5,
+        "deliveries-TOTAL_FORMS": 0,
+        "deliveries-INITIAL_FORMS": 0,
     }
     response = client.post("/admin/watch_app/alerttarget/add/", form)
     assert response.status_code == 200 and not AlertTarget.objects.exists()

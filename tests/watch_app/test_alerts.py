@@ -24,7 +24,9 @@ def webhook(db, receiver) -> AlertTarget:
 
 
 def raise_(key: str = "dispatch_gave_up:support", **kw):
-    return alerts.incident_raise(key=key, kind="dispatch_gave_up", subject="support", summary="it broke", **kw)
+    return alerts.incident_raise(
+        key=key, kind="dispatch_gave_up", subject="support", summary="it broke", **kw
+    )
 
 
 def verify(request, secret: str = SECRET) -> None:
@@ -32,7 +34,9 @@ def verify(request, secret: str = SECRET) -> None:
     assert hmac.compare_digest(request.headers["x-dispatchportal-signature"], expected)
 
 
-def test_one_signed_alert_per_incident_and_one_resolved(webhook, receiver, eager_tasks, django_capture_on_commit_callbacks):
+def test_one_signed_alert_per_incident_and_one_resolved(
+    webhook, receiver, eager_tasks, django_capture_on_commit_callbacks
+):
     with django_capture_on_commit_callbacks(execute=True):
         incident, opened = raise_()
         again, opened_again = raise_()
@@ -60,7 +64,9 @@ def test_one_signed_alert_per_incident_and_one_resolved(webhook, receiver, eager
     assert reopened and len(receiver.requests) == 3
 
 
-def test_a_tampered_body_fails_verification(webhook, receiver, eager_tasks, django_capture_on_commit_callbacks):
+def test_a_tampered_body_fails_verification(
+    webhook, receiver, eager_tasks, django_capture_on_commit_callbacks
+):
     with django_capture_on_commit_callbacks(execute=True):
         raise_()
     request = receiver.requests[0]
@@ -70,7 +76,9 @@ def test_a_tampered_body_fails_verification(webhook, receiver, eager_tasks, djan
 
 
 def test_slack_target_gets_text_only(db, receiver, eager_tasks, django_capture_on_commit_callbacks):
-    AlertTarget.objects.create(name="slack", kind="slack", url=f"{receiver.url}/services/T0/B0/x", allow_private=True)
+    AlertTarget.objects.create(
+        name="slack", kind="slack", url=f"{receiver.url}/services/T0/B0/x", allow_private=True
+    )
     with django_capture_on_commit_callbacks(execute=True):
         raise_()
         alerts.incident_resolve(key="dispatch_gave_up:support")
@@ -79,7 +87,9 @@ def test_slack_target_gets_text_only(db, receiver, eager_tasks, django_capture_o
     assert "x-dispatchportal-signature" not in receiver.requests[0].headers
 
 
-def test_transient_failures_are_retried_until_delivered(webhook, receiver, eager_tasks, django_capture_on_commit_callbacks):
+def test_transient_failures_are_retried_until_delivered(
+    webhook, receiver, eager_tasks, django_capture_on_commit_callbacks
+):
     receiver.script = [Reply(503), Reply(429)]
     with django_capture_on_commit_callbacks(execute=True):
         raise_()
@@ -110,7 +120,9 @@ def test_a_4xx_is_final(webhook, receiver, eager_tasks, django_capture_on_commit
     assert delivery.last_error == f"http://127.0.0.1:{receiver.server.server_address[1]} answered 400"
 
 
-def test_redirects_are_never_followed(webhook, receiver, other_receiver, eager_tasks, django_capture_on_commit_callbacks):
+def test_redirects_are_never_followed(
+    webhook, receiver, other_receiver, eager_tasks, django_capture_on_commit_callbacks
+):
     receiver.default = Reply(302, headers={"Location": f"{other_receiver.url}/stolen"})
     with django_capture_on_commit_callbacks(execute=True):
         raise_()
@@ -139,11 +151,15 @@ def test_private_address_needs_the_admins_permission(db, receiver, settings):
     settings.PRODUCTION = True
     with pytest.raises(ValueError, match="must be https"):
         alerts.target_save(target=AlertTarget(name="x", kind="webhook", url="http://hooks.example.com/x"))
-    shown = alerts.target_save(target=AlertTarget(name="x", kind="webhook", url=f"{receiver.url}/h", allow_private=True))
+    shown = alerts.target_save(
+        target=AlertTarget(name="x", kind="webhook", url=f"{receiver.url}/h", allow_private=True)
+    )
     assert shown.startswith("dpw_") and AlertTarget.objects.get().secret == shown
 
 
-def test_a_target_turned_private_after_saving_is_refused_at_send(db, receiver, eager_tasks, django_capture_on_commit_callbacks):
+def test_a_target_turned_private_after_saving_is_refused_at_send(
+    db, receiver, eager_tasks, django_capture_on_commit_callbacks
+):
     AlertTarget.objects.create(name="p", kind="webhook", url=f"{receiver.url}/hook", secret=SECRET)
     with django_capture_on_commit_callbacks(execute=True):
         raise_()
@@ -152,7 +168,9 @@ def test_a_target_turned_private_after_saving_is_refused_at_send(db, receiver, e
     assert delivery.status == "failed" and "private or loopback" in delivery.last_error
 
 
-def test_livekit_down_for_long_enough(db, receiver, webhook, lk, settings, eager_tasks, django_capture_on_commit_callbacks):
+def test_livekit_down_for_long_enough(
+    db, receiver, webhook, lk, settings, eager_tasks, django_capture_on_commit_callbacks
+):
     settings.ALERT_LIVEKIT_DOWN_AFTER_S = 30
     lk.control.faults(down=True)
     t0 = timezone.now()
