@@ -177,6 +177,8 @@ ALERT_RETRY_BACKOFF_MAX_S = env.float("ALERT_RETRY_BACKOFF_MAX_S", default=300.0
 WORKER_POLL_INTERVAL_S = env.int("WORKER_POLL_INTERVAL_S", default=15)
 WORKER_POLL_TIMEOUT_S = env.float("WORKER_POLL_TIMEOUT_S", default=3.0)
 WORKER_POLL_CONCURRENCY = env.int("WORKER_POLL_CONCURRENCY", default=8)
+# A worker at or above this load rejects jobs (livekit-agents' default load_threshold is 0.7).
+WORKER_FULL_LOAD = env.float("WORKER_FULL_LOAD", default=0.7)
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

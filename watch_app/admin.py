@@ -8,9 +8,10 @@ from django import forms
 from django.contrib import admin, messages
 from django.http import HttpRequest
 
-from . import alerts
-from .models import AlertDelivery, AlertTarget, Incident
-from .net import safe_host
+from . import alerts, presence
+from .models import AlertDelivery, AlertTarget, Incident, WorkerEndpoint
+from .net import UrlRefused, safe_host, url_check
+from .selectors import agents_presence
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -53,8 +54,6 @@ class AlertTargetForm(forms.ModelForm):
 
     def clean(self) -> dict[str, Any]:
         data = super().clean()
-        from .net import UrlRefused, url_check
-
         if data.get("url"):
             try:
                 url_check(data["url"], allow_private=bool(data.get("allow_private")))
@@ -177,3 +176,69 @@ class AlertDeliveryAdmin(ReadOnlyAdmin):
         "created_at",
         "sent_at",
     )
+
+
+class WorkerEndpointForm(forms.ModelForm):
+    class Meta:
+        model = WorkerEndpoint
+        fields = ("agent", "url", "allow_private", "enabled")
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        if data.get("url"):
+            try:
+                url_check(data["url"], allow_private=bool(data.get("allow_private")))
+            except UrlRefused as exc:
+                self.add_error("url", str(exc))
+        return data
+
+
+@admin.register(WorkerEndpoint)
+class WorkerEndpointAdmin(admin.ModelAdmin):
+    form = WorkerEndpointForm
+    list_display = ("agent", "url", "presence", "healthy", "load", "active_jobs", "answered_at", "last_error")
+    list_filter = ("healthy", "enabled", "agent")
+    list_select_related = ("agent",)
+    fieldsets = (
+        (None, {"fields": ("agent", "url", "allow_private", "enabled")}),
+        (
+            "Last poll",
+            {
+                "fields": (
+                    "polled_at",
+                    "answered_at",
+                    "healthy",
+                    "load",
+                    "active_jobs",
+                    "reported_agent_name",
+                    "last_error",
+                )
+            },
+        ),
+    )
+    readonly_fields = (
+        "polled_at",
+        "answered_at",
+        "healthy",
+        "load",
+        "active_jobs",
+        "reported_agent_name",
+        "last_error",
+    )
+    actions = ("poll_now",)
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
+        names = list(WorkerEndpoint.objects.values_list("agent__agent_name", flat=True).distinct())
+        self._presence = agents_presence(agent_names=names)
+        return super().changelist_view(request, extra_context)
+
+    @admin.display(description="agent presence")
+    def presence(self, endpoint: WorkerEndpoint) -> str:
+        found = getattr(self, "_presence", {}).get(endpoint.agent.agent_name)
+        return found.message if found else ""
+
+    @admin.action(description="Poll the selected workers now")
+    def poll_now(self, request: HttpRequest, queryset: Any) -> None:
+        ids = list(queryset.values_list("pk", flat=True))
+        answered = presence.workers_poll(endpoint_ids=ids)
+        self.message_user(request, f"{answered} of {len(ids)} worker(s) answered.")

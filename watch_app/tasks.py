@@ -25,3 +25,11 @@ def alert_deliver(self: Task, delivery_id: int) -> Any:
         return alerts.delivery_send(delivery_id=delivery_id)
     except alerts.DeliveryRetry as exc:
         raise self.retry(exc=exc, countdown=exc.countdown) from None
+
+
+@shared_task(name="workers.poll", soft_time_limit=60, time_limit=90, ignore_result=True)
+def workers_poll() -> int:
+    """Poll the registered worker health URLs (beat, every WORKER_POLL_INTERVAL_S)."""
+    from . import presence
+
+    return presence.workers_poll()

@@ -1,0 +1,140 @@
+"""Reads for the admin, the dashboard and the doctor: is anyone serving agent 'x'?"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db.models import Max
+from django.utils import timezone
+
+from rooms_app.models import Dispatch
+
+from .models import WorkerEndpoint
+
+
+class PresenceState:
+    ONLINE = "online"  # a worker answered recently and has room for jobs
+    FULL = "full"  # workers answered recently, every one at or above the full load
+    STALE = "stale"  # workers answered once, not recently
+    OFFLINE = "offline"  # health URLs registered, none ever answered
+    SEEN = "seen"  # no health URL; the agent joined a room recently (ledger)
+    UNKNOWN = "unknown"  # no health URL, not seen recently
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerView:
+    url: str
+    healthy: bool | None
+    load: float | None
+    active_jobs: int | None
+    answered_at: datetime | None
+    error: str
+    registered_as: str
+
+
+@dataclass(frozen=True, slots=True)
+class Presence:
+    agent_name: str
+    state: str
+    message: str
+    workers: list[WorkerView] = field(default_factory=list)
+    last_joined_at: datetime | None = None
+    last_job_at: datetime | None = None
+
+
+def _ago(now: datetime, then: datetime) -> str:
+    seconds = int((now - then).total_seconds())
+    if seconds < 90:
+        return f"{seconds} s ago"
+    if seconds < 5400:
+        return f"{round(seconds / 60)} minutes ago"
+    return f"{round(seconds / 3600)} hours ago"
+
+
+def _fresh_window() -> timedelta:
+    # Three missed polls before a worker counts as not answering.
+    return timedelta(
+        seconds=3 * float(settings.WORKER_POLL_INTERVAL_S) + float(settings.WORKER_POLL_TIMEOUT_S)
+    )
+
+
+def agents_presence(*, agent_names: list[str], now: datetime | None = None) -> dict[str, Presence]:
+    """Presence of each named agent, from its polled health URLs and the ledger's joins."""
+    now = now or timezone.now()
+    endpoints: dict[str, list[WorkerEndpoint]] = {}
+    for e in WorkerEndpoint.objects.filter(agent__agent_name__in=agent_names, enabled=True).select_related(
+        "agent"
+    ):
+        endpoints.setdefault(e.agent.agent_name, []).append(e)
+    seen = {
+        row["agent_name"]: row
+        for row in Dispatch.objects.filter(agent_name__in=agent_names)
+        .exclude(joined_at__isnull=True, job_assigned_at__isnull=True)
+        .values("agent_name")
+        .annotate(joined=Max("joined_at"), job=Max("job_assigned_at"))
+    }
+    return {name: _presence(name, endpoints.get(name, []), seen.get(name, {}), now) for name in agent_names}
+
+
+def agent_presence(*, agent_name: str, now: datetime | None = None) -> Presence:
+    return agents_presence(agent_names=[agent_name], now=now)[agent_name]
+
+
+def _presence(name: str, endpoints: list[WorkerEndpoint], seen: dict, now: datetime) -> Presence:
+    views = [
+        WorkerView(
+            e.url, e.healthy, e.load, e.active_jobs, e.answered_at, e.last_error, e.reported_agent_name
+        )
+        for e in endpoints
+    ]
+    joined, job = seen.get("joined"), seen.get("job")
+    common = {"workers": views, "last_joined_at": joined, "last_job_at": job}
+    if endpoints:
+        fresh = [
+            e for e in endpoints if e.healthy and e.answered_at and now - e.answered_at <= _fresh_window()
+        ]
+        if fresh:
+            full_load = float(settings.WORKER_FULL_LOAD)
+            lowest = min(e.load or 0.0 for e in fresh)
+            jobs = sum(e.active_jobs or 0 for e in fresh)
+            if lowest >= full_load:
+                return Presence(
+                    name, PresenceState.FULL, f"workers for '{name}' are full (load {lowest:.2f})", **common
+                )
+            return Presence(
+                name,
+                PresenceState.ONLINE,
+                f"{len(fresh)} worker(s) online for '{name}' (load {lowest:.2f}, {jobs} active job(s))",
+                **common,
+            )
+        answered = [e.answered_at for e in endpoints if e.answered_at]
+        if answered:
+            return Presence(
+                name,
+                PresenceState.STALE,
+                f"workers for '{name}' answered {_ago(now, max(answered))}",
+                **common,
+            )
+        errors = "; ".join(sorted({e.last_error for e in endpoints if e.last_error}))
+        return Presence(
+            name,
+            PresenceState.OFFLINE,
+            f"no worker online for '{name}'" + (f" ({errors})" if errors else ""),
+            **common,
+        )
+    last = max((t for t in (joined, job) if t), default=None)
+    if last is not None and now - last <= timedelta(hours=1):
+        return Presence(
+            name,
+            PresenceState.SEEN,
+            f"an agent '{name}' took a job {_ago(now, last)} (no health URL registered)",
+            **common,
+        )
+    return Presence(
+        name,
+        PresenceState.UNKNOWN,
+        f"no health URL registered for '{name}' and no agent seen in the last hour",
+        **common,
+    )
