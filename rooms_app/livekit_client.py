@@ -31,7 +31,7 @@ import aiohttp
 from django.conf import settings
 from livekit.api import LiveKitAPI, TwirpError, VideoGrants
 from livekit.protocol.agent_dispatch import CreateAgentDispatchRequest
-from livekit.protocol.room import ListParticipantsRequest, ListRoomsRequest
+from livekit.protocol.room import DeleteRoomRequest, ListParticipantsRequest, ListRoomsRequest
 
 from agents_app.tokens import jwt_hs256
 from dispatchportal import metrics
@@ -94,6 +94,7 @@ class LkParticipant:
     attributes: dict[str, str]
     joined_at: datetime | None
     disconnect_reason: int = 0
+    state: int = 0  # JOINING 0, JOINED 1, ACTIVE 2 (media transport connected), DISCONNECTED 3
 
     @property
     def is_agent(self) -> bool:
@@ -154,6 +155,7 @@ def participant_from_proto(message: Any) -> LkParticipant:
         attributes=dict(message.attributes),
         joined_at=_from_seconds(joined),
         disconnect_reason=int(message.disconnect_reason),
+        state=int(message.state),
     )
 
 
@@ -302,6 +304,9 @@ class LiveKit:
         return _dispatch(
             await self._call("CreateDispatch", self._api.agent_dispatch.create_dispatch(request))
         )
+
+    async def delete_room(self, room: str) -> None:
+        await self._call("DeleteRoom", self._api.room.delete_room(DeleteRoomRequest(room=room)))
 
     async def delete_dispatch(self, room: str, dispatch_id: str) -> None:
         await self._call("DeleteDispatch", self._api.agent_dispatch.delete_dispatch(dispatch_id, room))

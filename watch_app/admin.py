@@ -8,8 +8,8 @@ from django import forms
 from django.contrib import admin, messages
 from django.http import HttpRequest
 
-from . import alerts, presence
-from .models import AlertDelivery, AlertTarget, Incident, WorkerEndpoint
+from . import alerts, canary, presence, tasks
+from .models import AlertDelivery, AlertTarget, CanaryRun, CanarySchedule, Incident, WorkerEndpoint
 from .net import UrlRefused, safe_host, url_check
 from .selectors import agents_presence
 
@@ -242,3 +242,69 @@ class WorkerEndpointAdmin(admin.ModelAdmin):
         ids = list(queryset.values_list("pk", flat=True))
         answered = presence.workers_poll(endpoint_ids=ids)
         self.message_user(request, f"{answered} of {len(ids)} worker(s) answered.")
+
+
+@admin.register(CanarySchedule)
+class CanaryScheduleAdmin(admin.ModelAdmin):
+    list_display = (
+        "agent",
+        "enabled",
+        "every_s",
+        "join_timeout_s",
+        "alert_after_failures",
+        "alert_p95_s",
+        "last_run",
+    )
+    list_select_related = ("agent",)
+    fieldsets = (
+        (None, {"fields": ("agent", "enabled", "every_s", "join_timeout_s")}),
+        ("Alerts", {"fields": ("alert_after_failures", "alert_p95_s")}),
+    )
+    actions = ("run_now",)
+
+    @admin.display(description="last run")
+    def last_run(self, schedule: CanarySchedule) -> str:
+        run = CanaryRun.objects.filter(agent_name=schedule.agent.agent_name).first()
+        if run is None:
+            return "never"
+        return f"{run.get_status_display()} {run.started_at:%H:%M:%S}" + (
+            f" ({run.join_s} s)" if run.join_s else ""
+        )
+
+    def save_model(self, request: HttpRequest, obj: CanarySchedule, form: Any, change: bool) -> None:
+        canary.canary_schedule_save(schedule=obj)
+
+    def delete_model(self, request: HttpRequest, obj: CanarySchedule) -> None:
+        canary.canary_schedule_delete(schedule=obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: Any) -> None:
+        for schedule in queryset:
+            canary.canary_schedule_delete(schedule=schedule)
+
+    @admin.action(description="Run the selected canaries now")
+    def run_now(self, request: HttpRequest, queryset: Any) -> None:
+        ids = list(queryset.values_list("agent_id", flat=True))
+        for agent_id in ids:
+            tasks.canary_run.delay(agent_id)
+        self.message_user(request, f"{len(ids)} canary run(s) queued; see Canary runs.")
+
+
+@admin.register(CanaryRun)
+class CanaryRunAdmin(ReadOnlyAdmin):
+    list_display = ("started_at", "agent_name", "status", "dispatch_s", "job_s", "join_s", "error")
+    list_filter = ("status", "agent_name")
+    search_fields = ("agent_name", "room_name", "error")
+    readonly_fields = (
+        "agent_name",
+        "room_name",
+        "status",
+        "error",
+        "started_at",
+        "dispatch_s",
+        "job_s",
+        "join_s",
+        "finished_at",
+        "livekit_dispatch_id",
+        "job_id",
+        "worker_id",
+    )

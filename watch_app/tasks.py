@@ -33,3 +33,12 @@ def workers_poll() -> int:
     from . import presence
 
     return presence.workers_poll()
+
+
+@shared_task(name="canary.run", soft_time_limit=120, time_limit=150, ignore_result=True)
+def canary_run(agent_id: int) -> str | None:
+    """One canary dispatch of one agent (its own django-celery-beat schedule)."""
+    from . import canary
+
+    run = canary.canary_run(agent_id=agent_id)
+    return run.status if run else None
