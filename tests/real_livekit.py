@@ -347,6 +347,8 @@ def start_worker(
     }
     for proxy in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
         env.pop(proxy, None)
+    # livekit-agents empties PROMETHEUS_MULTIPROC_DIR when a worker starts: never the portal's.
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, str(WORKER_PROGRAM)],
