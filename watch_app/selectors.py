@@ -138,3 +138,64 @@ def _presence(name: str, endpoints: list[WorkerEndpoint], seen: dict, now: datet
         f"no health URL registered for '{name}' and no agent seen in the last hour",
         **common,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class CanarySummary:
+    agent_name: str
+    enabled: bool
+    last_status: str  # success, failed, running, or "" (never ran)
+    last_error: str
+    last_started_at: datetime | None
+    failures_in_a_row: int
+    p50_join_s: float | None
+    p95_join_s: float | None
+    runs: int
+
+
+def canaries_summary(*, window: int = 20) -> list[CanarySummary]:
+    """Each canary's latest outcome and its dispatch-to-join p50/p95 over the last `window` runs."""
+    from .canary import percentile
+    from .models import CanaryRun, CanarySchedule
+
+    out = []
+    for schedule in CanarySchedule.objects.select_related("agent").order_by("agent__agent_name"):
+        name = schedule.agent.agent_name
+        runs = list(CanaryRun.objects.filter(agent_name=name).order_by("-started_at", "-id")[:window])
+        finished = [r for r in runs if r.status != CanaryRun.Status.RUNNING]
+        streak = 0
+        for r in finished:
+            if r.status != CanaryRun.Status.FAILED:
+                break
+            streak += 1
+        joins = [r.join_s for r in finished if r.status == CanaryRun.Status.SUCCESS and r.join_s is not None]
+        last = runs[0] if runs else None
+        out.append(
+            CanarySummary(
+                agent_name=name,
+                enabled=schedule.enabled,
+                last_status=last.status if last else "",
+                last_error=last.error if last else "",
+                last_started_at=last.started_at if last else None,
+                failures_in_a_row=streak,
+                p50_join_s=percentile(joins, 0.5),
+                p95_join_s=percentile(joins, 0.95),
+                runs=len(runs),
+            )
+        )
+    return out
+
+
+def watch_dashboard(*, now: datetime | None = None) -> dict:
+    """What the dashboard's 'Workers, canaries and alerts' block shows (template
+    `watch_app/dashboard_block.html`): open incidents, each enabled agent's presence, canaries."""
+    from agents_app.models import Agent
+
+    from .models import Incident
+
+    names = list(Agent.objects.filter(enabled=True).order_by("agent_name").values_list("agent_name", flat=True))
+    return {
+        "incidents": list(Incident.objects.filter(status=Incident.Status.OPEN).order_by("-opened_at")[:20]),
+        "presence": list(agents_presence(agent_names=names, now=now).values()),
+        "canaries": canaries_summary(),
+    }
