@@ -23,8 +23,24 @@ class ReadOnlyAdmin(admin.ModelAdmin):
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return [f.name for f in self.model._meta.fields if f.name != "id"]
 
-class AlertTargetForm(forms.ModelForm):
+
+class UrlCheckedForm(forms.ModelForm):
+    """A form whose `url` must pass the outbound rules for its `allow_private` choice."""
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        if data.get("url"):
+            try:
+                url_check(data["url"], allow_private=bool(data.get("allow_private")))
+            except UrlRefused as exc:
+                self.add_error("url", str(exc))
+        return data
+
+
+class AlertTargetForm(UrlCheckedForm):
     new_secret = forms.CharField(
         label="set signing secret",
         required=False,
@@ -51,15 +67,6 @@ class AlertTargetForm(forms.ModelForm):
         if secret and len(secret) < 32:
             raise forms.ValidationError("use at least 32 characters")
         return secret
-
-    def clean(self) -> dict[str, Any]:
-        data = super().clean()
-        if data.get("url"):
-            try:
-                url_check(data["url"], allow_private=bool(data.get("allow_private")))
-            except UrlRefused as exc:
-                self.add_error("url", str(exc))
-        return data
 
 
 class DeliveryInline(admin.TabularInline):
@@ -118,16 +125,9 @@ class AlertTargetAdmin(admin.ModelAdmin):
 
 
 class IncidentDeliveryInline(DeliveryInline):
-    fields = (
-        "created_at",
-        "target",
-        "event",
-        "status",
-        "attempts",
-        "response_status",
-        "last_error",
-        "sent_at",
-    )
+    """On an incident: the same columns, naming the target instead of the incident."""
+
+    fields = tuple("target" if f == "incident" else f for f in DeliveryInline.fields)
     readonly_fields = fields
 
 
@@ -136,18 +136,6 @@ class IncidentAdmin(ReadOnlyAdmin):
     list_display = ("opened_at", "status", "kind", "subject", "summary", "occurrences", "resolved_at")
     list_filter = ("status", "kind")
     search_fields = ("key", "subject", "summary")
-    readonly_fields = (
-        "key",
-        "kind",
-        "subject",
-        "status",
-        "summary",
-        "detail",
-        "opened_at",
-        "last_seen_at",
-        "resolved_at",
-        "occurrences",
-    )
     inlines = [IncidentDeliveryInline]
 
 
@@ -165,32 +153,12 @@ class AlertDeliveryAdmin(ReadOnlyAdmin):
     )
     list_filter = ("status", "event", "target")
     list_select_related = ("target", "incident")
-    readonly_fields = (
-        "target",
-        "incident",
-        "event",
-        "status",
-        "attempts",
-        "response_status",
-        "last_error",
-        "created_at",
-        "sent_at",
-    )
 
 
-class WorkerEndpointForm(forms.ModelForm):
+class WorkerEndpointForm(UrlCheckedForm):
     class Meta:
         model = WorkerEndpoint
         fields = ("agent", "url", "allow_private", "enabled")
-
-    def clean(self) -> dict[str, Any]:
-        data = super().clean()
-        if data.get("url"):
-            try:
-                url_check(data["url"], allow_private=bool(data.get("allow_private")))
-            except UrlRefused as exc:
-                self.add_error("url", str(exc))
-        return data
 
 
 @admin.register(WorkerEndpoint)
@@ -294,17 +262,3 @@ class CanaryRunAdmin(ReadOnlyAdmin):
     list_display = ("started_at", "agent_name", "status", "dispatch_s", "job_s", "join_s", "error")
     list_filter = ("status", "agent_name")
     search_fields = ("agent_name", "room_name", "error")
-    readonly_fields = (
-        "agent_name",
-        "room_name",
-        "status",
-        "error",
-        "started_at",
-        "dispatch_s",
-        "job_s",
-        "join_s",
-        "finished_at",
-        "livekit_dispatch_id",
-        "job_id",
-        "worker_id",
-    )

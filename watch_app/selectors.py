@@ -193,7 +193,9 @@ def watch_dashboard(*, now: datetime | None = None) -> dict:
 
     from .models import Incident
 
-    names = list(Agent.objects.filter(enabled=True).order_by("agent_name").values_list("agent_name", flat=True))
+    names = list(
+        Agent.objects.filter(enabled=True).order_by("agent_name").values_list("agent_name", flat=True)
+    )
     return {
         "incidents": list(Incident.objects.filter(status=Incident.Status.OPEN).order_by("-opened_at")[:20]),
         "presence": list(agents_presence(agent_names=names, now=now).values()),

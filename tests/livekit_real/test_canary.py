@@ -11,19 +11,9 @@ from django_celery_beat.models import PeriodicTask
 from rooms_app.livekit_client import livekit_call
 from rooms_app.models import Dispatch, Room, WebhookEvent
 from tests.factories import AgentFactory
-from tests.receiver import receiver  # noqa: F401  (fixture)
 from tests.support import eventually
 from watch_app import canary
 from watch_app.models import AlertDelivery, AlertTarget, CanaryRun, CanarySchedule, Incident
-
-
-@pytest.fixture
-def portal(real_livekit, settings):
-    settings.LIVEKIT_URL = real_livekit.url
-    settings.LIVEKIT_API_KEY = real_livekit.api_key
-    settings.LIVEKIT_API_SECRET = real_livekit.api_secret
-    settings.LIVEKIT_TIMEOUT_S = 5.0
-    return real_livekit
 
 
 @pytest.mark.django_db(transaction=True)
@@ -64,7 +54,7 @@ def test_a_failing_canary_alerts_after_n_failures_and_resolves(
     portal,
     agent_worker,
     receiver,
-    django_capture_on_commit_callbacks,  # noqa: F811
+    django_capture_on_commit_callbacks,
 ):
     from dispatchportal.celery import app as celery_app
 

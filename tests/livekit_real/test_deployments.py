@@ -23,15 +23,6 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def portal(real_livekit, settings):
-    settings.LIVEKIT_URL = real_livekit.url
-    settings.LIVEKIT_API_KEY = real_livekit.api_key
-    settings.LIVEKIT_API_SECRET = real_livekit.api_secret
-    settings.LIVEKIT_TIMEOUT_S = 5.0
-    return real_livekit
-
-
-@pytest.fixture
 def two_deployments(portal, agent_worker, monkeypatch):
     """One agent name, a staging worker and a production worker."""
     workers = {}

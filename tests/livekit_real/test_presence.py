@@ -9,22 +9,13 @@ from django.utils import timezone
 
 from rooms_app.livekit_client import KIND_AGENT, livekit_call
 from tests.factories import AgentFactory
-from tests.receiver import Reply, receiver  # noqa: F401  (fixture)
+from tests.receiver import Reply
 from tests.support import eventually
 from watch_app import presence
 from watch_app.models import WorkerEndpoint
 from watch_app.selectors import agent_presence
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def portal(real_livekit, settings):
-    settings.LIVEKIT_URL = real_livekit.url
-    settings.LIVEKIT_API_KEY = real_livekit.api_key
-    settings.LIVEKIT_API_SECRET = real_livekit.api_secret
-    settings.LIVEKIT_TIMEOUT_S = 5.0
-    return real_livekit
 
 
 def test_a_real_worker_online_busy_then_gone(portal, agent_worker):
@@ -78,7 +69,7 @@ def test_no_worker_online(db, settings):
     )
 
 
-def test_full_workers(db, receiver):  # noqa: F811
+def test_full_workers(db, receiver):
     """A worker reporting a load at its threshold: it would reject jobs."""
     receiver.routes["/"] = Reply(200, b"OK")
     receiver.routes["/worker"] = Reply(200, b'{"agent_name": "busy", "active_jobs": 12, "worker_load": 0.97}')
@@ -88,7 +79,7 @@ def test_full_workers(db, receiver):  # noqa: F811
     assert (found.state, found.message) == ("full", "workers for 'busy' are full (load 0.97)")
 
 
-def test_redirects_are_not_followed_and_503_is_unhealthy(db, receiver):  # noqa: F811
+def test_redirects_are_not_followed_and_503_is_unhealthy(db, receiver):
     receiver.routes["/"] = Reply(302, headers={"Location": "http://169.254.169.254/latest/meta-data"})
     endpoint = WorkerEndpoint.objects.create(agent=AgentFactory(agent_name="r"), url=receiver.url)
     presence.workers_poll()
@@ -101,7 +92,7 @@ def test_redirects_are_not_followed_and_503_is_unhealthy(db, receiver):  # noqa:
     assert endpoint.healthy is False and endpoint.last_error.endswith("answered 503")
 
 
-def test_a_public_address_is_refused_unless_https_and_private_needs_permission(db, receiver, settings):  # noqa: F811
+def test_a_public_address_is_refused_unless_https_and_private_needs_permission(db, receiver, settings):
     endpoint = WorkerEndpoint.objects.create(
         agent=AgentFactory(agent_name="p"), url=receiver.url, allow_private=False
     )

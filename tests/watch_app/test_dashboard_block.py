@@ -30,7 +30,9 @@ def test_block_shows_alerts_workers_and_canaries(db):
             join_s=0.4 if status == "success" else None,
             error="" if status == "success" else "no worker registered as 'flaky' took the job within 20 s",
         )
-    alerts.incident_raise(key="canary_failing:flaky", kind="canary_failing", summary="Canary for 'flaky' failed 2 times")
+    alerts.incident_raise(
+        key="canary_failing:flaky", kind="canary_failing", summary="Canary for 'flaky' failed 2 times"
+    )
 
     html = render_to_string("watch_app/dashboard_block.html", {"watch": watch_dashboard(now=now)})
 
