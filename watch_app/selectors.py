@@ -9,7 +9,7 @@ from django.conf import settings
 from django.db.models import Max
 from django.utils import timezone
 
-from rooms_app.models import Dispatch
+from rooms_app.models import Dispatch, WebhookEvent
 
 from .models import WorkerEndpoint
 
@@ -68,13 +68,22 @@ def agents_presence(*, agent_names: list[str], now: datetime | None = None) -> d
         "agent"
     ):
         endpoints.setdefault(e.agent.agent_name, []).append(e)
-    seen = {
-        row["agent_name"]: row
+    seen: dict[str, dict] = {
+        row["agent_name"]: dict(row)
         for row in Dispatch.objects.filter(agent_name__in=agent_names)
         .exclude(joined_at__isnull=True, job_assigned_at__isnull=True)
         .values("agent_name")
         .annotate(joined=Max("joined_at"), job=Max("job_assigned_at"))
     }
+    # Agents LiveKit reported joining (webhooks' lk.agent_name), managed or not, canaries included.
+    for row in (
+        WebhookEvent.objects.filter(agent_name__in=agent_names, event="participant_joined")
+        .values("agent_name")
+        .annotate(at=Max("received_at"))
+    ):
+        entry = seen.setdefault(row["agent_name"], {})
+        if entry.get("joined") is None or row["at"] > entry["joined"]:
+            entry["joined"] = row["at"]
     return {name: _presence(name, endpoints.get(name, []), seen.get(name, {}), now) for name in agent_names}
 
 
@@ -129,7 +138,7 @@ def _presence(name: str, endpoints: list[WorkerEndpoint], seen: dict, now: datet
         return Presence(
             name,
             PresenceState.SEEN,
-            f"an agent '{name}' took a job {_ago(now, last)} (no health URL registered)",
+            f"an agent '{name}' took a job or joined a room {_ago(now, last)} (no health URL registered)",
             **common,
         )
     return Presence(

@@ -103,12 +103,16 @@ def test_a_public_address_is_refused_unless_https_and_private_needs_permission(d
 
 
 def test_seen_from_the_ledger_without_a_health_url(db):
-    from rooms_app.models import Dispatch, Room
+    from rooms_app.models import Dispatch, Room, WebhookEvent
 
     room = Room.objects.create(name="r1")
     Dispatch.objects.create(
         room=room, agent_name="ghost", source="api", status="agent_joined", joined_at=timezone.now()
     )
     found = agent_presence(agent_name="ghost")
-    assert found.state == "seen" and "took a job" in found.message
+    assert found.state == "seen" and "took a job or joined a room" in found.message
     assert agent_presence(agent_name="never").state == "unknown"
+    WebhookEvent.objects.create(
+        event_id="EV_1", event="participant_joined", room_name="r2", agent_name="never"
+    )
+    assert agent_presence(agent_name="never").state == "seen"
