@@ -168,6 +168,8 @@ class _NewDispatch:
     previous_id: int | None = None
     participant_identity: str = ""
     joined_at: datetime | None = None
+    # LiveKit's dispatch fields (deployment, attributes) for CreateDispatch.
+    dispatch_fields: dict[str, Any] = field(default_factory=dict)
 
 
 class _Pass:
@@ -517,6 +519,9 @@ class _Pass:
                     requested_by=dispatch.requested_by,
                     attempt=attempt,
                     previous_id=dispatch.pk,
+                    dispatch_fields={"deployment": dispatch.deployment, "attributes": dispatch.attributes}
+                    if next_agent.pk == dispatch.agent_id
+                    else {},
                 )
             )
             self.report.redispatched += 1
@@ -569,6 +574,10 @@ class _Pass:
                         detail=f"explicit rule '{applied.rule}' applied to a room that lacked its agent (reconcile)",
                         metadata=applied.metadata,
                         rule_name=applied.rule,
+                        dispatch_fields={
+                            "deployment": applied.deployment,
+                            "attributes": dict(applied.attributes),
+                        },
                     )
                 )
                 self.report.dispatched += 1
@@ -593,6 +602,7 @@ class _Pass:
                 previous_id=spec.previous_id,
                 participant_identity=spec.participant_identity,
                 joined_at=spec.joined_at,
+                **spec.dispatch_fields,
             )
             for spec in self.new_dispatches
         ]
@@ -616,6 +626,7 @@ class _Pass:
                     detail=spec.detail,
                     participant_identity=spec.participant_identity,
                     joined_at=spec.joined_at,
+                    **spec.dispatch_fields,
                 )
             return
         for dispatch, spec in zip(rows, self.new_dispatches, strict=True):
