@@ -167,23 +167,6 @@ class WorkerEndpointAdmin(admin.ModelAdmin):
     list_display = ("agent", "url", "presence", "healthy", "load", "active_jobs", "answered_at", "last_error")
     list_filter = ("healthy", "enabled", "agent")
     list_select_related = ("agent",)
-    fieldsets = (
-        (None, {"fields": ("agent", "url", "allow_private", "enabled")}),
-        (
-            "Last poll",
-            {
-                "fields": (
-                    "polled_at",
-                    "answered_at",
-                    "healthy",
-                    "load",
-                    "active_jobs",
-                    "reported_agent_name",
-                    "last_error",
-                )
-            },
-        ),
-    )
     readonly_fields = (
         "polled_at",
         "answered_at",
@@ -192,6 +175,10 @@ class WorkerEndpointAdmin(admin.ModelAdmin):
         "active_jobs",
         "reported_agent_name",
         "last_error",
+    )
+    fieldsets = (
+        (None, {"fields": ("agent", "url", "allow_private", "enabled")}),
+        ("Last poll", {"fields": readonly_fields}),
     )
     actions = ("poll_now",)
 
