@@ -8,6 +8,7 @@
                         exit    end the job process at once (os._exit(1)) in the entrypoint
                         slow    wait AGENT_DELAY_S before accepting, then as accept
     AGENT_DELAY_S     seconds for `slow` (default 3)
+    AGENT_DRAIN_TIMEOUT_S  on SIGTERM, how long running jobs may go on (default 10)
 
 It prints `AGENT_WORKER_REGISTERED <worker id> <health port>` once the server has registered
 it (about 3 s after start); tests/real_livekit.py waits for that line. Never overloaded: a busy
@@ -22,7 +23,12 @@ import logging
 import os
 import sys
 
-from livekit.agents import AgentServer, JobContext, JobRequest, cli
+# livekit-agents empties PROMETHEUS_MULTIPROC_DIR when the worker starts (worker.py, "cleaning
+# prometheus multiprocess directory"): inherited from the portal or the test run, it would
+# delete their metrics files. This worker keeps no metrics files; drop it before the import.
+os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+
+from livekit.agents import AgentServer, JobContext, JobRequest, cli  # noqa: E402
 
 AGENT_NAME = os.environ.get("AGENT_NAME", "")
 BEHAVIOR = os.environ.get("AGENT_BEHAVIOR", "accept")
@@ -41,6 +47,7 @@ server = AgentServer(
     host="127.0.0.1",
     port=0,
     num_idle_processes=1,  # one warm job process: a job starts without forking under load
+    drain_timeout=int(os.environ.get("AGENT_DRAIN_TIMEOUT_S", "10")),  # SIGTERM: jobs get this long
     http_proxy=None,  # everything is on loopback
 )
 

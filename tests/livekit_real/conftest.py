@@ -1,17 +1,14 @@
-"""Fixtures of the tests against the real server (the server and workers: tests/real_livekit.py)."""
+"""Fixtures for tests against the real LiveKit server (tests/real_livekit.py starts it)."""
 
 from __future__ import annotations
 
 import pytest
 
-from tests.receiver import receiver  # noqa: F401  (fixture)
+from tests.receiver import receiver  # noqa: F401  (fixture: a local HTTP receiver)
+from tests.support import point_portal_at
 
 
 @pytest.fixture
-def portal(real_livekit, settings):
-    """The portal's LiveKit settings pointing at the real server."""
-    settings.LIVEKIT_URL = real_livekit.url
-    settings.LIVEKIT_API_KEY = real_livekit.api_key
-    settings.LIVEKIT_API_SECRET = real_livekit.api_secret
-    settings.LIVEKIT_TIMEOUT_S = 5.0
-    return real_livekit
+def portal_on_real(real_livekit, settings):
+    """The real server, with the portal's LiveKit settings pointing at it."""
+    return point_portal_at(settings, real_livekit, timeout_s=5.0)

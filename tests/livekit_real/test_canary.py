@@ -17,8 +17,8 @@ from watch_app.models import AlertDelivery, AlertTarget, CanaryRun, CanarySchedu
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_canary_times_the_agent_and_leaves_no_trace(portal, agent_worker, live_server, client):
-    portal.relay.target = f"{live_server.url}/livekit/webhook"  # LiveKit's webhooks reach the portal
+def test_a_canary_times_the_agent_and_leaves_no_trace(portal_on_real, agent_worker, live_server, client):
+    portal_on_real.relay.target = f"{live_server.url}/livekit/webhook"  # LiveKit's webhooks reach the portal
     agent = AgentFactory(agent_name="canary-agent")
     agent_worker(agent_name="canary-agent")
     canary.canary_schedule_save(schedule=CanarySchedule(agent=agent, every_s=60, join_timeout_s=20))
@@ -40,7 +40,7 @@ def test_a_canary_times_the_agent_and_leaves_no_trace(portal, agent_worker, live
             <= set(WebhookEvent.objects.filter(room_name=run.room_name).values_list("event", flat=True))
         ),
         timeout=10,
-        what=f"the probe room's webhooks (relayed: {[json.loads(b).get('event') for b, _ in portal.relay.received]})",
+        what=f"the probe room's webhooks (relayed: {[json.loads(b).get('event') for b, _ in portal_on_real.relay.received]})",
     )
     assert not Room.objects.filter(name=run.room_name).exists() and not Dispatch.objects.exists()
 
@@ -51,7 +51,7 @@ def test_a_canary_times_the_agent_and_leaves_no_trace(portal, agent_worker, live
 
 @pytest.mark.django_db
 def test_a_failing_canary_alerts_after_n_failures_and_resolves(
-    portal,
+    portal_on_real,
     agent_worker,
     receiver,
     django_capture_on_commit_callbacks,

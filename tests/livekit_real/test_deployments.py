@@ -23,7 +23,7 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def two_deployments(portal, agent_worker, monkeypatch):
+def two_deployments(portal_on_real, agent_worker, monkeypatch):
     """One agent name, a staging worker and a production worker."""
     workers = {}
     for deployment in ("staging", "production"):

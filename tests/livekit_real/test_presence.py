@@ -18,7 +18,7 @@ from watch_app.selectors import agent_presence
 pytestmark = pytest.mark.django_db
 
 
-def test_a_real_worker_online_busy_then_gone(portal, agent_worker):
+def test_a_real_worker_online_busy_then_gone(portal_on_real, agent_worker):
     agent = AgentFactory(agent_name="presence-agent")
     worker = agent_worker(agent_name="presence-agent")
     endpoint = WorkerEndpoint.objects.create(agent=agent, url=worker.health_url)
