@@ -161,6 +161,7 @@ class DispatchRuleAdmin(SightingsMixin, SimpleHistoryAdmin):
             },
         ),
         ("What they get", {"fields": ("agent", "metadata_template", "delivery")}),
+        ("LiveKit dispatch fields", {"fields": ("deployment", "dispatch_attributes")}),
     )
 
     @admin.display(description="delivery", ordering="delivery")
@@ -321,6 +322,8 @@ def _draft_from(data: Any) -> RuleSpec | None:
         metadata_template=_json_field(data, "metadata_template", {}),
         delivery=data.get("delivery") or "token",
         stop=data.get("stop") in ("on", "true", "1"),
+        deployment=data.get("deployment") or "",
+        dispatch_attributes=_json_field(data, "dispatch_attributes", {}),
     )
     rule_compile(spec)
     return spec

@@ -198,6 +198,8 @@ class ExplainApi(APIView):
         metadata_template = serializers.JSONField(required=False)
         delivery = serializers.ChoiceField(choices=["token", "explicit"], required=False, default="token")
         stop = serializers.BooleanField(required=False, default=False)
+        deployment = StrictCharField(required=False, allow_blank=True, default="")
+        dispatch_attributes = serializers.DictField(child=StrictCharField(allow_blank=True), required=False)
 
     @extend_schema_serializer(component_name="ExplainRequest")
     class InputSerializer(StrictSerializer):
@@ -269,6 +271,8 @@ class ExplainApi(APIView):
             metadata_template=v.get("metadata_template") or {},
             delivery=v["delivery"],
             stop=v["stop"],
+            deployment=v["deployment"],
+            dispatch_attributes=v.get("dispatch_attributes") or {},
         )
         try:
             rule_compile(spec)

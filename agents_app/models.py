@@ -8,6 +8,8 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from simple_history.models import HistoricalRecords
 
+from dispatchportal.reserved import CANARY_ROOM_PREFIX, pattern_reaches_canary_rooms
+
 
 class MatchKind(models.TextChoices):
     EXACT = "exact", "Exact"
@@ -143,6 +145,19 @@ class DispatchRule(models.Model):
     stop = models.BooleanField(
         "stop", default=False, help_text="When this rule matches, later rules are not evaluated."
     )
+    deployment = models.CharField(
+        "deployment",
+        max_length=64,
+        blank=True,
+        help_text="LiveKit's dispatch deployment: only workers registered with it get the job, "
+        "e.g. 'staging'. Empty: workers registered without one.",
+    )
+    dispatch_attributes = models.JSONField(
+        "dispatch attributes",
+        default=dict,
+        blank=True,
+        help_text='LiveKit\'s dispatch attributes, which the job receives, e.g. {"tier": "gold"}.',
+    )
     created_at = models.DateTimeField("created", auto_now_add=True)
     updated_at = models.DateTimeField("updated", auto_now=True)
     history = HistoricalRecords()
@@ -263,3 +278,10 @@ class ApiClient(models.Model):
         patterns = self.room_patterns
         if not isinstance(patterns, list) or not all(isinstance(p, str) and p for p in patterns):
             raise ValidationError({"room_patterns": "A JSON list of non-empty glob strings."})
+        reserved = [p for p in patterns if pattern_reaches_canary_rooms(p)]
+        if reserved:
+            raise ValidationError(
+                {
+                    "room_patterns": f"{reserved[0]!r}: rooms starting '{CANARY_ROOM_PREFIX}' are reserved for canaries."
+                }
+            )

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dispatchportal.limits import MAX_METADATA_BYTES
+from dispatchportal.reserved import CANARY_ROOM_PREFIX, is_canary_room, pattern_reaches_canary_rooms
 
 MAX_PATTERN_LENGTH = 256
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][\w.\-]*)\s*\}\}")
@@ -266,6 +267,10 @@ class RuleSpec:
     metadata_template: Any = field(default_factory=dict)
     delivery: str = "token"
     stop: bool = False
+    # LiveKit's dispatch fields: the deployment of the agent's workers (e.g. 'staging') and
+    # attributes the job receives (RoomAgentDispatch / CreateAgentDispatchRequest).
+    deployment: str = ""
+    dispatch_attributes: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -287,6 +292,23 @@ class CompiledRule:
 
 def _prefixed(exc: RuleError, prefix: str) -> RuleError:
     return RuleError(f"{prefix}{exc.field}", exc.message)
+
+
+MAX_DEPLOYMENT_LENGTH = 64  # livekit/protocol agent.ValidateDeployment
+
+
+def dispatch_fields_check(*, deployment: str, attributes: Any) -> None:
+    """LiveKit's own checks of a dispatch's deployment, plus attributes as string pairs."""
+    if len(deployment.encode()) > MAX_DEPLOYMENT_LENGTH:
+        raise RuleError("deployment", f"at most {MAX_DEPLOYMENT_LENGTH} bytes")
+    if "_" in deployment or any(c <= " " or c == "\x7f" for c in deployment):
+        raise RuleError(
+            "deployment", "no '_', spaces or control characters (LiveKit reserves them), e.g. 'staging'"
+        )
+    if not isinstance(attributes, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in attributes.items()
+    ):
+        raise RuleError("dispatch_attributes", 'must be an object of strings, e.g. {"tier": "gold"}')
 
 
 def rule_compile(spec: RuleSpec) -> CompiledRule:
@@ -313,6 +335,11 @@ def rule_compile(spec: RuleSpec) -> CompiledRule:
             raise RuleError("attribute_conditions", f"'{key}': {exc.message}") from None
     if spec.delivery not in ("token", "explicit"):
         raise RuleError("delivery", "must be 'token' or 'explicit'")
+    if pattern_reaches_canary_rooms(spec.room_value):
+        raise RuleError(
+            "room_match_value", f"rooms starting '{CANARY_ROOM_PREFIX}' are reserved for canaries"
+        )
+    dispatch_fields_check(deployment=spec.deployment, attributes=spec.dispatch_attributes)
     groups = room.regex.groupindex if room.kind == "regex" and room.regex else {}
     template_check(spec.metadata_template, groups=groups)
     try:  # renders on a sample: catches templates that only fail at token time
@@ -360,7 +387,8 @@ class AppliedAgent:
     rule: str  # the rule's name, or "client" for an agent the client asked for itself
     metadata: str
     delivery: str
-    deployment: str = ""  # a LiveKit Cloud deployment the client asked for, if any
+    deployment: str = ""  # the deployment of the agent's workers, if any (rule or client)
+    attributes: Mapping[str, str] = field(default_factory=dict)  # the dispatch's job attributes
 
 
 @dataclass(frozen=True, slots=True)
@@ -417,6 +445,12 @@ class RuleSet:
     def evaluate(self, join: Join, *, explain: bool = False) -> Evaluation:
         """Which agents this join gets; with `explain`, a verdict for every rule."""
         rules = self.rules if explain else self.candidates(join.room_name)
+        if is_canary_room(join.room_name):
+            reserved = "the room name is reserved for canary probes"
+            return Evaluation(
+                [],
+                [Verdict(r.spec.name, r.spec.agent_name, "not_matched", reserved) for r in rules if explain],
+            )
         applied: dict[str, AppliedAgent] = {}
         verdicts: list[Verdict] = []
         join_context = {
@@ -456,7 +490,14 @@ class RuleSet:
                 metadata = rule.constant_metadata
                 if metadata is None:
                     metadata = rule.metadata({**join_context, "match": groups})
-                applied[spec.agent_name] = AppliedAgent(spec.agent_name, spec.name, metadata, spec.delivery)
+                applied[spec.agent_name] = AppliedAgent(
+                    spec.agent_name,
+                    spec.name,
+                    metadata,
+                    spec.delivery,
+                    spec.deployment,
+                    spec.dispatch_attributes,
+                )
                 outcome, reason = "applied", f"matched {rule.room.describe()}"
             if spec.stop:
                 stopped_by = spec.name

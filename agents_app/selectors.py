@@ -16,6 +16,7 @@ from django.core.cache import cache
 from redis.exceptions import RedisError
 
 from dispatchportal.redis import redis_available, redis_down_mark
+from dispatchportal.reserved import is_canary_room
 
 from .models import Agent, ApiClient, DispatchRule, RuleSetVersion
 from .rules import CompiledRule, Matcher, RuleError, RuleSet, RuleSpec, matcher_compile, rule_compile
@@ -46,6 +47,8 @@ class ClientScope:
     room_name_template: str
 
     def room_allowed(self, room_name: str) -> bool:
+        if is_canary_room(room_name):  # reserved for the portal's canary probes
+            return False
         return any(p.match(room_name) is not None for p in self.room_patterns)
 
 
@@ -75,6 +78,8 @@ def rule_spec(rule: DispatchRule) -> RuleSpec:
         metadata_template=rule.metadata_template,
         delivery=rule.delivery,
         stop=rule.stop,
+        deployment=rule.deployment,
+        dispatch_attributes=rule.dispatch_attributes or {},
     )
 
 

@@ -15,6 +15,7 @@ from django.db.models import F
 from redis.exceptions import RedisError
 
 from dispatchportal.exceptions import ApplicationError, Forbidden
+from dispatchportal.reserved import CANARY_ROOM_PREFIX, is_canary_room
 from rooms_app import services as room_services
 
 from . import ratelimit
@@ -186,6 +187,10 @@ def token_mint(*, client: ClientScope, request: TokenRequest, config: Config | N
         if not client.room_name_template:
             raise ApplicationError("room_name is required for this client", field="room_name")
         room = _room_from_template(client.room_name_template, identity)
+    if is_canary_room(room):
+        raise Forbidden(
+            f"room names starting '{CANARY_ROOM_PREFIX}' are reserved for canaries", field="room_name"
+        )
     if not client.room_allowed(room):
         raise Forbidden(f"room '{room}' is outside this client's room patterns", field="room_name")
 
@@ -261,6 +266,17 @@ def token_mint(*, client: ClientScope, request: TokenRequest, config: Config | N
 # --- explain --------------------------------------------------------------------------------
 
 
+def _room_agent(agent: AppliedAgent) -> dict[str, Any]:
+    """One RoomAgentDispatch as explain shows it (proto field names; LiveKit's optional dispatch
+    fields only when set)."""
+    out: dict[str, Any] = {"agent_name": agent.agent_name, "metadata": agent.metadata}
+    if agent.deployment:
+        out["deployment"] = agent.deployment
+    if agent.attributes:
+        out["attributes"] = dict(agent.attributes)
+    return out
+
+
 def rules_explain(*, join: Join, draft: RuleSpec | None = None) -> dict[str, Any]:
     """Every rule's verdict for this join, the RoomConfiguration it yields and the claims a
     token would carry. `draft` is an unsaved rule evaluated alongside the saved ones (it
@@ -274,7 +290,7 @@ def rules_explain(*, join: Join, draft: RuleSpec | None = None) -> dict[str, Any
         ruleset = ruleset_build(rows, extra=[draft])
     evaluation = ruleset.evaluate(join, explain=True)
     in_token = [a for a in evaluation.agents if a.delivery == "token"]
-    room_config = {"agents": [{"agent_name": a.agent_name, "metadata": a.metadata} for a in in_token]}
+    room_config = {"agents": [_room_agent(a) for a in in_token]}
     claims = claims_build(
         identity=join.participant_identity,
         room=join.room_name,

@@ -21,6 +21,7 @@ class AgentDispatch(Protocol):
     agent_name: str
     metadata: str
     deployment: str
+    attributes: Mapping[str, str]
 
 
 # VideoGrants field -> claim name, in the SDK's order.
@@ -64,7 +65,12 @@ def claims_build(
     dispatches = [
         {
             k: v
-            for k, v in (("agentName", a.agent_name), ("metadata", a.metadata), ("deployment", a.deployment))
+            for k, v in (
+                ("agentName", a.agent_name),
+                ("metadata", a.metadata),
+                ("deployment", a.deployment),
+                ("attributes", dict(getattr(a, "attributes", None) or {})),
+            )
             if v
         }
         for a in agents

@@ -51,6 +51,9 @@ def _rule_out(rule: DispatchRule) -> dict[str, Any]:
         "metadata_template": rule.metadata_template,
         "delivery": rule.delivery,
         "stop": rule.stop,
+        # LiveKit's dispatch fields, only when set (files from before them stay identical).
+        **({"deployment": rule.deployment} if rule.deployment else {}),
+        **({"dispatch_attributes": rule.dispatch_attributes} if rule.dispatch_attributes else {}),
     }
 
 
@@ -70,6 +73,8 @@ def _rule_fields(item: dict[str, Any], agents: dict[str, Agent]) -> dict[str, An
         "metadata_template": item.get("metadata_template") or {},
         "delivery": item.get("delivery", "token"),
         "stop": item.get("stop", False),
+        "deployment": item.get("deployment") or "",
+        "dispatch_attributes": item.get("dispatch_attributes") or {},
     }
 
 

@@ -65,6 +65,7 @@ INSTALLED_APPS = [
     "django_celery_beat",
     "agents_app",
     "rooms_app",
+    "watch_app",
 ]
 
 MIDDLEWARE = [
@@ -167,6 +168,18 @@ DISPATCH_RETRY_BACKOFF_S = env.float("DISPATCH_RETRY_BACKOFF_S", default=1.0)
 DISPATCH_RETRY_BACKOFF_MAX_S = env.float("DISPATCH_RETRY_BACKOFF_MAX_S", default=60.0)
 DISPATCH_MAX_RETRIES = env.int("DISPATCH_MAX_RETRIES", default=8)
 RECONCILE_CONCURRENCY = env.int("RECONCILE_CONCURRENCY", default=16)
+
+# Alerts, worker presence and canaries (watch_app).
+ALERTS_EVALUATE_INTERVAL_S = env.int("ALERTS_EVALUATE_INTERVAL_S", default=10)
+ALERT_LIVEKIT_DOWN_AFTER_S = env.float("ALERT_LIVEKIT_DOWN_AFTER_S", default=60.0)
+ALERT_RECONCILE_FAILURES = env.int("ALERT_RECONCILE_FAILURES", default=3)
+ALERT_RETRY_BACKOFF_S = env.float("ALERT_RETRY_BACKOFF_S", default=2.0)
+ALERT_RETRY_BACKOFF_MAX_S = env.float("ALERT_RETRY_BACKOFF_MAX_S", default=300.0)
+WORKER_POLL_INTERVAL_S = env.int("WORKER_POLL_INTERVAL_S", default=15)
+WORKER_POLL_TIMEOUT_S = env.float("WORKER_POLL_TIMEOUT_S", default=3.0)
+WORKER_POLL_CONCURRENCY = env.int("WORKER_POLL_CONCURRENCY", default=8)
+# A worker at or above this load rejects jobs (livekit-agents' default load_threshold is 0.7).
+WORKER_FULL_LOAD = env.float("WORKER_FULL_LOAD", default=0.7)
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

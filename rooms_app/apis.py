@@ -121,6 +121,28 @@ class DispatchCreateApi(APIView):
             "default metadata.",
         )
 
+        deployment = StrictCharField(
+            required=False,
+            allow_blank=True,
+            default="",
+            max_length=64,
+            help_text="LiveKit's dispatch deployment: only workers registered with it take the job, e.g. 'staging'.",
+        )
+        attributes = serializers.DictField(
+            child=StrictCharField(allow_blank=True),
+            required=False,
+            help_text='LiveKit\'s dispatch attributes for the job, e.g. {"tier": "gold"}.',
+        )
+
+        def validate_deployment(self, value: str) -> str:
+            from agents_app.rules import RuleError, dispatch_fields_check
+
+            try:
+                dispatch_fields_check(deployment=value, attributes={})
+            except RuleError as exc:
+                raise serializers.ValidationError(exc.message) from None
+            return value
+
         def validate_metadata(self, value: str) -> str:
             if len(value.encode()) > MAX_METADATA_BYTES:
                 raise serializers.ValidationError(f"Over {MAX_METADATA_BYTES} bytes.")
@@ -161,6 +183,8 @@ class DispatchCreateApi(APIView):
             room_name=values["room_name"],
             agent_name=values["agent_name"],
             metadata=values.get("metadata"),
+            deployment=values["deployment"],
+            attributes=values.get("attributes"),
         )
         if created:
             return Response(_dispatch_body(dispatch), status=status.HTTP_202_ACCEPTED)

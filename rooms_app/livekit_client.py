@@ -33,7 +33,7 @@ from livekit.api import LiveKitAPI, TwirpError, VideoGrants
 from livekit.protocol.agent import JobStatus
 from livekit.protocol.agent_dispatch import CreateAgentDispatchRequest
 from livekit.protocol.models import DisconnectReason, ParticipantInfo
-from livekit.protocol.room import ListParticipantsRequest, ListRoomsRequest
+from livekit.protocol.room import DeleteRoomRequest, ListParticipantsRequest, ListRoomsRequest
 
 from agents_app.tokens import jwt_hs256
 from dispatchportal import metrics
@@ -97,6 +97,7 @@ class LkParticipant:
     attributes: dict[str, str]
     joined_at: datetime | None
     disconnect_reason: int = 0
+    state: int = 0  # JOINING 0, JOINED 1, ACTIVE 2 (media transport connected), DISCONNECTED 3
 
     @property
     def is_agent(self) -> bool:
@@ -130,6 +131,8 @@ class LkDispatch:
     metadata: str
     created_at: datetime | None
     jobs: tuple[LkJob, ...] = field(default_factory=tuple)
+    deployment: str = ""
+    attributes: dict[str, str] = field(default_factory=dict)
 
 
 def _from_seconds(seconds: float) -> datetime | None:
@@ -155,6 +158,7 @@ def participant_from_proto(message: Any) -> LkParticipant:
         attributes=dict(message.attributes),
         joined_at=_from_seconds(joined),
         disconnect_reason=int(message.disconnect_reason),
+        state=int(message.state),
     )
 
 
@@ -175,6 +179,8 @@ def _dispatch(message: Any) -> LkDispatch:
         metadata=message.metadata,
         created_at=_from_seconds(message.state.created_at / 1e9),
         jobs=jobs,
+        deployment=message.deployment,
+        attributes=dict(message.attributes),
     )
 
 
@@ -282,11 +288,28 @@ class LiveKit:
         answer = await self._call("ListDispatch", self._api.agent_dispatch.list_dispatch(room))
         return [_dispatch(d) for d in answer]
 
-    async def create_dispatch(self, room: str, agent_name: str, metadata: str) -> LkDispatch:
-        request = CreateAgentDispatchRequest(room=room, agent_name=agent_name, metadata=metadata)
+    async def create_dispatch(
+        self,
+        room: str,
+        agent_name: str,
+        metadata: str,
+        *,
+        deployment: str = "",
+        attributes: dict[str, str] | None = None,
+    ) -> LkDispatch:
+        request = CreateAgentDispatchRequest(
+            room=room,
+            agent_name=agent_name,
+            metadata=metadata,
+            deployment=deployment,
+            attributes=attributes or {},
+        )
         return _dispatch(
             await self._call("CreateDispatch", self._api.agent_dispatch.create_dispatch(request))
         )
+
+    async def delete_room(self, room: str) -> None:
+        await self._call("DeleteRoom", self._api.room.delete_room(DeleteRoomRequest(room=room)))
 
     async def delete_dispatch(self, room: str, dispatch_id: str) -> None:
         await self._call("DeleteDispatch", self._api.agent_dispatch.delete_dispatch(dispatch_id, room))

@@ -147,6 +147,18 @@ class Dispatch(models.Model):
         blank=True,
         help_text='What the job gets as ctx.job.metadata, e.g. {"language": "en"}.',
     )
+    deployment = models.CharField(
+        "deployment",
+        max_length=64,
+        blank=True,
+        help_text="LiveKit's dispatch deployment: only workers registered with it take the job, e.g. 'staging'.",
+    )
+    attributes = models.JSONField(
+        "dispatch attributes",
+        default=dict,
+        blank=True,
+        help_text='The job\'s attributes, e.g. {"tier": "gold"}.',
+    )
     status = models.CharField(
         "status", max_length=16, choices=Status.choices, default=Status.PENDING, db_index=True
     )

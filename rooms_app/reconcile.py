@@ -40,6 +40,7 @@ from agents_app.models import Agent
 from agents_app.rules import Join
 from agents_app.selectors import config_get
 from dispatchportal import metrics
+from dispatchportal.reserved import is_canary_room
 
 from . import services
 from .livekit_client import LiveKit, LiveKitError, LkParticipant, LkRoom, livekit_run
@@ -198,7 +199,7 @@ class ReconcilePass:
 
     def run(self) -> None:
         lk_rooms = livekit_run(lambda client: client.list_rooms(self.scope or ()))
-        in_livekit = {r.name: r for r in lk_rooms}
+        in_livekit = {r.name: r for r in lk_rooms if not is_canary_room(r.name)}  # probes stay out
         self.report.rooms_in_livekit = len(in_livekit)
 
         ledger = self._ledger_rooms(in_livekit)
@@ -519,6 +520,8 @@ class ReconcilePass:
                     source=Dispatch.Source.RECONCILE,
                     metadata=applied.metadata,
                     rule_name=applied.rule,
+                    deployment=applied.deployment,
+                    attributes=dict(applied.attributes),
                     detail=f"explicit rule '{applied.rule}' applied to a room that lacked its agent (reconcile)",
                 )
                 self.report.dispatched += created

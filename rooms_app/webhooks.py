@@ -24,6 +24,7 @@ from rest_framework import status
 
 from dispatchportal import metrics
 from dispatchportal.exceptions import ApplicationError
+from dispatchportal.reserved import is_canary_room
 
 from .livekit_client import participant_from_proto
 from .models import Room, WebhookEvent
@@ -117,8 +118,8 @@ def webhook_event_handle(*, event: Any) -> WebhookOutcome:
         except IntegrityError:
             outcome.duplicate = True
             return outcome
-    if not name:
-        return outcome
+    if not name or is_canary_room(name):
+        return outcome  # canary probe rooms never enter the ledger
     kind = event.event
     if kind == "room_started":
         room = room_started(

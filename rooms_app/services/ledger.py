@@ -382,6 +382,12 @@ def dispatch_retry(*, dispatch: Dispatch) -> Dispatch | None:
         source=source,
         metadata=dispatch.metadata if next_agent.pk == dispatch.agent_id else None,
         rule_name=dispatch.rule_name,
+        # The same agent keeps its LiveKit deployment and attributes; a fallback has its own.
+        **(
+            {"deployment": dispatch.deployment, "attributes": dispatch.attributes}
+            if next_agent.pk == dispatch.agent_id
+            else {}
+        ),
         requested_by=dispatch.requested_by,
         attempt=attempt,
         previous=dispatch,

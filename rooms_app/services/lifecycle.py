@@ -154,7 +154,14 @@ def dispatch_request(*, dispatch_id: int) -> str:
             if adopted is not None:
                 return _RequestOutcome("adopted", adopted)
         return _RequestOutcome(
-            "created", await client.create_dispatch(room.name, dispatch.agent_name, dispatch.metadata)
+            "created",
+            await client.create_dispatch(
+                room.name,
+                dispatch.agent_name,
+                dispatch.metadata,
+                deployment=dispatch.deployment,
+                attributes=dispatch.attributes,
+            ),
         )
 
     try:

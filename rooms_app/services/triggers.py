@@ -16,6 +16,7 @@ from agents_app.models import Agent
 from agents_app.rules import Join
 from agents_app.selectors import ClientScope, config_get
 from dispatchportal.exceptions import Forbidden, NotFound
+from dispatchportal.reserved import CANARY_ROOM_PREFIX, is_canary_room
 
 from ..livekit_client import (
     ROOM_GONE_REASONS,
@@ -55,7 +56,13 @@ def room_rules_apply(*, room: Room, source: str = Dispatch.Source.RULE) -> list[
         if agent is None:
             continue
         dispatch, new = dispatch_create(
-            room=room, agent=agent, source=source, metadata=applied.metadata, rule_name=applied.rule
+            room=room,
+            agent=agent,
+            source=source,
+            metadata=applied.metadata,
+            rule_name=applied.rule,
+            deployment=applied.deployment,
+            attributes=dict(applied.attributes),
         )
         if new:
             created.append(dispatch)
@@ -73,7 +80,14 @@ def room_explicit_agents(*, room_name: str) -> list[Any]:
 
 
 def dispatch_api_create(
-    *, client: ClientScope | None, requested_by: str, room_name: str, agent_name: str, metadata: str | None
+    *,
+    client: ClientScope | None,
+    requested_by: str,
+    room_name: str,
+    agent_name: str,
+    metadata: str | None,
+    deployment: str = "",
+    attributes: dict[str, str] | None = None,
 ) -> tuple[Dispatch, bool]:
     """POST /api/v1/dispatches: an explicit dispatch within the caller's scope. `client` is
     None for staff. Returns the dispatch and whether it is new (else the live one, whose
@@ -87,10 +101,20 @@ def dispatch_api_create(
         raise Forbidden(f"room '{room_name}' is outside this client's room patterns", field="room_name")
     if not agent.enabled:
         raise Forbidden(f"agent '{agent_name}' is disabled", field="agent_name")
+    if is_canary_room(room_name):
+        raise Forbidden(
+            f"room names starting '{CANARY_ROOM_PREFIX}' are reserved for canaries", field="room_name"
+        )
     with transaction.atomic():
         room = room_get_or_create(name=room_name)
         dispatch, created = dispatch_create(
-            room=room, agent=agent, source=Dispatch.Source.API, metadata=metadata, requested_by=requested_by
+            room=room,
+            agent=agent,
+            source=Dispatch.Source.API,
+            metadata=metadata,
+            requested_by=requested_by,
+            deployment=deployment,
+            attributes=attributes or {},
         )
         if not created:  # the request is a fact too: on the live dispatch's timeline
             differs = metadata is not None and metadata != dispatch.metadata
@@ -130,6 +154,8 @@ def dispatch_redispatch(*, dispatch: Dispatch, by: str) -> Dispatch | None:
             metadata=dispatch.metadata,
             rule_name=dispatch.rule_name,
             requested_by=by,
+            deployment=dispatch.deployment,
+            attributes=dispatch.attributes,
             attempt=dispatch.attempt + 1,
             previous=dispatch,
             detail=f"re-dispatched by {by} (attempt {dispatch.attempt + 1}, replacing #{dispatch.pk})",

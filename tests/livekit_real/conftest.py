@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.receiver import receiver  # noqa: F401  (fixture: a local HTTP receiver)
 from tests.support import point_portal_at
 
 

@@ -1,0 +1,1 @@
+"""Knowing before users do: alerts, worker presence and canary dispatches (issue 12)."""

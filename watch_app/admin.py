@@ -1,0 +1,251 @@
+"""Admin for alert targets, incidents and deliveries, worker health URLs, and canaries."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.http import HttpRequest
+
+from . import alerts, canary, presence, tasks
+from .models import AlertDelivery, AlertTarget, CanaryRun, CanarySchedule, Incident, WorkerEndpoint
+from .net import UrlRefused, safe_host, url_check
+from .selectors import agents_presence
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """History written by the services: visible, never edited by hand."""
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return [f.name for f in self.model._meta.fields if f.name != "id"]
+
+
+class UrlCheckedForm(forms.ModelForm):
+    """A form whose `url` must pass the outbound rules for its `allow_private` choice."""
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        if data.get("url"):
+            try:
+                url_check(data["url"], allow_private=bool(data.get("allow_private")))
+            except UrlRefused as exc:
+                self.add_error("url", str(exc))
+        return data
+
+
+class AlertTargetForm(UrlCheckedForm):
+    new_secret = forms.CharField(
+        label="set signing secret",
+        required=False,
+        widget=forms.PasswordInput(render_value=False),
+        help_text="Webhooks only. Leave empty to keep the current one (or, for a new webhook, to "
+        "generate one, shown once). At least 32 characters, e.g. from `openssl rand -hex 32`.",
+    )
+
+    class Meta:
+        model = AlertTarget
+        fields = (
+            "name",
+            "kind",
+            "url",
+            "enabled",
+            "allow_private",
+            "max_per_hour",
+            "max_attempts",
+            "timeout_s",
+        )
+
+    def clean_new_secret(self) -> str:
+        secret = self.cleaned_data["new_secret"]
+        if secret and len(secret) < 32:
+            raise forms.ValidationError("use at least 32 characters")
+        return secret
+
+
+class DeliveryInline(admin.TabularInline):
+    model = AlertDelivery
+    fields = (
+        "created_at",
+        "incident",
+        "event",
+        "status",
+        "attempts",
+        "response_status",
+        "last_error",
+        "sent_at",
+    )
+    readonly_fields = fields
+    extra = 0
+    max_num = 0
+    can_delete = False
+    ordering = ("-created_at",)
+
+    def get_queryset(self, request: HttpRequest) -> Any:
+        return super().get_queryset(request).select_related("incident", "target")
+
+
+@admin.register(AlertTarget)
+class AlertTargetAdmin(admin.ModelAdmin):
+    form = AlertTargetForm
+    list_display = ("name", "kind", "host", "enabled", "allow_private", "max_per_hour", "secret_state")
+    list_filter = ("kind", "enabled")
+    fieldsets = (
+        (None, {"fields": ("name", "kind", "url", "enabled")}),
+        ("Signing (webhooks)", {"fields": ("secret_state", "new_secret")}),
+        ("Delivery", {"fields": ("allow_private", "max_per_hour", "max_attempts", "timeout_s")}),
+    )
+    readonly_fields = ("secret_state",)
+    inlines = [DeliveryInline]
+
+    @admin.display(description="URL host")
+    def host(self, target: AlertTarget) -> str:
+        return safe_host(target.url)
+
+    @admin.display(description="signing secret")
+    def secret_state(self, target: AlertTarget) -> str:
+        if target.kind == AlertTarget.Kind.SLACK:
+            return "not used (Slack)"
+        return f"set, ends …{target.secret[-4:]}" if target.secret else "not set"
+
+    def save_model(self, request: HttpRequest, obj: AlertTarget, form: Any, change: bool) -> None:
+        shown = alerts.target_save(target=obj, new_secret=form.cleaned_data.get("new_secret", ""))
+        if shown:
+            messages.warning(
+                request,
+                f"Signing secret for '{obj.name}' (shown once, copy it now): {shown}. Verify "
+                f"{alerts.SIGNATURE_HEADER}: sha256=HMAC-SHA256(secret, raw body) in hex.",
+            )
+
+
+class IncidentDeliveryInline(DeliveryInline):
+    """On an incident: the same columns, naming the target instead of the incident."""
+
+    fields = tuple("target" if f == "incident" else f for f in DeliveryInline.fields)
+    readonly_fields = fields
+
+
+@admin.register(Incident)
+class IncidentAdmin(ReadOnlyAdmin):
+    list_display = ("opened_at", "status", "kind", "subject", "summary", "occurrences", "resolved_at")
+    list_filter = ("status", "kind")
+    search_fields = ("key", "subject", "summary")
+    inlines = [IncidentDeliveryInline]
+
+
+@admin.register(AlertDelivery)
+class AlertDeliveryAdmin(ReadOnlyAdmin):
+    list_display = (
+        "created_at",
+        "target",
+        "incident",
+        "event",
+        "status",
+        "attempts",
+        "response_status",
+        "sent_at",
+    )
+    list_filter = ("status", "event", "target")
+    list_select_related = ("target", "incident")
+
+
+class WorkerEndpointForm(UrlCheckedForm):
+    class Meta:
+        model = WorkerEndpoint
+        fields = ("agent", "url", "allow_private", "enabled")
+
+
+@admin.register(WorkerEndpoint)
+class WorkerEndpointAdmin(admin.ModelAdmin):
+    form = WorkerEndpointForm
+    list_display = ("agent", "url", "presence", "healthy", "load", "active_jobs", "answered_at", "last_error")
+    list_filter = ("healthy", "enabled", "agent")
+    list_select_related = ("agent",)
+    readonly_fields = (
+        "polled_at",
+        "answered_at",
+        "healthy",
+        "load",
+        "active_jobs",
+        "reported_agent_name",
+        "last_error",
+    )
+    fieldsets = (
+        (None, {"fields": ("agent", "url", "allow_private", "enabled")}),
+        ("Last poll", {"fields": readonly_fields}),
+    )
+    actions = ("poll_now",)
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
+        names = list(WorkerEndpoint.objects.values_list("agent__agent_name", flat=True).distinct())
+        self._presence = agents_presence(agent_names=names)
+        return super().changelist_view(request, extra_context)
+
+    @admin.display(description="agent presence")
+    def presence(self, endpoint: WorkerEndpoint) -> str:
+        found = getattr(self, "_presence", {}).get(endpoint.agent.agent_name)
+        return found.message if found else ""
+
+    @admin.action(description="Poll the selected workers now")
+    def poll_now(self, request: HttpRequest, queryset: Any) -> None:
+        ids = list(queryset.values_list("pk", flat=True))
+        answered = presence.workers_poll(endpoint_ids=ids)
+        self.message_user(request, f"{answered} of {len(ids)} worker(s) answered.")
+
+
+@admin.register(CanarySchedule)
+class CanaryScheduleAdmin(admin.ModelAdmin):
+    list_display = (
+        "agent",
+        "enabled",
+        "every_s",
+        "join_timeout_s",
+        "alert_after_failures",
+        "alert_p95_s",
+        "last_run",
+    )
+    list_select_related = ("agent",)
+    fieldsets = (
+        (None, {"fields": ("agent", "enabled", "every_s", "join_timeout_s")}),
+        ("Alerts", {"fields": ("alert_after_failures", "alert_p95_s")}),
+    )
+    actions = ("run_now",)
+
+    @admin.display(description="last run")
+    def last_run(self, schedule: CanarySchedule) -> str:
+        run = CanaryRun.objects.filter(agent_name=schedule.agent.agent_name).first()
+        if run is None:
+            return "never"
+        return f"{run.get_status_display()} {run.started_at:%H:%M:%S}" + (
+            f" ({run.join_s} s)" if run.join_s else ""
+        )
+
+    def save_model(self, request: HttpRequest, obj: CanarySchedule, form: Any, change: bool) -> None:
+        canary.canary_schedule_save(schedule=obj)
+
+    def delete_model(self, request: HttpRequest, obj: CanarySchedule) -> None:
+        canary.canary_schedule_delete(schedule=obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: Any) -> None:
+        for schedule in queryset:
+            canary.canary_schedule_delete(schedule=schedule)
+
+    @admin.action(description="Run the selected canaries now")
+    def run_now(self, request: HttpRequest, queryset: Any) -> None:
+        ids = list(queryset.values_list("agent_id", flat=True))
+        for agent_id in ids:
+            tasks.canary_run.delay(agent_id)
+        self.message_user(request, f"{len(ids)} canary run(s) queued; see Canary runs.")
+
+
+@admin.register(CanaryRun)
+class CanaryRunAdmin(ReadOnlyAdmin):
+    list_display = ("started_at", "agent_name", "status", "dispatch_s", "job_s", "join_s", "error")
+    list_filter = ("status", "agent_name")
+    search_fields = ("agent_name", "room_name", "error")
