@@ -20,6 +20,8 @@ from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
+from watch_app.selectors import watch_dashboard
+
 from ..doctor import room_diagnose
 from ..models import Dispatch, Room, WebhookEvent
 from .charts import PALETTE, grouped_bar_chart, stacked_hours_chart
@@ -32,7 +34,7 @@ from .reads import (
 )
 
 VIEW_PERMISSION = "rooms_app.view_dispatch"
-SECTIONS = ("per-agent", "per-hour", "waiting", "failures")
+SECTIONS = ("per-agent", "per-hour", "waiting", "failures", "watch")
 REFRESH_S = 5
 
 
@@ -129,6 +131,7 @@ def _sections(now: datetime) -> dict[str, Any]:
             }
             for d in failures_recent_list()
         ],
+        "watch": watch_dashboard(now=now),
     }
 
 

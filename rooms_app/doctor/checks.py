@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from agents_app.rules import Join
 from agents_app.services import rules_explain
+from watch_app.selectors import PresenceState, agent_presence
 
 from ..livekit_client import (
     LiveKitAuthRejected,
@@ -34,6 +35,9 @@ from .facts import (
     facts_gather,
 )
 from .wording import moment_described
+
+# Presence states that come from polling the workers' own health URLs (not from the ledger).
+HEALTH_POLLED = (PresenceState.ONLINE, PresenceState.FULL, PresenceState.STALE, PresenceState.OFFLINE)
 
 # --- the walk -------------------------------------------------------------------------------
 
@@ -617,6 +621,9 @@ def _no_worker(
         )
     if configured_close:
         parts.append(f" Configured agents with close names: {agent_names_quoted(configured_close)}.")
+    presence = agent_presence(agent_name=name, now=facts.now)
+    if presence.state in HEALTH_POLLED:  # the admin registered the workers' health URLs
+        parts.append(f" Worker health: {presence.message}.")
     if "" in seen:
         parts.append(
             " An unnamed worker is connected (seen in room "

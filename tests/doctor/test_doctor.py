@@ -236,6 +236,26 @@ def test_no_worker_with_that_name_suggests_the_near_miss_seen_joining(lk):
     assert "WorkerOptions(agent_name='support-agent')" in link.fix
 
 
+def test_no_job_link_tells_full_workers_from_none_online(lk):
+    """With the workers' health URLs registered, the doctor says what they last reported."""
+    from watch_app.models import WorkerEndpoint
+
+    agent = _support_rule().agent
+    person_joins(lk, "support-10", "ann")
+    _portal_dispatches("support-10")
+    endpoint = WorkerEndpoint.objects.create(
+        agent=agent, url="http://127.0.0.1:9/", healthy=True, answered_at=timezone.now(), load=0.97
+    )
+
+    full = room_diagnose(room_name="support-10", now=_later(20))
+    assert full.first_broken.number == 5
+    assert "Worker health: workers for 'support-agent' are full (load 0.97)." in full.first_broken.cause
+
+    WorkerEndpoint.objects.filter(pk=endpoint.pk).update(healthy=False, answered_at=None)
+    none_online = room_diagnose(room_name="support-10", now=_later(20))
+    assert "Worker health: no worker online for 'support-agent'" in none_online.first_broken.cause
+
+
 def test_an_unnamed_worker_never_answers_a_named_dispatch(lk):
     _support_rule()
     lk.control.add_worker("")  # automatic dispatch: joins every new room
