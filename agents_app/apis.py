@@ -4,18 +4,18 @@ Views are thin: validate input, call one service, serialize the answer."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_serializer, inline_serializer
 from rest_framework import exceptions, serializers
 from rest_framework.negotiation import BaseContentNegotiation
-from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from dispatchportal import metrics
 from dispatchportal.exceptions import ApplicationError, Forbidden
+from dispatchportal.parsers import json_load
+from dispatchportal.renderers import JSONRenderer
 from dispatchportal.serializers import (
     MAX_METADATA_BYTES,
     MAX_NAME_LENGTH,
@@ -52,16 +52,13 @@ class GrantsSerializer(StrictSerializer):
 
 
 def _json_body(request: Any) -> Any:
-    """The body as JSON, with DRF's JSONParser's answers (415 for another media type, 400 for
-    bad JSON) but without its per-request parser machinery."""
+    """The body as JSON, with the project JSONParser's answers (415 for another media type, 400
+    for bad JSON, lone surrogates or deep nesting) without DRF's per-request parser machinery."""
     if not request.body:
         return {}
     if not request.content_type.startswith("application/json"):
         raise exceptions.UnsupportedMediaType(request.content_type)
-    try:
-        return json.loads(request.body)
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise exceptions.ParseError(f"JSON parse error - {exc}") from None
+    return json_load(request.body)
 
 
 class JsonOnly(BaseContentNegotiation):
