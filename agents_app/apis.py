@@ -233,7 +233,7 @@ class ExplainApi(APIView):
             raise Forbidden(f"room '{room}' is outside this client's room patterns", field="room_name")
         draft = None
         if "draft_rule" in values:
-            draft = self._draft(values["draft_rule"])
+            draft = self._draft(values["draft_rule"], client=client)
         join = Join(
             room_name=room,
             participant_identity=values.get("participant_identity", ""),
@@ -241,15 +241,17 @@ class ExplainApi(APIView):
             attributes=values.get("participant_attributes", {}),
             client=client.name if client else "",
         )
-        return Response(rules_explain(join=join, draft=draft))
+        return Response(rules_explain(join=join, draft=draft, own_room_only=client is not None))
 
-    def _draft(self, raw: dict[str, Any]) -> RuleSpec:
+    def _draft(self, raw: dict[str, Any], *, client: Any) -> RuleSpec:
         data = self.DraftRuleSerializer(data=raw)
         if not data.is_valid():
             raise serializers.ValidationError({"draft_rule": data.errors})
         v = data.validated_data
         agent = Agent.objects.filter(agent_name=v["agent_name"]).first()
-        if agent is None:
+        # An agent a client may not name is unknown to it: the same answer, so names of
+        # other clients' agents cannot be enumerated.
+        if agent is None or (client is not None and agent.agent_name not in client.agent_names):
             raise ApplicationError(f"unknown agent '{v['agent_name']}'", field="draft_rule.agent_name")
         identity = v.get("identity") or {}
         spec = RuleSpec(
