@@ -121,6 +121,7 @@ CACHE_KEY_PREFIX = env.str("CACHE_KEY_PREFIX", default="dp")
 CONFIG_CHECK_INTERVAL_S = env.float("CONFIG_CHECK_INTERVAL_S", default=1.0)
 if REDIS_URL:
     CELERY_BROKER_URL = REDIS_URL
+    CELERY_BROKER_TRANSPORT = "dispatchportal.broker:RedisTransport"  # survives a Redis restart
     CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
     CACHES = {
         "default": {
