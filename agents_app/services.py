@@ -261,7 +261,9 @@ def token_mint(*, client: ClientScope, request: TokenRequest, config: Config | N
 # --- explain --------------------------------------------------------------------------------
 
 
-def rules_explain(*, join: Join, draft: RuleSpec | None = None, own_room_only: bool = False) -> dict[str, Any]:
+def rules_explain(
+    *, join: Join, draft: RuleSpec | None = None, own_room_only: bool = False
+) -> dict[str, Any]:
     """Every rule's verdict for this join, the RoomConfiguration it yields and the claims a
     token would carry. `draft` is an unsaved rule evaluated alongside the saved ones (it
     replaces a saved rule of the same name). With `own_room_only` (a client key asks), only

@@ -57,13 +57,16 @@ def test_deep_nesting_is_a_json_400(api, key, url):
         ('{"room_name": "support-1", "participant_name": %s}', "participant_name"),
         ('{"room_name": "support-1", "participant_metadata": %s}', "participant_metadata"),
         ('{"room_name": "support-1", "participant_attributes": {"k": %s}}', "participant_attributes.k"),
-        ('{"room_name": "support-1", "participant_attributes": {%s: "v"}}', "participant_attributes.\\\\udc80"),
+        (
+            '{"room_name": "support-1", "participant_attributes": {%s: "v"}}',
+            "participant_attributes.\\\\udc80",
+        ),
         (
             '{"room_name": "support-1", "room_config": {"agents": [{"agent_name": "helper", "metadata": %s}]}}',
             "room_config.agents.0.metadata",
         ),
         ('{"room_name": "elsewhere", "participant_name": %s}', "participant_name"),  # would be a 403
-        ('{%s: 1}', "\\\\udc80"),  # an unknown field whose name cannot be echoed as is
+        ("{%s: 1}", "\\\\udc80"),  # an unknown field whose name cannot be echoed as is
     ],
 )
 def test_lone_surrogates_are_refused_naming_the_field(api, key, template, field):

@@ -23,15 +23,11 @@ def signed(client, body: bytes):
         (lambda: event_body("room_started", "support-1", sid="RM_" + "x" * 10_000), "room.sid"),
         (lambda: event_body("room_started", "support-\n1"), "room.name"),
         (
-            lambda: event_body(
-                "participant_joined", participant=agent_participant(identity="a" * 10_000)
-            ),
+            lambda: event_body("participant_joined", participant=agent_participant(identity="a" * 10_000)),
             "participant.identity",
         ),
         (
-            lambda: event_body(
-                "participant_joined", participant=agent_participant(agent_name="a" * 10_000)
-            ),
+            lambda: event_body("participant_joined", participant=agent_participant(agent_name="a" * 10_000)),
             "participant.attributes.lk.agent_name",
         ),
         (lambda: b'{"event": "room_started", "room": {"name": "\\udc80"}, "id": "EV_s"}', "body"),

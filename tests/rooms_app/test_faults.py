@@ -117,10 +117,17 @@ def fault_key() -> str:
     """A token-delivery rule for `fault-*` rooms and a client key; made before the portal
     starts, which reads them at its first request."""
     RuleFactory(
-        name="fault rooms", agent=AgentFactory(agent_name="helper"), room_match_value="fault-*", delivery="token"
+        name="fault rooms",
+        agent=AgentFactory(agent_name="helper"),
+        room_match_value="fault-*",
+        delivery="token",
     )
     _, key = make_client(
-        "fault", rooms=["fault-*"], agent_names=["helper"], client_agents=True, rate_limit_per_minute=1_000_000
+        "fault",
+        rooms=["fault-*"],
+        agent_names=["helper"],
+        client_agents=True,
+        rate_limit_per_minute=1_000_000,
     )
     return key
 
@@ -243,7 +250,9 @@ def test_a_redis_restart_under_token_load(stack, fault_key, own_redis, capsys):
     admitted = {room for status, room, agents in load.answers if status == 201 and "helper" in agents}
     assert worker.process is not None and worker.process.poll() is None, f"worker died:\n{worker.log()}"
     # The worker consumes again: an explicit dispatch asked now goes out to LiveKit.
-    status, body = _call("POST", f"{url}/api/v1/dispatches", key, {"room_name": "fault-after", "agent_name": "helper"})
+    status, body = _call(
+        "POST", f"{url}/api/v1/dispatches", key, {"room_name": "fault-after", "agent_name": "helper"}
+    )
     assert status == 202, body
     eventually(
         lambda: Dispatch.objects.get(pk=body["id"]).status != Dispatch.Status.PENDING,
@@ -256,12 +265,16 @@ def test_a_redis_restart_under_token_load(stack, fault_key, own_redis, capsys):
         return set(rows.values_list("room__name", flat=True))
 
     try:
-        eventually(lambda: recorded() >= admitted, timeout=15, what="every admitted token's agent in the ledger")
+        eventually(
+            lambda: recorded() >= admitted, timeout=15, what="every admitted token's agent in the ledger"
+        )
     except AssertionError:
         pass
     lost = len(admitted - recorded())
     per_room = Counter(
-        Dispatch.objects.filter(room__name__in=admitted, agent_name="helper").values_list("room__name", flat=True)
+        Dispatch.objects.filter(room__name__in=admitted, agent_name="helper").values_list(
+            "room__name", flat=True
+        )
     )
     duplicated = sum(1 for n in per_room.values() if n > 1)
     with capsys.disabled():
@@ -277,37 +290,53 @@ def test_a_redis_restart_under_token_load(stack, fault_key, own_redis, capsys):
         pytest.xfail(f"{lost} of {len(admitted)} admitted tokens' agents not in the ledger (issue 9)")
 
 
+def _terminate_other_backends() -> int:
+    """pg_terminate_backend on every other session of the test database: the worker's, the
+    live server's, LiveKit webhooks' in flight."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        return cursor.fetchone()[0]
+
+
 @pytest.mark.needs_postgres
-def test_postgres_backends_terminated_mid_dispatch(e2e, api, worker):
-    """Every connection of the worker and of the portal is cut while dispatches are on their
-    way: the work completes, once per agent."""
+def test_postgres_backends_terminated_mid_dispatch(e2e, live_server, worker):
+    """Every other database session is cut twice while dispatches are on their way (asked
+    over HTTP, as a client would): every agent joins, once."""
     RuleFactory(
-        name="pg rooms", agent=AgentFactory(agent_name="support-agent"), room_match_value="pg-*", delivery="explicit"
+        name="pg rooms",
+        agent=AgentFactory(agent_name="support-agent"),
+        room_match_value="pg-*",
+        delivery="explicit",
     )
     _, key = make_client("pg", rooms=["pg-*"], agent_names=["support-agent"], client_agents=True)
     e2e.control.add_worker("support-agent")
     rooms = [f"pg-{i}" for i in range(10)]
-    ids = []
+    statuses, ids, terminated = Counter(), [], 0
     for n, room in enumerate(rooms):
-        r = api.post(
-            "/api/v1/dispatches",
+        status, body = _call(
+            "POST",
+            f"{live_server.url}/api/v1/dispatches",
+            key,
             {"room_name": room, "agent_name": "support-agent"},
-            format="json",
-            HTTP_AUTHORIZATION=f"Bearer {key}",
         )
-        assert r.status_code == 202, r.content
-        ids.append(r.json()["id"])
+        statuses[status] += 1
+        if status == 202:
+            ids.append(body["id"])
         if n in (2, 6):
-            with connection.cursor() as cursor:
-                cursor.execute(
-                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-                )
+            terminated += _terminate_other_backends()
 
     def joined() -> int:
-        return Dispatch.objects.filter(pk__in=ids, status=Dispatch.Status.AGENT_JOINED).count()
+        return Dispatch.objects.filter(room__name__in=rooms, status=Dispatch.Status.AGENT_JOINED).count()
 
-    eventually(lambda: joined() == len(ids), timeout=60, what="every dispatch joined")
+    eventually(lambda: joined() == len(rooms), timeout=60, what="every agent joined")
     per_room = Counter(Dispatch.objects.filter(room__name__in=rooms).values_list("room__name", flat=True))
-    print(f"\n[pg terminate] dispatches={len(ids)} joined={joined()} duplicated={sum(n > 1 for n in per_room.values())}")
-    assert all(n == 1 for n in per_room.values()), per_room
+    duplicated = sum(n > 1 for n in per_room.values())
+    print(
+        f"\n[pg terminate] dispatches={len(rooms)} statuses={dict(statuses)} sessions terminated={terminated} "
+        f"joined={joined()} lost={len(rooms) - joined()} duplicated={duplicated}"
+    )
+    assert statuses == {202: len(rooms)}
+    assert duplicated == 0, per_room
