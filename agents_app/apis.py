@@ -6,7 +6,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_serializer, inline_serializer
+from drf_spectacular.utils import (
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_field,
+    extend_schema_serializer,
+    inline_serializer,
+)
 from rest_framework import exceptions, serializers
 from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.response import Response
@@ -19,6 +25,7 @@ from dispatchportal.renderers import JSONRenderer
 from dispatchportal.serializers import (
     MAX_METADATA_BYTES,
     MAX_NAME_LENGTH,
+    NO_NUL_PATTERN,
     LiveKitName,
     StrictCharField,
     StrictSerializer,
@@ -37,10 +44,12 @@ class AgentRequestSerializer(StrictSerializer):
     deployment = StrictCharField(required=False, allow_blank=True, max_length=MAX_NAME_LENGTH)
 
 
-class RoomConfigSerializer(serializers.Serializer):
-    """Only `agents`: other RoomConfiguration fields are the operator's, refused with 403."""
+class RoomConfigSerializer(StrictSerializer):
+    """Only `agents` (and `name`, ignored: the room is `room_name`): other RoomConfiguration
+    fields are the operator's, refused with 403."""
 
     agents = AgentRequestSerializer(many=True, required=False)
+    name = StrictCharField(required=False, allow_blank=True, help_text="Ignored; the room is room_name.")
 
 
 class GrantsSerializer(StrictSerializer):
@@ -72,6 +81,19 @@ class JsonOnly(BaseContentNegotiation):
         return renderers[0], renderers[0].media_type
 
 
+@extend_schema_field(
+    {
+        "type": "object",
+        "additionalProperties": {"type": "string", "pattern": NO_NUL_PATTERN},
+        "description": 'Participant attributes, e.g. {"tier": "gold"}; names not empty.',
+    }
+)
+class AttributesField(serializers.DictField):
+    """The token's participant_attributes (validated by `token_request_parse`)."""
+
+    child = StrictCharField(allow_blank=True)
+
+
 class TokenApi(APIView):
     """LiveKit's standard token endpoint (what `TokenSource.endpoint` calls)."""
 
@@ -98,9 +120,7 @@ class TokenApi(APIView):
         participant_metadata = StrictCharField(
             required=False, allow_blank=True, max_length=MAX_METADATA_BYTES
         )
-        participant_attributes = serializers.DictField(
-            child=StrictCharField(allow_blank=True), required=False
-        )
+        participant_attributes = AttributesField(required=False)
         room_config = RoomConfigSerializer(required=False)
         ttl = serializers.IntegerField(required=False, min_value=60, help_text="Seconds; extension.")
         grants = GrantsSerializer(
@@ -179,22 +199,30 @@ class MatchSerializer(StrictSerializer):
     value = StrictCharField(allow_blank=True)
 
 
+@extend_schema_serializer(component_name="DraftRule")
+class DraftRuleSerializer(StrictSerializer):
+    name = StrictCharField(required=False, default="(draft)")
+    agent_name = StrictCharField(allow_blank=True)
+    priority = serializers.IntegerField(required=False, default=100)
+    room = MatchSerializer()
+    identity = MatchSerializer(required=False, allow_null=True)
+    attributes = serializers.DictField(child=MatchSerializer(), required=False)
+    metadata_template = serializers.JSONField(required=False)
+    delivery = serializers.ChoiceField(choices=["token", "explicit"], required=False, default="token")
+    stop = serializers.BooleanField(required=False, default=False)
+
+
+@extend_schema_field(DraftRuleSerializer)
+class DraftRuleField(serializers.DictField):
+    """Validated by `_draft` (its errors under `draft_rule`); the schema shows the rule."""
+
+
 class ExplainApi(APIView):
     """Why does this room get that agent? Every rule's verdict for a sample join."""
 
     permission_classes = [IsApiClientOrStaff]
 
-    @extend_schema_serializer(component_name="DraftRule")
-    class DraftRuleSerializer(StrictSerializer):
-        name = StrictCharField(required=False, default="(draft)")
-        agent_name = StrictCharField(allow_blank=True)
-        priority = serializers.IntegerField(required=False, default=100)
-        room = MatchSerializer()
-        identity = MatchSerializer(required=False, allow_null=True)
-        attributes = serializers.DictField(child=MatchSerializer(), required=False)
-        metadata_template = serializers.JSONField(required=False)
-        delivery = serializers.ChoiceField(choices=["token", "explicit"], required=False, default="token")
-        stop = serializers.BooleanField(required=False, default=False)
+    DraftRuleSerializer = DraftRuleSerializer
 
     @extend_schema_serializer(component_name="ExplainRequest")
     class InputSerializer(StrictSerializer):
@@ -204,7 +232,7 @@ class ExplainApi(APIView):
         participant_attributes = serializers.DictField(
             child=StrictCharField(allow_blank=True), required=False
         )
-        draft_rule = serializers.DictField(required=False, help_text="An unsaved rule to try.")
+        draft_rule = DraftRuleField(required=False, help_text="An unsaved rule to try.")
 
     @extend_schema(
         request=InputSerializer,

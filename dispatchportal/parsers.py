@@ -1,5 +1,5 @@
 """JSON bodies every endpoint can trust: valid JSON, at most `MAX_JSON_DEPTH` levels deep,
-and no string (value or key) that UTF-8 cannot encode.
+and no string (value or key) that UTF-8 cannot encode or PostgreSQL cannot store (NUL).
 
 `json.loads` accepts `"\\udc80"` (a lone UTF-16 surrogate): Python keeps it in the string, and
 it crashes whatever encodes it later (the response renderer, PyJWT, the database driver), or
@@ -16,6 +16,7 @@ from rest_framework import exceptions, parsers
 
 MAX_JSON_DEPTH = 32
 SURROGATE_MESSAGE = "Must be valid Unicode (a lone UTF-16 surrogate such as \\udc80 is not)."
+NUL_MESSAGE = "Null characters are not allowed."
 DEPTH_MESSAGE = f"Nested deeper than {MAX_JSON_DEPTH} levels."
 
 
@@ -25,7 +26,9 @@ def printable_key(key: str) -> str:
 
 
 def text_problem(value: str) -> str | None:
-    """Why UTF-8 (and so LiveKit, PostgreSQL, a JSON response) cannot carry this string."""
+    """Why UTF-8 (and so LiveKit, a JSON response) or PostgreSQL cannot carry this string."""
+    if "\x00" in value:
+        return NUL_MESSAGE
     if value.isascii():
         return None
     try:
@@ -56,7 +59,7 @@ def json_problems(data: Any) -> dict[str, list[str]]:
             name = printable_key(key) if isinstance(key, str) else str(key)
             child = f"{path}.{name}" if path else name
             if isinstance(key, str) and text_problem(key):
-                return {child: [SURROGATE_MESSAGE]}
+                return {child: [text_problem(key)]}
             stack.append((item, child, depth + 1))
     return {}
 
