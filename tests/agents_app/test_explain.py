@@ -110,20 +110,17 @@ def test_admin_explain_page_tries_the_unsaved_rule_from_the_rule_form(client, ad
 @pytest.fixture
 def tenants():
     """Two clients' rooms: `sec-*` (the asker's) and `vip-*` (someone else's)."""
-    RuleFactory(
-        name="sec guard",
-        agent=AgentFactory(agent_name="guard", default_metadata={"shared": "sec"}),
-        room_match_kind="prefix",
-        room_match_value="sec-",
-        priority=1,
-    )
-    RuleFactory(
-        name="vip concierge",
-        agent=AgentFactory(agent_name="concierge", default_metadata={"secret": "vip-only"}),
-        room_match_kind="prefix",
-        room_match_value="vip-",
-        priority=2,
-    )
+    for priority, (rule, agent, prefix, metadata) in enumerate(
+        [
+            ("sec guard", "guard", "sec-", {"shared": "sec"}),
+            ("vip concierge", "concierge", "vip-", {"secret": "vip"}),
+        ],
+        start=1,
+    ):
+        agent = AgentFactory(agent_name=agent, default_metadata=metadata)
+        RuleFactory(
+            name=rule, agent=agent, room_match_kind="prefix", room_match_value=prefix, priority=priority
+        )
     RuleFactory(name="everyone", agent=AgentFactory(agent_name="greeter"), priority=9)
     _, key = make_client("sec", rooms=["sec-*"], agent_names=["guard"], client_agents=True)
     return {"HTTP_AUTHORIZATION": f"Bearer {key}"}

@@ -25,18 +25,13 @@ from django.db import connection
 
 from rooms_app.models import Dispatch
 from tests.factories import AgentFactory, RuleFactory, make_client
+from tests.support import free_port, gunicorn
 
 from .conftest import QUEUE, ROOT, Worker, _database_url, eventually
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES") == "1"
 _no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _call(method: str, url: str, key: str, body: dict | None = None) -> tuple[int, dict]:
@@ -61,7 +56,7 @@ class RedisServer:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -153,25 +148,8 @@ def stack(fault_key, own_redis, lk, tmp_path):
         "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prometheus"),
         "LOG_LEVEL": "WARNING",
     }
-    port = _free_port()
-    portal = subprocess.Popen(
-        [
-            str(ROOT / ".venv/bin/gunicorn"),
-            "-c",
-            "dispatchportal/gunicorn_conf.py",
-            "dispatchportal.wsgi",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            "2",
-            "--threads",
-            "4",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=open(tmp_path / "gunicorn.log", "wb"),  # noqa: SIM115  closed with the process
-    )
+    port = free_port()
+    portal = gunicorn(port=port, env=env, threads=4, stderr=open(tmp_path / "gunicorn.log", "wb"))  # noqa: SIM115
     url = f"http://127.0.0.1:{port}"
     worker = Worker(env, tmp_path)
     try:
