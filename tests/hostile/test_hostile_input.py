@@ -107,3 +107,12 @@ def test_the_key_is_unchanged_by_hostile_input(api, key):
     send(api, "/api/v1/token", key, DEEP)
     send(api, "/api/v1/token", key, '{"room_name": ' + SURROGATE + "}")
     assert list(ApiClient.objects.values_list("pk", "enabled")) == before
+
+
+def test_an_error_body_with_a_lone_surrogate_still_renders():
+    """Belt and braces: should a surrogate ever reach a response (not through a JSON body,
+    which refuses it), the answer is escaped JSON, not a 500."""
+    from dispatchportal.renderers import JSONRenderer
+
+    rendered = JSONRenderer().render({"error": "forbidden", "detail": {"room_name": ["room '\udc80'"]}})
+    assert json.loads(rendered)["detail"]["room_name"] == ["room '\udc80'"]
