@@ -112,6 +112,7 @@ def test_every_operation_agrees_with_the_schema(api_schema, key):
     assert not failures, "\n".join(failures[:15])
 
 
-def test_schema_figures():
+def test_schema_figures(capsys):
     if FIGURES:
-        print(f"\n[schemathesis] {dict(sorted(FIGURES.items(), key=str))}")
+        with capsys.disabled():
+            print(f"\n[schemathesis] {dict(sorted(FIGURES.items(), key=str))}")

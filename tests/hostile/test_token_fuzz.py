@@ -188,7 +188,8 @@ def test_fuzzed_bodies_never_5xx_and_tokens_stay_in_scope(api, settings, fuzz_ke
         assert set(answer) == {"error", "detail"} and "participant_token" not in answer
 
 
-def test_fuzz_figures():
+def test_fuzz_figures(capsys):
     """Prints what the fuzz above did (runs after it: pytest keeps file order)."""
     if FIGURES:
-        print(f"\n[token fuzz] {dict(sorted(FIGURES.items(), key=str))}")
+        with capsys.disabled():
+            print(f"\n[token fuzz] {dict(sorted(FIGURES.items(), key=str))}")

@@ -277,7 +277,7 @@ def _terminate_other_backends() -> int:
 
 
 @pytest.mark.needs_postgres
-def test_postgres_backends_terminated_mid_dispatch(e2e, live_server, worker):
+def test_postgres_backends_terminated_mid_dispatch(e2e, live_server, worker, capsys):
     """Every other database session is cut twice while dispatches are on their way (asked
     over HTTP, as a client would): every agent joins, once."""
     RuleFactory(
@@ -309,9 +309,10 @@ def test_postgres_backends_terminated_mid_dispatch(e2e, live_server, worker):
     eventually(lambda: joined() == len(rooms), timeout=60, what="every agent joined")
     per_room = Counter(Dispatch.objects.filter(room__name__in=rooms).values_list("room__name", flat=True))
     duplicated = sum(n > 1 for n in per_room.values())
-    print(
-        f"\n[pg terminate] dispatches={len(rooms)} statuses={dict(statuses)} sessions terminated={terminated} "
-        f"joined={joined()} lost={len(rooms) - joined()} duplicated={duplicated}"
-    )
+    with capsys.disabled():
+        print(
+            f"\n[pg terminate] dispatches={len(rooms)} statuses={dict(statuses)} sessions terminated={terminated} "
+            f"joined={joined()} lost={len(rooms) - joined()} duplicated={duplicated}"
+        )
     assert statuses == {202: len(rooms)}
     assert duplicated == 0, per_room
