@@ -4,21 +4,28 @@ Views are thin: validate input, call one service, serialize the answer."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_serializer, inline_serializer
+from drf_spectacular.utils import (
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_field,
+    extend_schema_serializer,
+    inline_serializer,
+)
 from rest_framework import exceptions, serializers
 from rest_framework.negotiation import BaseContentNegotiation
-from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from dispatchportal import metrics
 from dispatchportal.exceptions import ApplicationError, Forbidden
+from dispatchportal.parsers import json_load
+from dispatchportal.renderers import JSONRenderer
 from dispatchportal.serializers import (
     MAX_METADATA_BYTES,
     MAX_NAME_LENGTH,
+    NO_NUL_PATTERN,
     LiveKitName,
     StrictCharField,
     StrictSerializer,
@@ -37,10 +44,12 @@ class AgentRequestSerializer(StrictSerializer):
     deployment = StrictCharField(required=False, allow_blank=True, max_length=MAX_NAME_LENGTH)
 
 
-class RoomConfigSerializer(serializers.Serializer):
-    """Only `agents`: other RoomConfiguration fields are the operator's, refused with 403."""
+class RoomConfigSerializer(StrictSerializer):
+    """Only `agents` (and `name`, ignored: the room is `room_name`): other RoomConfiguration
+    fields are the operator's, refused with 403."""
 
     agents = AgentRequestSerializer(many=True, required=False)
+    name = StrictCharField(required=False, allow_blank=True, help_text="Ignored; the room is room_name.")
 
 
 class GrantsSerializer(StrictSerializer):
@@ -52,16 +61,13 @@ class GrantsSerializer(StrictSerializer):
 
 
 def _json_body(request: Any) -> Any:
-    """The body as JSON, with DRF's JSONParser's answers (415 for another media type, 400 for
-    bad JSON) but without its per-request parser machinery."""
+    """The body as JSON, with the project JSONParser's answers (415 for another media type, 400
+    for bad JSON, lone surrogates or deep nesting) without DRF's per-request parser machinery."""
     if not request.body:
         return {}
     if not request.content_type.startswith("application/json"):
         raise exceptions.UnsupportedMediaType(request.content_type)
-    try:
-        return json.loads(request.body)
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise exceptions.ParseError(f"JSON parse error - {exc}") from None
+    return json_load(request.body)
 
 
 class JsonOnly(BaseContentNegotiation):
@@ -73,6 +79,19 @@ class JsonOnly(BaseContentNegotiation):
 
     def select_renderer(self, request: Any, renderers: list, format_suffix: str | None = None) -> tuple:
         return renderers[0], renderers[0].media_type
+
+
+@extend_schema_field(
+    {
+        "type": "object",
+        "additionalProperties": {"type": "string", "pattern": NO_NUL_PATTERN},
+        "description": 'Participant attributes, e.g. {"tier": "gold"}; names not empty.',
+    }
+)
+class AttributesField(serializers.DictField):
+    """The token's participant_attributes (validated by `token_request_parse`)."""
+
+    child = StrictCharField(allow_blank=True)
 
 
 class TokenApi(APIView):
@@ -101,9 +120,7 @@ class TokenApi(APIView):
         participant_metadata = StrictCharField(
             required=False, allow_blank=True, max_length=MAX_METADATA_BYTES
         )
-        participant_attributes = serializers.DictField(
-            child=StrictCharField(allow_blank=True), required=False
-        )
+        participant_attributes = AttributesField(required=False)
         room_config = RoomConfigSerializer(required=False)
         ttl = serializers.IntegerField(required=False, min_value=60, help_text="Seconds; extension.")
         grants = GrantsSerializer(
@@ -182,24 +199,32 @@ class MatchSerializer(StrictSerializer):
     value = StrictCharField(allow_blank=True)
 
 
+@extend_schema_serializer(component_name="DraftRule")
+class DraftRuleSerializer(StrictSerializer):
+    name = StrictCharField(required=False, default="(draft)")
+    agent_name = StrictCharField(allow_blank=True)
+    priority = serializers.IntegerField(required=False, default=100)
+    room = MatchSerializer()
+    identity = MatchSerializer(required=False, allow_null=True)
+    attributes = serializers.DictField(child=MatchSerializer(), required=False)
+    metadata_template = serializers.JSONField(required=False)
+    delivery = serializers.ChoiceField(choices=["token", "explicit"], required=False, default="token")
+    stop = serializers.BooleanField(required=False, default=False)
+    deployment = StrictCharField(required=False, allow_blank=True, default="")
+    dispatch_attributes = serializers.DictField(child=StrictCharField(allow_blank=True), required=False)
+
+
+@extend_schema_field(DraftRuleSerializer)
+class DraftRuleField(serializers.DictField):
+    """Validated by `_draft` (its errors under `draft_rule`); the schema shows the rule."""
+
+
 class ExplainApi(APIView):
     """Why does this room get that agent? Every rule's verdict for a sample join."""
 
     permission_classes = [IsApiClientOrStaff]
 
-    @extend_schema_serializer(component_name="DraftRule")
-    class DraftRuleSerializer(StrictSerializer):
-        name = StrictCharField(required=False, default="(draft)")
-        agent_name = StrictCharField(allow_blank=True)
-        priority = serializers.IntegerField(required=False, default=100)
-        room = MatchSerializer()
-        identity = MatchSerializer(required=False, allow_null=True)
-        attributes = serializers.DictField(child=MatchSerializer(), required=False)
-        metadata_template = serializers.JSONField(required=False)
-        delivery = serializers.ChoiceField(choices=["token", "explicit"], required=False, default="token")
-        stop = serializers.BooleanField(required=False, default=False)
-        deployment = StrictCharField(required=False, allow_blank=True, default="")
-        dispatch_attributes = serializers.DictField(child=StrictCharField(allow_blank=True), required=False)
+    DraftRuleSerializer = DraftRuleSerializer
 
     @extend_schema_serializer(component_name="ExplainRequest")
     class InputSerializer(StrictSerializer):
@@ -209,7 +234,7 @@ class ExplainApi(APIView):
         participant_attributes = serializers.DictField(
             child=StrictCharField(allow_blank=True), required=False
         )
-        draft_rule = serializers.DictField(required=False, help_text="An unsaved rule to try.")
+        draft_rule = DraftRuleField(required=False, help_text="An unsaved rule to try.")
 
     @extend_schema(
         request=InputSerializer,
@@ -238,7 +263,7 @@ class ExplainApi(APIView):
             raise Forbidden(f"room '{room}' is outside this client's room patterns", field="room_name")
         draft = None
         if "draft_rule" in values:
-            draft = self._draft(values["draft_rule"])
+            draft = self._draft(values["draft_rule"], client=client)
         join = Join(
             room_name=room,
             participant_identity=values.get("participant_identity", ""),
@@ -246,15 +271,17 @@ class ExplainApi(APIView):
             attributes=values.get("participant_attributes", {}),
             client=client.name if client else "",
         )
-        return Response(rules_explain(join=join, draft=draft))
+        return Response(rules_explain(join=join, draft=draft, own_room_only=client is not None))
 
-    def _draft(self, raw: dict[str, Any]) -> RuleSpec:
+    def _draft(self, raw: dict[str, Any], *, client: Any) -> RuleSpec:
         data = self.DraftRuleSerializer(data=raw)
         if not data.is_valid():
             raise serializers.ValidationError({"draft_rule": data.errors})
         v = data.validated_data
         agent = Agent.objects.filter(agent_name=v["agent_name"]).first()
-        if agent is None:
+        # An agent a client may not name is unknown to it: the same answer, so names of
+        # other clients' agents cannot be enumerated.
+        if agent is None or (client is not None and agent.agent_name not in client.agent_names):
             raise ApplicationError(f"unknown agent '{v['agent_name']}'", field="draft_rule.agent_name")
         identity = v.get("identity") or {}
         spec = RuleSpec(

@@ -79,3 +79,14 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
         data = data["detail"]
     response.data = {"error": error, "detail": data}
     return response
+
+
+def page_not_found(request: Any, exception: Exception) -> Any:
+    """Django's 404 for a URL no route matches: JSON under the API and webhook paths (their
+    callers parse JSON), Django's own page elsewhere (admin)."""
+    from django.http import JsonResponse
+    from django.views import defaults
+
+    if request.path.startswith(("/api/", "/livekit/")):
+        return JsonResponse({"error": "not_found", "detail": f"no such endpoint: {request.path}"}, status=404)
+    return defaults.page_not_found(request, exception)

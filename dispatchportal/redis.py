@@ -29,7 +29,12 @@ def _client(url: str, pid: int) -> redis.Redis:
 
 
 def redis_client() -> redis.Redis | None:
-    return _client(settings.REDIS_URL, os.getpid()) if settings.REDIS_URL else None
+    if not settings.REDIS_URL:
+        return None
+    try:
+        return _client(settings.REDIS_URL, os.getpid())
+    except REDIS_ERRORS:  # a process started while Redis is down: serve as without it
+        return None
 
 
 def redis_key(*parts: str) -> str:

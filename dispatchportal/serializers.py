@@ -8,11 +8,16 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from django.core.validators import RegexValidator
+from drf_spectacular.extensions import OpenApiSerializerExtension
 from rest_framework import serializers
 
 from .limits import MAX_METADATA_BYTES, MAX_NAME_LENGTH  # noqa: F401  (one place for each limit)
 
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+NO_NUL_PATTERN = r"^[^\x00]*$"
+# `name_problem` as a pattern, so the OpenAPI schema says what the API accepts.
+NAME_PATTERN = r"^(?!\s+$)[^\x00-\x1f\x7f]*$"
 
 
 def name_problem(value: str) -> str | None:
@@ -28,10 +33,14 @@ class StrictCharField(serializers.CharField):
     """A string, not anything that can be turned into one: 123 is a type error here."""
 
     default_error_messages = {"invalid": "Must be a string."}
+    schema_pattern = NO_NUL_PATTERN
 
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("trim_whitespace", False)
         super().__init__(**kwargs)
+        # Never fails after the checks in `to_internal_value` (DRF refuses NUL already); it
+        # puts them in the schema, as `pattern`.
+        self.validators.append(RegexValidator(self.schema_pattern))
 
     def to_internal_value(self, data: Any) -> str:
         if not isinstance(data, str):
@@ -42,8 +51,12 @@ class StrictCharField(serializers.CharField):
 class LiveKitName(StrictCharField):
     """A room name, identity or agent name LiveKit accepts (see `name_problem`)."""
 
+    schema_pattern = NAME_PATTERN
+
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("max_length", MAX_NAME_LENGTH)
+        if not kwargs.get("allow_blank"):
+            kwargs.setdefault("min_length", 1)  # in the schema: blank is refused
         super().__init__(**kwargs)
 
     def to_internal_value(self, data: Any) -> str:
@@ -64,3 +77,20 @@ class StrictSerializer(serializers.Serializer):
         if unknown:
             raise serializers.ValidationError({name: ["Unknown field."] for name in unknown})
         return super().to_internal_value(data)
+
+
+class StrictSerializerSchema(OpenApiSerializerExtension):
+    """In the schema, a StrictSerializer's object has `additionalProperties: false`."""
+
+    target_class = StrictSerializer
+    match_subclasses = True
+
+    def map_serializer(self, auto_schema: Any, direction: str) -> Any:
+        schema = auto_schema._map_serializer(self.target, direction, bypass_extensions=True)
+        schema["additionalProperties"] = False
+        return schema
+
+
+def name_schema(max_length: int = MAX_NAME_LENGTH) -> dict[str, Any]:
+    """A LiveKit name as an OpenAPI schema, for path and query parameters."""
+    return {"type": "string", "maxLength": max_length, "pattern": NAME_PATTERN}

@@ -123,7 +123,10 @@ CACHE_KEY_PREFIX = env.str("CACHE_KEY_PREFIX", default="dp")
 CONFIG_CHECK_INTERVAL_S = env.float("CONFIG_CHECK_INTERVAL_S", default=1.0)
 if REDIS_URL:
     CELERY_BROKER_URL = REDIS_URL
-    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+    CELERY_BROKER_TRANSPORT = "dispatchportal.broker:RedisTransport"  # survives a Redis restart
+    # max_retries 0: a publish while Redis is down fails at once (callers on the request path
+    # catch it) instead of retrying for about 6 s (kombu's default connect retries).
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600, "max_retries": 0}
     CACHES = {
         "default": {
             "BACKEND": "dispatchportal.cache.RedisCache",
@@ -201,9 +204,10 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    # DRF's JSON parser plus: no lone surrogates, no deep nesting (400 naming the field).
+    "DEFAULT_PARSER_CLASSES": ["dispatchportal.parsers.JSONParser"],
     "DEFAULT_RENDERER_CLASSES": [
-        "rest_framework.renderers.JSONRenderer",
+        "dispatchportal.renderers.JSONRenderer",
         "rest_framework.renderers.BrowsableAPIRenderer",
     ],
     "EXCEPTION_HANDLER": "dispatchportal.exceptions.exception_handler",

@@ -21,3 +21,5 @@ urlpatterns = [
     path("favicon.ico", RedirectView.as_view(url=static("dispatchportal/favicon.svg")), name="favicon"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
 ]
+
+handler404 = "dispatchportal.exceptions.page_not_found"

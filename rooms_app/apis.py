@@ -9,7 +9,13 @@ from __future__ import annotations
 from typing import Any
 
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema, extend_schema_serializer
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_serializer,
+)
 from rest_framework import serializers, status
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
@@ -17,7 +23,7 @@ from rest_framework.views import APIView
 
 from agents_app.authentication import IsApiClientOrStaff
 from agents_app.selectors import ClientScope
-from dispatchportal.exceptions import Conflict, Forbidden
+from dispatchportal.exceptions import Conflict, Forbidden, NotFound
 from dispatchportal.serializers import MAX_METADATA_BYTES, LiveKitName, StrictCharField, StrictSerializer
 
 from .models import Dispatch
@@ -92,6 +98,21 @@ def _dispatch_body(dispatch: Dispatch) -> dict[str, Any]:
     dispatch.replaced_by = nxt.pk if nxt else None  # type: ignore[attr-defined]
     dispatch.timeline = dispatch_timeline(dispatch=dispatch)  # type: ignore[attr-defined]
     return DispatchOutputSerializer(dispatch).data
+
+
+MAX_ID = 2**63 - 1  # PostgreSQL's bigint: a larger id would be a database error, not a 404
+
+
+def _dispatch_id(raw: str) -> int:
+    """The id in the URL; anything that is not one (`abc`, `-1`, 20 digits) is a JSON 404."""
+    if raw.isascii() and raw.isdigit() and 0 < int(raw) <= MAX_ID:
+        return int(raw)
+    raise NotFound(f"no dispatch {raw!r}: ids are positive integers", field="dispatch_id")
+
+
+_DISPATCH_ID = OpenApiParameter(
+    "dispatch_id", OpenApiTypes.INT, OpenApiParameter.PATH, description="The dispatch's id, e.g. 42."
+)
 
 
 def _scope(request: Any) -> ClientScope | None:
@@ -215,18 +236,20 @@ class DispatchDetailApi(APIView):
 
     @extend_schema(
         operation_id="dispatch_retrieve",
+        parameters=[_DISPATCH_ID],
         responses={
             200: DispatchOutputSerializer,
             401: _error("Missing, unknown or disabled key."),
             404: _error("No such dispatch in the client's rooms."),
         },
     )
-    def get(self, request: Any, dispatch_id: int) -> Response:
-        dispatch = dispatch_get(dispatch_id=dispatch_id, client=_scope(request))
+    def get(self, request: Any, dispatch_id: str) -> Response:
+        dispatch = dispatch_get(dispatch_id=_dispatch_id(dispatch_id), client=_scope(request))
         return Response(_dispatch_body(dispatch))
 
     @extend_schema(
         operation_id="dispatch_cancel",
+        parameters=[_DISPATCH_ID],
         responses={
             202: OpenApiResponse(
                 DispatchOutputSerializer, description="Cancelled; the LiveKit dispatch is being deleted."
@@ -236,8 +259,8 @@ class DispatchDetailApi(APIView):
             409: _error("The dispatch had already ended."),
         },
     )
-    def delete(self, request: Any, dispatch_id: int) -> Response:
-        dispatch = dispatch_get(dispatch_id=dispatch_id, client=_scope(request))
+    def delete(self, request: Any, dispatch_id: str) -> Response:
+        dispatch = dispatch_get(dispatch_id=_dispatch_id(dispatch_id), client=_scope(request))
         if not dispatch_cancel(dispatch=dispatch, by=_who(request)):
             dispatch.refresh_from_db()
             raise Conflict(f"dispatch {dispatch.pk} has already ended ({dispatch.status})")

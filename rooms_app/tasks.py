@@ -19,12 +19,16 @@ from typing import Any
 
 from celery import Task, shared_task
 from django.conf import settings
-from django.db import OperationalError
+from django.db import InterfaceError, OperationalError
 
 from . import reconcile, services
 from .livekit_client import LiveKitUnavailable
 
 logger = logging.getLogger(__name__)
+# The database connection dropped (PostgreSQL restarted, a backend terminated, a failover):
+# the task's transaction rolled back, and Celery's Django fix-up opens a new connection for
+# the retry.
+DATABASE_DROPPED = (OperationalError, InterfaceError)
 
 
 def backoff_s(retries: int) -> float:
@@ -85,6 +89,8 @@ def dispatch_request(self: Task, dispatch_id: int) -> str | None:
             dispatch_id=dispatch_id, error=exc.message, retry=self.request.retries + 1
         )
         return _retry(self, exc, what="dispatch_request", dispatch_id=dispatch_id)
+    except DATABASE_DROPPED as exc:
+        return _retry(self, exc, what="dispatch_request", dispatch_id=dispatch_id)
 
 
 @shared_task(bind=True, base=LifecycleTask, name="rooms.dispatch_deadline")
@@ -95,6 +101,8 @@ def dispatch_deadline(self: Task, dispatch_id: int) -> str | None:
     except LiveKitUnavailable as exc:
         # Given up here, the reconcile pass re-checks overdue dispatches later.
         return _retry(self, exc, what="dispatch_deadline", dispatch_id=dispatch_id)
+    except DATABASE_DROPPED as exc:
+        return _retry(self, exc, what="dispatch_deadline", dispatch_id=dispatch_id)
 
 
 @shared_task(bind=True, base=LifecycleTask, name="rooms.dispatch_remove")
@@ -102,7 +110,7 @@ def dispatch_remove(self: Task, dispatch_id: int) -> str | None:
     """DeleteDispatch for a cancelled dispatch (removes its agent from the room)."""
     try:
         return services.dispatch_remove(dispatch_id=dispatch_id)
-    except LiveKitUnavailable as exc:
+    except (LiveKitUnavailable, *DATABASE_DROPPED) as exc:
         return _retry(self, exc, what="dispatch_remove", dispatch_id=dispatch_id)
 
 

@@ -7,7 +7,7 @@ from .apis import DispatchCreateApi, DispatchDetailApi, LiveKitWebhookApi, RoomD
 app_name = "rooms"
 urlpatterns = [
     path("api/v1/dispatches", DispatchCreateApi.as_view(), name="dispatch-create"),
-    path("api/v1/dispatches/<int:dispatch_id>", DispatchDetailApi.as_view(), name="dispatch-detail"),
+    path("api/v1/dispatches/<str:dispatch_id>", DispatchDetailApi.as_view(), name="dispatch-detail"),
     path("api/v1/rooms/<str:room_name>", RoomDetailApi.as_view(), name="room-detail"),
     path("livekit/webhook", LiveKitWebhookApi.as_view(), name="livekit-webhook"),
 ]

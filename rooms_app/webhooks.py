@@ -12,6 +12,7 @@ commit, so the answer is fast whatever LiveKit is doing.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,12 +20,14 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from google.protobuf import json_format
 from livekit.api import TokenVerifier, WebhookReceiver
 from rest_framework import status
 
 from dispatchportal import metrics
 from dispatchportal.exceptions import ApplicationError
 from dispatchportal.reserved import is_canary_room
+from dispatchportal.serializers import MAX_NAME_LENGTH, name_problem
 
 from .livekit_client import participant_from_proto
 from .models import Room, WebhookEvent
@@ -42,6 +45,15 @@ from .services import (
 logger = logging.getLogger(__name__)
 
 PARTICIPANT_LEFT_EVENTS = ("participant_left", "participant_connection_aborted")
+
+
+class Field:
+    """The ledger's column sizes a webhook's values must fit."""
+
+    EVENT_ID_MAX = WebhookEvent._meta.get_field("event_id").max_length
+    EVENT_MAX = WebhookEvent._meta.get_field("event").max_length
+    SID_MAX = Room._meta.get_field("sid").max_length
+    AGENT_NAME_MAX = WebhookEvent._meta.get_field("agent_name").max_length
 
 
 class WebhookRejected(ApplicationError):
@@ -72,6 +84,9 @@ def webhook_verify(*, body: bytes, authorization: str) -> Any:
     receiver = WebhookReceiver(TokenVerifier(settings.LIVEKIT_API_KEY, settings.LIVEKIT_API_SECRET))
     try:
         return receiver.receive(text, token)
+    except (json_format.ParseError, RecursionError):  # signed, but not a WebhookEvent
+        metrics.webhook_refused_record(reason="malformed body")
+        raise ApplicationError("body is not a LiveKit WebhookEvent (protojson)", field="body") from None
     except Exception as exc:  # noqa: BLE001  the SDK raises bare Exception for a hash mismatch
         # Name the kind of failure, never the token or the key.
         reason = (
@@ -85,7 +100,38 @@ def webhook_verify(*, body: bytes, authorization: str) -> Any:
 
 
 def webhook_receive(*, body: bytes, authorization: str) -> WebhookOutcome:
-    return webhook_event_handle(event=webhook_verify(body=body, authorization=authorization))
+    event = webhook_verify(body=body, authorization=authorization)
+    problems = webhook_event_problems(event=event)
+    if problems:
+        metrics.webhook_refused_record(reason="invalid fields")
+        raise ApplicationError(problems)
+    if not event.id:
+        # LiveKit redelivers the same body: its digest stands in for the missing id.
+        event.id = f"sha256:{hashlib.sha256(body).hexdigest()[:56]}"
+    return webhook_event_handle(event=event)
+
+
+def webhook_event_problems(*, event: Any) -> dict[str, list[str]]:
+    """`{field: [message]}` for what no LiveKit server sends and the ledger cannot hold:
+    oversize ids and names, names with control characters. Checked before anything is
+    written, so a signed but absurd event is a 400, not a database error."""
+    problems: dict[str, list[str]] = {}
+
+    def check(field: str, value: str, limit: int, *, name: bool = False) -> None:
+        if len(value) > limit:
+            problems[field] = [f"Ensure this field has no more than {limit} characters."]
+        elif name and name_problem(value):
+            problems[field] = [name_problem(value)]
+
+    check("id", event.id, Field.EVENT_ID_MAX)
+    check("event", event.event, Field.EVENT_MAX)
+    check("room.name", event.room.name, MAX_NAME_LENGTH, name=True)
+    check("room.sid", event.room.sid, Field.SID_MAX)
+    if event.HasField("participant"):
+        check("participant.identity", event.participant.identity, MAX_NAME_LENGTH, name=True)
+        agent_name = event.participant.attributes.get("lk.agent_name", "")
+        check("participant.attributes.lk.agent_name", agent_name, Field.AGENT_NAME_MAX)
+    return problems
 
 
 def _created(event: Any) -> datetime | None:

@@ -39,3 +39,30 @@ def agents_in(server: Any, room: str, agent_name: str | None = None) -> list[dic
         for p in r["participants"]
         if p["kind"] == "AGENT" and (agent_name is None or p["attributes"].get("lk.agent_name") == agent_name)
     ]
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def gunicorn(*, port: int, env: dict[str, str], threads: int = 1, stderr: Any = None) -> Any:
+    """The portal under gunicorn with two workers, as `bin/run-portal` runs it."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    command = [
+        str(root / ".venv/bin/gunicorn"),
+        "-c",
+        "dispatchportal/gunicorn_conf.py",
+        "dispatchportal.wsgi",
+    ]
+    command += ["--bind", f"127.0.0.1:{port}", "--workers", "2", "--threads", str(threads)]
+    return subprocess.Popen(
+        command, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=stderr or subprocess.DEVNULL
+    )

@@ -19,7 +19,7 @@ from rest_framework.views import APIView
 from agents_app.authentication import IsApiClientOrStaff
 from agents_app.selectors import ClientScope
 from dispatchportal.exceptions import Forbidden
-from dispatchportal.serializers import LiveKitName
+from dispatchportal.serializers import LiveKitName, name_schema
 
 from .checks import room_diagnose
 from .facts import BROKEN, HEALTHY, LIVEKIT_UNAVAILABLE, OK, UNKNOWN, WAITING
@@ -76,9 +76,10 @@ class RoomDiagnosisApi(APIView):
     @extend_schema(
         operation_id="room_diagnosis",
         parameters=[
-            OpenApiParameter("agent", str, description="Only this agent name, e.g. support-agent."),
+            OpenApiParameter("room_name", name_schema(), OpenApiParameter.PATH, required=True),
+            OpenApiParameter("agent", name_schema(), description="Only this agent name, e.g. support-agent."),
             OpenApiParameter(
-                "identity", str, description="Evaluate the rules for this participant identity."
+                "identity", name_schema(), description="Evaluate the rules for this participant identity."
             ),
         ],
         responses={

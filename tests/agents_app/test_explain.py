@@ -105,3 +105,51 @@ def test_admin_explain_page_tries_the_unsaved_rule_from_the_rule_form(client, ad
     form["metadata_template"] = '{"r": "{{bogus}}"}'
     text = client.post("/admin/agents_app/dispatchrule/explain/", form).content.decode()
     assert "unknown placeholder {{bogus}}" in text
+
+
+@pytest.fixture
+def tenants():
+    """Two clients' rooms: `sec-*` (the asker's) and `vip-*` (someone else's)."""
+    for priority, (rule, agent, prefix, metadata) in enumerate(
+        [
+            ("sec guard", "guard", "sec-", {"shared": "sec"}),
+            ("vip concierge", "concierge", "vip-", {"secret": "vip"}),
+        ],
+        start=1,
+    ):
+        agent = AgentFactory(agent_name=agent, default_metadata=metadata)
+        RuleFactory(
+            name=rule, agent=agent, room_match_kind="prefix", room_match_value=prefix, priority=priority
+        )
+    RuleFactory(name="everyone", agent=AgentFactory(agent_name="greeter"), priority=9)
+    _, key = make_client("sec", rooms=["sec-*"], agent_names=["guard"], client_agents=True)
+    return {"HTTP_AUTHORIZATION": f"Bearer {key}"}
+
+
+def test_a_client_sees_only_rules_and_agents_touching_its_room(api, staff_api, tenants):
+    r = api.post(URL, {"room_name": "sec-1"}, format="json", **tenants)
+    assert r.status_code == 200
+    text = r.content.decode()
+    assert [v["rule"] for v in r.json()["rules"]] == ["sec guard", "everyone"]
+    assert "vip" not in text and "concierge" not in text
+    # staff still sees every rule
+    r = staff_api.post(URL, {"room_name": "sec-1"}, format="json")
+    assert [v["rule"] for v in r.json()["rules"]] == ["sec guard", "vip concierge", "everyone"]
+
+
+def test_a_draft_naming_an_agent_the_client_may_not_name_is_refused_as_unknown(api, tenants):
+    draft = {"name": "try", "room": {"kind": "glob", "value": "*"}}
+
+    def ask(agent_name):
+        body = {"room_name": "sec-1", "draft_rule": {**draft, "agent_name": agent_name}}
+        return api.post(URL, body, format="json", **tenants)
+
+    mine = ask("guard")
+    assert mine.status_code == 200 and [v["rule"] for v in mine.json()["rules"]][0] == "sec guard"
+    other, unknown = ask("concierge"), ask("no-such-agent")
+    assert other.status_code == unknown.status_code == 400
+    assert other.json() == {
+        "error": "invalid",
+        "detail": {"draft_rule.agent_name": ["unknown agent 'concierge'"]},
+    }
+    assert unknown.json()["detail"] == {"draft_rule.agent_name": ["unknown agent 'no-such-agent'"]}

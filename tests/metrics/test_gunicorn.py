@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -15,17 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import free_port, gunicorn
+
 from .test_metrics import sample
 
 ROOT = Path(__file__).resolve().parents[2]
 REQUESTS = 40
 _no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get(url: str, *, data: bytes | None = None) -> tuple[int, str]:
@@ -57,7 +51,7 @@ def portal(tmp_path):
     """gunicorn -c dispatchportal/gunicorn_conf.py with 2 workers, its own var dir and metrics
     dir. The requests below need no database: an unauthenticated token request is refused
     before any query."""
-    port = _free_port()
+    port = free_port()
     prom = tmp_path / "prometheus"
     env = {
         **os.environ,
@@ -68,22 +62,7 @@ def portal(tmp_path):
         "METRICS_TOKEN": "",
         "LOG_LEVEL": "WARNING",
     }
-    process = subprocess.Popen(
-        [
-            str(ROOT / ".venv/bin/gunicorn"),
-            "-c",
-            "dispatchportal/gunicorn_conf.py",
-            "dispatchportal.wsgi",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            "2",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    process = gunicorn(port=port, env=env)
     base = f"http://127.0.0.1:{port}"
     try:
         _eventually(lambda: _get(base + "/metrics")[0] == 200)
