@@ -26,6 +26,7 @@ from dispatchportal.serializers import (
     MAX_METADATA_BYTES,
     MAX_NAME_LENGTH,
     NO_NUL_PATTERN,
+    DeploymentField,
     LiveKitName,
     StrictCharField,
     StrictSerializer,
@@ -41,7 +42,7 @@ from .token_request import token_request_parse
 class AgentRequestSerializer(StrictSerializer):
     agent_name = StrictCharField(max_length=128, allow_blank=True)
     metadata = StrictCharField(required=False, allow_blank=True, max_length=MAX_METADATA_BYTES)
-    deployment = StrictCharField(required=False, allow_blank=True, max_length=MAX_NAME_LENGTH)
+    deployment = DeploymentField()
 
 
 class RoomConfigSerializer(StrictSerializer):
@@ -210,7 +211,7 @@ class DraftRuleSerializer(StrictSerializer):
     metadata_template = serializers.JSONField(required=False)
     delivery = serializers.ChoiceField(choices=["token", "explicit"], required=False, default="token")
     stop = serializers.BooleanField(required=False, default=False)
-    deployment = StrictCharField(required=False, allow_blank=True, default="")
+    deployment = DeploymentField()
     dispatch_attributes = serializers.DictField(child=StrictCharField(allow_blank=True), required=False)
 
 

@@ -87,6 +87,8 @@ class Admitting:
     def _send(self) -> None:
         try:
             client = redis_client()
+            if client is None:  # this process started while Redis was down
+                raise ConnectionError("Redis unreachable")
             script = _admit_script(client)
             client.single_connection_lock.acquire()  # held until the answer is read
             self.client = client

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from dispatchportal.limits import MAX_METADATA_BYTES
+from dispatchportal.limits import DEPLOYMENT_PATTERN, MAX_DEPLOYMENT_LENGTH, MAX_METADATA_BYTES
 from dispatchportal.reserved import CANARY_ROOM_PREFIX, is_canary_room, pattern_reaches_canary_rooms
 
 MAX_PATTERN_LENGTH = 256
@@ -294,16 +294,17 @@ def _prefixed(exc: RuleError, prefix: str) -> RuleError:
     return RuleError(f"{prefix}{exc.field}", exc.message)
 
 
-MAX_DEPLOYMENT_LENGTH = 64  # livekit/protocol agent.ValidateDeployment
+_DEPLOYMENT = re.compile(DEPLOYMENT_PATTERN)
 
 
 def dispatch_fields_check(*, deployment: str, attributes: Any) -> None:
     """LiveKit's own checks of a dispatch's deployment, plus attributes as string pairs."""
     if len(deployment.encode()) > MAX_DEPLOYMENT_LENGTH:
         raise RuleError("deployment", f"at most {MAX_DEPLOYMENT_LENGTH} bytes")
-    if "_" in deployment or any(c <= " " or c == "\x7f" for c in deployment):
+    if not _DEPLOYMENT.match(deployment):
         raise RuleError(
-            "deployment", "no '_', spaces or control characters (LiveKit reserves them), e.g. 'staging'"
+            "deployment",
+            "printable ASCII without '_' or spaces (LiveKit reserves them), e.g. 'staging'",
         )
     if not isinstance(attributes, Mapping) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in attributes.items()

@@ -8,11 +8,13 @@ field a client may not set at all is a 403 naming it."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from rest_framework.exceptions import ValidationError
 
 from dispatchportal.exceptions import Forbidden
+from dispatchportal.limits import DEPLOYMENT_PATTERN, MAX_DEPLOYMENT_LENGTH
 from dispatchportal.serializers import MAX_METADATA_BYTES, MAX_NAME_LENGTH, name_problem
 
 from .selectors import GRANT_FIELDS
@@ -68,6 +70,9 @@ def _attributes(value: Any) -> dict[str, str]:
     return value
 
 
+_DEPLOYMENT = re.compile(DEPLOYMENT_PATTERN)
+
+
 def _agent(value: Any) -> dict[str, str]:
     if not isinstance(value, dict):
         raise _Invalid({"non_field_errors": ["Expected a JSON object."]})
@@ -75,13 +80,17 @@ def _agent(value: Any) -> dict[str, str]:
     if "agent_name" not in value:
         errors["agent_name"] = ["This field is required."]
     agent: dict[str, str] = {}
-    limits = {"agent_name": MAX_AGENT_NAME_LENGTH, "metadata": None, "deployment": MAX_NAME_LENGTH}
+    limits = {"agent_name": MAX_AGENT_NAME_LENGTH, "metadata": None, "deployment": MAX_DEPLOYMENT_LENGTH}
     for name, limit in limits.items():
         if name in value:
             try:
                 agent[name] = _string(value[name], max_length=limit, max_bytes=MAX_METADATA_BYTES)
             except _Invalid as exc:
                 errors[name] = [exc.detail]
+    if "deployment" in agent and not _DEPLOYMENT.match(agent["deployment"]):
+        errors["deployment"] = [
+            "Printable ASCII without '_' or spaces (LiveKit refuses them), e.g. 'staging'."
+        ]
     if errors:
         raise _Invalid(errors)
     return agent

@@ -12,7 +12,7 @@ from django.core.validators import RegexValidator
 from drf_spectacular.extensions import OpenApiSerializerExtension
 from rest_framework import serializers
 
-from .limits import MAX_METADATA_BYTES, MAX_NAME_LENGTH  # noqa: F401  (one place for each limit)
+from .limits import DEPLOYMENT_PATTERN, MAX_DEPLOYMENT_LENGTH, MAX_METADATA_BYTES, MAX_NAME_LENGTH  # noqa: F401  (one place for each limit)
 
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 NO_NUL_PATTERN = r"^[^\x00]*$"
@@ -34,13 +34,14 @@ class StrictCharField(serializers.CharField):
 
     default_error_messages = {"invalid": "Must be a string."}
     schema_pattern = NO_NUL_PATTERN
+    pattern_message = "Must not contain NUL characters."
 
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("trim_whitespace", False)
         super().__init__(**kwargs)
         # Never fails after the checks in `to_internal_value` (DRF refuses NUL already); it
         # puts them in the schema, as `pattern`.
-        self.validators.append(RegexValidator(self.schema_pattern))
+        self.validators.append(RegexValidator(self.schema_pattern, message=self.pattern_message))
 
     def to_internal_value(self, data: Any) -> str:
         if not isinstance(data, str):
@@ -65,6 +66,20 @@ class LiveKitName(StrictCharField):
         if problem:
             raise serializers.ValidationError(problem)
         return value
+
+
+class DeploymentField(StrictCharField):
+    """LiveKit's dispatch deployment (see `limits.DEPLOYMENT_PATTERN`); blank means any."""
+
+    schema_pattern = DEPLOYMENT_PATTERN
+    pattern_message = "Printable ASCII without '_' or spaces (LiveKit refuses them), e.g. 'staging'."
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("required", False)
+        kwargs.setdefault("allow_blank", True)
+        kwargs.setdefault("default", "")
+        kwargs.setdefault("max_length", MAX_DEPLOYMENT_LENGTH)
+        super().__init__(**kwargs)
 
 
 class StrictSerializer(serializers.Serializer):

@@ -24,7 +24,13 @@ from rest_framework.views import APIView
 from agents_app.authentication import IsApiClientOrStaff
 from agents_app.selectors import ClientScope
 from dispatchportal.exceptions import Conflict, Forbidden, NotFound
-from dispatchportal.serializers import MAX_METADATA_BYTES, LiveKitName, StrictCharField, StrictSerializer
+from dispatchportal.serializers import (
+    MAX_METADATA_BYTES,
+    DeploymentField,
+    LiveKitName,
+    StrictCharField,
+    StrictSerializer,
+)
 
 from .models import Dispatch
 from .selectors import dispatch_get, dispatch_next_attempt, dispatch_timeline, room_state
@@ -142,11 +148,7 @@ class DispatchCreateApi(APIView):
             "default metadata.",
         )
 
-        deployment = StrictCharField(
-            required=False,
-            allow_blank=True,
-            default="",
-            max_length=64,
+        deployment = DeploymentField(
             help_text="LiveKit's dispatch deployment: only workers registered with it take the job, e.g. 'staging'.",
         )
         attributes = serializers.DictField(
@@ -154,15 +156,6 @@ class DispatchCreateApi(APIView):
             required=False,
             help_text='LiveKit\'s dispatch attributes for the job, e.g. {"tier": "gold"}.',
         )
-
-        def validate_deployment(self, value: str) -> str:
-            from agents_app.rules import RuleError, dispatch_fields_check
-
-            try:
-                dispatch_fields_check(deployment=value, attributes={})
-            except RuleError as exc:
-                raise serializers.ValidationError(exc.message) from None
-            return value
 
         def validate_metadata(self, value: str) -> str:
             if len(value.encode()) > MAX_METADATA_BYTES:

@@ -64,7 +64,8 @@ def test_explain_draft_rejects_a_deployment_livekit_refuses(staff_api, staged):
         "deployment": "my_staging",
     }
     r = staff_api.post("/api/v1/rules/explain", {"room_name": "x-1", "draft_rule": draft}, format="json")
-    assert r.status_code == 400 and "draft_rule.deployment" in json.dumps(r.json())
+    assert r.status_code == 400
+    assert "without '_'" in r.json()["detail"]["draft_rule"]["deployment"][0]
 
 
 def test_export_import_round_trip(staged):

@@ -96,7 +96,8 @@ def test_an_empty_dashboard_says_so(admin_client):
 def test_the_open_dashboard_polls_its_sections_as_json(admin_client, history):
     body = admin_client.get("/admin/dispatch-dashboard/live.json").json()
 
-    assert set(body["sections"]) == {"per-agent", "per-hour", "waiting", "failures"}
+    assert set(body["sections"]) == {"per-agent", "per-hour", "waiting", "failures", "watch"}
+    assert "Open alerts" in body["sections"]["watch"]
     assert "support-waiting" in body["sections"]["waiting"]
     assert "75%" in body["sections"]["per-agent"] and "<svg" in body["sections"]["per-hour"]
     assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", body["as_of"])
