@@ -414,6 +414,13 @@ def _missing_dispatch_why(facts: Facts, name: str, w: Wanted, last: Dispatch | N
             f"{moment_described(last.created_at, facts.now)}: LiveKit has not created it yet.{error}",
             worker,
         )
+    if last.status == "no_worker":
+        # The portal deletes a dispatch no worker took (at the deadline): that is the cause.
+        return (
+            f"No worker took the ledger's dispatch #{last.pk} of {agent} ({last.livekit_dispatch_id or 'no id'}), "
+            f"so the portal removed it from LiveKit {when}: {last.last_error}.{_near_misses(facts, name)}",
+            _FIXES["job"].format(agent=name, url=settings.LIVEKIT_URL),
+        )
     if last.status == "cancelled":
         return (
             f"Dispatch #{last.pk} of {agent} was cancelled {when}.",
@@ -471,8 +478,8 @@ def _check_job(link: Link, facts: Facts, expected: list[str]) -> None:
         link.set(OK, "; ".join(found))
 
 
-def _no_worker(facts: Facts, name: str, dispatch: LkDispatch) -> dict[str, str]:
-    url = settings.LIVEKIT_URL
+def _near_misses(facts: Facts, name: str) -> str:
+    """Sentences naming agents with names close to `name`: seen at work, then configured."""
     seen = _agent_names_seen(facts)
     close = [
         n for n in difflib.get_close_matches(name, [n for n in seen if n], n=3, cutoff=0.75) if n != name
@@ -482,6 +489,21 @@ def _no_worker(facts: Facts, name: str, dispatch: LkDispatch) -> dict[str, str]:
         for n in difflib.get_close_matches(name, [n for n in facts.agents if n], n=3, cutoff=0.75)
         if n != name and n not in close
     ]
+    parts = []
+    if close:
+        parts.append(
+            " Agents with close names were seen joining recently: "
+            + ", ".join(f"'{n}' (room '{seen[n]}')" for n in close)
+            + ": likely a typo in the worker's or the portal's agent name."
+        )
+    if configured_close:
+        parts.append(f" Configured agents with close names: {agent_names_quoted(configured_close)}.")
+    return "".join(parts)
+
+
+def _no_worker(facts: Facts, name: str, dispatch: LkDispatch) -> dict[str, str]:
+    url = settings.LIVEKIT_URL
+    seen = _agent_names_seen(facts)
     age = moment_described(dispatch.created_at, facts.now)
     parts = [
         f"LiveKit created dispatch {dispatch.id} for {agent_name_quoted(name)} {age}, but no job came: no worker "
@@ -501,14 +523,7 @@ def _no_worker(facts: Facts, name: str, dispatch: LkDispatch) -> dict[str, str]:
         )
         return {"cause": "".join(parts), "fix": fix}
     parts.append(f"is registered as exactly '{name}' on LiveKit at {url}.")
-    if close:
-        parts.append(
-            " Agents with close names were seen joining recently: "
-            + ", ".join(f"'{n}' (room '{seen[n]}')" for n in close)
-            + ": likely a typo in the worker's or the portal's agent name."
-        )
-    if configured_close:
-        parts.append(f" Configured agents with close names: {agent_names_quoted(configured_close)}.")
+    parts.append(_near_misses(facts, name))
     if "" in seen:
         parts.append(
             " An unnamed worker is connected (seen in room "

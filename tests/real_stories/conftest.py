@@ -84,13 +84,13 @@ class Stack:
     celery: Worker
     participants: list[Participant]
 
-    def lk(self, method: str, request: Any) -> Any:
+    def lk(self, method: str, *args: Any) -> Any:
         """One call to the real server's API (tests read LiveKit directly, not the portal)."""
         service, name = method.split(".")
 
         async def call() -> Any:
             async with api.LiveKitAPI(self.server.url, self.server.api_key, self.server.api_secret) as lk:
-                return await getattr(getattr(lk, service), name)(request)
+                return await getattr(getattr(lk, service), name)(*args)
 
         return asyncio.run(call())
 
@@ -104,8 +104,8 @@ class Stack:
         ]
 
     def dispatches(self, room: str, agent_name: str | None = None) -> list[api.AgentDispatch]:
-        found = self.lk("agent_dispatch.list_dispatch", api.ListAgentDispatchRequest(room=room))
-        return [d for d in found.agent_dispatches if agent_name is None or d.agent_name == agent_name]
+        found = self.lk("agent_dispatch.list_dispatch", room)
+        return [d for d in found if agent_name is None or d.agent_name == agent_name]
 
     def create_room(self, name: str) -> None:
         self.lk("room.create_room", api.CreateRoomRequest(name=name))
