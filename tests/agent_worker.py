@@ -8,6 +8,8 @@
                         exit    end the job process at once (os._exit(1)) in the entrypoint
                         slow    wait AGENT_DELAY_S before accepting, then as accept
     AGENT_DELAY_S     seconds for `slow` (default 3)
+    AGENT_EXECUTOR    `process` (default, as in production) or `thread`: jobs as threads of the
+                      worker, for load tests that run dozens of jobs on a 2-core machine
 
 It prints `AGENT_WORKER_REGISTERED <worker id> <health port>` once the server has registered
 it (about 3 s after start); tests/real_livekit.py waits for that line. Never overloaded: a busy
@@ -22,11 +24,12 @@ import logging
 import os
 import sys
 
-from livekit.agents import AgentServer, JobContext, JobRequest, cli
+from livekit.agents import AgentServer, JobContext, JobExecutorType, JobRequest, cli
 
 AGENT_NAME = os.environ.get("AGENT_NAME", "")
 BEHAVIOR = os.environ.get("AGENT_BEHAVIOR", "accept")
 DELAY_S = float(os.environ.get("AGENT_DELAY_S", "3"))
+EXECUTOR = JobExecutorType(os.environ.get("AGENT_EXECUTOR", "process"))
 
 logger = logging.getLogger("agent_worker")
 
@@ -41,6 +44,7 @@ server = AgentServer(
     host="127.0.0.1",
     port=0,
     num_idle_processes=1,  # one warm job process: a job starts without forking under load
+    job_executor_type=EXECUTOR,
     http_proxy=None,  # everything is on loopback
 )
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import threading
+import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -23,7 +25,7 @@ from livekit import api, rtc
 
 from dispatchportal.celery import app as celery_app
 from rooms_app.models import Dispatch
-from tests.real_livekit import RealLiveKit
+from tests.real_livekit import RealLiveKit, http_get, server_binary
 from tests.rooms_app.conftest import (
     Worker,
     _share_worker_cache,
@@ -156,11 +158,41 @@ class Stack:
         return not Dispatch.objects.filter(room__name=room, status__in=LIVE[:3]).exists()
 
 
+def server_down(server: RealLiveKit) -> None:
+    """LiveKit crashes: SIGKILL, so its rooms and dispatches (in memory) are gone with it."""
+    server.process.kill()
+    server.process.wait()
+
+
+def server_up(server: RealLiveKit) -> float:
+    """Start it again with the same config (same ports, keys, webhook relay); seconds to 200."""
+    config = server.log_path.parent / "livekit.yaml"
+    with server.log_path.open("ab") as log:
+        server.process = subprocess.Popen(
+            [server_binary() or "livekit-server", "--config", str(config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=server.log_path.parent,
+        )
+    started = time.monotonic()
+
+    def answers() -> bool:
+        try:
+            return http_get(server.url + "/")[0] == 200
+        except OSError:
+            return False
+
+    eventually(answers, timeout=30, interval=0.01, what="livekit-server back")
+    return time.monotonic() - started
+
+
 @pytest.fixture(scope="session")
 def real_celery(
     django_db_setup, django_db_blocker, real_livekit_session, tmp_path_factory
 ) -> Iterator[Worker]:
-    worker = worker_start(real_livekit_session, tmp_path_factory, queue=QUEUE)
+    # Retries enough to ride out a LiveKit outage of a few minutes (backoff capped at 1 s).
+    worker = worker_start(real_livekit_session, tmp_path_factory, queue=QUEUE, DISPATCH_MAX_RETRIES="300")
     yield worker
     worker.stop()
     wait_database_sessions_end(django_db_blocker)

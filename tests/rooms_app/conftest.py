@@ -121,9 +121,9 @@ class Worker:
                 self.kill()
 
 
-def worker_start(server: Any, tmp_path_factory: Any, *, queue: str) -> Worker:
+def worker_start(server: Any, tmp_path_factory: Any, *, queue: str, **settings: str) -> Worker:
     """A started Celery worker for `server` (the emulator or the real LiveKit), consuming
-    `queue` only, with a cache namespace of that name."""
+    `queue` only, with a cache namespace of that name; `settings` override the environment."""
     for option in ("data_folder_in", "data_folder_out", "processed_folder"):
         folder = django_settings.CELERY_BROKER_TRANSPORT_OPTIONS.get(option)
         if folder:  # the embedded filesystem broker needs its folders
@@ -144,6 +144,7 @@ def worker_start(server: Any, tmp_path_factory: Any, *, queue: str) -> Worker:
         "ROOMS_TEST_QUEUE": queue,
         "ROOMS_TEST_CACHE_DIR": str(tmp_path_factory.mktemp("cache")),
         "LOG_LEVEL": "INFO",
+        **settings,
     }
     worker = Worker(env, tmp_path_factory.mktemp("celery"), queue=queue)
     queue_purge(queue)
