@@ -40,17 +40,29 @@ LIVE = ("pending", "requested", "job_assigned", "agent_joined")
 AGENT_KIND = api.ParticipantInfo.Kind.AGENT
 
 
-class Participant:
-    """A person in a room: the rtc SDK connected with a token, on an event loop of its own."""
+class LoopThread:
+    """An asyncio event loop on a thread of its own: async SDKs (the rtc SDK, Playwright) kept
+    off the test's thread, where `asyncio.run` (the LiveKit API calls) must stay possible."""
 
-    def __init__(self, url: str, token: str) -> None:
+    def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
-        self.room: rtc.Room = self._run(self._connect(url, token))
 
-    def _run(self, coroutine: Any, timeout: float = 20.0) -> Any:
+    def run(self, coroutine: Any, timeout: float = 30.0) -> Any:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+
+
+class Participant(LoopThread):
+    """A person in a room: the rtc SDK connected with a token."""
+
+    def __init__(self, url: str, token: str) -> None:
+        super().__init__()
+        self.room: rtc.Room = self.run(self._connect(url, token))
 
     @staticmethod
     async def _connect(url: str, token: str) -> rtc.Room:
@@ -68,15 +80,13 @@ class Participant:
                 if p.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
             ]
 
-        return self._run(read())
+        return self.run(read())
 
     def leave(self) -> None:
-        if self.loop.is_running():
-            try:
-                self._run(self.room.disconnect(), timeout=10)
-            finally:
-                self.loop.call_soon_threadsafe(self.loop.stop)
-                self._thread.join(10)
+        try:
+            self.run(self.room.disconnect(), timeout=10)
+        finally:
+            self.stop()
 
 
 @dataclass
