@@ -30,7 +30,7 @@ def test_livekit_down_while_dispatches_are_in_flight_loses_none(stack, agent_wor
     AgentFactory(agent_name="support-agent", join_deadline_s=5, max_attempts=10)
     _, key = make_client("ops", rooms=["fault-*"], agent_names=["support-agent"])
     monkeypatch.setenv("AGENT_EXECUTOR", "thread")  # dozens of jobs on a 2-core machine
-    worker = agent_worker(agent_name="support-agent")
+    agent_worker(agent_name="support-agent")
     rooms = [f"fault-{n}" for n in range(DISPATCHES)]
 
     server_down(stack.server)
@@ -57,7 +57,6 @@ def test_livekit_down_while_dispatches_are_in_flight_loses_none(stack, agent_wor
     eventually(lambda: time.monotonic() - down_at >= DOWN_S, timeout=DOWN_S + 1, interval=0.2)
     restart_s = server_up(stack.server)
     up_at = time.monotonic()
-    eventually(lambda: worker.status().get("worker_id") or True, what="worker answering")
 
     def all_joined() -> bool:
         return (
@@ -72,7 +71,7 @@ def test_livekit_down_while_dispatches_are_in_flight_loses_none(stack, agent_wor
         raise AssertionError(
             f"{exc}\n"
             + "\n".join(f"{d.room.name} #{d.pk} a{d.attempt} {d.status}: {d.last_error}" for d in rows)
-            + f"\nworker: {worker.status()}\ncelery: {stack.celery.log()[-2500:]}"
+            + f"\ncelery: {stack.celery.log()[-2500:]}"
         ) from None
     recovered_s = time.monotonic() - up_at
     for room in rooms:

@@ -112,7 +112,9 @@ def test_a_dispatch_no_worker_takes_is_no_worker_at_the_deadline_and_the_doctor_
 
 
 def test_the_room_existed_before_the_token_was_used_so_the_portal_dispatches_explicitly(stack, agent_worker):
-    token_rule(join_deadline_s=2)
+    # Not shorter: a job the real server is still assigning when the portal gives up on its
+    # dispatch (no job listed yet) starts anyway, next to the re-dispatch's (see the report).
+    token_rule(join_deadline_s=8)
     _, key = make_client("web", rooms=["support-*"])
     agent_worker(agent_name="support-agent")
     minted = stack.token(key, "support-4", "bob")
