@@ -320,7 +320,9 @@ class _Pass:
             Room.objects.bulk_create(created, batch_size=BULK_BATCH, ignore_conflicts=True)
             names = [room.name for room in created]
             for start in range(0, len(names), NAME_CHUNK):
-                ledger.update({r.name: r for r in Room.objects.filter(name__in=names[start : start + NAME_CHUNK])})
+                ledger.update(
+                    {r.name: r for r in Room.objects.filter(name__in=names[start : start + NAME_CHUNK])}
+                )
             self.report.rooms_recorded += len(created)
         if changed:
             Room.objects.bulk_update(

@@ -112,7 +112,8 @@ class Stack:
         return [
             p
             for p in found
-            if p.kind == AGENT_KIND and (agent_name is None or p.attributes.get("lk.agent_name") == agent_name)
+            if p.kind == AGENT_KIND
+            and (agent_name is None or p.attributes.get("lk.agent_name") == agent_name)
         ]
 
     def dispatches(self, room: str, agent_name: str | None = None) -> list[api.AgentDispatch]:

@@ -37,9 +37,10 @@ def _times(stack, room: str, started: float, timeout: float = 30.0) -> dict[str,
             seen["job running"] = now
         if "agent present" not in seen and any(p.state == ACTIVE for p in stack.agents(room)):
             seen["agent present"] = now
-        if "ledger agent_joined" not in seen and Dispatch.objects.filter(
-            room__name=room, status="agent_joined"
-        ).exists():
+        if (
+            "ledger agent_joined" not in seen
+            and Dispatch.objects.filter(room__name=room, status="agent_joined").exists()
+        ):
             seen["ledger agent_joined"] = now
         time.sleep(0.02)
     return seen
@@ -55,7 +56,8 @@ def _report(path: str, samples: list[dict[str, float]]) -> None:
         cuts = statistics.quantiles(values, n=20, method="inclusive")
         print(
             f"  {path:8} {what:20} n={len(values):3}  p50 {statistics.median(values):7.0f} ms  "
-            f"p95 {cuts[18]:7.0f} ms  max {values[-1]:7.0f} ms" + (f"  (missing {missing})" if missing else "")
+            f"p95 {cuts[18]:7.0f} ms  max {values[-1]:7.0f} ms"
+            + (f"  (missing {missing})" if missing else "")
         )
 
 
@@ -82,7 +84,9 @@ def test_measure_dispatch_latency(stack, agent_worker):
         for path, run, room in (("explicit", explicit, f"exp-{n}"), ("token", token, f"tok-{n}")):
             samples[path].append(run(room))
             stack.lk("room.delete_room", api.DeleteRoomRequest(room=room))  # ends the job process
-    print(f"\nreal livekit-server, one livekit-agents worker, {ROOMS} rooms per path (ms from the portal call):")
+    print(
+        f"\nreal livekit-server, one livekit-agents worker, {ROOMS} rooms per path (ms from the portal call):"
+    )
     print(f"  first job on a fresh worker (explicit): { {k: round(v * 1000) for k, v in first.items()} }")
     for path, values in samples.items():
         _report(path, values)

@@ -109,14 +109,18 @@ def seen(frontend: Frontend) -> dict:
 
 
 def test_the_browser_joins_first_and_sees_the_agent_the_token_brought(stack, agent_worker, frontend):
-    RuleFactory(agent=AgentFactory(agent_name="support-agent"), room_match_value="support-*", delivery="token")
+    RuleFactory(
+        agent=AgentFactory(agent_name="support-agent"), room_match_value="support-*", delivery="token"
+    )
     _, key = make_client("web", rooms=["support-*"])
     agent_worker(agent_name="support-agent")
 
     joined = browser_join(frontend, stack, key, "support-b1")
 
     assert joined == {"state": "connected", "identity": "ann"}
-    agents = eventually(lambda: seen(frontend)["event"], timeout=30, what="ParticipantConnected for the agent")
+    agents = eventually(
+        lambda: seen(frontend)["event"], timeout=30, what="ParticipantConnected for the agent"
+    )
     [agent] = stack.agents("support-b1", "support-agent")
     assert agents == [agent.identity]
     row = stack.wait_joined("support-b1", "support-agent")

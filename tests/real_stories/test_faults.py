@@ -46,11 +46,13 @@ def test_livekit_down_while_dispatches_are_in_flight_loses_none(stack, agent_wor
         )
     assert len({a["id"] for a in answers}) == DISPATCHES  # all recorded while LiveKit is down
     eventually(
-        lambda: DispatchEvent.objects.filter(detail__contains="LiveKit unavailable")
-        .values("dispatch")
-        .distinct()
-        .count()
-        == DISPATCHES,
+        lambda: (
+            DispatchEvent.objects.filter(detail__contains="LiveKit unavailable")
+            .values("dispatch")
+            .distinct()
+            .count()
+            == DISPATCHES
+        ),
         timeout=DOWN_S,
         what="every dispatch retrying",
     )
@@ -60,7 +62,10 @@ def test_livekit_down_while_dispatches_are_in_flight_loses_none(stack, agent_wor
 
     def all_joined() -> bool:
         return (
-            Dispatch.objects.filter(room__name__in=rooms, status="agent_joined").values("room").distinct().count()
+            Dispatch.objects.filter(room__name__in=rooms, status="agent_joined")
+            .values("room")
+            .distinct()
+            .count()
             == DISPATCHES
         )
 

@@ -67,7 +67,9 @@ def test_a_named_worker_gets_nothing_automatically_but_a_token_rule_brings_it(st
 
 def explicit_rule(agent_name: str = "support-agent", rooms: str = "support-*", **agent_fields):
     agent = AgentFactory(agent_name=agent_name, **agent_fields)
-    return RuleFactory(name=f"{agent_name} explicit", agent=agent, room_match_value=rooms, delivery="explicit")
+    return RuleFactory(
+        name=f"{agent_name} explicit", agent=agent, room_match_value=rooms, delivery="explicit"
+    )
 
 
 def caller_joins(stack, key: str, room: str, identity: str = "caller"):
@@ -96,7 +98,9 @@ def test_a_dispatch_no_worker_takes_is_no_worker_at_the_deadline_and_the_doctor_
     assert row.livekit_dispatch_id.startswith("AD_")  # LiveKit answered OK...
     assert row.livekit_job_id == ""  # ...and never made a job
     # The real server says so in its log, seconds after CreateDispatch answered.
-    eventually(lambda: "not dispatching agent job since no worker is available" in stack.server.log_since(mark))
+    eventually(
+        lambda: "not dispatching agent job since no worker is available" in stack.server.log_since(mark)
+    )
     assert row.last_error == "no worker registered as 'suport-agent' took the job within 2 s"
     assert stack.agents("support-3") == []
 
@@ -256,9 +260,7 @@ def test_the_real_servers_webhooks_are_verified_and_deduplicated(stack):
     )
     assert joined.event_id.startswith("EV_") and joined.participant_identity == "caller"
     assert Room.objects.get(name="support-8").status == Room.Status.ACTIVE
-    body, headers = next(
-        (b, h) for b, h in stack.server.relay.received if joined.event_id.encode() in b
-    )
+    body, headers = next((b, h) for b, h in stack.server.relay.received if joined.event_id.encode() in b)
     assert not headers["Authorization"].startswith("Bearer ")  # LiveKit signs without the scheme
     recorded = WebhookEvent.objects.count()
 
