@@ -24,13 +24,18 @@ from .conftest import server_down, server_up
 pytestmark = [pytest.mark.django_db(transaction=True)]
 DISPATCHES = int(os.environ.get("REAL_FAULT_DISPATCHES", "10"))
 DOWN_S = float(os.environ.get("REAL_FAULT_DOWN_S", "15"))
+# One livekit-agents process holds about ten rooms here: beyond that its rtc FFI times out
+# ("FFI Panic: timed out waiting for ReadyForRoomEventRequest") and the worker dies.
+WORKERS = int(os.environ.get("REAL_FAULT_WORKERS", "1"))
+DEADLINE_S = int(os.environ.get("REAL_FAULT_DEADLINE_S", "5"))
 
 
 def test_livekit_down_while_dispatches_are_in_flight_loses_none(stack, agent_worker, monkeypatch):
-    AgentFactory(agent_name="support-agent", join_deadline_s=5, max_attempts=10)
+    AgentFactory(agent_name="support-agent", join_deadline_s=DEADLINE_S, max_attempts=10)
     _, key = make_client("ops", rooms=["fault-*"], agent_names=["support-agent"])
     monkeypatch.setenv("AGENT_EXECUTOR", "thread")  # dozens of jobs on a 2-core machine
-    agent_worker(agent_name="support-agent")
+    for _ in range(WORKERS):
+        agent_worker(agent_name="support-agent")
     rooms = [f"fault-{n}" for n in range(DISPATCHES)]
 
     server_down(stack.server)
@@ -88,7 +93,8 @@ def test_livekit_down_while_dispatches_are_in_flight_loses_none(stack, agent_wor
     lost = rows.filter(status__in=("failed", "no_worker", "timed_out", "room_closed", "cancelled"))
     attempts = [d.attempt for d in rows.filter(status="agent_joined")]
     print(
-        f"\nreal LiveKit down {DOWN_S:.0f} s with {DISPATCHES} dispatches in flight: restart to GET / 200 "
+        f"\nreal LiveKit down {DOWN_S:.0f} s with {DISPATCHES} dispatches in flight ({WORKERS} workers, "
+        f"join deadline {DEADLINE_S} s): restart to GET / 200 "
         f"{restart_s:.2f} s; every agent joined {recovered_s:.1f} s after the restart; attempts per "
         f"room max {max(attempts)}, earlier attempts given up {lost.count()} "
         f"({sorted(set(lost.values_list('status', flat=True)))}); rooms with two agents: 0"
