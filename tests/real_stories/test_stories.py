@@ -6,6 +6,7 @@ agents are in the room (as LiveKit lists them), and what the ledger and the doct
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from livekit import api
@@ -194,9 +195,11 @@ def test_a_killed_worker_process_is_replaced_by_the_portal_not_by_livekit(stack,
     assert [j.state.worker_id for j in livekit_first.state.jobs] == [first.worker_id]
     second = agent_worker(agent_name="support-agent")
 
+    killed_at = time.monotonic()
     first.kill()  # SIGKILL, the worker and its job process
 
     eventually(lambda: not stack.agents("support-6", "support-agent"), timeout=60, what="the agent left")
+    print(f"\nSIGKILLed worker: its agent left the room {time.monotonic() - killed_at:.1f} s later")
     failed = eventually(
         lambda: Dispatch.objects.filter(pk=row.pk, status=S.FAILED).first(), timeout=30, what="failed"
     )
