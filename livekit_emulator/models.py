@@ -61,12 +61,6 @@ class DisconnectReason(enum.IntEnum):
     AGENT_ERROR = 16
 
 
-class RoomEndReason(enum.IntEnum):
-    ROOM_END_UNKNOWN = 0
-    ROOM_END_API_DELETE = 1
-    ROOM_END_IDLE_TIMEOUT = 2
-
-
 # Agents and egress do not keep a room open: LiveKit closes a room whose only
 # participants are these "dependent" ones once its timeout passes.
 DEPENDENT_KINDS = frozenset({ParticipantKind.AGENT, ParticipantKind.EGRESS})
@@ -155,7 +149,6 @@ class Dispatch:
     received_at: float | None = None
     request_id: str = ""
     jobs: list[Job] = field(default_factory=list)
-    deleted_at: float = 0.0
 
 
 @dataclass(slots=True)
@@ -171,7 +164,6 @@ class Room:
     dispatches: dict[str, Dispatch] = field(default_factory=dict)
     first_joined_at: float = 0.0
     last_left_at: float = 0.0
-    end_reason: RoomEndReason = RoomEndReason.ROOM_END_UNKNOWN
 
     @property
     def num_participants(self) -> int:

@@ -83,7 +83,6 @@ def dispatch_proto(dispatch: Dispatch, room: Room | None = None) -> agent_dispat
         state=agent_dispatch.AgentDispatchState(
             jobs=[job_proto(job, room) for job in dispatch.jobs],
             created_at=_ns(dispatch.created_at),
-            deleted_at=_ns(dispatch.deleted_at),
         ),
     )
 
@@ -108,6 +107,4 @@ def webhook_event(
     message = webhook.WebhookEvent(event=event, room=room_proto(room), id=new_id("EV_"), created_at=int(now))
     if participant is not None:
         message.participant.CopyFrom(participant_proto(participant))
-    if event == "room_finished":
-        message.room_end_reason = int(room.end_reason)
     return message

@@ -27,8 +27,14 @@ def livekit_emulator_session() -> Iterator[ServerHandle]:
 
 
 @pytest.fixture
-def livekit_server(livekit_emulator_session: ServerHandle) -> Iterator[ServerHandle]:
+def livekit_emulator_reset(livekit_emulator_session: ServerHandle) -> Iterator[ServerHandle]:
     """An emulated LiveKit server: `.url`, `.api_key`, `.api_secret`, `.control`."""
     livekit_emulator_session.control.reset()
     yield livekit_emulator_session
     livekit_emulator_session.control.reset()
+
+
+@pytest.fixture
+def livekit_server(livekit_emulator_reset: ServerHandle) -> ServerHandle:
+    """The emulator, reset (tests/livekit_emulator/ also runs its contract on the real server)."""
+    return livekit_emulator_reset

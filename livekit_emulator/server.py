@@ -220,6 +220,8 @@ class EmulatorServer:
 class ServerHandle:
     """A server running on its own thread and event loop (see `run_in_thread`)."""
 
+    kind = "emulator"  # the tests' real-server handle says "real"
+
     def __init__(self, server: EmulatorServer, loop: asyncio.AbstractEventLoop, thread: threading.Thread):
         self._server = server
         self._loop = loop

@@ -33,7 +33,6 @@ from .models import (
     ParticipantState,
     Room,
     RoomConfig,
-    RoomEndReason,
     Worker,
     check_metadata,
     new_id,
@@ -127,18 +126,6 @@ class Emulator:
             self._add_dispatch(room, "", "", source="implicit")
         return room, True
 
-    def update_room(self, room: Room, config: RoomConfig) -> None:
-        """CreateRoom on an existing room: non-zero fields overwrite, agents are ignored."""
-        check_metadata(config.metadata)
-        if config.empty_timeout:
-            room.empty_timeout = config.empty_timeout
-        if config.departure_timeout:
-            room.departure_timeout = config.departure_timeout
-        if config.max_participants:
-            room.max_participants = config.max_participants
-        if config.metadata:
-            room.metadata = config.metadata
-
     def update_room_metadata(self, name: str, metadata: str) -> Room:
         check_metadata(metadata)
         room = self.room(name)
@@ -146,7 +133,7 @@ class Emulator:
         return room
 
     def delete_room(self, name: str) -> None:
-        self._close_room(self.room(name), RoomEndReason.ROOM_END_API_DELETE, DisconnectReason.ROOM_DELETED)
+        self._close_room(self.room(name), DisconnectReason.ROOM_DELETED)
 
     def sweep(self) -> None:
         """Close rooms whose empty or departure timeout has passed; called periodically."""
@@ -162,10 +149,10 @@ class Emulator:
                 deadline = room.created_at + room.empty_timeout
             if now >= deadline:
                 self._note(f"closing room {name!r}: idle timeout")
-                self._close_room(room, RoomEndReason.ROOM_END_IDLE_TIMEOUT, DisconnectReason.ROOM_CLOSED)
+                self._close_room(room, DisconnectReason.ROOM_CLOSED)
 
-    def _close_room(self, room: Room, end: RoomEndReason, reason: DisconnectReason) -> None:
-        room.end_reason = end
+    def _close_room(self, room: Room, reason: DisconnectReason) -> None:
+        # No room_end_reason in room_finished: livekit-server v1.13.5 never sets it.
         for participant in list(room.participants.values()):
             self._remove_participant(room, participant, reason)
         for dispatch in room.dispatches.values():
@@ -196,7 +183,8 @@ class Emulator:
         existing = room.participants.get(identity)
         others = room.num_participants - (1 if existing else 0)
         if room.max_participants and others >= room.max_participants:
-            raise EmulatorError("resource_exhausted", "room is full")
+            # LiveKit refuses the WebSocket handshake with a 500 and this text.
+            raise EmulatorError("internal", "room has exceeded its max participants")
         if existing is not None:
             # LiveKit disconnects the older session of a duplicate identity.
             self._remove_participant(room, existing, DisconnectReason.DUPLICATE_IDENTITY)
@@ -315,9 +303,10 @@ class Emulator:
         room = self.rooms.get(room_name)
         dispatch = room.dispatches.get(dispatch_id) if room else None
         if room is None or dispatch is None:
-            raise EmulatorError("not_found", "dispatch ID not found")
+            raise EmulatorError(
+                "not_found", "twirp error unknown: dispatch ID not found"
+            )  # sic, as the real server says
         del room.dispatches[dispatch_id]
-        dispatch.deleted_at = self.clock()
         for job in dispatch.jobs:
             self._end_job(job, JobStatus.JS_SUCCESS)
             agent = room.participants.get(job.participant_identity)

@@ -17,7 +17,7 @@ from livekit.protocol import agent_dispatch
 from livekit.protocol import room as room_pb
 
 from . import auth, protos
-from .models import EmulatorError
+from .models import EmulatorError, check_metadata
 from .state import Emulator
 
 PREFIX = "/twirp/"
@@ -177,9 +177,9 @@ class TwirpAPI:
     def create_room(self, req: room_pb.CreateRoomRequest, call: Call) -> Message:
         auth.ensure_create(call.claims)
         config = protos.room_config(req)
-        room, created = self.emulator.get_or_create_room(req.name, config)
-        if not created:
-            self.emulator.update_room(room, config)
+        check_metadata(config.metadata)
+        # An existing room comes back as it is: LiveKit applies none of the new settings.
+        room, _ = self.emulator.get_or_create_room(req.name, config)
         return protos.room_proto(room)
 
     def list_rooms(self, req: room_pb.ListRoomsRequest, call: Call) -> Message:
@@ -252,6 +252,7 @@ class TwirpAPI:
     def delete_dispatch(self, req: agent_dispatch.DeleteAgentDispatchRequest, call: Call) -> Message:
         auth.ensure_admin(call.claims, req.room)
         dispatch = self.emulator.delete_dispatch(req.room, req.dispatch_id)
+        # As the real server: the dispatch as it stood, without a deleted_at.
         return protos.dispatch_proto(dispatch, self.emulator.rooms.get(req.room))
 
     def list_dispatch(self, req: agent_dispatch.ListAgentDispatchRequest, call: Call) -> Message:

@@ -8,6 +8,7 @@
                         exit    end the job process at once (os._exit(1)) in the entrypoint
                         slow    wait AGENT_DELAY_S before accepting, then as accept
     AGENT_DELAY_S     seconds for `slow` (default 3)
+    AGENT_DRAIN_TIMEOUT_S  on SIGTERM, how long running jobs may go on (default 10)
     AGENT_EXECUTOR    `process` (default, as in production) or `thread`: jobs as threads of the
                       worker, for load tests that run dozens of jobs on a 2-core machine
 
@@ -24,7 +25,12 @@ import logging
 import os
 import sys
 
-from livekit.agents import AgentServer, JobContext, JobExecutorType, JobRequest, cli
+# livekit-agents empties PROMETHEUS_MULTIPROC_DIR when the worker starts (worker.py, "cleaning
+# prometheus multiprocess directory"): inherited from the portal or the test run, it would
+# delete their metrics files. This worker keeps no metrics files; drop it before the import.
+os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+
+from livekit.agents import AgentServer, JobContext, JobExecutorType, JobRequest, cli  # noqa: E402
 
 AGENT_NAME = os.environ.get("AGENT_NAME", "")
 BEHAVIOR = os.environ.get("AGENT_BEHAVIOR", "accept")
@@ -44,6 +50,7 @@ server = AgentServer(
     host="127.0.0.1",
     port=0,
     num_idle_processes=1,  # one warm job process: a job starts without forking under load
+    drain_timeout=int(os.environ.get("AGENT_DRAIN_TIMEOUT_S", "10")),  # SIGTERM: jobs get this long
     job_executor_type=EXECUTOR,
     http_proxy=None,  # everything is on loopback
 )

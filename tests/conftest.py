@@ -8,6 +8,8 @@ import uuid
 import pytest
 from rest_framework.test import APIClient
 
+from tests.support import point_portal_at
+
 pytest_plugins = ["livekit_emulator.pytest_plugin", "tests.real_livekit"]
 
 REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES") == "1"
@@ -77,8 +79,4 @@ def staff_api(admin_user) -> APIClient:
 @pytest.fixture
 def lk(livekit_server, settings):
     """The LiveKit emulator, with the portal's LiveKit settings pointing at it."""
-    settings.LIVEKIT_URL = livekit_server.url
-    settings.LIVEKIT_API_KEY = livekit_server.api_key
-    settings.LIVEKIT_API_SECRET = livekit_server.api_secret
-    settings.LIVEKIT_TIMEOUT_S = 2.0
-    return livekit_server
+    return point_portal_at(settings, livekit_server, timeout_s=2.0)

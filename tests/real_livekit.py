@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -169,6 +170,79 @@ logging:
 """
 
 
+class JoinRefused(Exception):
+    """The server refused a participant's join; `.status` and `.message` as its /rtc/validate says."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"join refused ({status}): {message}")
+        self.status = status
+        self.message = message
+
+
+class Participants:
+    """Participants connected with LiveKit's rtc SDK (WebRTC over loopback), as a browser would.
+
+    The SDK needs a running event loop for as long as a participant stays connected, so they
+    all live on one loop in a background thread."""
+
+    def __init__(self, server: RealLiveKit) -> None:
+        self._server = server
+        self._rooms: dict[tuple[str, str], Any] = {}
+        self._loop = asyncio.new_event_loop()
+        threading.Thread(target=self._loop.run_forever, daemon=True).start()
+
+    def _run(self, coroutine: Any, timeout: float = 30.0) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
+
+    def join(self, token: str) -> dict[str, Any]:
+        """Connect with `token`; returns the participant as the server sees it once connected."""
+        from livekit import rtc
+
+        async def connect() -> Any:
+            room = rtc.Room(loop=self._loop)
+            await room.connect(self._server.ws_url, token, rtc.RoomOptions(auto_subscribe=False))
+            return room
+
+        mark = self._server.log_mark()
+        try:
+            room = self._run(connect())
+        except rtc.ConnectError as exc:
+            raise self._refusal(exc.message, self._server.log_since(mark)) from None
+        me = room.local_participant
+        self._rooms[(room.name, me.identity)] = room
+        return {
+            "sid": me.sid,
+            "identity": me.identity,
+            "name": me.name,
+            "metadata": me.metadata,
+            "attributes": dict(me.attributes),
+            "room": room.name,
+        }
+
+    @staticmethod
+    def _refusal(error: str, server_log: str) -> JoinRefused:
+        """The status and message of the refused handshake, from the SDK's error, e.g.
+        "signal failure: client error: 401 Unauthorized - invalid token: ..." or
+        "handshake error: 500 Internal Server Error" (no body: the server's log has the reason)."""
+        found = re.search(r"\b([45]\d\d) [A-Za-z ]+?(?: - (.*))?$", error)
+        if found is None:
+            return JoinRefused(0, error)
+        message = found.group(2) or ""
+        if not message:
+            reasons = re.findall(r'could not join room.*"error": "([^"]+)"', server_log)
+            message = reasons[-1] if reasons else ""
+        return JoinRefused(int(found.group(1)), message)
+
+    def leave(self, room: str, identity: str) -> None:
+        connected = self._rooms.pop((room, identity))
+        self._run(connected.disconnect())
+
+    def leave_all(self) -> None:
+        for room, identity in list(self._rooms):
+            with contextlib.suppress(Exception):
+                self.leave(room, identity)
+
+
 @dataclass
 class RealLiveKit:
     """A running livekit-server: `.url`, `.ws_url`, `.api_key`, `.api_secret`, `.relay`, `.log_path`."""
@@ -182,6 +256,12 @@ class RealLiveKit:
     started_in_s: float
     kind: str = "real"
     workers: list[AgentWorker] = field(default_factory=list)
+    # Named workers kept for the whole session (see `shared_worker`); never unnamed ones.
+    shared_workers: dict[tuple[str, str], AgentWorker] = field(default_factory=dict)
+    participants: Participants = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.participants = Participants(self)
 
     @property
     def ws_url(self) -> str:
@@ -200,8 +280,10 @@ class RealLiveKit:
             return log.read().decode(errors="replace")
 
     def reset(self) -> None:
-        """Delete every room (with its participants and dispatches) and detach the relay."""
+        """Disconnect our participants, delete every room (with its dispatches), detach the relay."""
         from livekit import api
+
+        self.participants.leave_all()
 
         async def delete_all() -> None:
             async with api.LiveKitAPI(self.url, self.api_key, self.api_secret) as lk:
@@ -213,7 +295,24 @@ class RealLiveKit:
         asyncio.run(delete_all())
         self.relay.reset()
 
+    def shared_worker(self, agent_name: str, behavior: str = "accept") -> AgentWorker:
+        """A registered worker of that name kept for the session: a worker takes 3 to 15 s to
+        register here, and a named worker gets only the dispatches naming it, so tests that
+        just need one running can share it. An unnamed worker would join every later room."""
+        if not agent_name:
+            raise ValueError("an unnamed worker is sent to every new room: never share one")
+        worker = self.shared_workers.get((agent_name, behavior))
+        if worker is None or worker.process.poll() is not None:
+            log_path = self.log_path.parent / f"shared-worker-{agent_name}-{behavior}.log"
+            self.shared_workers.pop((agent_name, behavior), None)
+            worker = start_worker(self, agent_name=agent_name, behavior=behavior, log_path=log_path)
+            self.workers.remove(worker)  # not killed with the test that started it
+            self.shared_workers[(agent_name, behavior)] = worker
+        return worker
+
     def stop(self) -> None:
+        for worker in self.shared_workers.values():
+            worker.kill()
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)
             try:
@@ -422,11 +521,14 @@ _started_key = pytest.StashKey[float]()
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        uses_real = "real_livekit_session" in getattr(item, "fixturenames", ())
         callspec = getattr(item, "callspec", None)
-        if callspec is not None and callspec.params.get("livekit_server") == "emulator":
-            uses_real = False
-        if uses_real:
+        server_param = callspec.params.get("livekit_server") if callspec is not None else None
+        only = item.get_closest_marker("emulator_only")
+        if server_param == "real" and only is not None:
+            item.add_marker(pytest.mark.skip(reason=f"emulator only: {only.args[0] if only.args else ''}"))
+        elif server_param == "real" or (
+            server_param is None and "real_livekit_session" in getattr(item, "fixturenames", ())
+        ):
             item.add_marker(MARKER)
 
 
@@ -438,7 +540,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
     if server is None or not report.failed:
         return
     report.sections.append(("livekit-server log (tail)", server.log_tail()))
-    for worker in server.workers:
+    for worker in [*server.workers, *server.shared_workers.values()]:
         report.sections.append((f"agent worker {worker.agent_name!r} log (tail)", tail(worker.log_path)))
 
 

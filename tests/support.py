@@ -21,6 +21,15 @@ def eventually(check: Callable[[], T], *, timeout: float = 10.0, interval: float
         time.sleep(interval)
 
 
+def point_portal_at(settings: Any, server: Any, *, timeout_s: float) -> Any:
+    """The portal's LiveKit settings pointing at `server` (the emulator or the real server)."""
+    settings.LIVEKIT_URL = server.url
+    settings.LIVEKIT_API_KEY = server.api_key
+    settings.LIVEKIT_API_SECRET = server.api_secret
+    settings.LIVEKIT_TIMEOUT_S = timeout_s
+    return server
+
+
 def agents_in(server: Any, room: str, agent_name: str | None = None) -> list[dict[str, Any]]:
     """The agent participants LiveKit (the emulator) has in a room, of one name if given."""
     rooms = server.control.state(room=room)["rooms"]

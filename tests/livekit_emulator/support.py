@@ -17,7 +17,8 @@ from typing import Any, TypeVar
 
 from livekit import api
 
-from livekit_emulator import ServerHandle
+from livekit_emulator import ControlError, ServerHandle
+from tests.real_livekit import JoinRefused
 from tests.support import eventually  # noqa: F401  (re-exported to the tests)
 
 T = TypeVar("T")
@@ -74,6 +75,48 @@ def join_token(
     return token(server, identity=identity, grants=api.VideoGrants(room_join=True, room=room), config=config)
 
 
+def join(server: Any, jwt: str) -> dict[str, Any]:
+    """A participant joins with its token: through the emulator's control API, or with LiveKit's
+    rtc SDK (real WebRTC) on the real server. Raises JoinRefused (.status, .message) either way."""
+    if server.kind == "real":
+        return server.participants.join(jwt)
+    try:
+        return server.control.join(jwt)
+    except ControlError as exc:
+        message = exc.body.get("error", "") if isinstance(exc.body, dict) else str(exc.body)
+        raise JoinRefused(exc.status, message) from None
+
+
+def leave(server: Any, room: str, identity: str) -> None:
+    if server.kind == "real":
+        server.participants.leave(room, identity)
+    else:
+        server.control.leave(room, identity)
+
+
+def server_log(server: Any) -> str:
+    """What the server logged: the real server's log file, or the emulator's log lines."""
+    if server.kind == "real":
+        return server.log_path.read_text(errors="replace")
+    return "\n".join(server.control.state()["log"])
+
+
+def room_names(server: Any) -> set[str]:
+    rooms = call(server, lambda lk: lk.room.list_rooms(api.ListRoomsRequest()))
+    return {r.name for r in rooms.rooms}
+
+
+def room(server: Any, name: str) -> Any:
+    """The room as ListRooms shows it, or None."""
+    rooms = call(server, lambda lk: lk.room.list_rooms(api.ListRoomsRequest(names=[name])))
+    return rooms.rooms[0] if rooms.rooms else None
+
+
+def participants(server: Any, room_name: str) -> list[Any]:
+    listed = call(server, lambda lk: lk.room.list_participants(api.ListParticipantsRequest(room=room_name)))
+    return list(listed.participants)
+
+
 def http(
     method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None
 ) -> tuple[int, dict[str, str], bytes]:
@@ -111,9 +154,15 @@ class WebhookReceiver:
     failures: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def events(self) -> list[str]:
+    def events(self, room: str | None = None) -> list[str]:
+        """The events received, of one room if given (a session's real server may still deliver
+        events of an earlier test's rooms)."""
         with self._lock:
-            return [r.json["event"] for r in self.received]
+            return [
+                r.json["event"]
+                for r in self.received
+                if room is None or r.json.get("room", {}).get("name") == room
+            ]
 
     def record(self, handler: BaseHTTPRequestHandler) -> int:
         length = int(handler.headers.get("Content-Length", "0"))

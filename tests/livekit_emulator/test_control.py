@@ -12,6 +12,8 @@ from livekit_emulator import ControlClient, ControlError, run_in_thread
 
 from .support import call, join_token
 
+pytestmark = pytest.mark.emulator_only("the control API")
+
 
 def _non_loopback_address() -> str | None:
     # A UDP "connection" sends nothing; it only makes the OS pick an outgoing interface.

@@ -11,6 +11,8 @@ from livekit import api
 
 from .support import call
 
+pytestmark = pytest.mark.emulator_only("fault switches")
+
 
 def _list_rooms(lk: api.LiveKitAPI):
     return lk.room.list_rooms(api.ListRoomsRequest())

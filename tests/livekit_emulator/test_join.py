@@ -8,12 +8,20 @@ import pytest
 from livekit import api
 
 from livekit_emulator import ControlError
+from tests.real_livekit import JoinRefused
 
-from .support import call, join_token, token
+from .support import call, eventually, join, join_token, leave, participants, room, room_names, token
 
 
-def _dispatches(server, room: str):
-    return call(server, lambda lk: lk.agent_dispatch.list_dispatch(room))
+def _dispatches(server, room_name: str):
+    return call(server, lambda lk: lk.agent_dispatch.list_dispatch(room_name))
+
+
+def _participant(server, room_name: str, identity: str) -> api.ParticipantInfo:
+    return call(
+        server,
+        lambda lk: lk.room.get_participant(api.RoomParticipantIdentity(room=room_name, identity=identity)),
+    )
 
 
 def test_join_creates_the_room_from_the_token_room_config(livekit_server):
@@ -33,14 +41,16 @@ def test_join_creates_the_room_from_the_token_room_config(livekit_server):
         .with_room_config(config)
         .to_jwt()
     )
+    assert "support-1" not in room_names(livekit_server)
 
-    joined = livekit_server.control.join(jwt)
+    joined = join(livekit_server, jwt)
 
-    assert joined["room_created"] is True
     assert (joined["identity"], joined["name"], joined["metadata"]) == ("caller", "Caller", "meta")
-    assert joined["attributes"] == {"tier": "gold"} and joined["permission"]["can_publish"] is False
-    room = livekit_server.control.state(room="support-1")["rooms"][0]
-    assert (room["empty_timeout"], room["max_participants"], room["metadata"]) == (60, 4, "from-token")
+    assert joined["attributes"] == {"tier": "gold"}
+    caller = _participant(livekit_server, "support-1", "caller")
+    assert caller.permission.can_publish is False and caller.permission.can_subscribe is True
+    created = room(livekit_server, "support-1")
+    assert (created.empty_timeout, created.max_participants, created.metadata) == (60, 4, "from-token")
     [dispatch] = _dispatches(livekit_server, "support-1")
     assert (dispatch.agent_name, dispatch.metadata) == ("triage", '{"ticket": 7}')
 
@@ -48,16 +58,13 @@ def test_join_creates_the_room_from_the_token_room_config(livekit_server):
 def test_token_agents_are_ignored_when_the_room_already_exists(livekit_server):
     call(livekit_server, lambda lk: lk.room.create_room(api.CreateRoomRequest(name="existing")))
 
-    joined = livekit_server.control.join(
-        join_token(livekit_server, "existing", "caller", agents=[("triage", "")])
-    )
+    join(livekit_server, join_token(livekit_server, "existing", "caller", agents=[("triage", "")]))
 
-    assert joined["room_created"] is False
     assert [d.agent_name for d in _dispatches(livekit_server, "existing")] == [""]
 
 
 def test_a_room_created_without_agents_gets_the_implicit_empty_dispatch(livekit_server):
-    livekit_server.control.join(join_token(livekit_server, "plain", "caller"))
+    join(livekit_server, join_token(livekit_server, "plain", "caller"))
 
     [dispatch] = _dispatches(livekit_server, "plain")
 
@@ -87,23 +94,34 @@ def test_a_room_created_without_agents_gets_the_implicit_empty_dispatch(livekit_
     ids=["bad-signature", "expired", "no-roomJoin"],
 )
 def test_join_is_refused_like_the_server_refuses_it(livekit_server, make_token, message):
-    with pytest.raises(ControlError) as error:
-        livekit_server.control.join(make_token(livekit_server))
+    with pytest.raises(JoinRefused) as error:
+        join(livekit_server, make_token(livekit_server))
 
-    assert error.value.status == 401 and error.value.body["error"].startswith(message)
-    assert livekit_server.control.state()["rooms"] == []
+    assert error.value.status == 401 and error.value.message.startswith(message)
+    assert room_names(livekit_server) == set()
 
 
 def test_a_second_session_with_the_same_identity_replaces_the_first(livekit_server):
-    first = livekit_server.control.join(join_token(livekit_server, "dup", "alice"))
-    second = livekit_server.control.join(join_token(livekit_server, "dup", "alice"))
+    first = join(livekit_server, join_token(livekit_server, "dup", "alice"))
+    second = join(livekit_server, join_token(livekit_server, "dup", "alice"))
 
-    [participant] = livekit_server.control.state(room="dup")["rooms"][0]["participants"]
+    [participant] = eventually(
+        lambda: len(participants(livekit_server, "dup")) == 1 and participants(livekit_server, "dup")
+    )
 
-    assert second["sid"] != first["sid"] and participant["sid"] == second["sid"]
+    assert second["sid"] != first["sid"] and participant.sid == second["sid"]
 
 
 def test_leave(livekit_server):
+    join(livekit_server, join_token(livekit_server, "brief", "alice"))
+
+    leave(livekit_server, "brief", "alice")
+
+    eventually(lambda: participants(livekit_server, "brief") == [], what="alice gone")
+
+
+@pytest.mark.emulator_only("the control API's leave")
+def test_leaving_twice_is_not_found(livekit_server):
     livekit_server.control.join(join_token(livekit_server, "brief", "alice"))
 
     left = livekit_server.control.leave("brief", "alice")

@@ -1,5 +1,5 @@
-"""The real server with a real livekit-agents worker: a dispatch becomes a job, and the agent
-really joins the room (WebRTC over loopback)."""
+"""The real server with a real livekit-agents worker (tests/agent_worker.py): what each of its
+behaviours does, as the portal's LiveKit client sees it."""
 
 from __future__ import annotations
 
@@ -10,17 +10,6 @@ from livekit import api
 
 from rooms_app.livekit_client import KIND_AGENT, livekit_call
 from tests.support import eventually
-
-
-@pytest.fixture
-def portal_on_real(real_livekit, settings):
-    """The portal's LiveKit settings pointing at the real server."""
-    settings.LIVEKIT_URL = real_livekit.url
-    settings.LIVEKIT_API_KEY = real_livekit.api_key
-    settings.LIVEKIT_API_SECRET = real_livekit.api_secret
-    settings.LIVEKIT_TIMEOUT_S = 5.0
-    return real_livekit
-
 
 ACTIVE = api.ParticipantInfo.State.ACTIVE
 
@@ -46,6 +35,13 @@ def _agents(room: str):
 
 def test_a_dispatch_runs_on_a_real_worker_and_its_agent_joins_the_room(portal_on_real, agent_worker):
     worker = agent_worker(agent_name="real-triage")
+    idle = worker.status()  # the worker's own view, from its health server
+    assert worker.worker_id.startswith("AW_")
+    assert (idle["agent_name"], idle.get("active_jobs", 0), idle.get("worker_load", 0)) == (
+        "real-triage",
+        0,
+        0,
+    )
 
     dispatch = livekit_call("create_dispatch", "real-room-1", "real-triage", '{"case": 1}')
 
@@ -63,14 +59,33 @@ def test_a_dispatch_runs_on_a_real_worker_and_its_agent_joins_the_room(portal_on
     assert worker.status()["active_jobs"] == 1
 
 
-def test_the_worker_reports_its_name_and_no_load(real_livekit, agent_worker):
-    worker = agent_worker(agent_name="idle-agent")
+def _worker_logged(worker, text: str) -> bool:
+    return text in worker.log()
 
-    status = worker.status()
 
-    assert worker.worker_id.startswith("AW_")
-    assert (status["agent_name"], status.get("active_jobs", 0), status.get("worker_load", 0)) == (
-        "idle-agent",
-        0,
-        0,
-    )
+@pytest.mark.parametrize(
+    ("behavior", "logged"), [("raise", "job crashed"), ("exit", "process exited with non-zero exit code 1")]
+)
+def test_an_entrypoint_that_fails_never_joins_and_its_job_still_shows_running(
+    portal_on_real, agent_worker, behavior, logged
+):
+    worker = agent_worker(agent_name=f"agent-that-{behavior}s", behavior=behavior)
+
+    livekit_call("create_dispatch", f"{behavior}-room", f"agent-that-{behavior}s", "")
+
+    eventually(lambda: _worker_logged(worker, logged), timeout=20, what="the job process failed")
+    [job] = eventually(lambda: _jobs(f"{behavior}-room", f"agent-that-{behavior}s"), timeout=20, what="a job")
+    # The server is never told: the job stays "running" and no agent ever joins.
+    assert (job.status, job.error) == ("running", "")
+    assert _agents(f"{behavior}-room") == []
+    assert worker.process.poll() is None  # only the job process failed; the worker is still registered
+
+
+def test_a_slow_worker_joins_after_its_delay(portal_on_real, agent_worker):
+    worker = agent_worker(agent_name="slowpoke", behavior="slow", delay_s=1.0)
+
+    livekit_call("create_dispatch", "slow-room", "slowpoke", "")
+
+    [agent] = eventually(lambda: _agents("slow-room"), timeout=20, what="the agent participant")
+    assert agent.agent_name == "slowpoke"
+    assert _worker_logged(worker, "received job request")
