@@ -33,7 +33,7 @@ from tests.rooms_app.conftest import (
     wait_database_sessions_end,
     worker_start,
 )
-from tests.support import eventually
+from tests.support import eventually, point_portal_at
 
 QUEUE = f"real-stories-{uuid.uuid4().hex[:10]}"
 LIVE = ("pending", "requested", "job_assigned", "agent_joined")
@@ -218,11 +218,8 @@ def stack(real_livekit, live_server, real_celery, settings, monkeypatch) -> Iter
     monkeypatch.setitem(celery_app.conf, "task_default_queue", QUEUE)
     queue_purge(QUEUE)
     _share_worker_cache(settings, real_celery)
-    settings.LIVEKIT_URL = real_livekit.url
+    point_portal_at(settings, real_livekit, timeout_s=2.0)
     settings.PUBLIC_LIVEKIT_URL = real_livekit.ws_url
-    settings.LIVEKIT_API_KEY = real_livekit.api_key
-    settings.LIVEKIT_API_SECRET = real_livekit.api_secret
-    settings.LIVEKIT_TIMEOUT_S = 2.0
     settings.DISPATCH_RETRY_BACKOFF_S = 0.2
     real_livekit.relay.target = f"{live_server.url}/livekit/webhook"
     stack = Stack(server=real_livekit, portal_url=live_server.url, celery=real_celery, participants=[])
