@@ -175,7 +175,7 @@ def token_dispatches_record(
             if agent is None:
                 logger.warning("token named unknown agent %r", item["agent_name"], extra={"room": room_name})
                 continue
-            dispatch, _ = dispatch_create(
+            dispatch, created = dispatch_create(
                 room=room,
                 agent=agent,
                 source=Dispatch.Source.TOKEN,
@@ -185,8 +185,31 @@ def token_dispatches_record(
                 requested_by=client,
                 identity_trigger=participant_identity,
             )
+            if not created and dispatch.source == Dispatch.Source.RECONCILE and not dispatch.rule_name:
+                _token_attribute(dispatch=dispatch, item=item, client=client, identity=participant_identity)
             recorded.append(dispatch)
     return recorded
+
+
+def _token_attribute(*, dispatch: Dispatch, item: dict[str, str], client: str, identity: str) -> None:
+    """The agent's participant_joined webhook beat the token's record (the real server sends
+    the token's agent within about a second of the join, the token drain runs each second), so
+    the join was recorded as an agent with no dispatch. The token is what brought it: say so."""
+    fields = {
+        "source": Dispatch.Source.TOKEN,
+        "delivery": item["delivery"],
+        "rule_name": item["rule"],
+        "requested_by": client,
+        "participant_identity_trigger": identity,
+        "metadata": item["metadata"],
+    }
+    Dispatch.objects.filter(pk=dispatch.pk).update(**fields)
+    for name, value in fields.items():
+        setattr(dispatch, name, value)
+    dispatch_note(
+        dispatch=dispatch,
+        detail=f"brought by the token minted for '{identity}' (rule '{item['rule']}'), recorded after the agent joined",
+    )
 
 
 # --- rules on a room ----------------------------------------------------------------------

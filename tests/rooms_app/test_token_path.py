@@ -112,3 +112,42 @@ def test_queued_tokens_are_recorded_once_by_the_drain(api):
     assert [(d.agent_name, d.status, d.participant_identity_trigger) for d in rows] == [
         ("support-agent", "pending", "ann")
     ]
+
+
+def test_a_token_recorded_after_its_agent_joined_is_credited_with_it():
+    """The real server sends a token's agent within about a second of the join, which can be
+    before the token drain records the token: the agent's join is then recorded as an agent
+    with no dispatch, and the token, recorded next, is what brought it."""
+    from rooms_app.livekit_client import KIND_AGENT, LkParticipant
+
+    AgentFactory(agent_name="support-agent")
+    room = Room.objects.create(name="support-late", status="active", started_at=timezone.now())
+    agent = LkParticipant(
+        identity="agent-AJ_late",
+        sid="PA_late",
+        kind=KIND_AGENT,
+        attributes={"lk.agent_name": "support-agent"},
+        joined_at=timezone.now(),
+    )
+    joined = services.agent_participant_joined(room=room, participant=agent)
+    assert joined.source == Dispatch.Source.RECONCILE
+
+    [row] = services.token_dispatches_record(
+        room_name="support-late",
+        participant_identity="ann",
+        agents=[
+            {"agent_name": "support-agent", "rule": "support by token", "metadata": "{}", "delivery": "token"}
+        ],
+        client="web",
+        minted_at=timezone.now().timestamp(),
+    )
+
+    row.refresh_from_db()
+    assert (row.pk, row.status, row.source, row.delivery, row.rule_name) == (
+        joined.pk,
+        Dispatch.Status.AGENT_JOINED,
+        Dispatch.Source.TOKEN,
+        "token",
+        "support by token",
+    )
+    assert "brought by the token minted for 'ann'" in row.events.order_by("-id").first().detail
