@@ -188,3 +188,16 @@ def ruleset_load(rules: int) -> str:
         _, key = api_client_create(name="bench", room_patterns=["*"], rate_limit_per_minute=1_000_000_000)
         ruleset_bump()
     return key
+
+
+def pytest_run(path: str) -> int:
+    """Run a measurement written on the test suite's fixtures (the real LiveKit server, agent
+    workers, the live server, a Celery worker) and show its printed figures. Its database and
+    Redis: DATABASE_URL and REDIS_URL when set (pytest-django makes a test_ database), else the
+    benchmarks' own."""
+    env = dict(os.environ)
+    env.setdefault("DATABASE_URL", DATABASE_URL)
+    env.setdefault("REDIS_URL", REDIS_URL)
+    print(machine(), flush=True)
+    command = [sys.executable, "-m", "pytest", path, "-q", "-s", "-p", "no:randomly", "--timeout", "1800"]
+    return subprocess.call(command, cwd=ROOT, env=env)

@@ -301,7 +301,14 @@ class ReconcilePass:
             if dirty:
                 changed.append(room)
         if created:
-            Room.objects.bulk_create(created, batch_size=BULK_BATCH)
+            # The room_started webhook (or the token path) may record one of these rooms while
+            # this pass runs: keep that row instead of failing the whole pass on the name.
+            Room.objects.bulk_create(created, batch_size=BULK_BATCH, ignore_conflicts=True)
+            names = [room.name for room in created]
+            for start in range(0, len(names), NAME_CHUNK):
+                ledger.update(
+                    {r.name: r for r in Room.objects.filter(name__in=names[start : start + NAME_CHUNK])}
+                )
             self.report.rooms_recorded += len(created)
         if changed:
             Room.objects.bulk_update(

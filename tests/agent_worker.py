@@ -9,6 +9,8 @@
                         slow    wait AGENT_DELAY_S before accepting, then as accept
     AGENT_DELAY_S     seconds for `slow` (default 3)
     AGENT_DRAIN_TIMEOUT_S  on SIGTERM, how long running jobs may go on (default 10)
+    AGENT_EXECUTOR    `process` (default, as in production) or `thread`: jobs as threads of the
+                      worker, for load tests that run dozens of jobs on a 2-core machine
 
 It prints `AGENT_WORKER_REGISTERED <worker id> <health port>` once the server has registered
 it (about 3 s after start); tests/real_livekit.py waits for that line. Never overloaded: a busy
@@ -28,11 +30,12 @@ import sys
 # delete their metrics files. This worker keeps no metrics files; drop it before the import.
 os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
 
-from livekit.agents import AgentServer, JobContext, JobRequest, cli  # noqa: E402
+from livekit.agents import AgentServer, JobContext, JobExecutorType, JobRequest, cli  # noqa: E402
 
 AGENT_NAME = os.environ.get("AGENT_NAME", "")
 BEHAVIOR = os.environ.get("AGENT_BEHAVIOR", "accept")
 DELAY_S = float(os.environ.get("AGENT_DELAY_S", "3"))
+EXECUTOR = JobExecutorType(os.environ.get("AGENT_EXECUTOR", "process"))
 
 logger = logging.getLogger("agent_worker")
 
@@ -48,6 +51,7 @@ server = AgentServer(
     port=0,
     num_idle_processes=1,  # one warm job process: a job starts without forking under load
     drain_timeout=int(os.environ.get("AGENT_DRAIN_TIMEOUT_S", "10")),  # SIGTERM: jobs get this long
+    job_executor_type=EXECUTOR,
     http_proxy=None,  # everything is on loopback
 )
 

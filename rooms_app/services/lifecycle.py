@@ -132,7 +132,7 @@ def dispatch_request(*, dispatch_id: int) -> str:
         # LiveKit reported the room moments ago (the room_started webhook that made this
         # dispatch): skip asking again, it is a round trip on the webhook -> agent hot path.
         room_must_exist = False
-    lease = _request_lease(calls=1 + int(room_must_exist) + int(look_up))
+    lease = _request_lease(calls=1 + int(room_must_exist or look_up) + int(look_up))
     claimed = (
         Dispatch.objects.filter(pk=dispatch.pk, status=S.PENDING)
         .filter(Q(request_lease_until__isnull=True) | Q(request_lease_until__lt=now))
@@ -147,9 +147,13 @@ def dispatch_request(*, dispatch_id: int) -> str:
     known = _known_livekit_ids(dispatch) if look_up else set()
 
     async def request(client: LiveKit) -> _RequestOutcome:
-        if room_must_exist and not await client.list_rooms([room.name]):
+        exists = bool(await client.list_rooms([room.name])) if room_must_exist or look_up else True
+        if room_must_exist and not exists:
             return _RequestOutcome("room_gone")
-        if look_up:
+        # No room, no dispatch to adopt. And the real server's ListDispatch on a room it does
+        # not have hangs about 3 s, then answers 503: after a LiveKit restart (rooms lost)
+        # asking it would fail every retry of every dispatch.
+        if look_up and exists:
             adopted = _adoptable(await client.list_dispatches(room.name), dispatch, known)
             if adopted is not None:
                 return _RequestOutcome("adopted", adopted)

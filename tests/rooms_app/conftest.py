@@ -45,18 +45,19 @@ def _database_url() -> str:
     return f"postgres://{auth}{db.get('HOST') or '127.0.0.1'}{port}/{db['NAME']}"
 
 
-def queue_purge() -> None:
+def queue_purge(queue: str = QUEUE) -> None:
     """Drop tasks other tests published with no worker running (the token path enqueues
     directly): a worker starting now would run them against this test's rows."""
     with celery_app.connection_for_write() as conn:
-        conn.default_channel.queue_purge(QUEUE)
+        conn.default_channel.queue_purge(queue)
 
 
 class Worker:
     """A `celery worker` subprocess on this session's queue, restartable and killable."""
 
-    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+    def __init__(self, env: dict[str, str], log_dir: Path, *, queue: str = QUEUE) -> None:
         self.env = env
+        self.queue = queue
         self.log_dir = log_dir
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path: Path | None = None
@@ -75,9 +76,9 @@ class Worker:
                 "dispatchportal",
                 "worker",
                 "-Q",
-                QUEUE,
+                self.queue,
                 "-n",
-                f"{QUEUE}-{self.starts}@%h",
+                f"{self.queue}-{self.starts}@%h",
                 "--pool",
                 "threads",
                 "--concurrency",
@@ -120,11 +121,9 @@ class Worker:
                 self.kill()
 
 
-@pytest.fixture(scope="session")
-def _worker_session(
-    django_db_setup, django_db_blocker, livekit_emulator_session, tmp_path_factory
-) -> Iterator[Worker]:
-    server = livekit_emulator_session
+def worker_start(server: Any, tmp_path_factory: Any, *, queue: str, **settings: str) -> Worker:
+    """A started Celery worker for `server` (the emulator or the real LiveKit), consuming
+    `queue` only, with a cache namespace of that name; `settings` override the environment."""
     for option in ("data_folder_in", "data_folder_out", "processed_folder"):
         folder = django_settings.CELERY_BROKER_TRANSPORT_OPTIONS.get(option)
         if folder:  # the embedded filesystem broker needs its folders
@@ -141,30 +140,44 @@ def _worker_session(
         "DISPATCH_RETRY_BACKOFF_S": "0.2",
         "DISPATCH_RETRY_BACKOFF_MAX_S": "1",
         "DISPATCH_MAX_RETRIES": "30",
-        "CACHE_KEY_PREFIX": QUEUE,
-        "ROOMS_TEST_QUEUE": QUEUE,
+        "CACHE_KEY_PREFIX": queue,
+        "ROOMS_TEST_QUEUE": queue,
         "ROOMS_TEST_CACHE_DIR": str(tmp_path_factory.mktemp("cache")),
         "LOG_LEVEL": "INFO",
+        **settings,
     }
-    worker = Worker(env, tmp_path_factory.mktemp("celery"))
-    queue_purge()
+    worker = Worker(env, tmp_path_factory.mktemp("celery"), queue=queue)
+    queue_purge(queue)
     worker.start()
+    return worker
+
+
+@pytest.fixture(scope="session")
+def _worker_session(
+    django_db_setup, django_db_blocker, livekit_emulator_session, tmp_path_factory
+) -> Iterator[Worker]:
+    worker = worker_start(livekit_emulator_session, tmp_path_factory, queue=QUEUE)
     yield worker
     worker.stop()
-    if connection.vendor == "postgresql":
-        # The worker's sessions end a moment after its process: wait, or dropping the test
-        # database fails with "being accessed by other users".
-        with django_db_blocker.unblock(), connection.cursor() as cursor:
+    wait_database_sessions_end(django_db_blocker)
 
-            def others() -> int:
-                cursor.execute(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
-                )
-                return cursor.fetchone()[0]
 
-            deadline = time.monotonic() + 10
-            while others() and time.monotonic() < deadline:
-                time.sleep(0.05)
+def wait_database_sessions_end(django_db_blocker: Any) -> None:
+    """A stopped worker's sessions end a moment after its process: wait, or dropping the test
+    database fails with "being accessed by other users"."""
+    if connection.vendor != "postgresql":
+        return
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+
+        def others() -> int:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            return cursor.fetchone()[0]
+
+        deadline = time.monotonic() + 10
+        while others() and time.monotonic() < deadline:
+            time.sleep(0.05)
 
 
 @pytest.fixture
@@ -189,19 +202,20 @@ def e2e(lk, live_server, worker, settings) -> Any:
 def _share_worker_cache(settings: Any, worker: Worker) -> None:
     """The test process and the worker must share one cache namespace (room-live markers,
     the token-event queue): the worker's, emptied so no test sees another's markers."""
-    settings.CACHE_KEY_PREFIX = QUEUE
+    prefix = worker.env["CACHE_KEY_PREFIX"]
+    settings.CACHE_KEY_PREFIX = prefix
     if settings.REDIS_URL:
         settings.CACHES = {
             "default": {
                 "BACKEND": "dispatchportal.cache.RedisCache",
                 "LOCATION": settings.REDIS_URL,
-                "KEY_PREFIX": QUEUE,
+                "KEY_PREFIX": prefix,
             }
         }
         from dispatchportal.redis import redis_client
 
         client = redis_client()
-        stale = list(client.scan_iter(f"{QUEUE}:*"))
+        stale = list(client.scan_iter(f"{prefix}:*"))
         if stale:
             client.delete(*stale)
     else:

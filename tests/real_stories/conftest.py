@@ -1,0 +1,229 @@
+"""The portal end to end against LiveKit's own server: `livekit-server` (tests/real_livekit.py),
+real livekit-agents workers, the portal under pytest-django's live server receiving the real
+server's webhooks (through the session's relay), and a real Celery worker on this package's own
+queue, so a worker of the emulator tests (tests/rooms_app) never takes these tasks.
+
+`stack` wires all of it for one test; `Stack.join(token)` is a real participant: the `livekit`
+rtc SDK connecting over WebRTC (loopback) with a token, as a browser or phone app would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from livekit import api, rtc
+
+from dispatchportal.celery import app as celery_app
+from rooms_app.models import Dispatch
+from tests.real_livekit import RealLiveKit, http_get, server_binary
+from tests.rooms_app.conftest import (
+    Worker,
+    _share_worker_cache,
+    queue_purge,
+    wait_database_sessions_end,
+    worker_start,
+)
+from tests.support import eventually, point_portal_at
+
+QUEUE = f"real-stories-{uuid.uuid4().hex[:10]}"
+LIVE = ("pending", "requested", "job_assigned", "agent_joined")
+AGENT_KIND = api.ParticipantInfo.Kind.AGENT
+
+
+class LoopThread:
+    """An asyncio event loop on a thread of its own: async SDKs (the rtc SDK, Playwright) kept
+    off the test's thread, where `asyncio.run` (the LiveKit API calls) must stay possible."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+
+    def run(self, coroutine: Any, timeout: float = 30.0) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+
+
+class Participant(LoopThread):
+    """A person in a room: the rtc SDK connected with a token."""
+
+    def __init__(self, url: str, token: str) -> None:
+        super().__init__()
+        self.room: rtc.Room = self.run(self._connect(url, token))
+
+    @staticmethod
+    async def _connect(url: str, token: str) -> rtc.Room:
+        room = rtc.Room()
+        await room.connect(url, token)
+        return room
+
+    def agents(self) -> list[str]:
+        """Identities of the AGENT participants this participant sees in the room."""
+
+        async def read() -> list[str]:
+            return [
+                p.identity
+                for p in self.room.remote_participants.values()
+                if p.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
+            ]
+
+        return self.run(read())
+
+    def leave(self) -> None:
+        try:
+            self.run(self.room.disconnect(), timeout=10)
+        finally:
+            self.stop()
+
+
+@dataclass
+class Stack:
+    server: RealLiveKit
+    portal_url: str
+    celery: Worker
+    participants: list[Participant]
+
+    def lk(self, method: str, *args: Any) -> Any:
+        """One call to the real server's API (tests read LiveKit directly, not the portal)."""
+        service, name = method.split(".")
+
+        async def call() -> Any:
+            async with api.LiveKitAPI(self.server.url, self.server.api_key, self.server.api_secret) as lk:
+                return await getattr(getattr(lk, service), name)(*args)
+
+        return asyncio.run(call())
+
+    def agents(self, room: str, agent_name: str | None = None) -> list[api.ParticipantInfo]:
+        """AGENT participants in a room (of one agent name if given), as LiveKit lists them."""
+        found = self.lk("room.list_participants", api.ListParticipantsRequest(room=room)).participants
+        return [
+            p
+            for p in found
+            if p.kind == AGENT_KIND
+            and (agent_name is None or p.attributes.get("lk.agent_name") == agent_name)
+        ]
+
+    def dispatches(self, room: str, agent_name: str | None = None) -> list[api.AgentDispatch]:
+        found = self.lk("agent_dispatch.list_dispatch", room)
+        return [d for d in found if agent_name is None or d.agent_name == agent_name]
+
+    def create_room(self, name: str) -> None:
+        self.lk("room.create_room", api.CreateRoomRequest(name=name))
+
+    def portal(self, path: str, key: str, body: dict[str, Any]) -> dict[str, Any]:
+        request = urllib.request.Request(
+            f"{self.portal_url}{path}",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return json.loads(answer.read())
+
+    def token(self, key: str, room: str, identity: str) -> dict[str, Any]:
+        """POST /api/v1/token, as a frontend does."""
+        return self.portal("/api/v1/token", key, {"room_name": room, "participant_identity": identity})
+
+    def join(self, minted: dict[str, Any]) -> Participant:
+        participant = Participant(minted["server_url"], minted["participant_token"])
+        self.participants.append(participant)
+        return participant
+
+    def wait_joined(self, room: str, agent_name: str, *, timeout: float = 20.0) -> Dispatch:
+        """The agent's live dispatch once the ledger says it joined; on timeout, both views."""
+
+        def joined() -> Dispatch | None:
+            return (
+                Dispatch.objects.filter(room__name=room, agent_name=agent_name, status="agent_joined")
+                .order_by("-id")
+                .first()
+            )
+
+        try:
+            return eventually(joined, timeout=timeout, what=f"'{agent_name}' joined in {room}")
+        except AssertionError as exc:
+            rows = [
+                (d.pk, d.status, d.delivery, d.last_error, [e.detail for e in d.events.all()])
+                for d in Dispatch.objects.filter(room__name=room).order_by("id")
+            ]
+            raise AssertionError(
+                f"{exc}\nledger: {rows}\nLiveKit dispatches: {self.dispatches(room)}\n"
+                f"agents: {[p.identity for p in self.agents(room)]}\ncelery: {self.celery.log()[-3000:]}"
+            ) from None
+
+    def settled(self, room: str) -> bool:
+        """No dispatch of the room is still on its way (pending, requested, job assigned)."""
+        return not Dispatch.objects.filter(room__name=room, status__in=LIVE[:3]).exists()
+
+
+def server_down(server: RealLiveKit) -> None:
+    """LiveKit crashes: SIGKILL, so its rooms and dispatches (in memory) are gone with it."""
+    server.process.kill()
+    server.process.wait()
+
+
+def server_up(server: RealLiveKit) -> float:
+    """Start it again with the same config (same ports, keys, webhook relay); seconds to 200."""
+    config = server.log_path.parent / "livekit.yaml"
+    with server.log_path.open("ab") as log:
+        server.process = subprocess.Popen(
+            [server_binary() or "livekit-server", "--config", str(config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=server.log_path.parent,
+        )
+    started = time.monotonic()
+
+    def answers() -> bool:
+        try:
+            return http_get(server.url + "/")[0] == 200
+        except OSError:
+            return False
+
+    eventually(answers, timeout=30, interval=0.01, what="livekit-server back")
+    return time.monotonic() - started
+
+
+@pytest.fixture(scope="session")
+def real_celery(
+    django_db_setup, django_db_blocker, real_livekit_session, tmp_path_factory
+) -> Iterator[Worker]:
+    # Retries enough to ride out a LiveKit outage of a few minutes (backoff capped at 1 s).
+    worker = worker_start(real_livekit_session, tmp_path_factory, queue=QUEUE, DISPATCH_MAX_RETRIES="300")
+    yield worker
+    worker.stop()
+    wait_database_sessions_end(django_db_blocker)
+
+
+@pytest.fixture
+def stack(real_livekit, live_server, real_celery, settings, monkeypatch) -> Iterator[Stack]:
+    """The portal (live server + Celery worker) on the real server, its webhooks relayed."""
+    if real_celery.process is None or real_celery.process.poll() is not None:
+        real_celery.start()
+    # Tasks the test process and the live server enqueue go to this package's worker.
+    monkeypatch.setitem(celery_app.conf, "task_default_queue", QUEUE)
+    queue_purge(QUEUE)
+    _share_worker_cache(settings, real_celery)
+    point_portal_at(settings, real_livekit, timeout_s=2.0)
+    settings.PUBLIC_LIVEKIT_URL = real_livekit.ws_url
+    settings.DISPATCH_RETRY_BACKOFF_S = 0.2
+    real_livekit.relay.target = f"{live_server.url}/livekit/webhook"
+    stack = Stack(server=real_livekit, portal_url=live_server.url, celery=real_celery, participants=[])
+    yield stack
+    for participant in stack.participants:
+        participant.leave()
+    real_livekit.relay.target = None
