@@ -10,7 +10,7 @@ target, 2 when a service it needs is missing.
 
 Runs against PostgreSQL and Redis as in production, in its own database and Redis database
 (it empties both): LIFECYCLE_BENCH_DATABASE_URL (default
-postgres://postgres@127.0.0.1:5432/dispatchportal_lifecycle_bench, dropped and created) and
+postgres://dispatchportal@127.0.0.1:5432/dispatchportal_lifecycle_bench, dropped and created) and
 LIFECYCLE_BENCH_REDIS_URL (default redis://127.0.0.1:6379/12). The emulator, gunicorn and the
 worker are started here and stopped at the end.
 
@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 BIN = Path(PYTHON).parent
 DATABASE_URL = os.environ.get(
-    "LIFECYCLE_BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/dispatchportal_lifecycle_bench"
+    "LIFECYCLE_BENCH_DATABASE_URL", "postgres://dispatchportal@127.0.0.1:5432/dispatchportal_lifecycle_bench"
 )
 REDIS_URL = os.environ.get("LIFECYCLE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
 API_KEY = "lifecycle-bench-key"

@@ -30,6 +30,7 @@ from tests.rooms_app.conftest import (
     Worker,
     _share_worker_cache,
     queue_purge,
+    wait_database_quiet,
     wait_database_sessions_end,
     worker_start,
 )
@@ -210,7 +211,9 @@ def real_celery(
 
 
 @pytest.fixture
-def stack(real_livekit, live_server, real_celery, settings, monkeypatch) -> Iterator[Stack]:
+def stack(
+    real_livekit, live_server, real_celery, settings, monkeypatch, django_db_blocker
+) -> Iterator[Stack]:
     """The portal (live server + Celery worker) on the real server, its webhooks relayed."""
     if real_celery.process is None or real_celery.process.poll() is not None:
         real_celery.start()
@@ -227,3 +230,5 @@ def stack(real_livekit, live_server, real_celery, settings, monkeypatch) -> Iter
     for participant in stack.participants:
         participant.leave()
     real_livekit.relay.target = None
+    queue_purge(QUEUE)
+    wait_database_quiet(django_db_blocker)  # the worker's last tasks end before the flush

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.error
 
 import pytest
 from livekit import api
@@ -139,7 +140,7 @@ def test_the_room_existed_before_the_token_was_used_so_the_portal_dispatches_exp
 
     row = stack.wait_joined("support-4", "support-agent", timeout=30)
     assert (row.source, row.delivery, row.attempt) == ("token", "explicit", 1)
-    assert any("LiveKit ignored its agents" in e.detail for e in row.events.all())
+    assert any("LiveKit ignored the token's agents" in e.detail for e in row.events.all())
     eventually(lambda: stack.settled("support-4"))
     assert len(stack.agents("support-4", "support-agent")) == 1
     [ours] = stack.dispatches("support-4", "support-agent")  # the portal's CreateDispatch only
@@ -158,7 +159,11 @@ def test_token_webhook_api_and_reconcile_racing_for_one_room_bring_one_agent(sta
     agent_worker(agent_name="support-agent")
 
     def api_dispatch() -> None:
-        stack.portal("/api/v1/dispatches", key, {"room_name": "support-5", "agent_name": "support-agent"})
+        try:
+            stack.portal("/api/v1/dispatches", key, {"room_name": "support-5", "agent_name": "support-agent"})
+        except urllib.error.HTTPError as exc:
+            if exc.code != 409:  # 409: the agent is already live in the room, which is the point
+                raise
 
     triggers = [
         lambda: stack.create_room("support-5"),  # room_started webhook -> the explicit rule

@@ -180,6 +180,28 @@ def wait_database_sessions_end(django_db_blocker: Any) -> None:
             time.sleep(0.05)
 
 
+def wait_database_quiet(django_db_blocker: Any, *, settle_s: float = 0.3, timeout_s: float = 15.0) -> None:
+    """Wait until no other session of the test database is in a query or a transaction for
+    `settle_s`: a worker task still running when the test's flush (TRUNCATE) starts can
+    deadlock with it."""
+    if connection.vendor != "postgresql":
+        return
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        deadline, quiet_since = time.monotonic() + timeout_s, None
+        while time.monotonic() < deadline:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid <> pg_backend_pid() AND state <> 'idle'"
+            )
+            if cursor.fetchone()[0]:
+                quiet_since = None
+            elif quiet_since is None:
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since >= settle_s:
+                return
+            time.sleep(0.05)
+
+
 @pytest.fixture
 def worker(_worker_session: Worker) -> Iterator[Worker]:
     """The session's worker, (re)started if a test killed it."""
