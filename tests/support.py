@@ -66,3 +66,53 @@ def gunicorn(*, port: int, env: dict[str, str], threads: int = 1, stderr: Any = 
     return subprocess.Popen(
         command, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=stderr or subprocess.DEVNULL
     )
+
+
+class RedisServer:
+    """A redis-server of the test's own on a free port (never the shared one), for tests that
+    stop and start Redis. With `folder`, every write is persisted (appendfsync always), so a
+    restart keeps what Redis had acknowledged; without it Redis keeps nothing."""
+
+    def __init__(self, folder: Any = None) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: Any = None
+
+    @staticmethod
+    def available() -> bool:
+        import os
+        import shutil
+
+        import pytest
+
+        if shutil.which("redis-server") is not None:
+            return True
+        if os.environ.get("REQUIRE_SERVICES") == "1":
+            pytest.fail("REQUIRE_SERVICES=1 but redis-server is not installed")
+        pytest.skip("redis-server is not installed")
+
+    def start(self) -> None:
+        import subprocess
+
+        persist = ["--dir", str(self.folder), "--appendonly", "yes", "--appendfsync", "always"]
+        command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        command += persist if self.folder is not None else ["--appendonly", "no"]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        eventually(self._pong, timeout=10, what="own redis-server up")
+
+    def _pong(self) -> bool:
+        import socket
+
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self, *, crash: bool = False) -> None:
+        """Stop it: politely, or with `crash` as a kill (nothing flushed)."""
+        if self.process is not None and self.process.poll() is None:
+            (self.process.kill if crash else self.process.terminate)()
+            self.process.wait(10)

@@ -10,22 +10,18 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
-import socket
-import subprocess
 import threading
 import urllib.error
 import urllib.request
 import uuid
 from collections import Counter
-from pathlib import Path
 
 import pytest
 from django.db import connection
 
 from rooms_app.models import Dispatch
 from tests.factories import AgentFactory, RuleFactory, make_client
-from tests.support import free_port, gunicorn
+from tests.support import RedisServer, free_port, gunicorn
 
 from .conftest import QUEUE, ROOT, Worker, _database_url, eventually
 
@@ -50,58 +46,9 @@ def _call(method: str, url: str, key: str, body: dict | None = None) -> tuple[in
             return exc.code, {"raw": raw[:200].decode(errors="replace")}
 
 
-class RedisServer:
-    """A redis-server of the test's own on a free port, persisting every write (appendfsync
-    always) as a production Redis that is restarted keeps its data."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(self.folder),
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        eventually(self._pong, timeout=10, what="redis-server up")
-
-    def _pong(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
-                s.sendall(b"PING\r\n")
-                return s.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)
-
-
 @pytest.fixture
 def own_redis(tmp_path):
-    if shutil.which("redis-server") is None:
-        if REQUIRE_SERVICES:
-            pytest.fail("REQUIRE_SERVICES=1 but redis-server is not installed")
-        pytest.skip("redis-server is not installed")
+    RedisServer.available()
     server = RedisServer(tmp_path)
     server.start()
     yield server

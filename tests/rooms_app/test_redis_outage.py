@@ -4,9 +4,6 @@ none waits on Redis. The test runs its own redis-server on a free port, never th
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
 from collections.abc import Iterator
 
 import pytest
@@ -15,63 +12,15 @@ from dispatchportal import redis as portal_redis
 from rooms_app import services
 from rooms_app.models import Dispatch, TokenFact
 from tests.factories import AgentFactory, RuleFactory, make_client
-from tests.support import eventually
+from tests.support import RedisServer, eventually
 
 pytestmark = pytest.mark.django_db
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class OwnRedis:
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        eventually(self._answers, timeout=10, what="own redis-server up")
-
-    def _answers(self) -> bool:
-        import redis
-
-        try:
-            return bool(redis.Redis.from_url(self.url, socket_timeout=0.2).ping())
-        except redis.RedisError:
-            return False
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()  # as a crash: nothing saved (it keeps nothing on disk anyway)
-            self.process.wait(10)
-
-
 @pytest.fixture
-def own_redis(settings, monkeypatch) -> Iterator[OwnRedis]:
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
-    server = OwnRedis(_free_port())
+def own_redis(settings, monkeypatch) -> Iterator[RedisServer]:
+    RedisServer.available()
+    server = RedisServer()
     server.start()
     settings.REDIS_URL = server.url
     settings.CACHES = {"default": {"BACKEND": "dispatchportal.cache.RedisCache", "LOCATION": server.url}}
@@ -102,7 +51,7 @@ def test_redis_stopped_and_started_mid_load_loses_no_admitted_token(api, own_red
 
     for n in range(20):
         mint(f"support-before-{n}")
-    own_redis.stop()
+    own_redis.stop(crash=True)  # as a crash: this Redis keeps nothing on disk
     for n in range(20):
         mint(f"support-down-{n}")
     own_redis.start()
