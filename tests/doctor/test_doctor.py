@@ -256,6 +256,26 @@ def test_no_job_link_tells_full_workers_from_none_online(lk):
     assert "Worker health: no worker online for 'support-agent'" in none_online.first_broken.cause
 
 
+def test_an_agent_dispatched_through_the_api_and_present_is_healthy_at_once(lk, staff_api):
+    """No token was minted for the room and LiveKit may not list the job yet (the real server
+    lists a first job seconds after its agent joined): the agent in the room outranks both.
+    The rule gives the agent by token, as `make run`'s demo does; the API dispatched it."""
+    _support_rule(delivery="token")
+    lk.control.add_worker("support-agent")
+    created = staff_api.post(
+        "/api/v1/dispatches", {"room_name": "support-11", "agent_name": "support-agent"}, format="json"
+    )
+    assert created.status_code == 202, created.content
+    row = Dispatch.objects.get(pk=created.json()["id"])
+    room_services.dispatch_request(dispatch_id=row.pk)
+    eventually(lambda: agents_in(lk, "support-11"), what="the agent in the room")
+
+    diagnosis = room_diagnose(room_name="support-11")
+
+    assert diagnosis.status == "healthy" and diagnosis.exit_code == 0, diagnosis.summary
+    assert _link(diagnosis, 3).summary.startswith("informational (the agent is present and running)")
+
+
 def test_an_unnamed_worker_never_answers_a_named_dispatch(lk):
     _support_rule()
     lk.control.add_worker("")  # automatic dispatch: joins every new room
