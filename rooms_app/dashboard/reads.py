@@ -28,7 +28,6 @@ class AgentStats:
     dispatched: int
     joined: int
     failed: int
-    waiting: int
     p50_s: float | None
     p95_s: float | None
 
@@ -76,7 +75,6 @@ def _stats(agent_name: str, rows: Sequence[_Row]) -> AgentStats:
         dispatched=len(rows),
         joined=sum(1 for r in rows if r.joined_at is not None or r.status == "agent_joined"),
         failed=sum(1 for r in rows if r.status in FAILED_STATUSES),
-        waiting=sum(1 for r in rows if r.status in WAITING_STATUSES),
         p50_s=percentile(waits, 0.50),
         p95_s=percentile(waits, 0.95),
     )

@@ -7,6 +7,7 @@ again as JSON so the page can swap them in while it is open, without a full relo
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
@@ -92,9 +93,15 @@ def _sections(now: datetime) -> dict[str, Any]:
         ("p95 last day", "#f2cf8a", [stats[a]["day"].p95_s for a in agents]),
     ]
     hours = hours_since_first_dispatch(outcomes_by_hour(now=now))
+    # "Waiting now" per agent counts the very rooms listed under "Rooms waiting for an agent".
+    waiting = rooms_waiting_list(now=now)
+    waiting_by_agent = Counter(w.agent_name for w in waiting)
     return {
         "now": now,
-        "agents": [{"name": a, "hour": stats[a]["hour"], "day": stats[a]["day"]} for a in agents],
+        "agents": [
+            {"name": a, "hour": stats[a]["hour"], "day": stats[a]["day"], "waiting": waiting_by_agent[a]}
+            for a in agents
+        ],
         "rate_chart": grouped_bar_chart(
             title="Dispatch success rate by agent", groups=agents, series=rate, maximum=100, unit="%"
         )
@@ -121,7 +128,7 @@ def _sections(now: datetime) -> dict[str, Any]:
                 "admin_url": _admin_url("admin:rooms_app_dispatch_change", w.dispatch_id),
                 "waiting": duration_text(w.waiting_s),
             }
-            for w in rooms_waiting_list(now=now)
+            for w in waiting
         ],
         "failures": [
             {

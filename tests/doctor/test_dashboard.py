@@ -85,6 +85,21 @@ def test_the_dashboard_shows_charts_waiting_rooms_and_failures_with_doctor_links
     assert doctor_url(room_name="support-3", agent_name="support-agent").replace("&", "&amp;") in page
 
 
+def test_waiting_now_counts_the_rooms_listed_as_waiting(history, admin_client):
+    """A token dispatch whose participant has not joined yet (no room in LiveKit) is not a
+    room waiting for its agent: the per-agent count and the list say the same."""
+    not_started = Room.objects.create(name="support-not-yet", status="pending")
+    _dispatch(not_started, "support-agent", "pending", ago_s=5, delivery="token")
+
+    page = admin_client.get("/admin/dispatch-dashboard/").content.decode()
+
+    per_agent = page[page.index('data-section="per-agent"') : page.index('data-section="per-hour"')]
+    row = per_agent[per_agent.index("<td>support-agent</td>") :]
+    cells = re.findall(r"<td>(.*?)</td>", row[: row.index("</tr>")], re.S)
+    assert cells[-1] == "1"  # support-waiting only
+    assert [w.room_name for w in rooms_waiting_list()] == ["support-waiting"]
+
+
 def test_an_empty_dashboard_says_so(admin_client):
     page = admin_client.get("/admin/dispatch-dashboard/").content.decode()
 
