@@ -6,7 +6,7 @@ Celery worker and LiveKit's webhooks. Each log record therefore carries, as JSON
 - `request_id`: from the caller's `X-Request-Id` header (or a new one), set by
   `RequestIdMiddleware`, echoed in the response, and carried into Celery tasks the request
   enqueues;
-- `room`, `agent`, `dispatch_id`: from `log_context(...)` / `log_context_bind(...)`, which the
+- `room`, `agent`, `dispatch_id`: from `log_context(...)`, which the
   dispatch path calls once it knows them (a task that takes a `dispatch_id` gets that much
   bound automatically).
 
@@ -53,11 +53,6 @@ def log_context(**fields: Any) -> Iterator[None]:
         yield
     finally:
         _context.reset(token)
-
-
-def log_context_bind(**fields: Any) -> None:
-    """Add fields for the rest of the current context (a Celery task, a request)."""
-    _context.set({**(_context.get() or {}), **_clean(fields)})
 
 
 def _clean(fields: dict[str, Any]) -> dict[str, str]:
