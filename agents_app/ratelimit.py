@@ -1,7 +1,11 @@
-"""Admission on the token path: count the request against the client's per-minute limit and,
-only if the request is admitted, set the flag whose first setter in each window schedules the
-application of token facts, in one Redis round trip (a Lua script, so a refused request never
-schedules anything), sent before and read after the token's own INSERT.
+"""Admission on the token path: each API client's per-minute request limit.
+
+With Redis, the window's count is shared by every process, and each process takes it in
+leases: one INCRBY reserves a few admissions, which the process then hands out locally, so
+most token requests make no Redis round trip at all. A lease is at most 1 % of the limit
+(at most `MAX_LEASE`, and 1 for limits under 200, which therefore count exactly). It never
+admits more than the limit; at worst, slots reserved by one process and unused when the
+minute ends are refused to the others, at most (processes - 1) x lease per window.
 
 Without Redis the Django cache counts.
 
@@ -14,41 +18,70 @@ database either way, and failing closed would stop every join while Redis restar
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from dataclasses import dataclass
-from functools import lru_cache
-from typing import Any
 
 from django.conf import settings
 from django.core.cache import cache
-from redis.exceptions import NoScriptError
 
 from dispatchportal.redis import REDIS_ERRORS, redis_available, redis_client, redis_down_mark, redis_key
 
 logger = logging.getLogger(__name__)
 WINDOW_S = 60
+MAX_LEASE = 50
 
-_ADMIT = """
-local count = redis.call('INCR', KEYS[1])
-if count == 1 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
-local first = 0
-if count <= tonumber(ARGV[1]) and tonumber(ARGV[3]) > 0 then
-  if redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[3]) then first = 1 end
-end
-return {count, first}
-"""
+# (client key, window) -> admissions this process reserved and has not handed out yet.
+_leases: dict[tuple[str, int], int] = {}
+_lock = threading.Lock()
 
 
-@dataclass(frozen=True, slots=True)
-class Admission:
-    retry_after: int  # 0 when admitted, else seconds until the window ends
-    # Whether this request set the flag first in its window; None when Redis was not asked.
-    first_in_window: bool | None = None
+def lease_size(limit: int) -> int:
+    return max(1, min(MAX_LEASE, limit // 100))
 
 
-@lru_cache(maxsize=4)
-def _admit_script(client: Any) -> Any:
-    return client.register_script(_ADMIT)  # EVALSHA, loading the script on first use
+def admit(*, key: str, limit: int) -> int:
+    """Count one request of `key` (a client) against `limit` per minute. Returns 0 when it is
+    admitted, else the seconds until the window ends (Retry-After)."""
+    now = time.time()
+    window = int(now // WINDOW_S)
+    retry_after = max(1, int((window + 1) * WINDOW_S - now))
+    counter = redis_key("rl", key, str(window))
+    if not settings.REDIS_URL:
+        return retry_after if _count_in_cache(counter) > limit else 0
+    with _lock:
+        left = _leases.pop((key, window), 0)
+        if left:
+            _leases[(key, window)] = left - 1
+            return 0
+        if not redis_available():
+            return 0
+        granted = _lease_take(counter, limit)
+        if granted is None:  # Redis unreachable: admitted uncounted
+            return 0
+        if granted == 0:
+            return retry_after
+        for stale in [k for k in _leases if k[1] != window]:
+            del _leases[stale]
+        if granted > 1:
+            _leases[(key, window)] = granted - 1
+        return 0
+
+
+def _lease_take(counter: str, limit: int) -> int | None:
+    """Reserve a lease in the shared count: how many of its admissions fall within the limit
+    (0: the limit is reached), or None when Redis is unreachable."""
+    size = lease_size(limit)
+    try:
+        client = redis_client()
+        if client is None:  # this process started while Redis was down
+            raise ConnectionError("Redis unreachable")
+        with client.pipeline(transaction=False) as pipe:
+            count, _ = pipe.incrby(counter, size).expire(counter, WINDOW_S * 2).execute()
+    except REDIS_ERRORS:
+        redis_down_mark()
+        logger.warning("rate limit not counted: Redis unreachable (failing open)")
+        return None
+    return max(0, min(size, limit - (count - size)))
 
 
 def _count_in_cache(key: str) -> int:
@@ -59,67 +92,3 @@ def _count_in_cache(key: str) -> int:
     except ValueError:  # expired between add and incr
         cache.set(key, 1, WINDOW_S * 2)
         return 1
-
-
-class Admitting:
-    """An admission sent to Redis whose answer is read later (`result`): meanwhile the caller
-    makes its own round trip (the token's INSERT), so a request waits for the slower of the
-    two, not for both. Without Redis, or while it is down, the answer is known at once."""
-
-    def __init__(self, *, key: str, limit: int, flag_key: str = "", flag_ms: int = 0) -> None:
-        now = time.time()
-        window = int(now // WINDOW_S)
-        self.limit = limit
-        self.retry_after = max(1, int((window + 1) * WINDOW_S - now))
-        counter = redis_key("rl", key, str(window))
-        self.keys = [counter, flag_key or counter]
-        self.args = [limit, WINDOW_S * 2, flag_ms if flag_key else 0]
-        self.client: Any = None
-        self.known: Admission | None = None
-        if not settings.REDIS_URL:
-            count = _count_in_cache(counter)
-            self.known = Admission(self.retry_after if count > limit else 0)
-        elif not redis_available():
-            self.known = Admission(0)
-        else:
-            self._send()
-
-    def _send(self) -> None:
-        try:
-            client = redis_client()
-            if client is None:  # this process started while Redis was down
-                raise ConnectionError("Redis unreachable")
-            script = _admit_script(client)
-            client.single_connection_lock.acquire()  # held until the answer is read
-            self.client = client
-            client.connection.send_command("EVALSHA", script.sha, len(self.keys), *self.keys, *self.args)
-        except REDIS_ERRORS:
-            self._failed()
-
-    def _failed(self) -> None:
-        redis_down_mark()
-        logger.warning("rate limit not counted: Redis unreachable (failing open)")
-        self.known = Admission(0)
-        if self.client is not None:
-            self.client.connection.disconnect()  # a half-read answer must not be read by the next caller
-            self.client.single_connection_lock.release()
-            self.client = None
-
-    def result(self) -> Admission:
-        if self.known is not None:
-            return self.known
-        client = self.client
-        try:
-            try:
-                count, first = client.connection.read_response()
-            except NoScriptError:  # a fresh (or restarted) Redis: load the script, once
-                count, first = _admit_script(client)(keys=self.keys, args=self.args)
-        except REDIS_ERRORS:
-            self._failed()
-            return self.known
-        finally:
-            if self.client is not None:
-                client.single_connection_lock.release()
-                self.client = None
-        self.known = Admission(self.retry_after if count > self.limit else 0, bool(first))
-        return self.known

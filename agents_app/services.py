@@ -178,9 +178,9 @@ def token_mint(*, client: ClientScope, request: TokenRequest, config: Config | N
     """Mint a participant token within the client's scope, applying the matching rules.
     `config` is the configuration the caller authenticated against (saves a second look-up).
 
-    One Redis round trip admits the request; a token that carries agents is also one
-    statement (its fact's INSERT, which reads whether the room is live), sent while Redis
-    answers. Nothing else touches Redis or the database."""
+    The rate limit is counted in this process (with a Redis round trip about once per lease);
+    a token that carries agents is one statement (its fact's INSERT, which reads whether the
+    room is live). Nothing else touches Redis or the database."""
     identity = request.participant_identity or f"user-{secrets.token_hex(6)}"
     room = request.room_name
     if not room:
@@ -210,31 +210,18 @@ def token_mint(*, client: ClientScope, request: TokenRequest, config: Config | N
     ruled = {a.agent_name for a in agents}
     agents += [a for a in requested if a.agent_name not in ruled]
 
-    # The rate limit's Redis round trip overlaps the INSERT of the token's fact.
-    admitting = ratelimit.Admitting(
-        key=f"client:{client.id}",
-        limit=client.rate_limit_per_minute,
-        flag_key=room_services.token_facts_flag_key() if agents else "",
-        flag_ms=int(room_services.APPLY_WINDOW_S * 1000),
-    )
-    fact_id, room_exists = None, False
-    try:
-        if agents:
-            # The token's agents are a fact in the database before anyone holds the token.
-            # LiveKit applies a token's agents only when that join creates the room
-            # (livekit/livekit#4390): for a room the ledger knows is live, they are dispatched
-            # explicitly instead.
-            fact_id, room_exists = room_services.token_fact_record(
-                room_name=room, participant_identity=identity, agents=agents, client=client.name
-            )
-    finally:
-        # Always read Redis's answer, even when the INSERT failed: it must never be left for
-        # the next request on this connection to read.
-        admission = admitting.result()
-    if admission.retry_after:
-        if fact_id is not None:
-            room_services.token_fact_withdraw(fact_id=fact_id)
-        raise RateLimited(admission.retry_after)
+    retry_after = ratelimit.admit(key=f"client:{client.id}", limit=client.rate_limit_per_minute)
+    if retry_after:
+        raise RateLimited(retry_after)
+    room_exists = False
+    if agents:
+        # The token's agents are a fact in the database before anyone holds the token.
+        # LiveKit applies a token's agents only when that join creates the room
+        # (livekit/livekit#4390): for a room the ledger knows is live, they are dispatched
+        # explicitly instead.
+        _, room_exists = room_services.token_fact_record(
+            room_name=room, participant_identity=identity, agents=agents, client=client.name
+        )
     if room_exists:
         agents = [replace(a, delivery="explicit") for a in agents]
 
@@ -259,7 +246,7 @@ def token_mint(*, client: ClientScope, request: TokenRequest, config: Config | N
         room_exists=room_exists,
     )
     if agents:
-        room_services.token_facts_apply_schedule(first_in_window=admission.first_in_window)
+        room_services.token_facts_apply_schedule()
     return minted
 
 

@@ -112,6 +112,11 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # another writer would otherwise fail at once with "database is locked" (no busy wait).
     DATABASES["default"]["OPTIONS"]["transaction_mode"] = "IMMEDIATE"
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-db.sqlite3")}
+else:
+    # Let psycopg prepare the statements that ask for it (the token path's INSERT, see
+    # rooms_app/services/facts.py); Django's default of None turns preparing off even then.
+    # Django's own cursors bind client-side and never prepare, whatever this says.
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("prepare_threshold", 5)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Redis, when given, carries the Celery broker and the shared cache (rate limits, rule-set

@@ -28,10 +28,8 @@ from .facts import (
     token_dispatches_record,
     token_fact_apply,
     token_fact_record,
-    token_fact_withdraw,
     token_facts_apply,
     token_facts_apply_schedule,
-    token_facts_flag_key,
     worker_heartbeat,
 )
 from .ledger import (
@@ -127,9 +125,7 @@ __all__ = [
     "token_dispatches_record",
     "token_fact_apply",
     "token_fact_record",
-    "token_fact_withdraw",
     "token_facts_apply",
     "token_facts_apply_schedule",
-    "token_facts_flag_key",
     "worker_heartbeat",
 ]

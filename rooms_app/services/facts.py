@@ -20,12 +20,13 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg
 from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
 from agents_app.models import Agent
-from dispatchportal.redis import BROKER_ERRORS, redis_available, redis_key
+from dispatchportal.redis import BROKER_ERRORS, redis_available, redis_client, redis_down_mark, redis_key
 
 from ..livekit_client import LkDispatch, LkParticipant
 from ..models import AgentSeen, Dispatch, Room, TokenFact, WorkerHeartbeat
@@ -77,9 +78,7 @@ def token_fact_record(
     for attempt in (1, 2):
         connection.health_check_done = True
         try:
-            with connection.cursor() as cursor:
-                cursor.execute(sql, params)
-                fact_id, live = cursor.fetchone()
+            fact_id, live = _fetchone_prepared(sql, params)
             return fact_id, bool(live)
         except OperationalError:
             if attempt == 2 or connection.in_atomic_block:
@@ -88,9 +87,33 @@ def token_fact_record(
     raise AssertionError("unreachable")
 
 
-def token_fact_withdraw(*, fact_id: int) -> None:
-    """The request was refused after all (over its rate limit): no token, so no fact."""
-    TokenFact.objects.filter(pk=fact_id, applied_at__isnull=True).delete()
+class _PreparedCursor(psycopg.Cursor):
+    """psycopg's server-side binding cursor, preparing each statement it runs."""
+
+    def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
+        return super().execute(query, params, **{**kwargs, "prepare": True})
+
+
+def _fetchone_prepared(sql: str, params: list[Any]) -> tuple[Any, ...]:
+    """Run a statement the token path sends on every request. On PostgreSQL its parameters
+    are bound server-side and it is prepared once per connection: Django's default cursor
+    quotes every parameter into the SQL text, which PostgreSQL then parses and plans anew,
+    and together that was most of a token's cost. Django's cursor wrapper still logs it and
+    turns its errors into Django's. (Behind a transaction-mode pooler this needs PgBouncer
+    1.21+ with `max_prepared_statements`.)"""
+    if connection.vendor != "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            return cursor.fetchone()
+    connection.ensure_connection()
+    raw = _PreparedCursor(connection.connection)
+    with (
+        connection.make_debug_cursor(raw)
+        if connection.queries_logged
+        else connection.make_cursor(raw) as cursor
+    ):
+        cursor.execute(sql, params)
+        return cursor.fetchone()
 
 
 def _agent_json(agent: Any, delivery: str) -> dict[str, str]:
@@ -102,29 +125,37 @@ def _agent_json(agent: Any, delivery: str) -> dict[str, str]:
     }
 
 
-_last_schedule = 0.0
+# Until when this process knows a scheduled application will take in the facts it records.
+_covered_until = 0.0
 
 
-def token_facts_apply_schedule(*, first_in_window: bool | None) -> None:
-    """Have the ledger take in new token facts once the current window ends: one Celery
-    publish per window (with Redis, the first token of each window across processes says so;
-    without, each process keeps its own clock). Skipped while Redis is down: the broker is
-    down with it, and reconcile's sweep applies the facts once it is back."""
-    global _last_schedule
-    if first_in_window is None:
-        now = time.monotonic()
-        if now - _last_schedule < APPLY_WINDOW_S:
-            return
-        _last_schedule = now
-    elif not first_in_window:
+def token_facts_apply_schedule() -> None:
+    """Make sure the ledger takes in the token fact just recorded within about a window:
+    one Celery publish per `APPLY_WINDOW_S` across processes. With Redis, the first process
+    to set the window's flag publishes, and the others, seeing the flag, know that task runs
+    after their fact and skip asking until the flag expires; without Redis each process
+    publishes its own. Skipped while Redis is down: the broker is down with it, and
+    reconcile's sweep applies the facts once it is back."""
+    global _covered_until
+    now = time.monotonic()
+    if now < _covered_until or not redis_available():
         return
-    if not redis_available():
-        return
-    from .. import tasks
-
+    window_ms = int(APPLY_WINDOW_S * 1000)
+    key = redis_key("rooms", "token-facts-scheduled")
     try:
+        client = redis_client()
+        if client is not None:
+            with client.pipeline(transaction=False) as pipe:
+                first, left_ms = pipe.set(key, "1", nx=True, px=window_ms).pttl(key).execute()
+            if not first:  # another process's task runs when the flag expires
+                _covered_until = now + max(left_ms, 0) / 1000
+                return
+        from .. import tasks
+
         tasks.token_facts_apply.apply_async(countdown=APPLY_WINDOW_S, retry=False)
+        _covered_until = now + APPLY_WINDOW_S
     except BROKER_ERRORS:
+        redis_down_mark()
         logger.warning("could not schedule the token facts' application; reconcile will", exc_info=True)
 
 
@@ -217,11 +248,6 @@ def token_fact_apply(*, fact: TokenFact) -> list[Dispatch]:
             )
         recorded.append(dispatch)
     return recorded
-
-
-def token_facts_flag_key() -> str:
-    """The Redis flag whose first setter in each window schedules `token_facts_apply`."""
-    return redis_key("rooms", "token-facts-scheduled")
 
 
 def token_dispatches_record(
