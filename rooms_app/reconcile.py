@@ -45,6 +45,7 @@ from dispatchportal.reserved import is_canary_room
 from . import services
 from .livekit_client import LiveKit, LiveKitError, LkParticipant, LkRoom, livekit_run
 from .models import LIVE_STATUSES, WAITING_STATUSES, Dispatch, Room, TokenFact, WebhookEvent
+from .services.jobs import dispatch_deadline_enqueue, dispatch_request_enqueue
 
 logger = logging.getLogger(__name__)
 
@@ -237,9 +238,9 @@ class ReconcilePass:
                 applied_at__isnull=False, minted_at__lt=self.now - TOKEN_FACT_RETENTION
             ).delete()
             for dispatch_id in self.enqueue_request:
-                services.enqueue("dispatch_request", dispatch_id)
+                dispatch_request_enqueue(dispatch_id=dispatch_id)
             for dispatch_id in self.enqueue_deadline:
-                services.enqueue("dispatch_deadline", dispatch_id)
+                dispatch_deadline_enqueue(dispatch_id=dispatch_id)
 
     def _ledger_rooms(self, in_livekit: dict[str, LkRoom]) -> dict[str, Room]:
         fields = ("id", "name", "sid", "status", "num_participants", "started_at", "created_at")

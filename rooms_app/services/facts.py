@@ -25,10 +25,11 @@ from django.db.models import F
 from django.utils import timezone
 
 from agents_app.models import Agent
-from dispatchportal.redis import BROKER_ERRORS, redis_available, redis_key
+from dispatchportal.redis import redis_available, redis_key
 
 from ..livekit_client import LkDispatch, LkParticipant
 from ..models import AgentSeen, Dispatch, Room, TokenFact, WorkerHeartbeat
+from .jobs import token_facts_apply_enqueue
 from .ledger import dispatch_create, dispatch_note, room_get_or_create
 
 logger = logging.getLogger(__name__)
@@ -120,12 +121,7 @@ def token_facts_apply_schedule(*, first_in_window: bool | None) -> None:
         return
     if not redis_available():
         return
-    from .. import tasks
-
-    try:
-        tasks.token_facts_apply.apply_async(countdown=APPLY_WINDOW_S, retry=False)
-    except BROKER_ERRORS:
-        logger.warning("could not schedule the token facts' application; reconcile will", exc_info=True)
+    token_facts_apply_enqueue(countdown=APPLY_WINDOW_S)
 
 
 def token_facts_apply(*, room_name: str | None = None) -> int:

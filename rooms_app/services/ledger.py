@@ -19,13 +19,13 @@ from django.utils import timezone
 
 from agents_app.models import Agent
 from dispatchportal import metrics
-from dispatchportal.redis import BROKER_ERRORS
 
 from ..livekit_client import (
     LkDispatch,
     LkParticipant,
 )
 from ..models import LIVE_STATUSES, WAITING_STATUSES, Dispatch, DispatchEvent, Room
+from .jobs import dispatch_deadline_enqueue, dispatch_request_enqueue
 
 logger = logging.getLogger(__name__)
 
@@ -56,28 +56,6 @@ def _log(level: int, message: str, dispatch: Dispatch | None = None, **extra: An
             **extra,
         }
     logger.log(level, message, extra=extra)
-
-
-# --- enqueueing -------------------------------------------------------------------------------
-
-
-def enqueue(task_name: str, *args: Any, countdown: float | None = None) -> None:
-    """Send a task once the current transaction commits (at once outside one), so the worker
-    always finds the rows it is given. A broker failure is logged, not raised: the reconcile
-    pass picks up whatever was not sent."""
-    from .. import tasks  # tasks import the services
-
-    task = getattr(tasks, task_name)
-
-    def send() -> None:
-        try:
-            task.apply_async(args=args, countdown=countdown, retry=False)
-        except BROKER_ERRORS:  # a broker outage must not fail the committed work
-            logger.warning(
-                "could not enqueue %s%r; the reconcile pass will catch up", task_name, args, exc_info=True
-            )
-
-    transaction.on_commit(send)
 
 
 # --- rooms ----------------------------------------------------------------------------------
@@ -285,7 +263,7 @@ def dispatch_create(
             continue  # the live one ended between our insert and this read: try again
         _log(logging.INFO, f"dispatch recorded: {dispatch.get_source_display()}", dispatch, status=status)
         if status == S.PENDING and delivery == Dispatch.Delivery.EXPLICIT:
-            enqueue("dispatch_request", dispatch.pk)
+            dispatch_request_enqueue(dispatch_id=dispatch.pk)
         elif status == S.PENDING and room.status == Room.Status.ACTIVE:
             dispatch_deadline_arm(dispatch=dispatch, agent=agent)
         return dispatch, True
@@ -316,7 +294,7 @@ def dispatch_deadline_arm(
     Dispatch.objects.filter(pk=dispatch.pk).update(deadline_at=deadline)
     dispatch.deadline_at = deadline
     countdown = max(0.0, (deadline - timezone.now()).total_seconds()) + DEADLINE_GRACE_S
-    enqueue("dispatch_deadline", dispatch.pk, countdown=countdown)
+    dispatch_deadline_enqueue(dispatch_id=dispatch.pk, countdown=countdown)
 
 
 def token_deadlines_arm(*, room: Room) -> int:
@@ -473,5 +451,5 @@ def dispatch_deliver_explicitly(*, dispatch: Dispatch, why: str) -> bool:
             return False
         dispatch.delivery, dispatch.deadline_at = Dispatch.Delivery.EXPLICIT, None
         dispatch_note(dispatch=dispatch, detail=f"{why}; dispatching explicitly")
-        enqueue("dispatch_request", dispatch.pk)
+        dispatch_request_enqueue(dispatch_id=dispatch.pk)
     return True

@@ -28,6 +28,7 @@ from ..livekit_client import (
 )
 from ..models import LIVE_STATUSES, WAITING_STATUSES, Dispatch, Room
 from .facts import agents_seen_in
+from .jobs import dispatch_deadline_enqueue
 from .ledger import (
     DEADLINE_GRACE_S,
     ROOM_FRESH,
@@ -38,7 +39,6 @@ from .ledger import (
     dispatch_note,
     dispatch_retry,
     dispatch_transition,
-    enqueue,
     job_assigned_record,
 )
 
@@ -332,9 +332,8 @@ def dispatch_deadline_check(*, dispatch_id: int) -> str:
     now = timezone.now()
     if dispatch.deadline_at > now + timedelta(seconds=0.05):
         # Ran early (the deadline was moved, or an ETA message was redelivered).
-        enqueue(
-            "dispatch_deadline",
-            dispatch.pk,
+        dispatch_deadline_enqueue(
+            dispatch_id=dispatch.pk,
             countdown=(dispatch.deadline_at - now).total_seconds() + DEADLINE_GRACE_S,
         )
         return "rescheduled"

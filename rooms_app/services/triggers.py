@@ -23,6 +23,7 @@ from ..livekit_client import (
     LkParticipant,
 )
 from ..models import LIVE_STATUSES, Dispatch, Room
+from .jobs import dispatch_remove_enqueue, dispatch_token_check_enqueue
 from .ledger import (
     S,
     agent_joined_record,
@@ -30,7 +31,6 @@ from .ledger import (
     dispatch_create,
     dispatch_note,
     dispatch_transition,
-    enqueue,
     room_get_or_create,
 )
 
@@ -133,7 +133,7 @@ def dispatch_cancel(*, dispatch: Dispatch, by: str) -> bool:
             dispatch=dispatch, to=S.CANCELLED, expect=LIVE_STATUSES, detail=f"cancelled by {by}"
         )
         if done:
-            enqueue("dispatch_remove", dispatch.pk)
+            dispatch_remove_enqueue(dispatch_id=dispatch.pk)
     return done
 
 
@@ -247,5 +247,5 @@ def person_joined(*, room: Room, participant: LkParticipant) -> int:
     ).values_list("pk", flat=True)
     ids = list(waiting)
     for dispatch_id in ids:
-        enqueue("dispatch_token_check", dispatch_id, participant.identity)
+        dispatch_token_check_enqueue(dispatch_id=dispatch_id, identity=participant.identity)
     return len(ids)
