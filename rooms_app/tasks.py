@@ -1,14 +1,17 @@
 """Celery tasks of the dispatch lifecycle.
 
-Each task takes ids, loads its row and calls one service whose status guard makes a second
-run harmless, which is why they are `acks_late` with `reject_on_worker_lost`: a worker killed
-mid-task gets the task redelivered, and the redelivery adopts whatever the first run already
-did in LiveKit instead of doing it twice. (`token_facts_apply` takes nothing: it applies
-every token fact not yet applied, each at most once.)
+Each dispatch task takes a dispatch id (`dispatch_token_check` also the joining identity),
+loads its row and calls one service whose status guard makes a second run harmless, which is
+why they are `acks_late` with `reject_on_worker_lost`: a worker killed mid-task gets the task
+redelivered, and the redelivery adopts whatever the first run already did in LiveKit instead
+of doing it twice. `token_facts_apply` and `reconcile_run` take nothing: the first applies
+every token fact not yet applied, each at most once; the second is the periodic pass.
 
-Only named transient errors are retried (LiveKit unreachable, timing out or answering 5xx;
-the database being briefly locked), with exponential backoff, jitter and a bound. LiveKit
-refusing a request (4xx) is a final answer, recorded by the service.
+Only named transient errors are retried (each task's `autoretry_for`: LiveKit unreachable,
+timing out or answering 5xx; the database dropped or briefly locked), with exponential
+backoff, full jitter and a bound; past it the task fails with the error, except
+`dispatch_request`, which ends its row as failed. LiveKit refusing a request (4xx) is a final
+answer, recorded by the service.
 """
 
 from __future__ import annotations

@@ -3,13 +3,15 @@ arrived first. The ledger's state (a dispatch's status) is derived from them by 
 
 - A token that carries agents is a `TokenFact`, written on the request path before the
   answer (one INSERT, which also reads whether the room is live). `token_facts_apply` turns
-  unapplied facts into ledger rows: a task scheduled once per `APPLY_WINDOW_S` by the token
-  path, every participant webhook for its room (so the ledger knows the token before it
-  judges who joined), and every reconcile pass
+  unapplied facts into ledger rows: a task that the first token of each `APPLY_WINDOW_S`
+  schedules for the window's end, every participant_joined webhook for its room (so the
+  ledger knows the token before it judges who joined), and every reconcile pass
   (the sweep that catches up after a broker outage). Each fact is applied in its own
   savepoint: a record that cannot be applied is marked with its error and skipped.
-- `AgentSeen`: agent names workers really register with, from every place they show.
-- `WorkerHeartbeat`: the Celery worker's sign of life, read by the doctor.
+- `AgentSeen`: agent names workers really register with, from every place they show (one row
+  per name, updated with the latest sighting).
+- `WorkerHeartbeat`: the Celery worker's sign of life, read by the doctor (one row per worker,
+  updated every beat).
 """
 
 from __future__ import annotations
