@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 # the task's transaction rolled back, and Celery's Django fix-up opens a new connection for
 # the retry.
 DATABASE_DROPPED = (OperationalError, InterfaceError)
+LIVEKIT_OR_DATABASE_DOWN = (LiveKitUnavailable, *DATABASE_DROPPED)
 
 
 def backoff_s(retries: int) -> float:
@@ -99,21 +100,13 @@ def dispatch_request(self: Task, dispatch_id: int) -> str:
 
 
 # Given up, the reconcile pass re-checks overdue dispatches later.
-@shared_task(
-    base=LifecycleTask,
-    name="rooms.dispatch_deadline",
-    autoretry_for=(LiveKitUnavailable, *DATABASE_DROPPED),
-)
+@shared_task(base=LifecycleTask, name="rooms.dispatch_deadline", autoretry_for=LIVEKIT_OR_DATABASE_DOWN)
 def dispatch_deadline(dispatch_id: int) -> str:
     """The agent's join deadline passed: joined, or why not, and what next."""
     return services.dispatch_deadline_check(dispatch_id=dispatch_id)
 
 
-@shared_task(
-    base=LifecycleTask,
-    name="rooms.dispatch_remove",
-    autoretry_for=(LiveKitUnavailable, *DATABASE_DROPPED),
-)
+@shared_task(base=LifecycleTask, name="rooms.dispatch_remove", autoretry_for=LIVEKIT_OR_DATABASE_DOWN)
 def dispatch_remove(dispatch_id: int) -> str:
     """DeleteDispatch for a cancelled dispatch (removes its agent from the room)."""
     return services.dispatch_remove(dispatch_id=dispatch_id)

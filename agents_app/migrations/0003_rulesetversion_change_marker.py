@@ -1,19 +1,11 @@
 # The rule-set change marker was called `token`, which read as a LiveKit token.
-
 from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-    dependencies = [
-        ("agents_app", "0002_rule_deployment_attributes"),
-    ]
-
+    dependencies = [("agents_app", "0002_rule_deployment_attributes")]
     operations = [
-        migrations.RenameField(
-            model_name="rulesetversion",
-            old_name="token",
-            new_name="change_marker",
-        ),
+        migrations.RenameField(model_name="rulesetversion", old_name="token", new_name="change_marker"),
         migrations.AlterField(
             model_name="rulesetversion",
             name="change_marker",
