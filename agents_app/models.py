@@ -206,7 +206,14 @@ class RuleSetVersion(models.Model):
 
     ident = models.SmallIntegerField(default=1, primary_key=True, unique=True)
     version = models.BigIntegerField("version", default=0)
-    token = models.CharField("change token", max_length=64, default="initial", editable=False)
+    change_marker = models.CharField(
+        "change marker",
+        max_length=64,
+        default="initial",
+        editable=False,
+        help_text="A new random value on every change, e.g. '3f2a9c0e5b7d4a61'; processes serving "
+        "tokens reload their rules when it moves. Not a LiveKit token.",
+    )
     changed_at = models.DateTimeField("changed", auto_now=True)
 
     def __str__(self) -> str:

@@ -1,5 +1,5 @@
 """Reads. The token path's whole configuration (compiled rules and client keys) is held per
-process and reloaded only when the rule-set change token in the cache moves, so a token
+process and reloaded only when the rule-set change marker in the cache moves, so a token
 request makes no database query in the steady state."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from .models import Agent, ApiClient, DispatchRule, RuleSetVersion
 from .rules import CompiledRule, Matcher, RuleError, RuleSet, RuleSpec, matcher_compile, rule_compile
 
 logger = logging.getLogger(__name__)
-CHANGE_TOKEN_KEY = "agents:ruleset-token"
+CHANGE_MARKER_KEY = "agents:ruleset-change-marker"
 GRANT_FIELDS = ("can_publish", "can_subscribe", "can_publish_data", "can_update_own_metadata", "hidden")
 
 
@@ -54,7 +54,7 @@ class ClientScope:
 
 @dataclass(frozen=True, slots=True)
 class Config:
-    token: str
+    change_marker: str
     version: int
     rules: RuleSet
     clients: dict[str, ClientScope]
@@ -120,11 +120,11 @@ def ruleset_build(
     return RuleSet(compiled, version=version)
 
 
-def _config_load(token: str) -> Config:
+def _config_load(change_marker: str) -> Config:
     row = RuleSetVersion.objects.filter(ident=1).first()
     clients = ApiClient.objects.prefetch_related("agents")
     return Config(
-        token=token,
+        change_marker=change_marker,
         version=row.version if row else 0,
         rules=ruleset_build(version=row.version if row else 0),
         clients={c.key_digest: _client_scope(c) for c in clients},
@@ -137,27 +137,27 @@ _current: Config | None = None
 _checked_at = 0.0
 
 
-def change_token_get() -> str:
-    token = None
+def change_marker_get() -> str:
+    marker = None
     try:
         if redis_available():  # while Redis is known down, do not wait on it
-            token = cache.get(CHANGE_TOKEN_KEY)
+            marker = cache.get(CHANGE_MARKER_KEY)
     except (RedisError, OSError):  # Redis restarting must not fail token requests
-        logger.warning("cache unreachable; reading the rule-set token from the database")
+        logger.warning("cache unreachable; reading the rule-set change marker from the database")
         redis_down_mark()
-    if token is None:
+    if marker is None:
         row = RuleSetVersion.objects.filter(ident=1).first()
-        token = row.token if row else "initial"
+        marker = row.change_marker if row else "initial"
         if redis_available():
             with contextlib.suppress(RedisError, OSError):
-                cache.add(CHANGE_TOKEN_KEY, token, None)
-    return token
+                cache.add(CHANGE_MARKER_KEY, marker, None)
+    return marker
 
 
 def config_get() -> Config:
     """The current configuration, compiled once per change of the rule set.
 
-    The shared change token is read at most every CONFIG_CHECK_INTERVAL_S per process (one
+    The shared change marker is read at most every CONFIG_CHECK_INTERVAL_S per process (one
     cache round trip saved on almost every token request); changes made in this process
     apply at once (`config_invalidate`), other processes see them within the interval."""
     global _current, _checked_at
@@ -165,13 +165,13 @@ def config_get() -> Config:
     now = time.monotonic()
     if current is not None and now - _checked_at < settings.CONFIG_CHECK_INTERVAL_S:
         return current
-    token = change_token_get()
+    marker = change_marker_get()
     _checked_at = now
-    if current is not None and current.token == token:
+    if current is not None and current.change_marker == marker:
         return current
     with _lock:
-        if _current is None or _current.token != token:
-            _current = _config_load(token)
+        if _current is None or _current.change_marker != marker:
+            _current = _config_load(marker)
         return _current
 
 

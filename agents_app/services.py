@@ -22,7 +22,7 @@ from . import ratelimit
 from .models import Agent, ApiClient, RuleSetVersion
 from .rules import AppliedAgent, Join, MetadataTooLarge, RuleSet, RuleSpec
 from .selectors import (
-    CHANGE_TOKEN_KEY,
+    CHANGE_MARKER_KEY,
     ClientScope,
     Config,
     config_get,
@@ -51,18 +51,18 @@ class RateLimited(ApplicationError):
 
 def ruleset_bump() -> None:
     """Move the rule-set version. Readers in this transaction see the change at once; other
-    processes get a fresh token only after commit, so none caches rules from before it."""
-    token = uuid.uuid4().hex
-    if not RuleSetVersion.objects.filter(ident=1).update(version=F("version") + 1, token=token):
-        RuleSetVersion.objects.get_or_create(ident=1, defaults={"version": 1, "token": token})
-    _token_publish(f"{token}-uncommitted")
+    processes get a fresh change marker only after commit, so none caches rules from before it."""
+    marker = uuid.uuid4().hex
+    if not RuleSetVersion.objects.filter(ident=1).update(version=F("version") + 1, change_marker=marker):
+        RuleSetVersion.objects.get_or_create(ident=1, defaults={"version": 1, "change_marker": marker})
+    _change_marker_publish(f"{marker}-uncommitted")
     config_invalidate()
-    transaction.on_commit(lambda: _token_publish(token))
+    transaction.on_commit(lambda: _change_marker_publish(marker))
 
 
-def _token_publish(token: str) -> None:
+def _change_marker_publish(marker: str) -> None:
     try:
-        cache.set(CHANGE_TOKEN_KEY, token, None)
+        cache.set(CHANGE_MARKER_KEY, marker, None)
     except (RedisError, OSError):
         logger.warning("cache unreachable; rule-set change seen on the next cache miss")
 

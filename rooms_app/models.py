@@ -4,8 +4,11 @@ For every room it governs the portal records which agents it wants there and wha
 each request: the agent joined, or a named reason why not. A dispatch is created only by
 `services.dispatch_create` and changes status only through `services.dispatch_transition`
 (a conditional update, so two workers racing on one dispatch cannot both win a transition);
-rooms change through the services and reconcile's bulk pass. Token facts (end of this
-module) are appended and never rewritten: only their `applied_at` bookkeeping changes.
+rooms change through the services, reconcile's bulk pass, and the participant-left webhooks
+(the room's participant count). Token facts (end of this module) are appended and never
+rewritten: only their bookkeeping (`applied_at`, `apply_error`) changes; a fact is withdrawn
+when its request is refused over the rate limit, and reconcile deletes applied ones after a
+retention.
 """
 
 from __future__ import annotations

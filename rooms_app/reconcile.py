@@ -45,10 +45,10 @@ from dispatchportal.reserved import is_canary_room
 from . import services
 from .livekit_client import LiveKit, LiveKitError, LkParticipant, LkRoom, livekit_run
 from .models import LIVE_STATUSES, WAITING_STATUSES, Dispatch, Room, TokenFact, WebhookEvent
+from .services.jobs import dispatch_deadline_enqueue, dispatch_request_enqueue
 
 logger = logging.getLogger(__name__)
 
-S = Dispatch.Status
 LOCK_TIMEOUT_S = 300
 # A pending explicit dispatch untouched this long has lost its task (broker restart, the
 # filesystem broker without acks): send it again. Longer than the longest retry backoff.
@@ -237,9 +237,9 @@ class ReconcilePass:
                 applied_at__isnull=False, minted_at__lt=self.now - TOKEN_FACT_RETENTION
             ).delete()
             for dispatch_id in self.enqueue_request:
-                services.enqueue("dispatch_request", dispatch_id)
+                dispatch_request_enqueue(dispatch_id=dispatch_id)
             for dispatch_id in self.enqueue_deadline:
-                services.enqueue("dispatch_deadline", dispatch_id)
+                dispatch_deadline_enqueue(dispatch_id=dispatch_id)
 
     def _ledger_rooms(self, in_livekit: dict[str, LkRoom]) -> dict[str, Room]:
         fields = ("id", "name", "sid", "status", "num_participants", "started_at", "created_at")
@@ -323,7 +323,7 @@ class ReconcilePass:
             live_by_room[room.pk] = [
                 d
                 for d in live_by_room.get(room.pk, [])
-                if d.status == S.PENDING or services.livekit_took_at(d) >= began
+                if d.status == Dispatch.Status.PENDING or services.livekit_took_at(d) >= began
             ]
 
         # Rooms the ledger holds as live that LiveKit no longer has.
@@ -343,7 +343,7 @@ class ReconcilePass:
             self._rooms_close(
                 gone,
                 live_by_room,
-                to=S.ROOM_CLOSED,
+                to=Dispatch.Status.ROOM_CLOSED,
                 detail="the room no longer exists in LiveKit (reconcile)",
             )
             self.report.rooms_closed += len(gone)
@@ -351,7 +351,7 @@ class ReconcilePass:
             self._rooms_close(
                 expired,
                 live_by_room,
-                to=S.CANCELLED,
+                to=Dispatch.Status.CANCELLED,
                 detail="no participant ever joined with the token (reconcile)",
             )
             self.report.tokens_expired += len(expired)
@@ -401,10 +401,13 @@ class ReconcilePass:
                 match = _match(dispatch, agent_participants, claimed)
                 if match is not None:
                     claimed.add(match.identity)
-                    if dispatch.status != S.AGENT_JOINED or dispatch.participant_identity != match.identity:
+                    if (
+                        dispatch.status != Dispatch.Status.AGENT_JOINED
+                        or dispatch.participant_identity != match.identity
+                    ):
                         joins.append((dispatch, match))
                     continue
-                if dispatch.status == S.AGENT_JOINED:
+                if dispatch.status == Dispatch.Status.AGENT_JOINED:
                     lefts.append(dispatch)
                 elif dispatch.status in WAITING_STATUSES:
                     self._waiting(dispatch, room)
@@ -426,7 +429,10 @@ class ReconcilePass:
         for room_id, live in live_by_room.items():
             if room_id not in checked:
                 for dispatch in live:
-                    if dispatch.status == S.PENDING and dispatch.delivery == Dispatch.Delivery.EXPLICIT:
+                    if (
+                        dispatch.status == Dispatch.Status.PENDING
+                        and dispatch.delivery == Dispatch.Delivery.EXPLICIT
+                    ):
                         self._requeue_if_stale(dispatch)
         # One row per agent name, however many rooms show it.
         if sightings:
@@ -441,9 +447,9 @@ class ReconcilePass:
             if dispatch.deadline_at < now - timedelta(seconds=OVERDUE_GRACE_S):
                 self.enqueue_deadline.append(dispatch.pk)
                 self.report.deadline_checks += 1
-        elif dispatch.status == S.PENDING and dispatch.delivery == Dispatch.Delivery.EXPLICIT:
+        elif dispatch.status == Dispatch.Status.PENDING and dispatch.delivery == Dispatch.Delivery.EXPLICIT:
             self._requeue_if_stale(dispatch)
-        elif dispatch.status == S.PENDING and dispatch.delivery == Dispatch.Delivery.TOKEN:
+        elif dispatch.status == Dispatch.Status.PENDING and dispatch.delivery == Dispatch.Delivery.TOKEN:
             dispatch.room = room
             services.dispatch_deadline_arm(dispatch=dispatch)
 
@@ -459,11 +465,11 @@ class ReconcilePass:
 
     def _joins_write(self, joins: list[tuple[Dispatch, LkParticipant]]) -> None:
         for dispatch, participant in joins:
-            if dispatch.status == S.AGENT_JOINED:
+            if dispatch.status == Dispatch.Status.AGENT_JOINED:
                 services.dispatch_transition(
                     dispatch=dispatch,
-                    to=S.AGENT_JOINED,
-                    expect=(S.AGENT_JOINED,),
+                    to=Dispatch.Status.AGENT_JOINED,
+                    expect=(Dispatch.Status.AGENT_JOINED,),
                     detail=f"agent participant is now '{participant.identity}' (reconcile)",
                     participant_identity=participant.identity,
                 )
@@ -512,7 +518,7 @@ class ReconcilePass:
                     room=room,
                     agent=agent,
                     source=Dispatch.Source.RECONCILE,
-                    status=S.AGENT_JOINED,
+                    status=Dispatch.Status.AGENT_JOINED,
                     metadata="",
                     participant_identity=present.identity,
                     joined_at=present.joined_at or self.now,

@@ -1,14 +1,17 @@
 """Celery tasks of the dispatch lifecycle.
 
-Each task takes ids, loads its row and calls one service whose status guard makes a second
-run harmless, which is why they are `acks_late` with `reject_on_worker_lost`: a worker killed
-mid-task gets the task redelivered, and the redelivery adopts whatever the first run already
-did in LiveKit instead of doing it twice. (`token_facts_apply` takes nothing: it applies
-every token fact not yet applied, each at most once.)
+Each dispatch task takes a dispatch id (`dispatch_token_check` also the joining identity),
+loads its row and calls one service whose status guard makes a second run harmless, which is
+why they are `acks_late` with `reject_on_worker_lost`: a worker killed mid-task gets the task
+redelivered, and the redelivery adopts whatever the first run already did in LiveKit instead
+of doing it twice. `token_facts_apply` and `reconcile_run` take nothing: the first applies
+every token fact not yet applied, each at most once; the second is the periodic pass.
 
-Only named transient errors are retried (LiveKit unreachable, timing out or answering 5xx;
-the database being briefly locked), with exponential backoff, jitter and a bound. LiveKit
-refusing a request (4xx) is a final answer, recorded by the service.
+Only named transient errors are retried (each task's `autoretry_for`: LiveKit unreachable,
+timing out or answering 5xx; the database dropped or briefly locked), with exponential
+backoff, full jitter and a bound; past it the task fails with the error, except
+`dispatch_request`, which ends its row as failed. LiveKit refusing a request (4xx) is a final
+answer, recorded by the service.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import random
 from typing import Any
 
 from celery import Task, shared_task
+from celery.exceptions import Retry
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
@@ -29,15 +33,15 @@ logger = logging.getLogger(__name__)
 # the task's transaction rolled back, and Celery's Django fix-up opens a new connection for
 # the retry.
 DATABASE_DROPPED = (OperationalError, InterfaceError)
+LIVEKIT_OR_DATABASE_DOWN = (LiveKitUnavailable, *DATABASE_DROPPED)
 
 
 def backoff_s(retries: int) -> float:
-    """Exponential backoff with equal jitter: half the step fixed, half random, so retries
-    of many dispatches after one outage do not arrive at LiveKit in lockstep."""
+    """Exponential backoff with full jitter (Celery's `retry_jitter`): anywhere from 0 to the
+    step, so retries of many dispatches after one outage do not arrive at LiveKit in lockstep."""
     base = float(getattr(settings, "DISPATCH_RETRY_BACKOFF_S", 1.0))
     cap = float(getattr(settings, "DISPATCH_RETRY_BACKOFF_MAX_S", 60.0))
-    step = min(cap, base * (2**retries))
-    return step / 2 + random.uniform(0, step / 2)
+    return random.uniform(0, min(cap, base * (2**retries)))
 
 
 def max_retries() -> int:
@@ -45,34 +49,37 @@ def max_retries() -> int:
 
 
 class LifecycleTask(Task):
+    """Each task names its transient errors in Celery's `autoretry_for`; Celery retries them
+    and, past `max_retries`, fails the task with the error.
+
+    Celery's `retry_backoff`, `retry_backoff_max` and `max_retries` options are fixed when the
+    task class is created and its backoff is in whole seconds (at least 1), while the DISPATCH_*
+    settings are read at each retry (tests change them with the `settings` fixture and set
+    0.2 s): so `retry()` below fills in the countdown and the bound from them instead."""
+
     acks_late = True
     reject_on_worker_lost = True
     soft_time_limit = 30
     time_limit = 45
-    # Retries are decided per task with the settings above, not by Celery's default.
+    # No bound of the class's own: `retry()` passes DISPATCH_MAX_RETRIES unless told otherwise.
     max_retries = None
 
-
-def _retry(task: Task, exc: Exception, *, what: str, dispatch_id: int | None = None) -> Any:
-    retries = task.request.retries
-    if retries >= max_retries():
-        logger.error(
-            "%s: LiveKit still unavailable after %d retries: %s",
-            what,
-            retries,
-            exc,
-            extra={"dispatch_id": dispatch_id},
-        )
-        return None
-    countdown = backoff_s(retries)
-    logger.warning(
-        "%s: %s; retry %d in %.1f s", what, exc, retries + 1, countdown, extra={"dispatch_id": dispatch_id}
-    )
-    raise task.retry(exc=exc, countdown=countdown, max_retries=None)
+    def retry(self, *args: Any, countdown: float | None = None, **options: Any) -> Retry:
+        """Celery's retry, after `backoff_s` and bounded by DISPATCH_MAX_RETRIES unless the
+        caller passes `countdown` or `max_retries` (`None`: no bound)."""
+        retries = self.request.retries
+        if countdown is None:
+            countdown = backoff_s(retries)
+        bound = options.setdefault("max_retries", max_retries())
+        if bound is None or retries < bound:
+            logger.warning(
+                "%s: %s; retry %d in %.1f s", self.name, options.get("exc"), retries + 1, countdown
+            )
+        return super().retry(*args, countdown=countdown, **options)
 
 
-@shared_task(bind=True, base=LifecycleTask, name="rooms.dispatch_request")
-def dispatch_request(self: Task, dispatch_id: int) -> str | None:
+@shared_task(bind=True, base=LifecycleTask, name="rooms.dispatch_request", autoretry_for=DATABASE_DROPPED)
+def dispatch_request(self: Task, dispatch_id: int) -> str:
     """CreateDispatch for a pending explicit dispatch (or adopt the one already made)."""
     try:
         return services.dispatch_request(dispatch_id=dispatch_id)
@@ -80,6 +87,7 @@ def dispatch_request(self: Task, dispatch_id: int) -> str | None:
         # Not a failure: a duplicate of this task is mid-call; look again when its lease ends.
         raise self.retry(exc=exc, countdown=exc.retry_in_s, max_retries=None) from None
     except LiveKitUnavailable as exc:
+        # By hand, not `autoretry_for`: Celery has no hook for the last try, which ends the row.
         if self.request.retries >= max_retries():
             services.dispatch_unavailable_give_up(
                 dispatch_id=dispatch_id, error=exc.message, tries=self.request.retries + 1
@@ -88,49 +96,35 @@ def dispatch_request(self: Task, dispatch_id: int) -> str | None:
         services.dispatch_unavailable_note(
             dispatch_id=dispatch_id, error=exc.message, retry=self.request.retries + 1
         )
-        return _retry(self, exc, what="dispatch_request", dispatch_id=dispatch_id)
-    except DATABASE_DROPPED as exc:
-        return _retry(self, exc, what="dispatch_request", dispatch_id=dispatch_id)
+        raise self.retry(exc=exc) from exc
 
 
-@shared_task(bind=True, base=LifecycleTask, name="rooms.dispatch_deadline")
-def dispatch_deadline(self: Task, dispatch_id: int) -> str | None:
+# Given up, the reconcile pass re-checks overdue dispatches later.
+@shared_task(base=LifecycleTask, name="rooms.dispatch_deadline", autoretry_for=LIVEKIT_OR_DATABASE_DOWN)
+def dispatch_deadline(dispatch_id: int) -> str:
     """The agent's join deadline passed: joined, or why not, and what next."""
-    try:
-        return services.dispatch_deadline_check(dispatch_id=dispatch_id)
-    except LiveKitUnavailable as exc:
-        # Given up here, the reconcile pass re-checks overdue dispatches later.
-        return _retry(self, exc, what="dispatch_deadline", dispatch_id=dispatch_id)
-    except DATABASE_DROPPED as exc:
-        return _retry(self, exc, what="dispatch_deadline", dispatch_id=dispatch_id)
+    return services.dispatch_deadline_check(dispatch_id=dispatch_id)
 
 
-@shared_task(bind=True, base=LifecycleTask, name="rooms.dispatch_remove")
-def dispatch_remove(self: Task, dispatch_id: int) -> str | None:
+@shared_task(base=LifecycleTask, name="rooms.dispatch_remove", autoretry_for=LIVEKIT_OR_DATABASE_DOWN)
+def dispatch_remove(dispatch_id: int) -> str:
     """DeleteDispatch for a cancelled dispatch (removes its agent from the room)."""
-    try:
-        return services.dispatch_remove(dispatch_id=dispatch_id)
-    except (LiveKitUnavailable, *DATABASE_DROPPED) as exc:
-        return _retry(self, exc, what="dispatch_remove", dispatch_id=dispatch_id)
+    return services.dispatch_remove(dispatch_id=dispatch_id)
 
 
-@shared_task(bind=True, base=LifecycleTask, name="rooms.dispatch_token_check")
-def dispatch_token_check(self: Task, dispatch_id: int, identity: str) -> str | None:
+# Given up, the join deadline still converts the dispatch.
+@shared_task(base=LifecycleTask, name="rooms.dispatch_token_check", autoretry_for=(LiveKitUnavailable,))
+def dispatch_token_check(dispatch_id: int, identity: str) -> str:
     """The token's participant joined: did LiveKit honour the token's agents?"""
-    try:
-        return services.dispatch_token_join_check(dispatch_id=dispatch_id, identity=identity)
-    except LiveKitUnavailable as exc:  # given up here, the join deadline still converts it
-        return _retry(self, exc, what="dispatch_token_check", dispatch_id=dispatch_id)
+    return services.dispatch_token_join_check(dispatch_id=dispatch_id, identity=identity)
 
 
-@shared_task(bind=True, base=LifecycleTask, name="rooms.token_facts_apply")
-def token_facts_apply(self: Task) -> int | None:
+# SQLite busy, a PostgreSQL failover: transient.
+@shared_task(base=LifecycleTask, name="rooms.token_facts_apply", autoretry_for=(OperationalError,))
+def token_facts_apply() -> int:
     """Apply the token facts the token path recorded (scheduled by the first token of each
     window; every reconcile pass sweeps as well)."""
-    try:
-        return services.token_facts_apply()
-    except OperationalError as exc:  # SQLite busy, a PostgreSQL failover: transient
-        return _retry(self, exc, what="token_facts_apply")
+    return services.token_facts_apply()
 
 
 @shared_task(bind=True, base=LifecycleTask, name="rooms.reconcile", soft_time_limit=240, time_limit=300)

@@ -36,7 +36,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(settings, tmp_path) -> None:
-    """Each test gets its own cache namespace, so counters and the rule-set token never leak."""
+    """Each test gets its own cache namespace, so counters and the rule-set change marker never leak."""
     from agents_app import selectors
 
     prefix = f"test-{uuid.uuid4().hex[:8]}"

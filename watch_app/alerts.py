@@ -15,6 +15,7 @@ import json
 import logging
 import random
 import secrets
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -38,6 +39,16 @@ class DeliveryRetry(Exception):
     def __init__(self, message: str, *, countdown: float) -> None:
         super().__init__(message)
         self.countdown = countdown
+
+
+# Sends one delivery: the `alerts.deliver` task's `delay`, bound by `WatchAppConfig.ready()`.
+# The tasks import this module, so it does not import them back.
+_deliver_send: Callable[[int], object] | None = None
+
+
+def deliver_send_bind(*, send: Callable[[int], object]) -> None:
+    global _deliver_send
+    _deliver_send = send
 
 
 def target_secret_generate() -> str:
@@ -137,8 +148,9 @@ def incident_set(
 
 
 def _deliveries_create(*, incident: Incident, event: str, now: datetime) -> list[AlertDelivery]:
-    from . import tasks
-
+    send = _deliver_send
+    if send is None:
+        raise RuntimeError("alert deliveries are not bound: WatchAppConfig.ready() binds them")
     created = []
     hour_ago = now - timedelta(hours=1)
     for target in AlertTarget.objects.filter(enabled=True):
@@ -157,7 +169,7 @@ def _deliveries_create(*, incident: Incident, event: str, now: datetime) -> list
         )
         created.append(delivery)
         if not limited:
-            transaction.on_commit(lambda pk=delivery.pk: tasks.alert_deliver.delay(pk))
+            transaction.on_commit(lambda pk=delivery.pk: send(pk))
     return created
 
 

@@ -6,6 +6,9 @@ class WatchAppConfig(AppConfig):
     verbose_name = "Alerts, workers and canaries"
 
     def ready(self) -> None:
-        # Observes the reconcile and dispatch tasks' outcomes (Celery signals), so alerts need
-        # no hook inside the dispatch lifecycle's code.
-        from . import signals  # noqa: F401
+        # `signals` observes the reconcile and dispatch tasks' outcomes (Celery signals), so
+        # alerts need no hook inside the dispatch lifecycle's code. Alerts send deliveries
+        # through the task bound here, without importing the tasks module (which imports them).
+        from . import alerts, signals, tasks  # noqa: F401
+
+        alerts.deliver_send_bind(send=tasks.alert_deliver.delay)

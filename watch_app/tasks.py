@@ -1,4 +1,5 @@
-"""Celery tasks of alerts, worker presence and canaries: each takes ids and calls a service."""
+"""Celery tasks of alerts, worker presence and canaries: each calls a service (the delivery
+and canary tasks take an id; the periodic checks and the poll take none)."""
 
 from __future__ import annotations
 

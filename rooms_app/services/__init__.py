@@ -1,12 +1,13 @@
 """Writes to the dispatch ledger and the dispatch lifecycle's calls to LiveKit.
 
-- `facts`: append-only records (tokens minted, agent names seen, the worker's heartbeat)
-  and their application to the ledger;
+- `facts`: the tokens minted (append-only) and their application to the ledger; the agent
+  names seen and the worker's heartbeat (one row each, kept current);
 - `ledger`: rooms, dispatch rows, compare-and-set transitions, re-dispatch and fallback;
 - `triggers`: what asks for an agent (rules, Dispatch API, admin) and what the
   webhooks report (agents joining and leaving);
 - `lifecycle`: the calls to LiveKit the Celery tasks make (CreateDispatch exactly once,
-  DeleteDispatch, the join-deadline check).
+  DeleteDispatch, the join-deadline check, the token's join check);
+- `jobs`: how the services ask for those tasks without importing them.
 
 Lifecycle of one dispatch row (one attempt):
   pending -> requested (CreateDispatch answered, or an existing LiveKit dispatch adopted)
@@ -14,8 +15,9 @@ Lifecycle of one dispatch row (one attempt):
   or a final status: no_worker, failed, timed_out, cancelled, room_closed. A failure past the
   join deadline re-dispatches as a new row (attempt + 1), then the agent's fallback, then gives up.
 
-Import rule: `agents_app.services` imports this package, so only agents_app models, selectors
-and rules are imported here at module level.
+Import rule: `agents_app.services` and `rooms_app.tasks` import this package, so nothing here
+imports either of them, not even inside a function (`tests/test_import_layers.py`): of
+agents_app, only its models, selectors and rules.
 """
 
 from .facts import (
@@ -45,7 +47,6 @@ from .ledger import (
     dispatch_note,
     dispatch_retry,
     dispatch_transition,
-    enqueue,
     give_up_reason,
     job_assigned_record,
     livekit_took_at,
@@ -109,7 +110,6 @@ __all__ = [
     "dispatch_transition",
     "dispatch_unavailable_give_up",
     "dispatch_unavailable_note",
-    "enqueue",
     "give_up_reason",
     "job_assigned_record",
     "livekit_took_at",

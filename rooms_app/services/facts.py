@@ -3,13 +3,15 @@ arrived first. The ledger's state (a dispatch's status) is derived from them by 
 
 - A token that carries agents is a `TokenFact`, written on the request path before the
   answer (one INSERT, which also reads whether the room is live). `token_facts_apply` turns
-  unapplied facts into ledger rows: a task scheduled once per `APPLY_WINDOW_S` by the token
-  path, every participant webhook for its room (so the ledger knows the token before it
-  judges who joined), and every reconcile pass
+  unapplied facts into ledger rows: a task that the first token of each `APPLY_WINDOW_S`
+  schedules for the window's end, every participant_joined webhook for its room (so the
+  ledger knows the token before it judges who joined), and every reconcile pass
   (the sweep that catches up after a broker outage). Each fact is applied in its own
   savepoint: a record that cannot be applied is marked with its error and skipped.
-- `AgentSeen`: agent names workers really register with, from every place they show.
-- `WorkerHeartbeat`: the Celery worker's sign of life, read by the doctor.
+- `AgentSeen`: agent names workers really register with, from every place they show (one row
+  per name, updated with the latest sighting).
+- `WorkerHeartbeat`: the Celery worker's sign of life, read by the doctor (one row per worker,
+  updated every beat).
 """
 
 from __future__ import annotations
@@ -26,10 +28,11 @@ from django.db.models import F
 from django.utils import timezone
 
 from agents_app.models import Agent
-from dispatchportal.redis import BROKER_ERRORS, redis_available, redis_client, redis_down_mark, redis_key
+from dispatchportal.redis import REDIS_ERRORS, redis_available, redis_client, redis_down_mark, redis_key
 
 from ..livekit_client import LkDispatch, LkParticipant
 from ..models import AgentSeen, Dispatch, Room, TokenFact, WorkerHeartbeat
+from .jobs import token_facts_apply_enqueue
 from .ledger import dispatch_create, dispatch_note, room_get_or_create
 
 logger = logging.getLogger(__name__)
@@ -150,13 +153,12 @@ def token_facts_apply_schedule() -> None:
             if not first:  # another process's task runs when the flag expires
                 _covered_until = now + max(left_ms, 0) / 1000
                 return
-        from .. import tasks
-
-        tasks.token_facts_apply.apply_async(countdown=APPLY_WINDOW_S, retry=False)
-        _covered_until = now + APPLY_WINDOW_S
-    except BROKER_ERRORS:
+    except REDIS_ERRORS:
         redis_down_mark()
         logger.warning("could not schedule the token facts' application; reconcile will", exc_info=True)
+        return
+    token_facts_apply_enqueue(countdown=APPLY_WINDOW_S)
+    _covered_until = now + APPLY_WINDOW_S
 
 
 def token_facts_apply(*, room_name: str | None = None) -> int:

@@ -19,18 +19,17 @@ from django.utils import timezone
 
 from agents_app.models import Agent
 from dispatchportal import metrics
-from dispatchportal.redis import BROKER_ERRORS
 
 from ..livekit_client import (
     LkDispatch,
     LkParticipant,
 )
 from ..models import LIVE_STATUSES, WAITING_STATUSES, Dispatch, DispatchEvent, Room
+from .jobs import dispatch_deadline_enqueue, dispatch_request_enqueue
 
 logger = logging.getLogger(__name__)
 
-S = Dispatch.Status
-FINAL_STATUSES = tuple(s for s in S.values if s not in LIVE_STATUSES)
+FINAL_STATUSES = tuple(s for s in Dispatch.Status.values if s not in LIVE_STATUSES)
 # Extra seconds after a join deadline before the check runs, so an agent joining at the last
 # moment is seen as joined rather than timed out.
 DEADLINE_GRACE_S = 0.25
@@ -38,9 +37,9 @@ DEADLINE_GRACE_S = 0.25
 ROOM_FRESH = timedelta(seconds=10)
 
 _TIMESTAMP_FIELD = {
-    S.REQUESTED: "requested_at",
-    S.JOB_ASSIGNED: "job_assigned_at",
-    S.AGENT_JOINED: "joined_at",
+    Dispatch.Status.REQUESTED: "requested_at",
+    Dispatch.Status.JOB_ASSIGNED: "job_assigned_at",
+    Dispatch.Status.AGENT_JOINED: "joined_at",
 }
 
 
@@ -56,28 +55,6 @@ def _log(level: int, message: str, dispatch: Dispatch | None = None, **extra: An
             **extra,
         }
     logger.log(level, message, extra=extra)
-
-
-# --- enqueueing -------------------------------------------------------------------------------
-
-
-def enqueue(task_name: str, *args: Any, countdown: float | None = None) -> None:
-    """Send a task once the current transaction commits (at once outside one), so the worker
-    always finds the rows it is given. A broker failure is logged, not raised: the reconcile
-    pass picks up whatever was not sent."""
-    from .. import tasks  # tasks import the services
-
-    task = getattr(tasks, task_name)
-
-    def send() -> None:
-        try:
-            task.apply_async(args=args, countdown=countdown, retry=False)
-        except BROKER_ERRORS:  # a broker outage must not fail the committed work
-            logger.warning(
-                "could not enqueue %s%r; the reconcile pass will catch up", task_name, args, exc_info=True
-            )
-
-    transaction.on_commit(send)
 
 
 # --- rooms ----------------------------------------------------------------------------------
@@ -147,7 +124,14 @@ def session_close_previous(*, room: Room, started_at: datetime) -> int:
     ones stay: a token minted before the room started is how a session begins.)"""
     stale = [
         d
-        for d in Dispatch.objects.filter(room=room, status__in=(S.REQUESTED, S.JOB_ASSIGNED, S.AGENT_JOINED))
+        for d in Dispatch.objects.filter(
+            room=room,
+            status__in=(
+                Dispatch.Status.REQUESTED,
+                Dispatch.Status.JOB_ASSIGNED,
+                Dispatch.Status.AGENT_JOINED,
+            ),
+        )
         if livekit_took_at(d) < started_at
     ]
     closed = 0
@@ -155,7 +139,7 @@ def session_close_previous(*, room: Room, started_at: datetime) -> int:
         dispatch.room = room
         closed += dispatch_transition(
             dispatch=dispatch,
-            to=S.ROOM_CLOSED,
+            to=Dispatch.Status.ROOM_CLOSED,
             expect=LIVE_STATUSES,
             detail="the room finished and started again (new session); this dispatch was for the old one",
         )
@@ -174,7 +158,9 @@ def room_finished(*, name: str, sid: str = "", reason: str = "LiveKit reported r
     room.status, room.finished_at, room.num_participants = Room.Status.FINISHED, now, 0
     for dispatch in Dispatch.objects.filter(room=room, status__in=LIVE_STATUSES):
         dispatch.room = room
-        dispatch_transition(dispatch=dispatch, to=S.ROOM_CLOSED, expect=LIVE_STATUSES, detail=reason)
+        dispatch_transition(
+            dispatch=dispatch, to=Dispatch.Status.ROOM_CLOSED, expect=LIVE_STATUSES, detail=reason
+        )
     return room
 
 
@@ -208,7 +194,11 @@ def dispatch_transition(
     for key, value in values.items():
         setattr(dispatch, key, value)
     metrics.dispatch_transition_record(dispatch=dispatch, status=to)
-    level = logging.WARNING if to in (S.NO_WORKER, S.FAILED, S.TIMED_OUT) else logging.INFO
+    level = (
+        logging.WARNING
+        if to in (Dispatch.Status.NO_WORKER, Dispatch.Status.FAILED, Dispatch.Status.TIMED_OUT)
+        else logging.INFO
+    )
     _log(level, f"dispatch {previous or '?'} -> {to}: {detail}", dispatch, status=to)
     return True
 
@@ -241,7 +231,7 @@ def dispatch_create(
     identity_trigger: str = "",
     attempt: int = 1,
     previous: Dispatch | None = None,
-    status: str = S.PENDING,
+    status: str = Dispatch.Status.PENDING,
     detail: str = "",
     **fields: Any,
 ) -> tuple[Dispatch, bool]:
@@ -284,9 +274,9 @@ def dispatch_create(
                 return existing, False
             continue  # the live one ended between our insert and this read: try again
         _log(logging.INFO, f"dispatch recorded: {dispatch.get_source_display()}", dispatch, status=status)
-        if status == S.PENDING and delivery == Dispatch.Delivery.EXPLICIT:
-            enqueue("dispatch_request", dispatch.pk)
-        elif status == S.PENDING and room.status == Room.Status.ACTIVE:
+        if status == Dispatch.Status.PENDING and delivery == Dispatch.Delivery.EXPLICIT:
+            dispatch_request_enqueue(dispatch_id=dispatch.pk)
+        elif status == Dispatch.Status.PENDING and room.status == Room.Status.ACTIVE:
             dispatch_deadline_arm(dispatch=dispatch, agent=agent)
         return dispatch, True
     raise IntegrityError(f"could not record a dispatch of {agent.agent_name!r} in {room.name!r}")
@@ -316,7 +306,7 @@ def dispatch_deadline_arm(
     Dispatch.objects.filter(pk=dispatch.pk).update(deadline_at=deadline)
     dispatch.deadline_at = deadline
     countdown = max(0.0, (deadline - timezone.now()).total_seconds()) + DEADLINE_GRACE_S
-    enqueue("dispatch_deadline", dispatch.pk, countdown=countdown)
+    dispatch_deadline_enqueue(dispatch_id=dispatch.pk, countdown=countdown)
 
 
 def token_deadlines_arm(*, room: Room) -> int:
@@ -324,7 +314,10 @@ def token_deadlines_arm(*, room: Room) -> int:
     their dispatch if the token's join created the room, and ignored it otherwise)."""
     waiting = list(
         Dispatch.objects.select_related("agent").filter(
-            room=room, status=S.PENDING, delivery=Dispatch.Delivery.TOKEN, deadline_at__isnull=True
+            room=room,
+            status=Dispatch.Status.PENDING,
+            delivery=Dispatch.Delivery.TOKEN,
+            deadline_at__isnull=True,
         )
     )
     for dispatch in waiting:
@@ -422,7 +415,7 @@ def agent_joined_record(
         )
     detail = f"agent participant '{participant.identity}' joined" + (f" ({how})" if how else "")
     return dispatch_transition(
-        dispatch=dispatch, to=S.AGENT_JOINED, expect=WAITING_STATUSES, detail=detail, **fields
+        dispatch=dispatch, to=Dispatch.Status.AGENT_JOINED, expect=WAITING_STATUSES, detail=detail, **fields
     )
 
 
@@ -430,8 +423,8 @@ def job_assigned_record(*, dispatch: Dispatch, job_id: str, how: str) -> bool:
     """LiveKit shows a job for this dispatch (ListDispatch, or the agent's identity)."""
     return dispatch_transition(
         dispatch=dispatch,
-        to=S.JOB_ASSIGNED,
-        expect=(S.PENDING, S.REQUESTED),
+        to=Dispatch.Status.JOB_ASSIGNED,
+        expect=(Dispatch.Status.PENDING, Dispatch.Status.REQUESTED),
         detail=f"job {job_id} assigned to a worker ({how})",
         livekit_job_id=job_id,
     )
@@ -444,8 +437,8 @@ def agent_left_record(*, dispatch: Dispatch, error: str, room_closed: bool = Fal
     if room_closed:
         dispatch_transition(
             dispatch=dispatch,
-            to=S.ROOM_CLOSED,
-            expect=(S.AGENT_JOINED,),
+            to=Dispatch.Status.ROOM_CLOSED,
+            expect=(Dispatch.Status.AGENT_JOINED,),
             detail=error,
             left_at=timezone.now(),
         )
@@ -453,8 +446,8 @@ def agent_left_record(*, dispatch: Dispatch, error: str, room_closed: bool = Fal
     with transaction.atomic():
         if not dispatch_transition(
             dispatch=dispatch,
-            to=S.FAILED,
-            expect=(S.AGENT_JOINED,),
+            to=Dispatch.Status.FAILED,
+            expect=(Dispatch.Status.AGENT_JOINED,),
             detail=error,
             last_error=error,
             left_at=timezone.now(),
@@ -468,10 +461,10 @@ def dispatch_deliver_explicitly(*, dispatch: Dispatch, why: str) -> bool:
     the same attempt, now sent by CreateDispatch."""
     with transaction.atomic():
         if not Dispatch.objects.filter(
-            pk=dispatch.pk, status=S.PENDING, delivery=Dispatch.Delivery.TOKEN
+            pk=dispatch.pk, status=Dispatch.Status.PENDING, delivery=Dispatch.Delivery.TOKEN
         ).update(delivery=Dispatch.Delivery.EXPLICIT, deadline_at=None, updated_at=timezone.now()):
             return False
         dispatch.delivery, dispatch.deadline_at = Dispatch.Delivery.EXPLICIT, None
         dispatch_note(dispatch=dispatch, detail=f"{why}; dispatching explicitly")
-        enqueue("dispatch_request", dispatch.pk)
+        dispatch_request_enqueue(dispatch_id=dispatch.pk)
     return True

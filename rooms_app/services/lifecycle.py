@@ -28,17 +28,16 @@ from ..livekit_client import (
 )
 from ..models import LIVE_STATUSES, WAITING_STATUSES, Dispatch, Room
 from .facts import agents_seen_in
+from .jobs import dispatch_deadline_enqueue
 from .ledger import (
     DEADLINE_GRACE_S,
     ROOM_FRESH,
-    S,
     agent_joined_record,
     dispatch_deadline_arm,
     dispatch_deliver_explicitly,
     dispatch_note,
     dispatch_retry,
     dispatch_transition,
-    enqueue,
     job_assigned_record,
 )
 
@@ -108,7 +107,11 @@ def dispatch_request(*, dispatch_id: int) -> str:
     Raises LiveKitUnavailable or DispatchInFlight for the task to retry; a 4xx ends the row
     as `failed`."""
     dispatch = Dispatch.objects.select_related("room", "agent").filter(pk=dispatch_id).first()
-    if dispatch is None or dispatch.status != S.PENDING or dispatch.delivery != Dispatch.Delivery.EXPLICIT:
+    if (
+        dispatch is None
+        or dispatch.status != Dispatch.Status.PENDING
+        or dispatch.delivery != Dispatch.Delivery.EXPLICIT
+    ):
         return "skipped"
     room = dispatch.room
     # CreateDispatch creates a missing room. The Dispatch API and the token path (the person
@@ -134,13 +137,13 @@ def dispatch_request(*, dispatch_id: int) -> str:
         room_must_exist = False
     lease = _request_lease(calls=1 + int(room_must_exist or look_up) + int(look_up))
     claimed = (
-        Dispatch.objects.filter(pk=dispatch.pk, status=S.PENDING)
+        Dispatch.objects.filter(pk=dispatch.pk, status=Dispatch.Status.PENDING)
         .filter(Q(request_lease_until__isnull=True) | Q(request_lease_until__lt=now))
         .update(request_tries=F("request_tries") + 1, request_lease_until=now + lease)
     )
     if not claimed:
         current = Dispatch.objects.filter(pk=dispatch.pk).values("status", "request_lease_until").first()
-        if current is None or current["status"] != S.PENDING:
+        if current is None or current["status"] != Dispatch.Status.PENDING:
             return "skipped"
         until = current["request_lease_until"] or now
         raise DispatchInFlight(max(0.1, (until - now).total_seconds()))
@@ -173,13 +176,15 @@ def dispatch_request(*, dispatch_id: int) -> str:
     except LiveKitUnavailable:
         # This try is over (its outcome unknown): release the lease so the retry need not
         # wait for it; being a later try, the retry looks the dispatch up first.
-        Dispatch.objects.filter(pk=dispatch.pk, status=S.PENDING).update(request_lease_until=None)
+        Dispatch.objects.filter(pk=dispatch.pk, status=Dispatch.Status.PENDING).update(
+            request_lease_until=None
+        )
         raise
     except LiveKitRejected as exc:
         dispatch_transition(
             dispatch=dispatch,
-            to=S.FAILED,
-            expect=(S.PENDING,),
+            to=Dispatch.Status.FAILED,
+            expect=(Dispatch.Status.PENDING,),
             detail=f"LiveKit refused the dispatch: {exc.message}",
             last_error=exc.message,
         )
@@ -187,8 +192,8 @@ def dispatch_request(*, dispatch_id: int) -> str:
     if outcome.kind == "room_gone":
         dispatch_transition(
             dispatch=dispatch,
-            to=S.ROOM_CLOSED,
-            expect=(S.PENDING,),
+            to=Dispatch.Status.ROOM_CLOSED,
+            expect=(Dispatch.Status.PENDING,),
             detail="the room no longer exists in LiveKit",
         )
         return "room_gone"
@@ -224,8 +229,8 @@ def _livekit_has_it(*, dispatch: Dispatch, found: LkDispatch, detail: str, **fie
     (only ListDispatch shows a job: no webhook does)."""
     moved = dispatch_transition(
         dispatch=dispatch,
-        to=S.REQUESTED,
-        expect=(S.PENDING,),
+        to=Dispatch.Status.REQUESTED,
+        expect=(Dispatch.Status.PENDING,),
         detail=detail,
         livekit_dispatch_id=found.id,
         **fields,
@@ -238,7 +243,7 @@ def _livekit_has_it(*, dispatch: Dispatch, found: LkDispatch, detail: str, **fie
 
 def dispatch_unavailable_note(*, dispatch_id: int, error: str, retry: int) -> None:
     """Put a LiveKit outage on the timeline of a dispatch still waiting to be sent."""
-    dispatch = Dispatch.objects.filter(pk=dispatch_id, status=S.PENDING).first()
+    dispatch = Dispatch.objects.filter(pk=dispatch_id, status=Dispatch.Status.PENDING).first()
     if dispatch is not None:
         Dispatch.objects.filter(pk=dispatch_id).update(last_error=error, updated_at=timezone.now())
         dispatch_note(
@@ -253,7 +258,11 @@ def dispatch_unavailable_give_up(*, dispatch_id: int, error: str, tries: int) ->
     if dispatch is not None:
         message = f"LiveKit unavailable after {tries} tries: {error}"
         dispatch_transition(
-            dispatch=dispatch, to=S.FAILED, expect=(S.PENDING,), detail=message, last_error=message
+            dispatch=dispatch,
+            to=Dispatch.Status.FAILED,
+            expect=(Dispatch.Status.PENDING,),
+            detail=message,
+            last_error=message,
         )
 
 
@@ -332,9 +341,8 @@ def dispatch_deadline_check(*, dispatch_id: int) -> str:
     now = timezone.now()
     if dispatch.deadline_at > now + timedelta(seconds=0.05):
         # Ran early (the deadline was moved, or an ETA message was redelivered).
-        enqueue(
-            "dispatch_deadline",
-            dispatch.pk,
+        dispatch_deadline_enqueue(
+            dispatch_id=dispatch.pk,
             countdown=(dispatch.deadline_at - now).total_seconds() + DEADLINE_GRACE_S,
         )
         return "rescheduled"
@@ -359,15 +367,15 @@ def dispatch_deadline_check(*, dispatch_id: int) -> str:
     if not snapshot.room_exists:
         if dispatch.delivery == Dispatch.Delivery.TOKEN and room.status != Room.Status.ACTIVE:
             # Nobody has joined with the token yet: the deadline starts again with the room.
-            Dispatch.objects.filter(pk=dispatch.pk, status=S.PENDING).update(deadline_at=None)
+            Dispatch.objects.filter(pk=dispatch.pk, status=Dispatch.Status.PENDING).update(deadline_at=None)
             return "waiting for the room"
         dispatch_transition(
             dispatch=dispatch,
-            to=S.ROOM_CLOSED,
+            to=Dispatch.Status.ROOM_CLOSED,
             expect=WAITING_STATUSES,
             detail="the room no longer exists in LiveKit",
         )
-        return S.ROOM_CLOSED
+        return Dispatch.Status.ROOM_CLOSED
     ours = _adoptable(snapshot.dispatches, dispatch, known)
     jobs = ours.jobs if ours is not None else ()
     participant = _agent_participant(dispatch, snapshot.participants, {j.participant_identity for j in jobs})
@@ -376,7 +384,7 @@ def dispatch_deadline_check(*, dispatch_id: int) -> str:
         agent_joined_record(
             dispatch=dispatch, participant=participant, livekit=ours, how="found in the room at the deadline"
         )
-        return S.AGENT_JOINED
+        return Dispatch.Status.AGENT_JOINED
     if ours is None:
         if dispatch.delivery == Dispatch.Delivery.TOKEN:
             # LiveKit applies a token's agents only when that join creates the room: the room
@@ -387,21 +395,24 @@ def dispatch_deadline_check(*, dispatch_id: int) -> str:
                 "before the token's join, so LiveKit ignored its agents)",
             )
             return "converted to explicit"
-        to, error = S.FAILED, f"LiveKit has no dispatch for '{dispatch.agent_name}' any more"
+        to, error = Dispatch.Status.FAILED, f"LiveKit has no dispatch for '{dispatch.agent_name}' any more"
     else:
         failed = [j for j in jobs if j.status == "failed"]
         if not jobs:
-            to = S.NO_WORKER
+            to = Dispatch.Status.NO_WORKER
             error = f"no worker registered as '{dispatch.agent_name}' took the job within {deadline_s} s"
         elif failed and not any(j.active for j in jobs):
-            to, error = S.FAILED, f"job {failed[-1].id} failed: {failed[-1].error or 'no error given'}"
+            to, error = (
+                Dispatch.Status.FAILED,
+                f"job {failed[-1].id} failed: {failed[-1].error or 'no error given'}",
+            )
         elif not any(j.active for j in jobs):
             # The agent came and went between webhooks (or they were lost).
-            to = S.FAILED
+            to = Dispatch.Status.FAILED
             error = f"job {jobs[-1].id} ended ({jobs[-1].status}) and its participant is not in the room"
         else:
             job = jobs[-1]
-            to = S.TIMED_OUT
+            to = Dispatch.Status.TIMED_OUT
             error = (
                 f"job {job.id} was {job.status} but its participant '{job.participant_identity}' "
                 f"did not join within {deadline_s} s"
@@ -428,7 +439,11 @@ def dispatch_token_join_check(*, dispatch_id: int, identity: str) -> str:
     agents, so the agent is dispatched explicitly now rather than at its join deadline.
     Raises LiveKitUnavailable for the task to retry."""
     dispatch = Dispatch.objects.select_related("room").filter(pk=dispatch_id).first()
-    if dispatch is None or dispatch.status != S.PENDING or dispatch.delivery != Dispatch.Delivery.TOKEN:
+    if (
+        dispatch is None
+        or dispatch.status != Dispatch.Status.PENDING
+        or dispatch.delivery != Dispatch.Delivery.TOKEN
+    ):
         return "skipped"
     known = _known_livekit_ids(dispatch)
     found = livekit_run(lambda client: client.list_dispatches(dispatch.room.name))
@@ -447,4 +462,4 @@ def dispatch_token_join_check(*, dispatch_id: int, identity: str) -> str:
             found=ours,
             detail=f"LiveKit dispatched it from the token of '{identity}': {ours.id}",
         )
-    return S.REQUESTED
+    return Dispatch.Status.REQUESTED

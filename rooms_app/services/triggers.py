@@ -23,14 +23,13 @@ from ..livekit_client import (
     LkParticipant,
 )
 from ..models import LIVE_STATUSES, Dispatch, Room
+from .jobs import dispatch_remove_enqueue, dispatch_token_check_enqueue
 from .ledger import (
-    S,
     agent_joined_record,
     agent_left_record,
     dispatch_create,
     dispatch_note,
     dispatch_transition,
-    enqueue,
     room_get_or_create,
 )
 
@@ -130,10 +129,10 @@ def dispatch_cancel(*, dispatch: Dispatch, by: str) -> bool:
     """Cancel a live dispatch; its LiveKit dispatch (and so the agent) is removed by a task."""
     with transaction.atomic():
         done = dispatch_transition(
-            dispatch=dispatch, to=S.CANCELLED, expect=LIVE_STATUSES, detail=f"cancelled by {by}"
+            dispatch=dispatch, to=Dispatch.Status.CANCELLED, expect=LIVE_STATUSES, detail=f"cancelled by {by}"
         )
         if done:
-            enqueue("dispatch_remove", dispatch.pk)
+            dispatch_remove_enqueue(dispatch_id=dispatch.pk)
     return done
 
 
@@ -181,7 +180,7 @@ def agent_participant_joined(
         match = next((d for d in live if d.agent_name == participant.agent_name), None)
     if match is not None:
         match.room = room
-        if match.status == S.AGENT_JOINED:
+        if match.status == Dispatch.Status.AGENT_JOINED:
             if match.participant_identity != participant.identity:
                 dispatch_note(
                     dispatch=match,
@@ -201,7 +200,7 @@ def agent_participant_joined(
         room=room,
         agent=agent,
         source=Dispatch.Source.RECONCILE,
-        status=S.AGENT_JOINED,
+        status=Dispatch.Status.AGENT_JOINED,
         participant_identity=participant.identity,
         joined_at=participant.joined_at or timezone.now(),
         detail=f"agent participant '{participant.identity}' joined with no dispatch in the ledger ({how}); recorded",
@@ -218,7 +217,9 @@ def agent_participant_left(
     """The agent's participant left. While the room lives on, that is a failure to repair:
     self-hosted LiveKit never re-dispatches, so the portal does."""
     dispatch = (
-        Dispatch.objects.filter(room=room, status=S.AGENT_JOINED, participant_identity=participant.identity)
+        Dispatch.objects.filter(
+            room=room, status=Dispatch.Status.AGENT_JOINED, participant_identity=participant.identity
+        )
         .select_related("agent")
         .first()
     )
@@ -241,11 +242,11 @@ def person_joined(*, room: Room, participant: LkParticipant) -> int:
     before this join): the check task dispatches them explicitly if not."""
     waiting = Dispatch.objects.filter(
         room=room,
-        status=S.PENDING,
+        status=Dispatch.Status.PENDING,
         delivery=Dispatch.Delivery.TOKEN,
         participant_identity_trigger=participant.identity,
     ).values_list("pk", flat=True)
     ids = list(waiting)
     for dispatch_id in ids:
-        enqueue("dispatch_token_check", dispatch_id, participant.identity)
+        dispatch_token_check_enqueue(dispatch_id=dispatch_id, identity=participant.identity)
     return len(ids)
