@@ -30,8 +30,9 @@ logger = logging.getLogger(__name__)
 WINDOW_S = 60
 MAX_LEASE = 50
 
-# (client key, window) -> admissions this process reserved and has not handed out yet.
-_leases: dict[tuple[str, int], int] = {}
+# Redis counter key (one per client and window) -> (window, admissions this process reserved
+# and has not handed out yet).
+_leases: dict[str, tuple[int, int]] = {}
 _lock = threading.Lock()
 
 
@@ -49,9 +50,9 @@ def admit(*, key: str, limit: int) -> int:
     if not settings.REDIS_URL:
         return retry_after if _count_in_cache(counter) > limit else 0
     with _lock:
-        left = _leases.pop((key, window), 0)
+        _, left = _leases.pop(counter, (window, 0))
         if left:
-            _leases[(key, window)] = left - 1
+            _leases[counter] = (window, left - 1)
             return 0
         if not redis_available():
             return 0
@@ -60,10 +61,10 @@ def admit(*, key: str, limit: int) -> int:
             return 0
         if granted == 0:
             return retry_after
-        for stale in [k for k in _leases if k[1] != window]:
+        for stale in [k for k, (w, _) in _leases.items() if w != window]:
             del _leases[stale]
         if granted > 1:
-            _leases[(key, window)] = granted - 1
+            _leases[counter] = (window, granted - 1)
         return 0
 
 
