@@ -208,3 +208,39 @@ def test_a_dead_database_connection_costs_no_token(api, key):
         admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
     assert mint(api, key, "support-1", "bob").status_code == 201
     assert sorted(TokenFact.objects.values_list("participant_identity", flat=True)) == ["ann", "bob"]
+
+
+@pytest.mark.needs_redis
+def test_one_application_is_scheduled_per_window_across_processes(monkeypatch):
+    """Every recorded token must be followed by an application task that runs after it. Each
+    process asks at most once per window, and only the first of several processes to set the
+    window's flag publishes; the others are covered by its task until the flag expires."""
+    from dispatchportal.celery import app as celery_app
+    from dispatchportal.redis import redis_client, redis_key
+    from rooms_app.services import facts
+    from tests.rooms_app.conftest import QUEUE, queue_purge
+
+    def queued() -> int:
+        with celery_app.connection_for_write() as conn:
+            return conn.default_channel.client.llen(QUEUE)
+
+    def as_a_new_process() -> None:
+        monkeypatch.setattr(facts, "_covered_until", 0.0)
+
+    queue_purge()
+    as_a_new_process()
+    facts.token_facts_apply_schedule()
+    assert queued() == 1
+    facts.token_facts_apply_schedule()  # the same process, the same window: no second ask
+    assert queued() == 1
+
+    as_a_new_process()
+    facts.token_facts_apply_schedule()
+    assert queued() == 1  # the flag says the first process's task is on its way
+    assert facts._covered_until > 0.0
+
+    redis_client().delete(redis_key("rooms", "token-facts-scheduled"))  # the window ended
+    as_a_new_process()
+    facts.token_facts_apply_schedule()
+    assert queued() == 2
+    queue_purge()
