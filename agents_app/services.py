@@ -219,7 +219,7 @@ def token_mint(*, client: ClientScope, request: TokenRequest, config: Config | N
         # LiveKit applies a token's agents only when that join creates the room
         # (livekit/livekit#4390): for a room the ledger knows is live, they are dispatched
         # explicitly instead.
-        _, room_exists = room_services.token_fact_record(
+        room_exists = room_services.token_fact_record(
             room_name=room, participant_identity=identity, agents=agents, client=client.name
         )
     if room_exists:

@@ -50,10 +50,10 @@ _TRANSIENT_DB_ERRORS = (OperationalError, InterfaceError)
 
 def token_fact_record(
     *, room_name: str, participant_identity: str, agents: Sequence[Any], client: str
-) -> tuple[int, bool]:
+) -> bool:
     """Record a token's agents before its answer, in one statement that also reads whether
     the ledger knows the room is live: then LiveKit would ignore the token's agents, so they
-    are recorded (and minted) as explicit dispatches. Returns (fact id, room live)."""
+    are recorded (and minted) as explicit dispatches. Returns whether the room is live."""
     as_token = [_agent_json(a, a.delivery) for a in agents]
     as_explicit = [_agent_json(a, "explicit") for a in agents]
     field = TokenFact._meta.get_field("agents")
@@ -63,7 +63,7 @@ def token_fact_record(
         "(minted_at, room_name, participant_identity, client, agents, room_live, apply_error) "
         "SELECT %s, %s, %s, %s, CASE WHEN live.v THEN %s ELSE %s END, live.v, '' FROM "
         f"(SELECT EXISTS(SELECT 1 FROM {quote(Room._meta.db_table)} WHERE name = %s AND status = %s) AS v) live "
-        "RETURNING id, room_live"
+        "RETURNING room_live"
     )
     params = [
         timezone.now(),
@@ -81,8 +81,8 @@ def token_fact_record(
     for attempt in (1, 2):
         connection.health_check_done = True
         try:
-            fact_id, live = _fetchone_prepared(sql, params)
-            return fact_id, bool(live)
+            (live,) = _fetchone_prepared(sql, params)
+            return bool(live)
         except OperationalError:
             if attempt == 2 or connection.in_atomic_block:
                 raise
