@@ -21,8 +21,8 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from .dashboard import doctor_column, doctor_url
 from .dashboard.views import duration_text
+from .doctor.views import doctor_column, doctor_url
 from .models import Dispatch, DispatchEvent, Room, WebhookEvent
 from .reconcile import reconcile_run
 from .selectors import dispatch_timeline, livekit_status

@@ -1,4 +1,4 @@
-"""The dashboard and doctor pages in the admin, and the small JSON the open dashboard polls.
+"""The dashboard page in the admin, and the small JSON the open dashboard polls.
 
 The dashboard is drawn from named sections (per agent, per hour, rooms waiting, last
 failures); the page renders them once, and `dashboard_live_view` renders the same templates
@@ -10,21 +10,16 @@ from __future__ import annotations
 from collections import Counter
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlencode
 
-from django.contrib import admin
-from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.template.loader import render_to_string
-from django.urls import NoReverseMatch, reverse
+from django.urls import reverse
 from django.utils import timezone
-from django.utils.html import format_html
 
 from watch_app.selectors import watch_dashboard
 
-from ..doctor import room_diagnose
-from ..models import Dispatch, Room, WebhookEvent
+from ..doctor.views import admin_page_context, admin_url, doctor_url, view_permission_require
 from .charts import PALETTE, grouped_bar_chart, stacked_hours_chart
 from .reads import (
     agent_stats_get,
@@ -34,48 +29,8 @@ from .reads import (
     rooms_waiting_list,
 )
 
-VIEW_PERMISSION = "rooms_app.view_dispatch"
 SECTIONS = ("per-agent", "per-hour", "waiting", "failures", "watch")
 REFRESH_S = 5
-
-
-def doctor_url(*, room_name: str, agent_name: str | None = None) -> str:
-    query: dict[str, str] = {"room": room_name}
-    if agent_name == "":
-        query["unnamed"] = "1"
-    elif agent_name is not None:
-        query["agent"] = agent_name
-    return reverse("dispatch-doctor") + "?" + urlencode(query)
-
-
-@admin.display(description="doctor")
-def doctor_column(obj: Room | Dispatch | WebhookEvent) -> str:
-    """A changelist column wherever a room is shown: the doctor's verdict one click away."""
-    if isinstance(obj, Dispatch):
-        url = doctor_url(room_name=obj.room.name, agent_name=obj.agent_name)
-    elif isinstance(obj, WebhookEvent):
-        if not obj.room_name:
-            return "-"
-        url = doctor_url(room_name=obj.room_name)
-    else:
-        url = doctor_url(room_name=obj.name)
-    return format_html('<a href="{}" class="doctor-link">diagnose</a>', url)
-
-
-def _admin_url(name: str, *args: Any) -> str:
-    try:
-        return reverse(name, args=args)
-    except NoReverseMatch:  # the ledger's admin is not registered (e.g. a trimmed-down site)
-        return ""
-
-
-def _context(request: HttpRequest, title: str) -> dict[str, Any]:
-    return {**admin.site.each_context(request), "title": title}
-
-
-def _require_view(request: HttpRequest) -> None:
-    if not request.user.has_perm(VIEW_PERMISSION):
-        raise PermissionDenied
 
 
 def _sections(now: datetime) -> dict[str, Any]:
@@ -125,7 +80,7 @@ def _sections(now: datetime) -> dict[str, Any]:
             {
                 "room": w,
                 "doctor_url": doctor_url(room_name=w.room_name, agent_name=w.agent_name),
-                "admin_url": _admin_url("admin:rooms_app_dispatch_change", w.dispatch_id),
+                "admin_url": admin_url("admin:rooms_app_dispatch_change", w.dispatch_id),
                 "waiting": duration_text(w.waiting_s),
             }
             for w in waiting
@@ -134,7 +89,7 @@ def _sections(now: datetime) -> dict[str, Any]:
             {
                 "dispatch": d,
                 "doctor_url": doctor_url(room_name=d.room.name, agent_name=d.agent_name),
-                "admin_url": _admin_url("admin:rooms_app_dispatch_change", d.pk),
+                "admin_url": admin_url("admin:rooms_app_dispatch_change", d.pk),
             }
             for d in failures_recent_list()
         ],
@@ -143,13 +98,13 @@ def _sections(now: datetime) -> dict[str, Any]:
 
 
 def dashboard_view(request: HttpRequest) -> HttpResponse:
-    _require_view(request)
+    view_permission_require(request)
     try:  # ?refresh=N: poll every N seconds (1 to 60); the browser tests use 1
         refresh_s = min(60, max(1, int(request.GET.get("refresh", REFRESH_S))))
     except ValueError:
         refresh_s = REFRESH_S
     context = {
-        **_context(request, "Dispatch health"),
+        **admin_page_context(request, "Dispatch health"),
         **_sections(timezone.now()),
         "sections": SECTIONS,
         "live_url": reverse("dispatch-dashboard-live"),
@@ -161,37 +116,13 @@ def dashboard_view(request: HttpRequest) -> HttpResponse:
 
 def dashboard_live_view(request: HttpRequest) -> JsonResponse:
     """The dashboard's sections rendered again, for the open page to swap in."""
-    _require_view(request)
+    view_permission_require(request)
     context = _sections(timezone.now())
     html = {
         name: render_to_string(f"admin/dashboard/section_{name.replace('-', '_')}.html", context, request)
         for name in SECTIONS
     }
     return JsonResponse({"as_of": f"{context['now']:%Y-%m-%d %H:%M:%S}", "sections": html})
-
-
-def doctor_view(request: HttpRequest) -> HttpResponse:
-    _require_view(request)
-    room = request.GET.get("room", "").strip()
-    agent = request.GET.get("agent", "").strip()
-    # An empty field means every expected agent; the unnamed agent is asked for explicitly.
-    agent_name = "" if request.GET.get("unnamed") == "1" else agent or None
-    identity = request.GET.get("identity", "").strip() or None
-    context: dict[str, Any] = {
-        **_context(request, "Dispatch doctor"),
-        "room": room,
-        "agent": agent,
-        "unnamed": agent_name == "",
-        "identity": identity or "",
-        "dashboard_url": reverse("dispatch-dashboard"),
-    }
-    if room:
-        diagnosis = room_diagnose(room_name=room, agent_name=agent_name, identity=identity)
-        context["diagnosis"] = diagnosis
-        context["first_broken"] = diagnosis.first_broken
-        context["dispatches_url"] = _admin_url("admin:rooms_app_dispatch_changelist")
-        context["api_url"] = reverse("doctor:room-diagnosis", args=[room])
-    return render(request, "admin/doctor/doctor.html", context)
 
 
 def _pct(rate: float | None) -> float | None:

@@ -10,7 +10,7 @@ import pytest
 from django.utils import timezone
 
 from rooms_app.admin import without_examples
-from rooms_app.dashboard import doctor_url
+from rooms_app.doctor.views import doctor_url
 from rooms_app.models import Dispatch, Room, WebhookEvent
 from rooms_app.selectors import dispatch_timeline
 
