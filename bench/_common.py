@@ -83,33 +83,44 @@ def machine() -> str:
 def redis_flush() -> None:
     import redis
 
-    redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).flushdb()
+    if REDIS_URL:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).flushdb()
 
 
 def services_prepare() -> None:
     """Create and migrate the benchmark database; empty the benchmark's Redis database. Exits with a clear
-    message when either service is missing, since figures without them would mislead."""
+    message when either service is missing, since figures without them would mislead. With
+    `BENCH_DATABASE_URL=sqlite:///...` and `BENCH_REDIS_URL=` it measures the embedded defaults
+    (SQLite, the filesystem broker) instead."""
     import psycopg
     import redis
 
-    try:
-        # Also drops what an earlier run left: rate-limit counters and the task messages the
-        # token path enqueues (no Celery worker consumes them during a benchmark).
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).flushdb()
-    except redis.RedisError as exc:
-        raise SystemExit(f"Redis at {REDIS_URL} is not reachable ({exc}); set BENCH_REDIS_URL") from None
-    target = DATABASE_URL.rsplit("/", 1)
-    try:
-        with psycopg.connect(f"{target[0]}/postgres", autocommit=True, connect_timeout=5) as conn:
-            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (target[1],)).fetchone():
-                conn.execute(f'CREATE DATABASE "{target[1]}"')
-    except psycopg.Error as exc:
-        raise SystemExit(
-            f"PostgreSQL at {DATABASE_URL} is not usable ({exc}); set BENCH_DATABASE_URL"
-        ) from None
+    if REDIS_URL:
+        try:
+            # Also drops what an earlier run left: rate-limit counters and the task messages the
+            # token path enqueues (no Celery worker consumes them during a benchmark).
+            redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).flushdb()
+        except redis.RedisError as exc:
+            raise SystemExit(f"Redis at {REDIS_URL} is not reachable ({exc}); set BENCH_REDIS_URL") from None
+    if DATABASE_URL.startswith("postgres"):
+        target = DATABASE_URL.rsplit("/", 1)
+        try:
+            with psycopg.connect(f"{target[0]}/postgres", autocommit=True, connect_timeout=5) as conn:
+                if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (target[1],)).fetchone():
+                    conn.execute(f'CREATE DATABASE "{target[1]}"')
+        except psycopg.Error as exc:
+            raise SystemExit(
+                f"PostgreSQL at {DATABASE_URL} is not usable ({exc}); set BENCH_DATABASE_URL"
+            ) from None
     subprocess.run(
         [sys.executable, "manage.py", "migrate", "--noinput", "-v0"], cwd=ROOT, env=bench_env(), check=True
     )
+
+
+def backends() -> str:
+    """What the portal runs on in this benchmark, for its header."""
+    database = "PostgreSQL" if DATABASE_URL.startswith("postgres") else "SQLite"
+    return f"{database} + {'Redis' if REDIS_URL else 'the filesystem broker (embedded defaults)'}"
 
 
 def filler_rule(i: int) -> dict[str, Any]:
@@ -160,7 +171,11 @@ def ruleset_load(rules: int) -> str:
     with transaction.atomic():
         # TRUNCATE, not delete(): per-row signals and history would make 10,000 rules slow.
         with connection.cursor() as cursor:
-            cursor.execute(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE")
+            if connection.vendor == "postgresql":
+                cursor.execute(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE")
+            else:  # SQLite (the embedded defaults)
+                for table in reversed(tables):
+                    cursor.execute(f"DELETE FROM {table}")
         agents = {
             a.agent_name: a
             for a in Agent.objects.bulk_create(

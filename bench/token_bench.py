@@ -10,9 +10,10 @@ Four targets, each sent the same request by the same load generator (wrk):
   bare      POST /bench/bare-token in the portal's server: a view that only signs a join
             token, but inside the portal's full middleware stack;
   node      a minimal express + livekit-server-sdk token server, as LiveKit's example does it.
-The portal runs on PostgreSQL and Redis, DEBUG off. Rounds alternate the targets so drift
-in the machine's load hits all alike; the median round is reported, and each ratio is the
-median of the rounds' ratios.
+The portal runs on PostgreSQL and Redis, DEBUG off; `BENCH_DATABASE_URL=sqlite:///var/bench.sqlite3
+BENCH_REDIS_URL=` measures the embedded defaults instead (the target is for PostgreSQL + Redis).
+Rounds alternate the targets so drift in the machine's load hits all alike; the median round
+is reported, and each ratio is the median of the rounds' ratios.
 
     .venv/bin/python bench/token_bench.py [--duration 5] [--rounds 3] [--connections 16]
 
@@ -44,6 +45,7 @@ from bench._common import (  # noqa: E402
     LIVEKIT_API_SECRET,
     ROOT,
     TOKEN_BODY,
+    backends,
     bench_env,
     django_setup,
     machine,
@@ -278,7 +280,7 @@ def main() -> int:
         redis_flush()  # the rate-limit counters and task messages of thousands of tokens
 
     print(
-        f"token bench: gunicorn 2 sync workers, PostgreSQL + Redis; wrk -t{args.threads} -c{args.connections}, "
+        f"token bench: gunicorn 2 sync workers, {backends()}; wrk -t{args.threads} -c{args.connections}, "
         f"{args.rounds} rounds x {args.duration} s per target, median round, ratios paired per round; {load}"
     )
     median: dict[str, float] = {}

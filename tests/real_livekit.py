@@ -286,11 +286,18 @@ class RealLiveKit:
         self.participants.leave_all()
 
         async def delete_all() -> None:
+            # Until none is left: an agent whose job was accepted just before its room was
+            # deleted still joins, and its join creates the room again.
             async with api.LiveKitAPI(self.url, self.api_key, self.api_secret) as lk:
-                rooms = await lk.room.list_rooms(api.ListRoomsRequest())
-                for room in rooms.rooms:
-                    with contextlib.suppress(api.TwirpError):
-                        await lk.room.delete_room(api.DeleteRoomRequest(room=room.name))
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline:
+                    rooms = (await lk.room.list_rooms(api.ListRoomsRequest())).rooms
+                    if not rooms:
+                        return
+                    for room in rooms:
+                        with contextlib.suppress(api.TwirpError):
+                            await lk.room.delete_room(api.DeleteRoomRequest(room=room.name))
+                    await asyncio.sleep(0.5)  # then look again: a late agent's join recreates it
 
         asyncio.run(delete_all())
         self.relay.reset()
