@@ -555,3 +555,14 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
     started = config.stash.get(_started_key, None)
     if started is not None:
         terminalreporter.write_line(f"livekit-server start (exec to GET / 200): {started:.2f}s")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Shut the rtc SDK's native runtime down while Python is still whole, once every test and
+    fixture is done. Left to the SDK's own atexit hook, its runtime's threads can call back into
+    an interpreter that is finalizing, and the process then aborts ("panic in a function that
+    cannot unwind", exit 250) after every test passed; this was seen once in a benchmark run."""
+    ffi = sys.modules.get("livekit.rtc._ffi_client")
+    if ffi is not None and ffi.FfiClient._instance is not None:
+        ffi.FfiClient._instance._dispose()  # idempotent: the atexit hook then does nothing
