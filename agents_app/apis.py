@@ -120,7 +120,7 @@ class TokenApi(APIView):
         return self._answer(request, response)
 
     def _authenticate(self, request: HttpRequest) -> tuple[Any, Any]:
-        authenticator = self.authentication_classes[0]()
+        [authenticator] = self.get_authenticators()
         found = authenticator.authenticate(request)
         if found is None:
             raise exceptions.NotAuthenticated()
@@ -129,7 +129,7 @@ class TokenApi(APIView):
     def _exception_response(self, exc: Exception) -> Response:
         """What DRF's `handle_exception` answers (401s say how to authenticate)."""
         if isinstance(exc, exceptions.NotAuthenticated | exceptions.AuthenticationFailed):
-            exc.auth_header = self.authentication_classes[0]().authenticate_header(self.request)
+            exc.auth_header = self.get_authenticate_header(self.request)
         response = self.get_exception_handler()(exc, self.get_exception_handler_context())
         if response is None:
             raise exc

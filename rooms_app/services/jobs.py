@@ -26,7 +26,9 @@ logger = logging.getLogger(__name__)
 
 
 class Sendable(Protocol):
-    """What the services need of a Celery task: sending it."""
+    """What the services need of a Celery task: sending it (and its name, for the logs)."""
+
+    name: str
 
     def apply_async(self, args: Any = ..., kwargs: Any = ..., **options: Any) -> Any: ...
 
@@ -56,42 +58,40 @@ def _bound() -> Tasks:
     return _tasks
 
 
-def _send_on_commit(task: Sendable, what: str, *args: Any, countdown: float | None = None) -> None:
-    def send() -> None:
-        try:
-            task.apply_async(args=args, countdown=countdown, retry=False)
-        except BROKER_ERRORS:  # a broker outage must not fail the committed work
-            logger.warning(
-                "could not enqueue %s%r; the reconcile pass will catch up", what, args, exc_info=True
-            )
+def _send(task: Sendable, *args: Any, countdown: float | None = None) -> None:
+    try:
+        task.apply_async(args=args, countdown=countdown, retry=False)
+    except BROKER_ERRORS:  # a broker outage must not fail the work that asked for the job
+        logger.warning(
+            "could not enqueue %s%r; the reconcile pass will catch up", task.name, args, exc_info=True
+        )
 
-    transaction.on_commit(send)
+
+def _send_on_commit(task: Sendable, *args: Any, countdown: float | None = None) -> None:
+    transaction.on_commit(lambda: _send(task, *args, countdown=countdown))
 
 
 def dispatch_request_enqueue(*, dispatch_id: int) -> None:
     """CreateDispatch for a pending explicit dispatch."""
-    _send_on_commit(_bound().dispatch_request, "dispatch_request", dispatch_id)
+    _send_on_commit(_bound().dispatch_request, dispatch_id)
 
 
 def dispatch_deadline_enqueue(*, dispatch_id: int, countdown: float | None = None) -> None:
     """The join-deadline check, `countdown` seconds from now."""
-    _send_on_commit(_bound().dispatch_deadline, "dispatch_deadline", dispatch_id, countdown=countdown)
+    _send_on_commit(_bound().dispatch_deadline, dispatch_id, countdown=countdown)
 
 
 def dispatch_remove_enqueue(*, dispatch_id: int) -> None:
     """DeleteDispatch for a cancelled dispatch."""
-    _send_on_commit(_bound().dispatch_remove, "dispatch_remove", dispatch_id)
+    _send_on_commit(_bound().dispatch_remove, dispatch_id)
 
 
 def dispatch_token_check_enqueue(*, dispatch_id: int, identity: str) -> None:
     """The token's participant joined: did LiveKit honour the token's agents?"""
-    _send_on_commit(_bound().dispatch_token_check, "dispatch_token_check", dispatch_id, identity)
+    _send_on_commit(_bound().dispatch_token_check, dispatch_id, identity)
 
 
 def token_facts_apply_enqueue(*, countdown: float) -> None:
     """Apply the recorded token facts `countdown` seconds from now. Sent at once: it carries
     no row for the worker to find."""
-    try:
-        _bound().token_facts_apply.apply_async(countdown=countdown, retry=False)
-    except BROKER_ERRORS:
-        logger.warning("could not schedule the token facts' application; reconcile will", exc_info=True)
+    _send(_bound().token_facts_apply, countdown=countdown)
