@@ -81,6 +81,12 @@ WEBHOOK_VERIFICATION_FAILURES = Counter(
     "LiveKit webhooks refused because the signature or body hash did not verify.",
     ["reason"],
 )
+AGENTS_REMOVED = Counter(
+    "dispatchportal_agents_removed_total",
+    "Agent participants the portal removed from a room: a second agent of one name, or the agent "
+    "of a cancelled dispatch.",
+    ["agent"],
+)
 LIVEKIT_API_ERRORS = Counter(
     "dispatchportal_livekit_api_errors_total",
     "Failed calls to LiveKit's server API, by method and error code.",
@@ -120,6 +126,11 @@ def token_response_record(*, client: str, status: int, body: Any) -> None:
     else:
         error = body.get("error") if isinstance(body, dict) else None
         token_outcome_record(client=client, outcome=str(error or status))
+
+
+@_safe
+def agent_removed_record(*, agent: str) -> None:
+    AGENTS_REMOVED.labels(agent=agent or "(unnamed)").inc()
 
 
 @_safe

@@ -180,6 +180,10 @@ RECONCILE_INTERVAL_S = env.int("RECONCILE_INTERVAL_S", default=30)
 DISPATCH_RETRY_BACKOFF_S = env.float("DISPATCH_RETRY_BACKOFF_S", default=1.0)
 DISPATCH_RETRY_BACKOFF_MAX_S = env.float("DISPATCH_RETRY_BACKOFF_MAX_S", default=60.0)
 DISPATCH_MAX_RETRIES = env.int("DISPATCH_MAX_RETRIES", default=8)
+# How long after CreateDispatch LiveKit may still be assigning the job with none listed yet.
+DISPATCH_ASSIGNMENT_WINDOW_S = env.float("DISPATCH_ASSIGNMENT_WINDOW_S", default=10.0)
+# The Dispatch API's own CreateDispatch try (the queued task retries past it).
+DISPATCH_INLINE_TIMEOUT_S = env.float("DISPATCH_INLINE_TIMEOUT_S", default=1.0)
 RECONCILE_CONCURRENCY = env.int("RECONCILE_CONCURRENCY", default=16)
 
 # Alerts, worker presence and canaries (watch_app).

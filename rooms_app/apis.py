@@ -269,6 +269,15 @@ class WantedAgentSerializer(serializers.Serializer):
     participant_identity = serializers.CharField()
     joined_at = serializers.DateTimeField(allow_null=True)
     last_error = serializers.CharField()
+    waiting_for_livekit_since = serializers.DateTimeField(
+        allow_null=True,
+        help_text="Set while LiveKit is unreachable and the dispatch waits to be sent (it keeps waiting).",
+    )
+    agents_removed = serializers.ListField(
+        child=serializers.DictField(child=serializers.CharField()),
+        help_text="Agent participants of this name the portal removed from the room, with why: a second "
+        "agent of one name, or the agent of a cancelled dispatch.",
+    )
 
 
 class RoomDetailApi(APIView):

@@ -19,5 +19,6 @@ class RoomsAppConfig(AppConfig):
                 dispatch_remove=tasks.dispatch_remove,
                 dispatch_token_check=tasks.dispatch_token_check,
                 token_facts_apply=tasks.token_facts_apply,
+                participant_remove=tasks.participant_remove,
             )
         )

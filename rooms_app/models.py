@@ -193,6 +193,20 @@ class Dispatch(models.Model):
         editable=False,
         help_text="While set and in the future, one task run is talking to LiveKit for this row.",
     )
+    livekit_waiting_since = models.DateTimeField(
+        "waiting for LiveKit since",
+        null=True,
+        blank=True,
+        help_text="Set while LiveKit is unreachable and this dispatch waits to be sent; cleared once "
+        "LiveKit has it. An outage is not a verdict on the agent: the dispatch keeps waiting.",
+    )
+    agents_removed = models.JSONField(
+        "agents removed",
+        default=list,
+        blank=True,
+        help_text="Agent participants the portal removed from the room for this dispatch, e.g. "
+        '[{"identity": "agent-AJ_x", "why": "a second agent of one name", "at": "..."}].',
+    )
     livekit_job_id = models.CharField(
         "LiveKit job id", max_length=64, blank=True, help_text="e.g. 'AJ_x1y2z3'."
     )

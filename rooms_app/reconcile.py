@@ -46,6 +46,7 @@ from . import services
 from .livekit_client import LiveKit, LiveKitError, LkParticipant, LkRoom, livekit_run
 from .models import LIVE_STATUSES, WAITING_STATUSES, Dispatch, Room, TokenFact, WebhookEvent
 from .services.jobs import dispatch_deadline_enqueue, dispatch_request_enqueue
+from .services.matching import Verdict, participant_match
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ class ReconcileReport:
     gave_up: int = 0
     deadline_checks: int = 0
     requeued: int = 0
+    agents_removed: int = 0
     tokens_expired: int = 0
     token_facts_applied: int = 0
     livekit_errors: int = 0
@@ -100,6 +102,7 @@ class ReconcileReport:
             + self.agents_adopted
             + self.dispatched
             + self.requeued
+            + self.agents_removed
             + self.tokens_expired
             + self.token_facts_applied
         )
@@ -386,39 +389,54 @@ class ReconcilePass:
     ) -> None:
         joins: list[tuple[Dispatch, LkParticipant]] = []
         lefts: list[Dispatch] = []
+        removals: list[tuple[Dispatch, LkParticipant, Verdict]] = []
         candidates: list[tuple[Room, str, Any, LkParticipant | None]] = []  # room, agent name, rule, present
         sightings: list[tuple[str, str, str]] = []
+        ended = self._ended_rows({rooms[name].pk: rooms[name] for name in participants})
         for name, present in participants.items():
             room = rooms[name]
-            # Agents without lk.agent_name (older SDKs) still match by their recorded identity.
-            agent_participants = [p for p in present if p.is_agent]
+            # Earliest first: of two agents of one name, the one that came first stays.
+            agent_participants = sorted(
+                (p for p in present if p.is_agent),
+                key=lambda p: (p.joined_at is None, p.joined_at or self.now),
+            )
             sightings += services.agent_sightings(
                 room_name=name, how="reconcile", participants=agent_participants
             )
             live = live_by_room.get(room.pk, [])
-            claimed: set[str] = set()
-            for dispatch in live:
-                match = _match(dispatch, agent_participants, claimed)
-                if match is not None:
-                    claimed.add(match.identity)
+            rows = sorted([*live, *ended.get(room.pk, [])], key=lambda d: -d.pk)
+            identities = {p.identity for p in agent_participants}
+            claimed: dict[int, str] = {}
+            live_names = {d.agent_name for d in live}
+            for participant in agent_participants:
+                match = participant_match(
+                    participant=participant, rows=rows, present=identities, claimed=claimed
+                )
+                dispatch = match.dispatch
+                if match.verdict is Verdict.JOINED and dispatch is not None:
+                    claimed[dispatch.pk] = participant.identity
                     if (
                         dispatch.status != Dispatch.Status.AGENT_JOINED
-                        or dispatch.participant_identity != match.identity
+                        or dispatch.participant_identity != participant.identity
                     ):
-                        joins.append((dispatch, match))
+                        joins.append((dispatch, participant))
+                elif match.verdict in (Verdict.DUPLICATE, Verdict.CANCELLED) and dispatch is not None:
+                    removals.append((dispatch, participant, match.verdict))
+                # Unnamed agents are LiveKit's automatic ones (the implicit "" dispatch): not ours.
+                elif (
+                    participant.agent_name
+                    and participant.agent_name in agents
+                    and participant.agent_name not in live_names
+                ):
+                    candidates.append((room, participant.agent_name, None, participant))
+                    live_names.add(participant.agent_name)
+            for dispatch in live:
+                if dispatch.pk in claimed:
                     continue
                 if dispatch.status == Dispatch.Status.AGENT_JOINED:
                     lefts.append(dispatch)
                 elif dispatch.status in WAITING_STATUSES:
                     self._waiting(dispatch, room)
-            live_names = {d.agent_name for d in live}
-            for participant in agent_participants:
-                if participant.identity in claimed or participant.agent_name in live_names:
-                    continue
-                # Unnamed agents are LiveKit's automatic ones (the implicit "" dispatch): not ours.
-                if participant.agent_name and participant.agent_name in agents:
-                    candidates.append((room, participant.agent_name, None, participant))
-                    live_names.add(participant.agent_name)
             for applied in wanted_by_rule.get(name, []):
                 if applied.agent_name not in live_names and agents[applied.agent_name].enabled:
                     candidates.append((room, applied.agent_name, applied, None))
@@ -439,7 +457,42 @@ class ReconcilePass:
             services.agents_seen_record(seen=sightings)
         self._joins_write(joins)
         self._lefts_write(lefts, rooms)
+        self._removals_write(removals)
         self._candidates(candidates, agents)
+
+    def _ended_rows(self, rooms: dict[int, Room]) -> dict[int, list[Dispatch]]:
+        """Ended rows of each room's current session (a cancelled attempt's agent must not be
+        adopted), in one query per chunk of rooms."""
+        found: dict[int, list[Dispatch]] = defaultdict(list)
+        ids = sorted(rooms)
+        for start in range(0, len(ids), NAME_CHUNK):
+            chunk = ids[start : start + NAME_CHUNK]
+            earliest = min((rooms[i].started_at for i in chunk if rooms[i].started_at), default=None)
+            query = Dispatch.objects.filter(room_id__in=chunk, ended_at__isnull=False).exclude(
+                status__in=LIVE_STATUSES
+            )
+            if earliest is not None:
+                query = query.filter(ended_at__gte=earliest)
+            for dispatch in query:
+                began = rooms[dispatch.room_id].started_at
+                if began is None or (dispatch.ended_at is not None and dispatch.ended_at >= began):
+                    found[dispatch.room_id].append(dispatch)
+        return found
+
+    def _removals_write(self, removals: list[tuple[Dispatch, LkParticipant, Verdict]]) -> None:
+        for dispatch, participant, verdict in removals:
+            if verdict is Verdict.DUPLICATE:
+                why = (
+                    f"a second '{dispatch.agent_name}' agent '{participant.identity}' is in the room "
+                    f"(this dispatch's agent is '{dispatch.participant_identity}'; found by reconcile)"
+                )
+            else:
+                why = (
+                    f"agent participant '{participant.identity}' of this cancelled dispatch is in the "
+                    "room (found by reconcile)"
+                )
+            services.agent_extra_remove(dispatch=dispatch, identity=participant.identity, why=why)
+            self.report.agents_removed += 1
 
     def _waiting(self, dispatch: Dispatch, room: Room) -> None:
         now = self.now
@@ -538,15 +591,3 @@ class ReconcilePass:
                     detail=f"explicit rule '{applied.rule}' applied to a room that lacked its agent (reconcile)",
                 )
                 self.report.dispatched += created
-
-
-def _match(dispatch: Dispatch, participants: list[LkParticipant], claimed: set[str]) -> LkParticipant | None:
-    """The agent participant that is this dispatch's: its recorded identity, else the first
-    unclaimed participant registered under its agent name."""
-    for participant in participants:
-        if dispatch.participant_identity and participant.identity == dispatch.participant_identity:
-            return participant
-    for participant in participants:
-        if participant.agent_name == dispatch.agent_name and participant.identity not in claimed:
-            return participant
-    return None

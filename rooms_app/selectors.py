@@ -43,6 +43,8 @@ class WantedAgent:
     participant_identity: str
     joined_at: datetime | None
     last_error: str
+    waiting_for_livekit_since: datetime | None = None
+    agents_removed: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def joined(self) -> bool:
@@ -75,6 +77,9 @@ def room_state(*, room_name: str) -> RoomState:
         latest[dispatch.agent_name] = dispatch
         if dispatch.previous_id:
             replaced.add(dispatch.previous_id)
+    removed: dict[str, list[dict[str, str]]] = {}
+    for dispatch in Dispatch.objects.filter(room=room).exclude(agents_removed=[]).order_by("id"):
+        removed.setdefault(dispatch.agent_name, []).extend(dispatch.agents_removed)
     agents = []
     for dispatch in latest.values():
         # An attempt handed over to its fallback agent is that agent's row now.
@@ -92,6 +97,8 @@ def room_state(*, room_name: str) -> RoomState:
                 participant_identity=dispatch.participant_identity,
                 joined_at=dispatch.joined_at,
                 last_error=dispatch.last_error,
+                waiting_for_livekit_since=dispatch.livekit_waiting_since,
+                agents_removed=removed.get(dispatch.agent_name, []),
             )
         )
     agents.sort(key=lambda a: a.agent_name)

@@ -9,9 +9,11 @@ every token fact not yet applied, each at most once; the second is the periodic 
 
 Only named transient errors are retried (each task's `autoretry_for`: LiveKit unreachable,
 timing out or answering 5xx; the database dropped or briefly locked), with exponential
-backoff, full jitter and a bound; past it the task fails with the error, except
-`dispatch_request`, which ends its row as failed. LiveKit refusing a request (4xx) is a final
-answer, recorded by the service.
+backoff and full jitter. LiveKit being unreachable is retried without a bound (an outage is
+not a verdict on the agent: the work waits for LiveKit, with the backoff capped at
+DISPATCH_RETRY_BACKOFF_MAX_S); other errors are bounded by DISPATCH_MAX_RETRIES, past which the
+task fails with the error. LiveKit refusing a request (4xx) is a final answer, recorded by the
+service.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def backoff_s(retries: int) -> float:
     step, so retries of many dispatches after one outage do not arrive at LiveKit in lockstep."""
     base = float(getattr(settings, "DISPATCH_RETRY_BACKOFF_S", 1.0))
     cap = float(getattr(settings, "DISPATCH_RETRY_BACKOFF_MAX_S", 60.0))
-    return random.uniform(0, min(cap, base * (2**retries)))
+    return random.uniform(0, min(cap, base * (2 ** min(retries, 32))))
 
 
 def max_retries() -> int:
@@ -70,6 +72,8 @@ class LifecycleTask(Task):
         retries = self.request.retries
         if countdown is None:
             countdown = backoff_s(retries)
+        if isinstance(options.get("exc"), LiveKitUnavailable):
+            options.setdefault("max_retries", None)  # wait for LiveKit, however long it is down
         bound = options.setdefault("max_retries", max_retries())
         if bound is None or retries < bound:
             logger.warning(
@@ -87,12 +91,7 @@ def dispatch_request(self: Task, dispatch_id: int) -> str:
         # Not a failure: a duplicate of this task is mid-call; look again when its lease ends.
         raise self.retry(exc=exc, countdown=exc.retry_in_s, max_retries=None) from None
     except LiveKitUnavailable as exc:
-        # By hand, not `autoretry_for`: Celery has no hook for the last try, which ends the row.
-        if self.request.retries >= max_retries():
-            services.dispatch_unavailable_give_up(
-                dispatch_id=dispatch_id, error=exc.message, tries=self.request.retries + 1
-            )
-            return "failed"
+        # Never a reason to give up: the row waits (visibly) until LiveKit answers.
         services.dispatch_unavailable_note(
             dispatch_id=dispatch_id, error=exc.message, retry=self.request.retries + 1
         )
@@ -110,6 +109,13 @@ def dispatch_deadline(dispatch_id: int) -> str:
 def dispatch_remove(dispatch_id: int) -> str:
     """DeleteDispatch for a cancelled dispatch (removes its agent from the room)."""
     return services.dispatch_remove(dispatch_id=dispatch_id)
+
+
+@shared_task(base=LifecycleTask, name="rooms.participant_remove", autoretry_for=LIVEKIT_OR_DATABASE_DOWN)
+def participant_remove(dispatch_id: int, identity: str) -> str:
+    """RemoveParticipant for an agent that must not stay: a second agent of one name, or the
+    agent of a cancelled attempt."""
+    return services.agent_participant_remove(dispatch_id=dispatch_id, identity=identity)
 
 
 # Given up, the join deadline still converts the dispatch.

@@ -7,6 +7,10 @@
                         raise   raise in the entrypoint
                         exit    end the job process at once (os._exit(1)) in the entrypoint
                         slow    wait AGENT_DELAY_S before accepting, then as accept
+                        coldstart  accept at once, but each job's process spends
+                                AGENT_DELAY_S in its setup (prewarm) before the entrypoint
+                                runs: no idle process is kept, so every job waits for a
+                                cold process, as a slow model load does
     AGENT_DELAY_S     seconds for `slow` (default 3)
     AGENT_DRAIN_TIMEOUT_S  on SIGTERM, how long running jobs may go on (default 10)
     AGENT_EXECUTOR    `process` (default, as in production) or `thread`: jobs as threads of the
@@ -24,13 +28,14 @@ import asyncio
 import logging
 import os
 import sys
+import time
 
 # livekit-agents empties PROMETHEUS_MULTIPROC_DIR when the worker starts (worker.py, "cleaning
 # prometheus multiprocess directory"): inherited from the portal or the test run, it would
 # delete their metrics files. This worker keeps no metrics files; drop it before the import.
 os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
 
-from livekit.agents import AgentServer, JobContext, JobExecutorType, JobRequest, cli  # noqa: E402
+from livekit.agents import AgentServer, JobContext, JobExecutorType, JobProcess, JobRequest, cli  # noqa: E402
 
 AGENT_NAME = os.environ.get("AGENT_NAME", "")
 BEHAVIOR = os.environ.get("AGENT_BEHAVIOR", "accept")
@@ -44,12 +49,18 @@ def no_load() -> float:
     return 0.0
 
 
+def cold_setup(_proc: JobProcess) -> None:
+    time.sleep(DELAY_S)  # a slow prewarm: the job process is busy before its job can start
+
+
 server = AgentServer(
     load_fnc=no_load,
     load_threshold=float("inf"),
     host="127.0.0.1",
     port=0,
-    num_idle_processes=1,  # one warm job process: a job starts without forking under load
+    # One warm job process: a job starts without forking under load (none for coldstart).
+    num_idle_processes=0 if BEHAVIOR == "coldstart" else 1,
+    setup_fnc=cold_setup if BEHAVIOR == "coldstart" else None,
     drain_timeout=int(os.environ.get("AGENT_DRAIN_TIMEOUT_S", "10")),  # SIGTERM: jobs get this long
     job_executor_type=EXECUTOR,
     http_proxy=None,  # everything is on loopback
@@ -81,7 +92,7 @@ server.on("worker_registered", on_registered)
 
 
 if __name__ == "__main__":
-    if BEHAVIOR not in ("accept", "raise", "exit", "slow"):
-        sys.exit(f"AGENT_BEHAVIOR must be accept, raise, exit or slow, not {BEHAVIOR!r}")
+    if BEHAVIOR not in ("accept", "raise", "exit", "slow", "coldstart"):
+        sys.exit(f"AGENT_BEHAVIOR must be accept, raise, exit, slow or coldstart, not {BEHAVIOR!r}")
     sys.argv = [sys.argv[0], "start"]
     cli.run_app(server)

@@ -35,6 +35,14 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 
 @pytest.fixture(autouse=True)
+def _no_assignment_window(settings) -> None:
+    """The emulator lists a job the moment its simulated worker takes it, so in-process checks
+    need no assignment window; the real-server stories' Celery worker runs with the real
+    server's 10 s, and tests of the window set it themselves."""
+    settings.DISPATCH_ASSIGNMENT_WINDOW_S = 0
+
+
+@pytest.fixture(autouse=True)
 def _isolated_cache(settings, tmp_path) -> None:
     """Each test gets its own cache namespace, so counters and the rule-set change marker never leak."""
     from agents_app import selectors

@@ -91,6 +91,9 @@ class WebhookRelay:
 
     def __init__(self) -> None:
         self.target: str | None = None
+        # > 0: answer LiveKit at once and deliver each event this many seconds later, as a
+        # lagging webhook pipeline does (the portal then hears of a join after what followed it).
+        self.delay_s = 0.0
         self.received: list[tuple[bytes, dict[str, str]]] = []
         self._lock = threading.Lock()
         relay = self
@@ -119,6 +122,15 @@ class WebhookRelay:
             target = self.target
         if target is None:
             return 200
+        if self.delay_s > 0:
+            timer = threading.Timer(self.delay_s, self._deliver, (target, body, headers))
+            timer.daemon = True
+            timer.start()
+            return 200
+        return self._deliver(target, body, headers)
+
+    @staticmethod
+    def _deliver(target: str, body: bytes, headers: dict[str, str]) -> int:
         request = urllib.request.Request(target, data=body, method="POST", headers=headers)
         try:
             with _no_proxy.open(request, timeout=10) as response:
@@ -131,6 +143,7 @@ class WebhookRelay:
     def reset(self) -> None:
         with self._lock:
             self.target = None
+            self.delay_s = 0.0
             self.received.clear()
 
     def close(self) -> None:
@@ -379,7 +392,7 @@ def start_server(binary: str, workdir: Path) -> RealLiveKit:
 
 # --- real agent workers --------------------------------------------------------------------
 
-BEHAVIORS = ("accept", "raise", "exit", "slow")
+BEHAVIORS = ("accept", "raise", "exit", "slow", "coldstart")
 WORKER_PROGRAM = REPO / "tests" / "agent_worker.py"
 REGISTERED = "AGENT_WORKER_REGISTERED"
 

@@ -38,6 +38,7 @@ from .ledger import (
     DEADLINE_GRACE_S,
     FINAL_STATUSES,
     ROOM_FRESH,
+    agent_extra_remove,
     agent_joined_record,
     agent_left_record,
     default_metadata,
@@ -60,11 +61,11 @@ from .ledger import (
 )
 from .lifecycle import (
     DispatchInFlight,
+    agent_participant_remove,
     dispatch_deadline_check,
     dispatch_remove,
     dispatch_request,
     dispatch_token_join_check,
-    dispatch_unavailable_give_up,
     dispatch_unavailable_note,
 )
 from .triggers import (
@@ -89,6 +90,7 @@ __all__ = [
     "FINAL_STATUSES",
     "ROOM_FRESH",
     "DispatchInFlight",
+    "agent_extra_remove",
     "agent_joined_record",
     "agent_left_record",
     "agent_participant_joined",
@@ -108,7 +110,7 @@ __all__ = [
     "dispatch_token_join_check",
     "dispatch_retry",
     "dispatch_transition",
-    "dispatch_unavailable_give_up",
+    "agent_participant_remove",
     "dispatch_unavailable_note",
     "give_up_reason",
     "job_assigned_record",

@@ -240,6 +240,21 @@ def token_fact_apply(*, fact: TokenFact) -> list[Dispatch]:
         if agent is None:
             logger.warning("token named unknown agent %r", item["agent_name"], extra={"room": fact.room_name})
             continue
+        cancelled = (
+            Dispatch.objects.filter(
+                room=room, agent_name=agent.agent_name, status=Dispatch.Status.CANCELLED, ended_at__gte=minted
+            )
+            .order_by("-id")
+            .first()
+        )
+        if cancelled is not None:
+            # A cancel is final: a token minted before it (applied late) does not bring it back.
+            dispatch_note(
+                dispatch=cancelled,
+                detail=f"token minted for '{fact.participant_identity}' before this cancel also carried "
+                f"'{agent.agent_name}'; not dispatched again",
+            )
+            continue
         dispatch, created = dispatch_create(
             room=room,
             agent=agent,

@@ -42,6 +42,7 @@ class Tasks:
     dispatch_remove: Sendable
     dispatch_token_check: Sendable
     token_facts_apply: Sendable
+    participant_remove: Sendable
 
 
 _tasks: Tasks | None = None
@@ -71,9 +72,10 @@ def _send_on_commit(task: Sendable, *args: Any, countdown: float | None = None) 
     transaction.on_commit(lambda: _send(task, *args, countdown=countdown))
 
 
-def dispatch_request_enqueue(*, dispatch_id: int) -> None:
-    """CreateDispatch for a pending explicit dispatch."""
-    _send_on_commit(_bound().dispatch_request, dispatch_id)
+def dispatch_request_enqueue(*, dispatch_id: int, countdown: float | None = None) -> None:
+    """CreateDispatch for a pending explicit dispatch (`countdown`: as the retry path of a
+    request that makes its own first try)."""
+    _send_on_commit(_bound().dispatch_request, dispatch_id, countdown=countdown)
 
 
 def dispatch_deadline_enqueue(*, dispatch_id: int, countdown: float | None = None) -> None:
@@ -89,6 +91,11 @@ def dispatch_remove_enqueue(*, dispatch_id: int) -> None:
 def dispatch_token_check_enqueue(*, dispatch_id: int, identity: str) -> None:
     """The token's participant joined: did LiveKit honour the token's agents?"""
     _send_on_commit(_bound().dispatch_token_check, dispatch_id, identity)
+
+
+def participant_remove_enqueue(*, dispatch_id: int, identity: str) -> None:
+    """RemoveParticipant for an agent that must not stay (a duplicate, a cancelled attempt's)."""
+    _send_on_commit(_bound().participant_remove, dispatch_id, identity)
 
 
 def token_facts_apply_enqueue(*, countdown: float) -> None:

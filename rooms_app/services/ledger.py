@@ -25,7 +25,7 @@ from ..livekit_client import (
     LkParticipant,
 )
 from ..models import LIVE_STATUSES, WAITING_STATUSES, Dispatch, DispatchEvent, Room
-from .jobs import dispatch_deadline_enqueue, dispatch_request_enqueue
+from .jobs import dispatch_deadline_enqueue, dispatch_request_enqueue, participant_remove_enqueue
 
 logger = logging.getLogger(__name__)
 
@@ -233,11 +233,13 @@ def dispatch_create(
     previous: Dispatch | None = None,
     status: str = Dispatch.Status.PENDING,
     detail: str = "",
+    request_countdown: float | None = None,
     **fields: Any,
 ) -> tuple[Dispatch, bool]:
     """Record that `agent` is wanted in `room`, unless it already has a live dispatch there
     (that one is returned, with False). An explicit dispatch is sent to LiveKit by a task
-    after commit. The database constraint decides races between triggers."""
+    after commit (`request_countdown` seconds later when the caller makes the first try
+    itself). The database constraint decides races between triggers."""
     for _ in range(3):
         try:
             with transaction.atomic():
@@ -275,7 +277,7 @@ def dispatch_create(
             continue  # the live one ended between our insert and this read: try again
         _log(logging.INFO, f"dispatch recorded: {dispatch.get_source_display()}", dispatch, status=status)
         if status == Dispatch.Status.PENDING and delivery == Dispatch.Delivery.EXPLICIT:
-            dispatch_request_enqueue(dispatch_id=dispatch.pk)
+            dispatch_request_enqueue(dispatch_id=dispatch.pk, countdown=request_countdown)
         elif status == Dispatch.Status.PENDING and room.status == Room.Status.ACTIVE:
             dispatch_deadline_arm(dispatch=dispatch, agent=agent)
         return dispatch, True
@@ -454,6 +456,22 @@ def agent_left_record(*, dispatch: Dispatch, error: str, room_closed: bool = Fal
         ):
             return None
         return dispatch_retry(dispatch=dispatch) is not None
+
+
+def agent_extra_remove(*, dispatch: Dispatch, identity: str, why: str) -> None:
+    """An agent that must not stay (a second agent of one name, a cancelled attempt's agent):
+    say why on `dispatch`'s timeline and in its `agents_removed`, and remove it from the room
+    (a task, after commit). Said once per identity, however many reports of it arrive."""
+    with transaction.atomic():
+        row = Dispatch.objects.select_for_update().filter(pk=dispatch.pk).only("agents_removed").first()
+        if row is None or any(item.get("identity") == identity for item in row.agents_removed):
+            return
+        removed = [*row.agents_removed, {"identity": identity, "why": why, "at": timezone.now().isoformat()}]
+        Dispatch.objects.filter(pk=dispatch.pk).update(agents_removed=removed)
+        dispatch.agents_removed = removed
+    dispatch_note(dispatch=dispatch, detail=f"{why}; removing it", level=logging.WARNING)
+    metrics.agent_removed_record(agent=dispatch.agent_name)
+    participant_remove_enqueue(dispatch_id=dispatch.pk, identity=identity)
 
 
 def dispatch_deliver_explicitly(*, dispatch: Dispatch, why: str) -> bool:

@@ -40,6 +40,7 @@ from .ledger import (
     dispatch_transition,
     job_assigned_record,
 )
+from .matching import Verdict, participant_match, session_rows
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ def _request_lease(*, calls: int) -> timedelta:
     return timedelta(seconds=float(settings.LIVEKIT_TIMEOUT_S) * calls + 1.0)
 
 
-def dispatch_request(*, dispatch_id: int) -> str:
+def dispatch_request(*, dispatch_id: int, timeout_s: float | None = None) -> str:
     """Send a pending explicit dispatch to LiveKit, exactly once.
 
     A status guard first (anything but `pending` is work already done), then a lease taken
@@ -105,7 +106,8 @@ def dispatch_request(*, dispatch_id: int) -> str:
     redelivered or duplicated task, a reconcile re-queue) first asks ListDispatch and adopts
     the dispatch an earlier try made instead of creating a second agent.
     Raises LiveKitUnavailable or DispatchInFlight for the task to retry; a 4xx ends the row
-    as `failed`."""
+    as `failed`. `timeout_s` bounds this try's LiveKit calls (the request path's own try is
+    short; a try that times out is looked up by the next)."""
     dispatch = Dispatch.objects.select_related("room", "agent").filter(pk=dispatch_id).first()
     if (
         dispatch is None
@@ -172,7 +174,7 @@ def dispatch_request(*, dispatch_id: int) -> str:
         )
 
     try:
-        outcome = livekit_run(request)
+        outcome = livekit_run(request, timeout_s=timeout_s)
     except LiveKitUnavailable:
         # This try is over (its outcome unknown): release the lease so the retry need not
         # wait for it; being a later try, the retry looks the dispatch up first.
@@ -205,7 +207,13 @@ def dispatch_request(*, dispatch_id: int) -> str:
         else "adopted the LiveKit dispatch already there"
     )
     with transaction.atomic():
-        moved = _livekit_has_it(dispatch=dispatch, found=found, detail=f"{how}: {found.id}", last_error="")
+        moved = _livekit_has_it(
+            dispatch=dispatch,
+            found=found,
+            detail=f"{how}: {found.id}",
+            last_error="",
+            livekit_waiting_since=None,
+        )
         if moved:
             dispatch_deadline_arm(dispatch=dispatch)
     if not moved:
@@ -242,27 +250,22 @@ def _livekit_has_it(*, dispatch: Dispatch, found: LkDispatch, detail: str, **fie
 
 
 def dispatch_unavailable_note(*, dispatch_id: int, error: str, retry: int) -> None:
-    """Put a LiveKit outage on the timeline of a dispatch still waiting to be sent."""
+    """A LiveKit outage while a dispatch waits to be sent: not a verdict on the agent. The row
+    stays `pending`, marked as waiting for LiveKit since the first failed try (the room API
+    and the doctor show it); its timeline notes the first three tries and every tenth."""
+    now = timezone.now()
     dispatch = Dispatch.objects.filter(pk=dispatch_id, status=Dispatch.Status.PENDING).first()
-    if dispatch is not None:
-        Dispatch.objects.filter(pk=dispatch_id).update(last_error=error, updated_at=timezone.now())
+    if dispatch is None:
+        return
+    Dispatch.objects.filter(pk=dispatch_id, livekit_waiting_since__isnull=True).update(
+        livekit_waiting_since=now
+    )
+    Dispatch.objects.filter(pk=dispatch_id).update(last_error=error, updated_at=now)
+    if retry <= 3 or retry % 10 == 0:
         dispatch_note(
             dispatch=dispatch,
-            detail=f"LiveKit unavailable ({error}); retry {retry} scheduled",
+            detail=f"LiveKit unavailable ({error}); waiting for it: try {retry} failed, trying again with backoff",
             level=logging.WARNING,
-        )
-
-
-def dispatch_unavailable_give_up(*, dispatch_id: int, error: str, tries: int) -> None:
-    dispatch = Dispatch.objects.filter(pk=dispatch_id).first()
-    if dispatch is not None:
-        message = f"LiveKit unavailable after {tries} tries: {error}"
-        dispatch_transition(
-            dispatch=dispatch,
-            to=Dispatch.Status.FAILED,
-            expect=(Dispatch.Status.PENDING,),
-            detail=message,
-            last_error=message,
         )
 
 
@@ -308,6 +311,72 @@ def dispatch_remove(*, dispatch_id: int) -> str:
     return removed or "nothing to delete"
 
 
+def agent_participant_remove(*, dispatch_id: int, identity: str) -> str:
+    """RemoveParticipant for an agent that must not stay in the room: a second agent of one
+    name, or the agent of a cancelled attempt. Skipped when the agent has meanwhile become
+    this live dispatch's own. Raises LiveKitUnavailable for the task to retry."""
+    dispatch = Dispatch.objects.select_related("room").filter(pk=dispatch_id).first()
+    if dispatch is None or (dispatch.is_live and dispatch.participant_identity == identity):
+        return "skipped"
+    try:
+        livekit_run(lambda client: client.remove_participant(dispatch.room.name, identity))
+    except LiveKitNotFound:
+        dispatch_note(dispatch=dispatch, detail=f"agent participant '{identity}' had already left")
+        return "gone"
+    except LiveKitRejected as exc:
+        dispatch_note(
+            dispatch=dispatch,
+            detail=f"LiveKit refused to remove agent participant '{identity}': {exc.message}",
+            level=logging.ERROR,
+        )
+        return "refused"
+    dispatch_note(dispatch=dispatch, detail=f"agent participant '{identity}' removed from the room")
+    return "removed"
+
+
+def assignment_window() -> timedelta:
+    """How long after CreateDispatch LiveKit may still be offering the job to workers with no
+    job in ListDispatch: the real server's availability timeout is 10 s, and it lists a job
+    about 5 s after the worker accepted it (seen with livekit-server 1.13.5)."""
+    return timedelta(seconds=float(getattr(settings, "DISPATCH_ASSIGNMENT_WINDOW_S", 10.0)))
+
+
+def _deadline_later(
+    dispatch: Dispatch, jobs: tuple[Any, ...], *, room: Room, now: Any
+) -> tuple[Any, str] | None:
+    """A later deadline when judging now would be premature, with why; None to judge now.
+
+    - An active job: its agent gets the join deadline counted from the job's assignment (a
+      cold job process can take seconds before it joins).
+    - No job yet, within the assignment window of the request: LiveKit may still be
+      assigning it. Judging now and dispatching again would bring two agents (a worker drops
+      the termination of a job still waiting for its process)."""
+    deadline_s = dispatch.agent.join_deadline_s if dispatch.agent else 15
+    if any(job.active for job in jobs):
+        assigned = dispatch.job_assigned_at or now
+        later = assigned + timedelta(seconds=deadline_s)
+        why = f"its job is assigned; the agent has {deadline_s} s from the job's assignment to join"
+    elif not jobs:
+        asked = dispatch.requested_at
+        if asked is None and dispatch.delivery == Dispatch.Delivery.TOKEN:
+            asked = room.started_at
+        window = assignment_window()
+        later = (asked or dispatch.created_at) + window
+        why = (
+            f"no job yet, but LiveKit may still be offering it to a worker (up to "
+            f"{window.total_seconds():g} s after the request)"
+        )
+    else:
+        return None
+    if (
+        dispatch.deadline_at is None
+        or later <= dispatch.deadline_at + timedelta(seconds=0.05)
+        or later <= now
+    ):
+        return None
+    return later, why
+
+
 @dataclass(slots=True)
 class _Snapshot:
     room_exists: bool
@@ -318,17 +387,26 @@ class _Snapshot:
 def _agent_participant(
     dispatch: Dispatch, participants: Iterable[LkParticipant], job_identities: set[str]
 ) -> LkParticipant | None:
-    fallback = None
-    for participant in participants:
-        if not participant.is_agent:
-            continue
-        if participant.identity in job_identities or (
-            dispatch.participant_identity and participant.identity == dispatch.participant_identity
+    """This dispatch's agent in the room: a participant of one of its jobs, else the one the
+    shared matcher gives this row (never a cancelled attempt's agent, nor a second one)."""
+    agents = sorted(
+        (p for p in participants if p.is_agent),
+        key=lambda p: (p.joined_at is None, p.joined_at or timezone.now()),
+    )
+    for participant in agents:
+        if participant.identity in job_identities:
+            return participant
+    rows = session_rows(room=dispatch.room)
+    present = {p.identity for p in agents}
+    for participant in agents:
+        match = participant_match(participant=participant, rows=rows, present=present)
+        if (
+            match.verdict is Verdict.JOINED
+            and match.dispatch is not None
+            and match.dispatch.pk == dispatch.pk
         ):
             return participant
-        if participant.agent_name == dispatch.agent_name and fallback is None:
-            fallback = participant
-    return fallback
+    return None
 
 
 def dispatch_deadline_check(*, dispatch_id: int) -> str:
@@ -385,6 +463,29 @@ def dispatch_deadline_check(*, dispatch_id: int) -> str:
             dispatch=dispatch, participant=participant, livekit=ours, how="found in the room at the deadline"
         )
         return Dispatch.Status.AGENT_JOINED
+    if ours is not None:
+        later = _deadline_later(dispatch, jobs, room=room, now=now)
+        if later is not None:
+            when, why = later
+            active = next((j for j in jobs if j.active), None)
+            with transaction.atomic():
+                if active is not None and dispatch.status == Dispatch.Status.REQUESTED:
+                    job_assigned_record(
+                        dispatch=dispatch, job_id=active.id, how=f"{active.status}, ListDispatch"
+                    )
+                if not Dispatch.objects.filter(pk=dispatch.pk, status__in=WAITING_STATUSES).update(
+                    deadline_at=when
+                ):
+                    return "skipped"
+                dispatch.deadline_at = when
+                dispatch_note(
+                    dispatch=dispatch,
+                    detail=f"join deadline moved {(when - now).total_seconds():.1f} s later: {why}",
+                )
+                dispatch_deadline_enqueue(
+                    dispatch_id=dispatch.pk, countdown=(when - now).total_seconds() + DEADLINE_GRACE_S
+                )
+            return "deadline moved"
     if ours is None:
         if dispatch.delivery == Dispatch.Delivery.TOKEN:
             # LiveKit applies a token's agents only when that join creates the room: the room

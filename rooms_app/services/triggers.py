@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -20,11 +21,13 @@ from dispatchportal.reserved import CANARY_ROOM_PREFIX, is_canary_room
 
 from ..livekit_client import (
     ROOM_GONE_REASONS,
+    LiveKitUnavailable,
     LkParticipant,
 )
 from ..models import LIVE_STATUSES, Dispatch, Room
 from .jobs import dispatch_remove_enqueue, dispatch_token_check_enqueue
 from .ledger import (
+    agent_extra_remove,
     agent_joined_record,
     agent_left_record,
     dispatch_create,
@@ -32,6 +35,8 @@ from .ledger import (
     dispatch_transition,
     room_get_or_create,
 )
+from .lifecycle import DispatchInFlight, dispatch_request
+from .matching import Verdict, participant_match, session_rows
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +95,12 @@ def dispatch_api_create(
 ) -> tuple[Dispatch, bool]:
     """POST /api/v1/dispatches: an explicit dispatch within the caller's scope. `client` is
     None for staff. Returns the dispatch and whether it is new (else the live one, whose
-    timeline notes the request)."""
+    timeline notes the request).
+
+    A new dispatch is sent to LiveKit from the request itself once recorded (one short
+    CreateDispatch, under the same lease that makes the task exactly-once), so the agent is
+    not kept waiting on the broker and a worker's poll; the task queued with it is the retry
+    path, run only if this try did not get LiveKit's answer."""
     agent = Agent.objects.filter(agent_name=agent_name).first()
     if agent is None:
         raise NotFound(f"unknown agent '{agent_name}'", field="agent_name")
@@ -114,6 +124,7 @@ def dispatch_api_create(
             requested_by=requested_by,
             deployment=deployment,
             attributes=attributes or {},
+            request_countdown=float(settings.LIVEKIT_TIMEOUT_S) + 1.0,
         )
         if not created:  # the request is a fact too: on the live dispatch's timeline
             differs = metadata is not None and metadata != dispatch.metadata
@@ -122,7 +133,19 @@ def dispatch_api_create(
                 detail=f"Dispatch API: {requested_by} asked for '{agent_name}' again; answered 409, nothing "
                 "created" + ("; their different metadata was not applied" if differs else ""),
             )
+    if created:
+        _request_inline(dispatch=dispatch)
     return dispatch, created
+
+
+def _request_inline(*, dispatch: Dispatch) -> None:
+    try:
+        dispatch_request(
+            dispatch_id=dispatch.pk, timeout_s=float(getattr(settings, "DISPATCH_INLINE_TIMEOUT_S", 1.0))
+        )
+    except (LiveKitUnavailable, DispatchInFlight):
+        return  # the queued task tries again (and looks up what this try may have made)
+    dispatch.refresh_from_db()
 
 
 def dispatch_cancel(*, dispatch: Dispatch, by: str) -> bool:
@@ -168,29 +191,35 @@ def dispatch_redispatch(*, dispatch: Dispatch, by: str) -> Dispatch | None:
 def agent_participant_joined(
     *, room: Room, participant: LkParticipant, how: str = "webhook"
 ) -> Dispatch | None:
-    """An agent-kind participant joined: match it to the live dispatch of its agent name
-    (`lk.agent_name`), or by the job's participant identity; adopt a managed agent that
-    joined with no dispatch in the ledger. Agents the portal does not manage are ignored."""
-    live = list(Dispatch.objects.filter(room=room, status__in=LIVE_STATUSES))
-    match = next((d for d in live if d.participant_identity == participant.identity), None)
-    if match is None:
-        job_id = participant.identity.removeprefix("agent-")
-        match = next((d for d in live if d.livekit_job_id and d.livekit_job_id == job_id), None)
-    if match is None and participant.agent_name is not None:
-        match = next((d for d in live if d.agent_name == participant.agent_name), None)
-    if match is not None:
-        match.room = room
-        if match.status == Dispatch.Status.AGENT_JOINED:
-            if match.participant_identity != participant.identity:
-                dispatch_note(
-                    dispatch=match,
-                    detail=f"a second '{match.agent_name}' agent joined as '{participant.identity}' "
-                    f"(already present: '{match.participant_identity}')",
-                    level=logging.WARNING,
-                )
-            return match
-        agent_joined_record(dispatch=match, participant=participant, how=how)
-        return match
+    """An agent-kind participant joined; the shared matcher (`matching`) says whose it is.
+    A live dispatch's agent is recorded as joined; a second agent of one name, or the agent of
+    a cancelled dispatch (its join reported late), is removed from the room; a managed agent
+    with no row is adopted. Agents the portal does not manage are ignored."""
+    match = participant_match(participant=participant, rows=session_rows(room=room))
+    dispatch = match.dispatch
+    if dispatch is not None:
+        dispatch.room = room
+    if match.verdict is Verdict.JOINED and dispatch is not None:
+        if dispatch.status == Dispatch.Status.AGENT_JOINED:
+            return dispatch
+        if not agent_joined_record(dispatch=dispatch, participant=participant, how=how):
+            dispatch.refresh_from_db()  # lost a race: another agent's join was recorded first
+            if (
+                dispatch.status == Dispatch.Status.AGENT_JOINED
+                and dispatch.participant_identity != participant.identity
+            ):
+                _second_agent_remove(dispatch=dispatch, identity=participant.identity)
+        return dispatch
+    if match.verdict is Verdict.DUPLICATE and dispatch is not None:
+        _second_agent_remove(dispatch=dispatch, identity=participant.identity)
+        return dispatch
+    if match.verdict is Verdict.CANCELLED and dispatch is not None:
+        agent_extra_remove(
+            dispatch=dispatch,
+            identity=participant.identity,
+            why=f"agent participant '{participant.identity}' of this cancelled dispatch is in the room ({how})",
+        )
+        return dispatch
     if not participant.agent_name:
         return None  # not an agent, or an unnamed worker (LiveKit's implicit "" dispatch)
     agent = Agent.objects.filter(agent_name=participant.agent_name).first()
@@ -209,6 +238,15 @@ def agent_participant_joined(
         dispatch.room = room
         agent_joined_record(dispatch=dispatch, participant=participant, how=how)
     return dispatch
+
+
+def _second_agent_remove(*, dispatch: Dispatch, identity: str) -> None:
+    agent_extra_remove(
+        dispatch=dispatch,
+        identity=identity,
+        why=f"a second '{dispatch.agent_name}' agent joined as '{identity}' (this dispatch's agent is "
+        f"'{dispatch.participant_identity}')",
+    )
 
 
 def agent_participant_left(

@@ -204,7 +204,13 @@ def real_celery(
     django_db_setup, django_db_blocker, real_livekit_session, tmp_path_factory
 ) -> Iterator[Worker]:
     # Retries enough to ride out a LiveKit outage of a few minutes (backoff capped at 1 s).
-    worker = worker_start(real_livekit_session, tmp_path_factory, queue=QUEUE, DISPATCH_MAX_RETRIES="300")
+    worker = worker_start(
+        real_livekit_session,
+        tmp_path_factory,
+        queue=QUEUE,
+        DISPATCH_MAX_RETRIES="300",
+        DISPATCH_ASSIGNMENT_WINDOW_S="10",  # the real server's, as in production
+    )
     yield worker
     worker.stop()
     wait_database_sessions_end(django_db_blocker)
@@ -230,5 +236,6 @@ def stack(
     for participant in stack.participants:
         participant.leave()
     real_livekit.relay.target = None
+    real_livekit.relay.delay_s = 0.0
     queue_purge(QUEUE)
     wait_database_quiet(django_db_blocker)  # the worker's last tasks end before the flush

@@ -140,6 +140,8 @@ def worker_start(server: Any, tmp_path_factory: Any, *, queue: str, **settings: 
         "DISPATCH_RETRY_BACKOFF_S": "0.2",
         "DISPATCH_RETRY_BACKOFF_MAX_S": "1",
         "DISPATCH_MAX_RETRIES": "30",
+        # The emulator lists a job as soon as its simulated worker takes it: no assignment lag.
+        "DISPATCH_ASSIGNMENT_WINDOW_S": "0",
         "CACHE_KEY_PREFIX": queue,
         "ROOMS_TEST_QUEUE": queue,
         "ROOMS_TEST_CACHE_DIR": str(tmp_path_factory.mktemp("cache")),

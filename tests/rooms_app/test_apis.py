@@ -181,6 +181,8 @@ def test_room_state_lists_wanted_agents_and_ready(api, key, agents):
         "participant_identity": "",
         "joined_at": None,
         "last_error": "",
+        "waiting_for_livekit_since": None,
+        "agents_removed": [],
     }
     Dispatch.objects.filter(pk=dispatch.pk).update(
         status="agent_joined", participant_identity="agent-AJ_1", joined_at=timezone.now()

@@ -5,12 +5,13 @@ DISPATCH_* settings as they are when the task runs."""
 from __future__ import annotations
 
 import logging
+import threading
+import time
 
 import pytest
 from django.utils import timezone
 
 from rooms_app import services, tasks
-from rooms_app.livekit_client import LiveKitUnavailable
 from rooms_app.models import Dispatch, Room
 from tests.factories import AgentFactory
 
@@ -45,37 +46,61 @@ def test_backoff_is_exponential_with_full_jitter_and_read_from_the_settings_now(
     assert max(tasks.backoff_s(5) for _ in range(50)) <= 0.05
 
 
-def test_dispatch_request_gives_up_on_the_row_after_the_configured_retries(lk, settings, caplog):
+def _faults_off_after(lk, caplog: pytest.LogCaptureFixture, task_name: str, retries: int) -> threading.Thread:
+    """LiveKit comes back once the task has retried `retries` times (it runs eagerly, in this
+    thread's stead, so another thread ends the outage)."""
+
+    def back() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(_retries_logged(caplog, task_name)) < retries:
+            time.sleep(0.01)
+        lk.control.faults()
+
+    thread = threading.Thread(target=back, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_dispatch_request_waits_for_livekit_past_the_retry_bound_and_never_fails_the_row(
+    lk, settings, caplog
+):
     settings.DISPATCH_MAX_RETRIES = 2
+    settings.DISPATCH_RETRY_BACKOFF_S = 0.01
+    settings.DISPATCH_RETRY_BACKOFF_MAX_S = 0.05
     lk.control.add_worker("support-agent")
     dispatch = _pending(_room())
     lk.control.faults(error_rate=1, error_status=503)
     with caplog.at_level(logging.WARNING, logger="rooms_app.tasks"):
+        back = _faults_off_after(lk, caplog, "rooms.dispatch_request", 6)
         result = tasks.dispatch_request.apply(args=(dispatch.pk,))
-    assert result.get() == "failed"
+        back.join(5)
+    assert result.get() in ("created", "adopted")
+    assert len(_retries_logged(caplog, "rooms.dispatch_request")) >= 6  # three times the bound
     dispatch.refresh_from_db()
-    assert dispatch.status == Dispatch.Status.FAILED
-    assert dispatch.last_error.startswith("LiveKit unavailable after 3 tries")
+    assert dispatch.status == Dispatch.Status.REQUESTED and dispatch.last_error == ""
+    assert dispatch.livekit_waiting_since is None  # no longer waiting
     details = [e.detail for e in dispatch.events.order_by("id")]
-    assert [d.rpartition("; ")[2] for d in details[1:3]] == ["retry 1 scheduled", "retry 2 scheduled"]
-    assert details[3].startswith("LiveKit unavailable after 3 tries") and len(details) == 4
-    assert len(_retries_logged(caplog, "rooms.dispatch_request")) == 2
+    waits = [d for d in details if d.startswith("LiveKit unavailable")]
+    assert waits and all("waiting for it" in d for d in waits)
+    assert len(create_dispatch_calls(lk, "support-1")) == 1
 
 
-def test_dispatch_deadline_retries_livekit_unavailable_then_fails_the_task(lk, settings, caplog):
-    settings.DISPATCH_MAX_RETRIES = 3
+def test_dispatch_deadline_retries_livekit_unavailable_past_the_bound_then_judges(lk, settings, caplog):
+    settings.DISPATCH_MAX_RETRIES = 2
+    settings.DISPATCH_RETRY_BACKOFF_S = 0.01
+    settings.DISPATCH_RETRY_BACKOFF_MAX_S = 0.05
     lk.control.add_worker("support-agent")
     dispatch = _pending(_room())
     assert services.dispatch_request(dispatch_id=dispatch.pk) == "created"
     Dispatch.objects.filter(pk=dispatch.pk).update(deadline_at=timezone.now())
     lk.control.faults(error_rate=1, error_status=503)
     with caplog.at_level(logging.WARNING, logger="rooms_app.tasks"):
+        back = _faults_off_after(lk, caplog, "rooms.dispatch_deadline", 5)
         result = tasks.dispatch_deadline.apply(args=(dispatch.pk,))
-    assert result.state == "FAILURE" and isinstance(result.result, LiveKitUnavailable)
-    assert len(_retries_logged(caplog, "rooms.dispatch_deadline")) == 3
-    lk.control.faults()
-    # LiveKit back: the next run (the reconcile pass's re-check) finds the agent there.
-    assert tasks.dispatch_deadline.apply(args=(dispatch.pk,)).get() == Dispatch.Status.AGENT_JOINED
+        back.join(5)
+    assert len(_retries_logged(caplog, "rooms.dispatch_deadline")) >= 5
+    # LiveKit back: the same task run finds the agent there.
+    assert result.get() == Dispatch.Status.AGENT_JOINED
 
 
 def test_a_lease_wait_is_not_bounded_by_the_retries(lk, settings, caplog):
