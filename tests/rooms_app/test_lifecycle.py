@@ -256,3 +256,48 @@ def test_room_rules_apply_dispatches_only_explicit_rules(lk):
     made = services.room_rules_apply(room=_room())
     assert [d.agent_name for d in made] == ["explicit-agent"]
     assert made[0].rule_name and made[0].source == "rule"
+
+
+def test_no_job_yet_inside_the_assignment_window_moves_the_deadline_instead_of_judging(lk, settings):
+    """The real server lists no job for seconds after a worker accepted it (availability
+    window 10 s): judging then and dispatching again would bring a second agent."""
+    settings.DISPATCH_ASSIGNMENT_WINDOW_S = 10
+    dispatch = _pending(_room(), max_attempts=2, join_deadline_s=1)
+    services.dispatch_request(dispatch_id=dispatch.pk)
+    _expire_deadline(dispatch)
+    assert services.dispatch_deadline_check(dispatch_id=dispatch.pk) == "deadline moved"
+    dispatch.refresh_from_db()
+    assert dispatch.status == S.REQUESTED
+    assert 8 < (dispatch.deadline_at - timezone.now()).total_seconds() <= 10
+    assert "LiveKit may still be offering it to a worker" in dispatch.events.order_by("-id").first().detail
+    # Past the window with still no job: no worker, as before (no further extension).
+    Dispatch.objects.filter(pk=dispatch.pk).update(
+        requested_at=timezone.now() - timezone.timedelta(seconds=11)
+    )
+    _expire_deadline(dispatch)
+    assert services.dispatch_deadline_check(dispatch_id=dispatch.pk) == S.NO_WORKER
+
+
+def test_an_assigned_job_gets_the_join_deadline_counted_from_its_assignment():
+    from agents_app.models import Agent
+    from rooms_app.livekit_client import LkJob
+    from rooms_app.services.lifecycle import _deadline_later
+
+    now = timezone.now()
+    running = (LkJob(id="AJ_1", status="running", error="", participant_identity="agent-AJ_1"),)
+    dispatch = Dispatch(
+        agent=Agent(agent_name="support-agent", join_deadline_s=5),
+        deadline_at=now,
+        requested_at=now - timezone.timedelta(seconds=5),
+        job_assigned_at=now - timezone.timedelta(seconds=1),
+    )
+    room = Room(name="support-1")
+    when, why = _deadline_later(dispatch, running, room=room, now=now)
+    assert when == dispatch.job_assigned_at + timezone.timedelta(seconds=5)
+    assert "from the job's assignment" in why
+    # At that later deadline it is judged: no second extension.
+    dispatch.deadline_at = when
+    assert _deadline_later(dispatch, running, room=room, now=when) is None
+    # A job that ended is judged at once.
+    ended = (LkJob(id="AJ_1", status="failed", error="boom", participant_identity="agent-AJ_1"),)
+    assert _deadline_later(dispatch, ended, room=room, now=now) is None
