@@ -61,7 +61,19 @@ def test_livekit_down_while_dispatches_are_in_flight_loses_none(stack, agent_wor
         timeout=DOWN_S,
         what="every dispatch retrying",
     )
+    # Waiting for LiveKit is visible, and is not a verdict: no dispatch fails while it is down.
+    eventually(
+        lambda: (
+            Dispatch.objects.filter(room__name__in=rooms, livekit_waiting_since__isnull=False).count()
+            == DISPATCHES
+        ),
+        timeout=DOWN_S,
+        what="every dispatch marked as waiting for LiveKit",
+    )
     eventually(lambda: time.monotonic() - down_at >= DOWN_S, timeout=DOWN_S + 1, interval=0.2)
+    rows = Dispatch.objects.filter(room__name__in=rooms)
+    assert sorted(set(rows.values_list("status", flat=True))) == ["pending"]
+    tries = sorted(rows.values_list("request_tries", flat=True))
     restart_s = server_up(stack.server)
     up_at = time.monotonic()
 
@@ -91,11 +103,15 @@ def test_livekit_down_while_dispatches_are_in_flight_loses_none(stack, agent_wor
     rows = Dispatch.objects.filter(room__name__in=rooms)
     assert rows.filter(status="agent_joined").count() == DISPATCHES
     lost = rows.filter(status__in=("failed", "no_worker", "timed_out", "room_closed", "cancelled"))
+    assert not rows.filter(status="failed", last_error__contains="LiveKit unavailable").exists()
+    assert not rows.filter(livekit_waiting_since__isnull=False).exists()
     attempts = [d.attempt for d in rows.filter(status="agent_joined")]
     print(
         f"\nreal LiveKit down {DOWN_S:.0f} s with {DISPATCHES} dispatches in flight ({WORKERS} workers, "
         f"join deadline {DEADLINE_S} s): restart to GET / 200 "
         f"{restart_s:.2f} s; every agent joined {recovered_s:.1f} s after the restart; attempts per "
         f"room max {max(attempts)}, earlier attempts given up {lost.count()} "
-        f"({sorted(set(lost.values_list('status', flat=True)))}); rooms with two agents: 0"
+        f"({sorted(set(lost.values_list('status', flat=True)))}); rooms with two agents: 0; "
+        f"CreateDispatch tries per dispatch while down: min {tries[0]}, max {tries[-1]} (retry bound "
+        f"for other errors: {os.environ.get('REAL_FAULT_MAX_RETRIES', '3')})"
     )

@@ -146,12 +146,16 @@ def test_a_cancel_during_a_cold_start_leaves_no_agent_behind(stack, agent_worker
     # cancelled dispatch's agent joins seconds after the cancel. The portal removes it.
     AgentFactory(agent_name="cold-agent", join_deadline_s=8)
     _, key = make_client("ops", rooms=["cold-*"], agent_names=["cold-agent"])
-    worker = agent_worker(agent_name="cold-agent", behavior="coldstart", delay_s=5)
+    agent_worker(agent_name="cold-agent", behavior="coldstart", delay_s=5)
+    mark = stack.server.log_mark()
 
     answer = stack.portal("/api/v1/dispatches", key, {"room_name": "cold-2", "agent_name": "cold-agent"})
     assert answer["status"] == S.REQUESTED  # sent to LiveKit from the request itself
-    # The worker has accepted the job; its process is still in its 5 s setup.
-    eventually(lambda: worker.status().get("active_jobs", 0) >= 1, timeout=10, what="the job accepted")
+    # The worker has accepted the job (the server assigned it); its process is still in its
+    # 5 s setup, and the worker's own /worker does not count it yet.
+    eventually(
+        lambda: "assigned job to worker" in stack.server.log_since(mark), timeout=10, what="the job assigned"
+    )
     assert not stack.agents("cold-2", "cold-agent")
     assert cancel(stack, key, answer["id"]) == 202
 
