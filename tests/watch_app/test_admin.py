@@ -58,7 +58,7 @@ def test_slack_url_listed_by_host_only(staff):
 def test_private_url_refused_in_the_form(staff, receiver):
     response = staff.post("/admin/watch_app/alerttarget/add/", target_form(f"{receiver.url}/hook"))
     assert response.status_code == 200 and not AlertTarget.objects.exists()
-    assert "private or loopback address" in response.context["adminform"].form.errors["url"][0]
+    assert "is a loopback address" in response.context["adminform"].form.errors["url"][0]
 
 
 def test_short_secret_refused(staff, receiver):
