@@ -27,15 +27,21 @@ SLACK_S = 1.0
 
 # How each fault ends: the error an admin reads, and whether another attempt is scheduled.
 EXPECTED = {
-    "trickle_body": ("timed out after 1 s reading the body (", True),
-    "trickle_headers": ("timed out after 1 s before a complete status line and headers", True),
-    "hang_after_headers": ("timed out after 1 s reading the body (0 bytes so far)", True),
+    "trickle_body": ("timed out after {deadline:g} s reading the body (", True),
+    "trickle_headers": ("timed out after {deadline:g} s before a complete status line and headers", True),
+    "hang_after_headers": ("timed out after {deadline:g} s reading the body (0 bytes so far)", True),
     "ssh_banner": ("did not answer HTTP: Bad status line", True),
     "close_early": ("closed the connection without answering", True),
     "huge_body": ("answered more than the 65536-byte cap", False),
     "huge_declared": ("answered 52428800 bytes, over the 65536-byte cap", False),
     "cut_body": ("closed the connection in the middle of the body (3 bytes)", True),
 }
+
+
+def expected(kind: str, *, deadline: float = DEADLINE_S) -> tuple[str, bool]:
+    """The error (a part of it) and whether it is retried, for a fault under `deadline`."""
+    error, transient = EXPECTED[kind]
+    return error.format(deadline=deadline), transient
 
 
 @pytest.fixture
@@ -69,7 +75,7 @@ def _delivery(url: str, *, kind: str = "webhook", name: str = "pager") -> AlertD
 def test_a_delivery_to_a_bad_peer_ends_recorded_by_its_deadline(db, fault, kind):
     server = fault(kind)
     delivery = _delivery(f"{server.url}/hook", kind="slack" if kind.startswith("huge") else "webhook")
-    error, transient = EXPECTED[kind]
+    error, transient = expected(kind)
 
     started = time.monotonic()
     if transient:
@@ -184,7 +190,7 @@ def test_one_poll_records_every_endpoint_bad_or_healthy(db, fault, receiver, oth
         endpoint.refresh_from_db()
         kind = KINDS[n % len(KINDS)]
         assert endpoint.healthy is False and endpoint.polled_at is not None, kind
-        assert EXPECTED[kind][0] in endpoint.last_error, (kind, endpoint.last_error)
+        assert expected(kind)[0] in endpoint.last_error, (kind, endpoint.last_error)
         ends[kind] = ends.get(kind, 0) + 1
     calls = (
         sum(len(s.calls) for s in servers.values()) + len(receiver.requests) + len(other_receiver.requests)
