@@ -344,9 +344,8 @@ def deliveries_sweep(*, now: datetime | None = None) -> dict[str, int]:
     if send is None:
         raise RuntimeError("alert deliveries are not bound: WatchAppConfig.ready() binds them")
     now = now or timezone.now()
-    interrupted = 0
+    interrupted = resent = 0
     stuck = AlertDelivery.objects.filter(status=AlertDelivery.Status.SENDING, attempt_deadline_at__lt=now)
-    resent = 0
     for delivery in stuck.select_related("target"):
         final = delivery.attempts >= delivery.target.max_attempts
         settled = AlertDelivery.objects.filter(

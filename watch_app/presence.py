@@ -90,10 +90,10 @@ def _record(endpoint: WorkerEndpoint, poll: Poll, now: datetime) -> None:
 def workers_poll(*, endpoint_ids: list[int] | None = None, now: datetime | None = None) -> int:
     """Poll every enabled endpoint (or those given), recording each one's result as it comes;
     returns how many answered."""
-    endpoints = WorkerEndpoint.objects.filter(enabled=True).select_related("agent")
+    query = WorkerEndpoint.objects.filter(enabled=True).select_related("agent")
     if endpoint_ids is not None:
-        endpoints = endpoints.filter(pk__in=endpoint_ids)
-    endpoints = list(endpoints)
+        query = query.filter(pk__in=endpoint_ids)
+    endpoints = list(query)
     if not endpoints:
         return 0
     timeout = float(settings.WORKER_POLL_TIMEOUT_S)
