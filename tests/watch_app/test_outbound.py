@@ -228,3 +228,19 @@ def test_a_name_is_checked_on_the_addresses_connected_to(db, receiver):
     assert (
         http_request(f"http://localhost:{port}/hook", allow_private=True, deadline_s=DEADLINE_S).status == 200
     )
+
+
+def test_a_pass_starts_no_poll_after_its_budget(db, fault, settings, monkeypatch):
+    """However many endpoints are slow, the pass ends in time: polls not started by the budget
+    are left for the next pass (their last answer stands and turns stale)."""
+    settings.WORKER_POLL_TIMEOUT_S = DEADLINE_S
+    settings.WORKER_POLL_CONCURRENCY = 1
+    monkeypatch.setattr(presence, "PASS_BUDGET_S", 0.5)
+    server = fault("trickle_headers")
+    endpoints = [_endpoint(f"{server.url}/e{n}", f"slow-{n}") for n in range(4)]
+    started = time.monotonic()
+    presence.workers_poll()
+    took = time.monotonic() - started
+    assert took < 0.5 + DEADLINE_S + SLACK_S, f"the pass took {took:.2f} s"
+    polled = [e for e in endpoints if WorkerEndpoint.objects.get(pk=e.pk).polled_at is not None]
+    assert len(polled) == 1 and len(server.calls) == 1
