@@ -8,6 +8,23 @@ from celery import Celery, bootsteps
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dispatchportal.settings")
 
+# Tasks that call outside the portal (alert deliveries, worker health polls). They run on a
+# queue of their own (settings.OUTBOUND_QUEUE, its own worker process: `celery worker -Q
+# outbound`), so a slow or hostile endpoint never holds the workers that dispatch agents.
+# Canary runs call LiveKit only, like the dispatch tasks, and stay on the default queue.
+OUTBOUND_TASKS = frozenset({"alerts.deliver", "workers.poll"})
+
+
+def task_route(name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **kw: Any) -> Any:
+    """Celery router (CELERY_TASK_ROUTES): outbound tasks to settings.OUTBOUND_QUEUE, read at
+    each send, so a test session can give them a queue of its own."""
+    if name in OUTBOUND_TASKS:
+        from django.conf import settings
+
+        return {"queue": settings.OUTBOUND_QUEUE}
+    return None
+
+
 app = Celery("dispatchportal")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()

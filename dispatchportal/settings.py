@@ -171,6 +171,9 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SOFT_TIME_LIMIT = 60
 CELERY_TASK_TIME_LIMIT = 90
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# Alert deliveries and worker health polls go to their own queue, run by their own worker.
+OUTBOUND_QUEUE = env.str("OUTBOUND_QUEUE", default="outbound")
+CELERY_TASK_ROUTES = ("dispatchportal.celery.task_route",)
 # Workers log through LOGGING below (JSON with room, agent, dispatch and request ids), not
 # through the plain-text handler Celery would otherwise put on the root logger.
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
@@ -195,6 +198,10 @@ ALERT_RETRY_BACKOFF_MAX_S = env.float("ALERT_RETRY_BACKOFF_MAX_S", default=300.0
 WORKER_POLL_INTERVAL_S = env.int("WORKER_POLL_INTERVAL_S", default=15)
 WORKER_POLL_TIMEOUT_S = env.float("WORKER_POLL_TIMEOUT_S", default=3.0)
 WORKER_POLL_CONCURRENCY = env.int("WORKER_POLL_CONCURRENCY", default=8)
+# Outbound calls (watch_app/net.py): the largest answer read; past it the call fails.
+OUTBOUND_MAX_ANSWER_BYTES = env.int("OUTBOUND_MAX_ANSWER_BYTES", default=65536)
+# A pending alert delivery whose attempt is this overdue is sent again by the sweep.
+ALERT_DELIVERY_STALE_S = env.float("ALERT_DELIVERY_STALE_S", default=60.0)
 # A worker at or above this load rejects jobs (livekit-agents' default load_threshold is 0.7).
 WORKER_FULL_LOAD = env.float("WORKER_FULL_LOAD", default=0.7)
 

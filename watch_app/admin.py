@@ -8,7 +8,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.http import HttpRequest
 
-from . import alerts, canary, presence, tasks
+from . import alerts, canary, tasks
 from .models import AlertDelivery, AlertTarget, CanaryRun, CanarySchedule, Incident, WorkerEndpoint
 from .net import UrlRefused, safe_host, url_check
 from .selectors import agents_presence
@@ -79,6 +79,7 @@ class DeliveryInline(admin.TabularInline):
         "attempts",
         "response_status",
         "last_error",
+        "next_attempt_at",
         "sent_at",
     )
     readonly_fields = fields
@@ -149,6 +150,8 @@ class AlertDeliveryAdmin(ReadOnlyAdmin):
         "status",
         "attempts",
         "response_status",
+        "last_error",
+        "next_attempt_at",
         "sent_at",
     )
     list_filter = ("status", "event", "target")
@@ -194,9 +197,10 @@ class WorkerEndpointAdmin(admin.ModelAdmin):
 
     @admin.action(description="Poll the selected workers now")
     def poll_now(self, request: HttpRequest, queryset: Any) -> None:
+        # Queued on the outbound queue like beat's polls: a slow endpoint never holds a web worker.
         ids = list(queryset.values_list("pk", flat=True))
-        answered = presence.workers_poll(endpoint_ids=ids)
-        self.message_user(request, f"{answered} of {len(ids)} worker(s) answered.")
+        tasks.workers_poll.delay(ids)
+        self.message_user(request, f"Poll of {len(ids)} worker(s) queued; results show here within seconds.")
 
 
 @admin.register(CanarySchedule)

@@ -21,6 +21,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from .models import AlertDelivery, AlertTarget, Condition, Incident
@@ -33,20 +34,26 @@ DELIVERY_HEADER = "X-DispatchPortal-Delivery"
 SECRET_PREFIX = "dpw_"
 
 
-class DeliveryRetry(Exception):
-    """A transient failure with attempts left: the task retries after `countdown` seconds."""
+# Time allowed past an attempt's own deadline before the sweep calls it interrupted.
+ATTEMPT_GRACE_S = 10.0
 
-    def __init__(self, message: str, *, countdown: float) -> None:
+
+class DeliveryRetry(Exception):
+    """A transient failure with attempts left: the task sends attempt `attempt` after
+    `countdown` seconds."""
+
+    def __init__(self, message: str, *, countdown: float, attempt: int) -> None:
         super().__init__(message)
         self.countdown = countdown
+        self.attempt = attempt
 
 
-# Sends one delivery: the `alerts.deliver` task's `delay`, bound by `WatchAppConfig.ready()`.
-# The tasks import this module, so it does not import them back.
-_deliver_send: Callable[[int], object] | None = None
+# Sends attempt N of one delivery: the `alerts.deliver` task's `delay`, bound by
+# `WatchAppConfig.ready()`. The tasks import this module, so it does not import them back.
+_deliver_send: Callable[[int, int], object] | None = None
 
 
-def deliver_send_bind(*, send: Callable[[int], object]) -> None:
+def deliver_send_bind(*, send: Callable[[int, int], object]) -> None:
     global _deliver_send
     _deliver_send = send
 
@@ -157,7 +164,12 @@ def _deliveries_create(*, incident: Incident, event: str, now: datetime) -> list
         used = AlertDelivery.objects.filter(
             target=target,
             created_at__gt=hour_ago,
-            status__in=(AlertDelivery.Status.PENDING, AlertDelivery.Status.SENT, AlertDelivery.Status.FAILED),
+            status__in=(
+                AlertDelivery.Status.PENDING,
+                AlertDelivery.Status.SENDING,
+                AlertDelivery.Status.SENT,
+                AlertDelivery.Status.FAILED,
+            ),
         ).count()
         limited = used >= target.max_per_hour
         delivery = AlertDelivery.objects.create(
@@ -166,10 +178,12 @@ def _deliveries_create(*, incident: Incident, event: str, now: datetime) -> list
             event=event,
             created_at=now,
             status=AlertDelivery.Status.RATE_LIMITED if limited else AlertDelivery.Status.PENDING,
+            next_attempt_at=None if limited else now,
         )
         created.append(delivery)
         if not limited:
-            transaction.on_commit(lambda pk=delivery.pk: send(pk))
+            # robust: a broker that is down must not undo the incident; the sweep sends it later.
+            transaction.on_commit(lambda pk=delivery.pk: send(pk, 1), robust=True)
     return created
 
 
@@ -237,55 +251,126 @@ def delivery_request(delivery: AlertDelivery) -> tuple[bytes, dict[str, str]]:
     return body, headers
 
 
-def delivery_send(*, delivery_id: int) -> str:
-    """Send one pending delivery once. Raises DeliveryRetry on a transient failure with attempts
-    left; a final failure or a success is recorded on the row. A second run of a delivery that
-    is no longer pending does nothing."""
-    delivery = (
-        AlertDelivery.objects.select_related("target", "incident")
-        .filter(pk=delivery_id, status=AlertDelivery.Status.PENDING)
-        .first()
-    )
+def delivery_send(*, delivery_id: int, attempt: int | None = None) -> str:
+    """Make attempt number `attempt` (default: the next one) of a pending delivery.
+
+    The row is claimed before the call (status `sending`, the attempt counted, the deadline by
+    which it must end), so a task killed mid-call leaves the truth behind and the sweep
+    (`deliveries_sweep`) settles it. The outcome is then recorded: `sent`, `failed` with the
+    error, or `pending` with the error and the time the retry is due, and DeliveryRetry is
+    raised for the task to send it. A second run of the same attempt, or a run for a delivery
+    that is no longer pending, does nothing."""
+    now = timezone.now()
+    pending = AlertDelivery.objects.filter(pk=delivery_id, status=AlertDelivery.Status.PENDING)
+    if attempt is not None:
+        pending = pending.filter(attempts=attempt - 1)
+    delivery = pending.select_related("target", "incident").first()
     if delivery is None:
         return "skipped"
     target = delivery.target
     attempt = delivery.attempts + 1
+    claimed = pending.filter(attempts=attempt - 1).update(
+        status=AlertDelivery.Status.SENDING,
+        attempts=attempt,
+        attempt_deadline_at=now + timedelta(seconds=target.timeout_s + ATTEMPT_GRACE_S),
+        next_attempt_at=None,
+    )
+    if not claimed:
+        return "skipped"  # another run took this attempt a moment ago
+    delivery.attempts = attempt
     body, headers = delivery_request(delivery)
     try:
         answer = http_request(
             target.url,
             allow_private=target.allow_private,
-            timeout_s=target.timeout_s,
+            deadline_s=target.timeout_s,
             body=body,
             headers=headers,
         )
     except SendFailed as exc:
         final = not exc.transient or attempt >= target.max_attempts
-        AlertDelivery.objects.filter(pk=delivery.pk, status=AlertDelivery.Status.PENDING).update(
-            attempts=attempt,
-            response_status=exc.status,
-            last_error=exc.message,
+        countdown = 0.0 if final else backoff_s(attempt)
+        _attempt_end(
+            delivery,
+            attempt=attempt,
             status=AlertDelivery.Status.FAILED if final else AlertDelivery.Status.PENDING,
+            response_status=exc.status,
+            error=exc.message,
+            next_attempt_at=None if final else timezone.now() + timedelta(seconds=countdown),
         )
         logger.warning(
-            "alert to %s failed (attempt %d): %s",
+            "alert to %s failed (attempt %d%s): %s",
             target.name,
             attempt,
+            ", final" if final else f", retry in {countdown:.1f} s",
             exc.message,
             extra={"target": target.name},
         )
         if final:
             return "failed"
-        raise DeliveryRetry(exc.message, countdown=backoff_s(attempt)) from None
-    AlertDelivery.objects.filter(pk=delivery.pk, status=AlertDelivery.Status.PENDING).update(
-        attempts=attempt,
-        response_status=answer.status,
-        last_error="",
-        status=AlertDelivery.Status.SENT,
-        sent_at=timezone.now(),
-    )
+        raise DeliveryRetry(exc.message, countdown=countdown, attempt=attempt + 1) from None
+    _attempt_end(delivery, attempt=attempt, status=AlertDelivery.Status.SENT, response_status=answer.status)
     logger.info("alert sent to %s (%s)", target.name, safe_host(target.url), extra={"target": target.name})
     return "sent"
+
+
+def _attempt_end(
+    delivery: AlertDelivery,
+    *,
+    attempt: int,
+    status: str,
+    response_status: int | None,
+    error: str = "",
+    next_attempt_at: datetime | None = None,
+) -> None:
+    """Record how attempt `attempt` ended, unless the sweep already judged it interrupted."""
+    AlertDelivery.objects.filter(
+        pk=delivery.pk, status=AlertDelivery.Status.SENDING, attempts=attempt
+    ).update(
+        status=status,
+        response_status=response_status,
+        last_error=error[:2000],
+        attempt_deadline_at=None,
+        next_attempt_at=next_attempt_at,
+        sent_at=timezone.now() if status == AlertDelivery.Status.SENT else None,
+    )
+
+
+def deliveries_sweep(*, now: datetime | None = None) -> dict[str, int]:
+    """Settle what a lost or killed task left: an attempt still `sending` past its deadline is
+    recorded as interrupted (then retried, or failed when it was the last), and a pending
+    delivery whose attempt is overdue by ALERT_DELIVERY_STALE_S is sent again. Returns counts."""
+    send = _deliver_send
+    if send is None:
+        raise RuntimeError("alert deliveries are not bound: WatchAppConfig.ready() binds them")
+    now = now or timezone.now()
+    interrupted = resent = 0
+    stuck = AlertDelivery.objects.filter(status=AlertDelivery.Status.SENDING, attempt_deadline_at__lt=now)
+    for delivery in stuck.select_related("target"):
+        final = delivery.attempts >= delivery.target.max_attempts
+        settled = AlertDelivery.objects.filter(
+            pk=delivery.pk, status=AlertDelivery.Status.SENDING, attempts=delivery.attempts
+        ).update(
+            status=AlertDelivery.Status.FAILED if final else AlertDelivery.Status.PENDING,
+            last_error=f"attempt {delivery.attempts} was interrupted: no outcome by its deadline "
+            "(the task was killed or lost)",
+            attempt_deadline_at=None,
+            next_attempt_at=None if final else now,
+        )
+        interrupted += settled
+        if settled and not final:
+            send(delivery.pk, delivery.attempts + 1)
+            resent += 1
+    stale = now - timedelta(seconds=float(settings.ALERT_DELIVERY_STALE_S))
+    overdue = AlertDelivery.objects.filter(status=AlertDelivery.Status.PENDING).filter(
+        Q(next_attempt_at__lt=stale) | Q(next_attempt_at__isnull=True, created_at__lt=stale)
+    )
+    for pk, attempts in overdue.values_list("pk", "attempts"):
+        send(pk, attempts + 1)
+        resent += 1
+    if interrupted or resent:
+        logger.warning("alert deliveries swept: %d interrupted, %d re-sent", interrupted, resent)
+    return {"interrupted": interrupted, "resent": resent}
 
 
 def target_save(*, target: AlertTarget, new_secret: str = "") -> str:

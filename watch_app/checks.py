@@ -6,6 +6,9 @@ the dispatch tasks when a dispatch ends badly (see `signals.py`).
 - `livekit`: LiveKit unreachable or refusing the credentials for ALERT_LIVEKIT_DOWN_AFTER_S.
 - `reconcile`: ALERT_RECONCILE_FAILURES passes in a row failed.
 - `canary:<agent>` (canary.py): the agent's canary failing or slow.
+
+The same pass also sweeps alert deliveries a lost or killed task left behind
+(`alerts.deliveries_sweep`).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from dispatchportal.reserved import CANARY_ROOM_PREFIX
 from rooms_app.livekit_client import LiveKit, LiveKitAuthRejected, LiveKitError, livekit_run
 from rooms_app.models import Dispatch
 
-from .alerts import condition_record, incident_set
+from .alerts import condition_record, deliveries_sweep, incident_set
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +151,7 @@ CHECKS = {
     "dispatches": dispatches_check,
     "livekit": livekit_check,
     "reconcile": reconcile_check,
+    "deliveries": deliveries_sweep,
 }
 
 

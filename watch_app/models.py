@@ -3,8 +3,19 @@ runs. Rows change only through the services (`alerts.py`, `presence.py`, `canary
 
 from __future__ import annotations
 
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
+
+PRIVATE_LABEL = "allow private, loopback and link-local addresses"
+PRIVATE_HELP = (
+    "Warning: ticking this lets the portal call inside your network: private (10/8, 172.16/12, "
+    "192.168/16, fc00::/7), loopback and link-local addresses, including the cloud metadata "
+    "address 169.254.169.254, and plain http. Tick it only for a URL you know is internal. "
+    "Unticked: https to a public address only. Checked when saved and again at every call."
+)
+# A delivery attempt's whole exchange must end well inside the task's time limits (tasks.py).
+MAX_TIMEOUT_S = 20
 
 
 class AlertTarget(models.Model):
@@ -31,10 +42,9 @@ class AlertTarget(models.Model):
     )
     enabled = models.BooleanField("enabled", default=True)
     allow_private = models.BooleanField(
-        "allow a private or loopback address",
+        PRIVATE_LABEL,
         default=False,
-        help_text="Off: the URL must be https and resolve to a public address. On: plain http and "
-        "private/loopback addresses (e.g. 'http://10.0.0.5:9000/hook') are allowed for this target.",
+        help_text=PRIVATE_HELP + " An internal target looks like 'http://10.0.0.5:9000/hook'.",
     )
     max_per_hour = models.PositiveIntegerField(
         "rate limit per hour",
@@ -46,7 +56,13 @@ class AlertTarget(models.Model):
         default=5,
         help_text="Tries per message on connection errors, timeouts, 429 and 5xx (exponential backoff).",
     )
-    timeout_s = models.FloatField("timeout (seconds)", default=5.0, help_text="Per attempt, e.g. 5.")
+    timeout_s = models.FloatField(
+        "deadline (seconds)",
+        default=5.0,
+        validators=[MinValueValidator(0.1), MaxValueValidator(MAX_TIMEOUT_S)],
+        help_text="Per attempt, over the whole exchange (connect, headers, body), e.g. 5; at most "
+        f"{MAX_TIMEOUT_S}.",
+    )
     created_at = models.DateTimeField("created", auto_now_add=True)
 
     class Meta:
@@ -96,7 +112,8 @@ class AlertDelivery(models.Model):
         RESOLVED = "resolved", "Resolved"
 
     class Status(models.TextChoices):
-        PENDING = "pending", "Pending"
+        PENDING = "pending", "Pending (next attempt due)"
+        SENDING = "sending", "Sending (attempt in flight)"
         SENT = "sent", "Sent"
         FAILED = "failed", "Failed"
         RATE_LIMITED = "rate_limited", "Not sent: rate limit"
@@ -110,12 +127,28 @@ class AlertDelivery(models.Model):
     last_error = models.TextField("last error", blank=True)
     created_at = models.DateTimeField("created", db_index=True)
     sent_at = models.DateTimeField("sent", null=True, blank=True)
+    next_attempt_at = models.DateTimeField(
+        "next attempt due",
+        null=True,
+        blank=True,
+        help_text="Pending: when the next attempt is due; the sweep re-sends one that is overdue.",
+    )
+    attempt_deadline_at = models.DateTimeField(
+        "attempt must end by",
+        null=True,
+        blank=True,
+        help_text="Sending: the attempt's deadline; past it with no outcome, the sweep records the "
+        "attempt as interrupted.",
+    )
 
     class Meta:
         ordering = ["-created_at", "-id"]
         verbose_name = "alert delivery"
         verbose_name_plural = "alert deliveries"
-        indexes = [models.Index(fields=["target", "created_at"], name="alert_delivery_target_time")]
+        indexes = [
+            models.Index(fields=["target", "created_at"], name="alert_delivery_target_time"),
+            models.Index(fields=["status", "next_attempt_at"], name="alert_delivery_due"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.incident.key} {self.event} -> {self.target.name}"
@@ -148,9 +181,9 @@ class WorkerEndpoint(models.Model):
         help_text="The worker's HTTP server, e.g. 'http://10.0.0.7:8081'. `/` and `/worker` are read.",
     )
     allow_private = models.BooleanField(
-        "allow a private or loopback address",
-        default=True,
-        help_text="Workers usually sit on a private network; off: https to a public address only.",
+        PRIVATE_LABEL,
+        default=False,
+        help_text=PRIVATE_HELP + " Workers usually sit on a private network: tick it for them.",
     )
     enabled = models.BooleanField("polled", default=True)
     polled_at = models.DateTimeField("last polled", null=True, blank=True)

@@ -2,15 +2,21 @@
 
 LiveKit has no API that lists workers; a LiveKit Agents worker serves its own HTTP server:
 `/` answers 200 "OK" when it is connected to LiveKit (503 otherwise) and `/worker` gives its
-agent name, active jobs and load (protobuf JSON, so zero values are left out). Polls run with a
-timeout each and bounded concurrency; the answers are written by the caller's thread.
+agent name, active jobs and load (protobuf JSON, so zero values are left out).
+
+Each request has its own deadline over the whole exchange (WORKER_POLL_TIMEOUT_S, net.py), polls
+run with bounded concurrency, and each endpoint's result is written as soon as it is known, by
+the caller's thread: an endpoint that hangs, trickles or answers garbage fails its own poll,
+recorded with its error, and never the others'. A pass starts no poll after PASS_BUDGET_S, so
+it ends inside the task's time limit however many endpoints are slow.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from concurrent.futures import ThreadPoolExecutor
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -32,11 +38,19 @@ class Poll:
     agent_name: str = ""
 
 
-def _poll(url: str, *, allow_private: bool, timeout_s: float) -> Poll:
+# No poll starts this long after its pass began: with every request bounded by its deadline,
+# the pass ends within this plus two deadlines, inside the task's 60 s soft limit (tasks.py).
+PASS_BUDGET_S = 40.0
+
+
+def _poll(url: str, *, allow_private: bool, timeout_s: float, not_after: float) -> Poll | None:
+    """One endpoint's poll (`/`, then `/worker`); None when the pass's budget ran out first."""
+    if time.monotonic() > not_after:
+        return None
     base = url.rstrip("/")
     try:
-        http_request(base + "/", allow_private=allow_private, timeout_s=timeout_s)
-        answer = http_request(base + "/worker", allow_private=allow_private, timeout_s=timeout_s)
+        http_request(base + "/", allow_private=allow_private, deadline_s=timeout_s)
+        answer = http_request(base + "/worker", allow_private=allow_private, deadline_s=timeout_s)
     except SendFailed as exc:
         return Poll(healthy=False, error=exc.message)
     try:
@@ -74,26 +88,45 @@ def _record(endpoint: WorkerEndpoint, poll: Poll, now: datetime) -> None:
 
 
 def workers_poll(*, endpoint_ids: list[int] | None = None, now: datetime | None = None) -> int:
-    """Poll every enabled endpoint (or those given); returns how many answered."""
-    endpoints = list(WorkerEndpoint.objects.filter(enabled=True).select_related("agent"))
+    """Poll every enabled endpoint (or those given), recording each one's result as it comes;
+    returns how many answered."""
+    query = WorkerEndpoint.objects.filter(enabled=True).select_related("agent")
     if endpoint_ids is not None:
-        endpoints = [e for e in endpoints if e.pk in endpoint_ids]
+        query = query.filter(pk__in=endpoint_ids)
+    endpoints = list(query)
     if not endpoints:
         return 0
     timeout = float(settings.WORKER_POLL_TIMEOUT_S)
+    not_after = time.monotonic() + PASS_BUDGET_S
+    answered = skipped = 0
     with ThreadPoolExecutor(max_workers=max(1, int(settings.WORKER_POLL_CONCURRENCY))) as pool:
-        polls = list(
-            pool.map(lambda e: _poll(e.url, allow_private=e.allow_private, timeout_s=timeout), endpoints)
+        futures = {
+            pool.submit(
+                _poll, e.url, allow_private=e.allow_private, timeout_s=timeout, not_after=not_after
+            ): e
+            for e in endpoints
+        }
+        for future in as_completed(futures):
+            endpoint, poll = futures[future], future.result()
+            if poll is None:
+                skipped += 1  # its last answer stands; presence calls it stale in time
+                continue
+            _record(endpoint, poll, now or timezone.now())
+            answered += poll.healthy
+            if poll.agent_name and poll.agent_name != endpoint.agent.agent_name:
+                logger.warning(
+                    "worker at %s registers as %r, not %r",
+                    endpoint.url,
+                    poll.agent_name,
+                    endpoint.agent.agent_name,
+                    extra={"agent": endpoint.agent.agent_name},
+                )
+    if skipped:
+        logger.warning(
+            "worker poll ran out of its %g s budget: %d of %d endpoint(s) not polled this pass "
+            "(raise WORKER_POLL_CONCURRENCY)",
+            PASS_BUDGET_S,
+            skipped,
+            len(endpoints),
         )
-    now = now or timezone.now()
-    for endpoint, poll in zip(endpoints, polls, strict=True):
-        _record(endpoint, poll, now)
-        if poll.agent_name and poll.agent_name != endpoint.agent.agent_name:
-            logger.warning(
-                "worker at %s registers as %r, not %r",
-                endpoint.url,
-                poll.agent_name,
-                endpoint.agent.agent_name,
-                extra={"agent": endpoint.agent.agent_name},
-            )
-    return sum(p.healthy for p in polls)
+    return answered

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.django_db
 def test_a_real_worker_online_busy_then_gone(portal_on_real, agent_worker):
     agent = AgentFactory(agent_name="presence-agent")
     worker = agent_worker(agent_name="presence-agent")
-    endpoint = WorkerEndpoint.objects.create(agent=agent, url=worker.health_url)
+    endpoint = WorkerEndpoint.objects.create(agent=agent, url=worker.health_url, allow_private=True)
 
     assert presence.workers_poll() == 1
     endpoint.refresh_from_db()
@@ -60,7 +60,7 @@ def test_no_worker_online(db, settings):
     agent = AgentFactory(agent_name="nobody")
     from tests.real_livekit import free_port
 
-    WorkerEndpoint.objects.create(agent=agent, url=f"http://127.0.0.1:{free_port()}")
+    WorkerEndpoint.objects.create(agent=agent, url=f"http://127.0.0.1:{free_port()}", allow_private=True)
     settings.WORKER_POLL_TIMEOUT_S = 1
     presence.workers_poll()
     found = agent_presence(agent_name="nobody")
@@ -73,7 +73,7 @@ def test_full_workers(db, receiver):
     """A worker reporting a load at its threshold: it would reject jobs."""
     receiver.routes["/"] = Reply(200, b"OK")
     receiver.routes["/worker"] = Reply(200, b'{"agent_name": "busy", "active_jobs": 12, "worker_load": 0.97}')
-    WorkerEndpoint.objects.create(agent=AgentFactory(agent_name="busy"), url=receiver.url)
+    WorkerEndpoint.objects.create(agent=AgentFactory(agent_name="busy"), url=receiver.url, allow_private=True)
     presence.workers_poll()
     found = agent_presence(agent_name="busy")
     assert (found.state, found.message) == ("full", "workers for 'busy' are full (load 0.97)")
@@ -81,7 +81,9 @@ def test_full_workers(db, receiver):
 
 def test_redirects_are_not_followed_and_503_is_unhealthy(db, receiver):
     receiver.routes["/"] = Reply(302, headers={"Location": "http://169.254.169.254/latest/meta-data"})
-    endpoint = WorkerEndpoint.objects.create(agent=AgentFactory(agent_name="r"), url=receiver.url)
+    endpoint = WorkerEndpoint.objects.create(
+        agent=AgentFactory(agent_name="r"), url=receiver.url, allow_private=True
+    )
     presence.workers_poll()
     endpoint.refresh_from_db()
     assert endpoint.healthy is False and "redirect not followed 302" in endpoint.last_error
@@ -98,7 +100,7 @@ def test_a_public_address_is_refused_unless_https_and_private_needs_permission(d
     )
     presence.workers_poll()
     endpoint.refresh_from_db()
-    assert endpoint.healthy is False and "private or loopback" in endpoint.last_error
+    assert endpoint.healthy is False and "is a loopback address: refused unless" in endpoint.last_error
     assert receiver.requests == []
 
 

@@ -30,6 +30,7 @@ from tests.real_livekit import RealLiveKit, http_get, server_binary
 from tests.rooms_app.conftest import (
     Worker,
     _share_worker_cache,
+    outbound_queue,
     queue_purge,
     wait_database_quiet,
     wait_database_sessions_end,
@@ -227,6 +228,7 @@ def stack(
         real_celery.start()
     # Tasks the test process and the live server enqueue go to this package's worker.
     monkeypatch.setitem(celery_app.conf, "task_default_queue", QUEUE)
+    settings.OUTBOUND_QUEUE = outbound_queue(QUEUE)
     queue_purge(QUEUE)
     _share_worker_cache(settings, real_celery)
     point_portal_at(settings, real_livekit, timeout_s=2.0)

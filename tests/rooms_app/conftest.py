@@ -30,8 +30,15 @@ T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[2]
 QUEUE = f"rooms-test-{uuid.uuid4().hex[:10]}"
 
-# Before anything is published in this session: route every task to this session's queue.
+
+def outbound_queue(queue: str) -> str:
+    """The outbound queue (alert deliveries, worker polls) that goes with a session's queue."""
+    return f"{queue}-outbound"
+
+
+# Before anything is published in this session: route every task to this session's queues.
 celery_app.conf.task_default_queue = QUEUE
+django_settings.OUTBOUND_QUEUE = outbound_queue(QUEUE)
 
 
 def _database_url() -> str:
@@ -53,7 +60,8 @@ def queue_purge(queue: str = QUEUE) -> None:
 
 
 class Worker:
-    """A `celery worker` subprocess on this session's queue, restartable and killable."""
+    """A `celery worker` subprocess on this session's queue(s) (`queue`: comma-separated),
+    restartable and killable."""
 
     def __init__(self, env: dict[str, str], log_dir: Path, *, queue: str = QUEUE) -> None:
         self.env = env
@@ -78,7 +86,7 @@ class Worker:
                 "-Q",
                 self.queue,
                 "-n",
-                f"{self.queue}-{self.starts}@%h",
+                f"{self.queue.replace(',', '+')}-{self.starts}@%h",
                 "--pool",
                 "threads",
                 "--concurrency",
@@ -121,9 +129,17 @@ class Worker:
                 self.kill()
 
 
-def worker_start(server: Any, tmp_path_factory: Any, *, queue: str, **settings: str) -> Worker:
-    """A started Celery worker for `server` (the emulator or the real LiveKit), consuming
-    `queue` only, with a cache namespace of that name; `settings` override the environment."""
+def worker_start(
+    server: Any, tmp_path_factory: Any, *, queue: str, consume: str = "both", **settings: str
+) -> Worker:
+    """A started Celery worker for `server` (the emulator or the real LiveKit), with a cache
+    namespace named `queue`, consuming `queue` and its outbound queue (`consume="both"`), or
+    only one of them (`"dispatch"`, `"outbound"`); `settings` override the environment."""
+    queues = {
+        "both": f"{queue},{outbound_queue(queue)}",
+        "dispatch": queue,
+        "outbound": outbound_queue(queue),
+    }[consume]
     for option in ("data_folder_in", "data_folder_out", "processed_folder"):
         folder = django_settings.CELERY_BROKER_TRANSPORT_OPTIONS.get(option)
         if folder:  # the embedded filesystem broker needs its folders
@@ -144,12 +160,14 @@ def worker_start(server: Any, tmp_path_factory: Any, *, queue: str, **settings: 
         "DISPATCH_ASSIGNMENT_WINDOW_S": "0",
         "CACHE_KEY_PREFIX": queue,
         "ROOMS_TEST_QUEUE": queue,
+        "OUTBOUND_QUEUE": outbound_queue(queue),
         "ROOMS_TEST_CACHE_DIR": str(tmp_path_factory.mktemp("cache")),
         "LOG_LEVEL": "INFO",
         **settings,
     }
-    worker = Worker(env, tmp_path_factory.mktemp("celery"), queue=queue)
-    queue_purge(queue)
+    worker = Worker(env, tmp_path_factory.mktemp("celery"), queue=queues)
+    for name in queues.split(","):
+        queue_purge(name)
     worker.start()
     return worker
 
@@ -217,6 +235,7 @@ def e2e(lk, live_server, worker, settings) -> Any:
     """Everything end to end: the emulator sends webhooks to the live server, whose views
     enqueue tasks for the real worker."""
     queue_purge()
+    queue_purge(outbound_queue(QUEUE))
     _share_worker_cache(settings, worker)
     lk.control.webhooks(url=f"{live_server.url}/livekit/webhook", retry_backoff_ms=100)
     settings.DISPATCH_RETRY_BACKOFF_S = 0.2
