@@ -13,6 +13,9 @@
                                 cold process, as a slow model load does
     AGENT_DELAY_S     seconds for `slow` (default 3)
     AGENT_DRAIN_TIMEOUT_S  on SIGTERM, how long running jobs may go on (default 10)
+    AGENT_MAX_RETRY   how many times the worker tries to reconnect to LiveKit before it gives up
+                      and exits (livekit-agents' default 16, about two minutes): a supervised
+                      worker in production is restarted, which a higher number stands in for
     AGENT_EXECUTOR    `process` (default, as in production) or `thread`: jobs as threads of the
                       worker, for load tests that run dozens of jobs on a 2-core machine
 
@@ -64,6 +67,7 @@ server = AgentServer(
     drain_timeout=int(os.environ.get("AGENT_DRAIN_TIMEOUT_S", "10")),  # SIGTERM: jobs get this long
     job_executor_type=EXECUTOR,
     http_proxy=None,  # everything is on loopback
+    max_retry=int(os.environ.get("AGENT_MAX_RETRY", "16")),
 )
 
 

@@ -34,6 +34,9 @@ def test_livekit_down_while_dispatches_are_in_flight_loses_none(stack, agent_wor
     AgentFactory(agent_name="support-agent", join_deadline_s=DEADLINE_S, max_attempts=10)
     _, key = make_client("ops", rooms=["fault-*"], agent_names=["support-agent"])
     monkeypatch.setenv("AGENT_EXECUTOR", "thread")  # dozens of jobs on a 2-core machine
+    # livekit-agents gives up reconnecting after 16 tries (about 2 minutes) and exits; in
+    # production a supervisor restarts it. Longer outages need the worker to keep trying.
+    monkeypatch.setenv("AGENT_MAX_RETRY", "1000")
     for _ in range(WORKERS):
         agent_worker(agent_name="support-agent")
     rooms = [f"fault-{n}" for n in range(DISPATCHES)]
