@@ -11,6 +11,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dispatchportal.settings")
 app = Celery("dispatchportal")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+app.autodiscover_tasks(["dispatchportal"])  # the project's own tasks (retention)
 logger = logging.getLogger(__name__)
 
 
