@@ -12,6 +12,7 @@ from typing import Any
 
 from django.core.handlers.wsgi import WSGIHandler
 from django.core.wsgi import get_wsgi_application
+from django.urls import get_resolver
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dispatchportal.settings")
 
@@ -43,6 +44,9 @@ class LeanHandler(WSGIHandler):
 
 portal = get_wsgi_application()
 token_handler = LeanHandler(TOKEN_MIDDLEWARE)
+# Django imports the URLconf (every view, DRF, the schema generator) at the first request.
+# Done here instead, it happens once in gunicorn's master (preload_app), not in every worker.
+get_resolver().url_patterns  # noqa: B018
 
 
 def application(environ: dict[str, Any], start_response: Any) -> Any:
