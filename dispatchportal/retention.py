@@ -11,7 +11,7 @@ delivery still pending.
 `retention_apply` (the periodic task `retention.apply`) deletes in batches of at most
 `RETENTION_BATCH_SIZE` rows, one batch per table in turn, each in a short transaction of its
 own that locks only the rows it deletes (`FOR UPDATE SKIP LOCKED`: a row another transaction
-holds is left for the next run) and gives up at once rather than wait on a lock
+holds is left for the next run) and gives up after 2 s rather than wait longer on a lock
 (`lock_timeout`, PostgreSQL). A run stops at its time budget; the next run goes on.
 
 `table_stats` gives each table's row count and oldest row for `/metrics`, cheaply.
