@@ -28,6 +28,7 @@ def task_route(name: str, args: Any, kwargs: Any, options: Any, task: Any = None
 app = Celery("dispatchportal")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+app.autodiscover_tasks(["dispatchportal"])  # the project's own tasks (retention)
 logger = logging.getLogger(__name__)
 
 

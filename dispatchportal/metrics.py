@@ -6,6 +6,9 @@ multiprocess mode, switched on by settings before this module is imported) and t
 them all. `bin/run-portal` empties that directory at start, and `gunicorn_conf.py` tells the
 library when a worker exits.
 
+The table sizes (`dispatchportal_table_rows`, `dispatchportal_table_oldest_row_timestamp_seconds`)
+are not counted by any process: each scrape reads them from the database (`TablesCollector`).
+
 The helpers below are what the rest of the code calls: one line at the place where the thing
 happens, never a failure of the request or task because a metric could not be written.
 
@@ -27,7 +30,10 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.http import require_GET
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, multiprocess
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
+
+from .retention import EXACT_COUNT_UP_TO, table_stats_safe
 
 logger = logging.getLogger(__name__)
 E = TypeVar("E", bound=BaseException)
@@ -227,15 +233,48 @@ def livekit_error_counted(error: E) -> E:
 # --- exposition -----------------------------------------------------------------------------
 
 
+class TablesCollector:
+    """Rows and the oldest row of every table that grows with traffic, read from the database
+    at scrape time (`retention.table_stats`: an estimate or a count, and one index lookup per
+    table), not from the multiprocess files."""
+
+    def collect(self) -> Any:
+        stats = table_stats_safe()
+        rows = GaugeMetricFamily(
+            "dispatchportal_table_rows",
+            f"Rows per table that grows with traffic (PostgreSQL's estimate above {EXACT_COUNT_UP_TO} rows).",
+            labels=["table"],
+        )
+        oldest = GaugeMetricFamily(
+            "dispatchportal_table_oldest_row_timestamp_seconds",
+            "Unix time of each table's oldest row (absent when the table is empty).",
+            labels=["table"],
+        )
+        for table, count, first in stats:
+            rows.add_metric([table], count)
+            if first is not None:
+                oldest.add_metric([table], first.timestamp())
+        yield rows
+        yield oldest
+
+
+class _ThisProcess:
+    def collect(self) -> Any:
+        yield from REGISTRY.collect()
+
+
 def metrics_collect(*, accept: str = "") -> tuple[bytes, str]:
     """Every process's samples (or this process's alone when multiprocess mode is off, e.g.
-    a one-off script), in the format the scraper asked for: (body, content type)."""
+    a one-off script) and the table sizes, in the format the scraper asked for: (body,
+    content type)."""
     encoder, content_type = choose_encoder(accept)
+    registry = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-        return encoder(registry), content_type
-    return encoder(REGISTRY), content_type
+    else:
+        registry.register(_ThisProcess())  # type: ignore[arg-type]
+    registry.register(TablesCollector())  # type: ignore[arg-type]
+    return encoder(registry), content_type
 
 
 def _is_loopback(address: str) -> bool:

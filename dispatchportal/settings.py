@@ -189,6 +189,26 @@ DISPATCH_ASSIGNMENT_WINDOW_S = env.float("DISPATCH_ASSIGNMENT_WINDOW_S", default
 DISPATCH_INLINE_TIMEOUT_S = env.float("DISPATCH_INLINE_TIMEOUT_S", default=1.0)
 RECONCILE_CONCURRENCY = env.int("RECONCILE_CONCURRENCY", default=16)
 
+# Retention, in days (0 keeps forever): the "Delete rows past their retention" periodic task
+# (dispatchportal/retention.py) deletes older rows every RETENTION_INTERVAL_S seconds, in
+# batches of RETENTION_BATCH_SIZE rows, each in a short transaction of its own.
+RETENTION_INTERVAL_S = env.int("RETENTION_INTERVAL_S", default=300)
+RETENTION_BATCH_SIZE = env.int("RETENTION_BATCH_SIZE", default=1000)
+# Finished rooms, with their dispatches and timelines, counted from when the room finished.
+RETENTION_ROOMS_DAYS = env.float("RETENTION_ROOMS_DAYS", default=30.0)
+# Ended dispatches (and their timelines) of any room, counted from when they ended: rooms that
+# stay live for long or whose name is reused keep their row, not every old attempt.
+RETENTION_DISPATCHES_DAYS = env.float("RETENTION_DISPATCHES_DAYS", default=30.0)
+# Token facts already applied to the ledger (the doctor reads the last 6 hours).
+RETENTION_TOKEN_FACTS_DAYS = env.float("RETENTION_TOKEN_FACTS_DAYS", default=7.0)
+# Webhook events (their ids deduplicate LiveKit's redeliveries, which come within minutes).
+RETENTION_WEBHOOK_EVENTS_DAYS = env.float("RETENTION_WEBHOOK_EVENTS_DAYS", default=2.0)
+RETENTION_CANARY_RUNS_DAYS = env.float("RETENTION_CANARY_RUNS_DAYS", default=30.0)
+RETENTION_ALERT_DELIVERIES_DAYS = env.float("RETENTION_ALERT_DELIVERIES_DAYS", default=30.0)
+
+# /readyz: each check (database, migrations, Redis, LiveKit) must answer within this.
+READYZ_TIMEOUT_S = env.float("READYZ_TIMEOUT_S", default=1.0)
+
 # Alerts, worker presence and canaries (watch_app).
 ALERTS_EVALUATE_INTERVAL_S = env.int("ALERTS_EVALUATE_INTERVAL_S", default=10)
 ALERT_LIVEKIT_DOWN_AFTER_S = env.float("ALERT_LIVEKIT_DOWN_AFTER_S", default=60.0)

@@ -1,5 +1,5 @@
 """Top-level routes: admin (with the dashboard and doctor pages), the versioned API, the LiveKit
-webhook, Prometheus metrics and the schema."""
+webhook, Prometheus metrics, the health endpoints and the schema."""
 
 from django.contrib import admin
 from django.templatetags.static import static
@@ -8,6 +8,7 @@ from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from .admin_urls import admin_urlpatterns
+from .health import healthz, readyz
 from .metrics import metrics_view
 
 urlpatterns = [
@@ -17,6 +18,8 @@ urlpatterns = [
     path("", include("rooms_app.doctor.urls")),
     path("", include("rooms_app.urls")),
     path("metrics", metrics_view, name="metrics"),
+    path("healthz", healthz, name="healthz"),
+    path("readyz", readyz, name="readyz"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("favicon.ico", RedirectView.as_view(url=static("dispatchportal/favicon.svg")), name="favicon"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),

@@ -7,8 +7,8 @@ each request: the agent joined, or a named reason why not. A dispatch is created
 rooms change through the services, reconcile's bulk pass, and the participant-left webhooks
 (the room's participant count). Token facts (end of this module) are appended and never
 rewritten: only their bookkeeping (`applied_at`, `apply_error`) changes; a fact is withdrawn
-when its request is refused over the rate limit, and reconcile deletes applied ones after a
-retention.
+when its request is refused over the rate limit. Finished rooms, ended dispatches, applied
+facts and webhook events are deleted after their retention (`dispatchportal.retention`).
 """
 
 from __future__ import annotations
@@ -73,7 +73,11 @@ class Room(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
-        indexes = [models.Index(fields=["status", "last_seen_at"], name="room_status_seen")]
+        indexes = [
+            models.Index(fields=["status", "last_seen_at"], name="room_status_seen"),
+            # The retention sweep picks the longest-finished rooms first.
+            models.Index(fields=["finished_at"], condition=Q(status="finished"), name="room_finished"),
+        ]
 
     def __str__(self) -> str:
         return self.name
@@ -245,6 +249,8 @@ class Dispatch(models.Model):
         indexes = [
             models.Index(fields=["room", "agent_name", "-id"], name="dispatch_room_agent"),
             models.Index(fields=["status", "deadline_at"], name="dispatch_status_deadline"),
+            # The retention sweep picks the longest-ended dispatches first.
+            models.Index(fields=["ended_at"], condition=~Q(status__in=LIVE_STATUSES), name="dispatch_ended"),
         ]
 
     def __str__(self) -> str:

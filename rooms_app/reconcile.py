@@ -44,7 +44,7 @@ from dispatchportal.reserved import is_canary_room
 
 from . import services
 from .livekit_client import LiveKit, LiveKitError, LkParticipant, LkRoom, livekit_run
-from .models import LIVE_STATUSES, WAITING_STATUSES, Dispatch, Room, TokenFact, WebhookEvent
+from .models import LIVE_STATUSES, WAITING_STATUSES, Dispatch, Room
 from .services.jobs import dispatch_deadline_enqueue, dispatch_request_enqueue
 from .services.matching import Verdict, participant_match
 
@@ -58,9 +58,6 @@ STALE_PENDING_S = 90
 OVERDUE_GRACE_S = 5
 # A token minted for a room that never started is forgotten after the longest token TTL.
 PENDING_ROOM_EXPIRY_S = 6 * 3600
-WEBHOOK_EVENT_RETENTION = timedelta(days=2)
-# Token facts already applied are kept this long (the doctor reads the last 6 hours).
-TOKEN_FACT_RETENTION = timedelta(days=7)
 BULK_BATCH = 500
 NAME_CHUNK = 5000
 
@@ -235,10 +232,6 @@ class ReconcilePass:
         with transaction.atomic():
             rooms = self._rooms_write(in_livekit, ledger, live_by_room)
             self._compare(rooms, participants, live_by_room, wanted_by_rule, agents)
-            WebhookEvent.objects.filter(received_at__lt=self.now - WEBHOOK_EVENT_RETENTION).delete()
-            TokenFact.objects.filter(
-                applied_at__isnull=False, minted_at__lt=self.now - TOKEN_FACT_RETENTION
-            ).delete()
             for dispatch_id in self.enqueue_request:
                 dispatch_request_enqueue(dispatch_id=dispatch_id)
             for dispatch_id in self.enqueue_deadline:

@@ -14,6 +14,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from dispatchportal import metrics
 from tests.factories import AgentFactory, RuleFactory, make_client
 
+# Every scrape reads the table sizes from the database.
+pytestmark = pytest.mark.django_db
+
 ROOT = Path(__file__).resolve().parents[2]
 METRICS_TOKEN = "metrics-token-for-tests-0123456789"
 
