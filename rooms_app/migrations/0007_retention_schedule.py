@@ -37,7 +37,7 @@ def remove(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("rooms_app", "0005_retention_indexes"),
+        ("rooms_app", "0006_retention_indexes"),
         ("django_celery_beat", "0019_alter_periodictasks_options"),
     ]
 

@@ -24,7 +24,7 @@ class Migration(migrations.Migration):
     atomic = False  # CREATE INDEX CONCURRENTLY cannot run in a transaction
 
     dependencies = [
-        ("rooms_app", "0004_dispatch_deployment_attributes"),
+        ("rooms_app", "0005_dispatch_waiting_removed"),
     ]
 
     operations = [
