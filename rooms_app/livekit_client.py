@@ -33,7 +33,12 @@ from livekit.api import LiveKitAPI, TwirpError, VideoGrants
 from livekit.protocol.agent import JobStatus
 from livekit.protocol.agent_dispatch import CreateAgentDispatchRequest
 from livekit.protocol.models import DisconnectReason, ParticipantInfo
-from livekit.protocol.room import DeleteRoomRequest, ListParticipantsRequest, ListRoomsRequest
+from livekit.protocol.room import (
+    DeleteRoomRequest,
+    ListParticipantsRequest,
+    ListRoomsRequest,
+    RoomParticipantIdentity,
+)
 
 from agents_app.tokens import jwt_hs256
 from dispatchportal import metrics
@@ -313,6 +318,12 @@ class LiveKit:
 
     async def delete_dispatch(self, room: str, dispatch_id: str) -> None:
         await self._call("DeleteDispatch", self._api.agent_dispatch.delete_dispatch(dispatch_id, room))
+
+    async def remove_participant(self, room: str, identity: str) -> None:
+        await self._call(
+            "RemoveParticipant",
+            self._api.room.remove_participant(RoomParticipantIdentity(room=room, identity=identity)),
+        )
 
 
 def livekit_run(fn: Callable[[LiveKit], Awaitable[T]], *, timeout_s: float | None = None) -> T:
