@@ -112,14 +112,14 @@ def dead_agents_record(*, agent_names: set[str], now: datetime) -> int:
     dispatch whose agent was on that worker (`agent_worker_silence(...).holds`) is recorded
     dead, so the portal re-dispatches now rather than when LiveKit drops the participant
     (about 20 s). Returns how many."""
-    from rooms_app.models import Dispatch
+    from rooms_app.models import Dispatch, Room
     from rooms_app.services import agent_dead_record
 
     from .checks import dispatches_check
 
     recorded = 0
     joined = Dispatch.objects.select_related("room", "agent").filter(
-        agent_name__in=agent_names, status=Dispatch.Status.AGENT_JOINED, room__status="active"
+        agent_name__in=agent_names, status=Dispatch.Status.AGENT_JOINED, room__status=Room.Status.ACTIVE
     )
     for dispatch in joined:
         silence = agent_worker_silence(agent_name=dispatch.agent_name, joined_at=dispatch.joined_at, now=now)

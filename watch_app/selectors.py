@@ -9,7 +9,7 @@ from django.conf import settings
 from django.db.models import Max
 from django.utils import timezone
 
-from rooms_app.models import Dispatch, WebhookEvent
+from rooms_app.models import Dispatch, Room, WebhookEvent
 
 from .models import WorkerEndpoint
 from .net import safe_host
@@ -282,7 +282,7 @@ def agent_worker_silence(
     known = [e for e in others if e.healthy and e.polled_at is not None and e.polled_at >= since]
     busy = sum(e.active_jobs or 0 for e in known)
     joined = Dispatch.objects.filter(
-        agent_name=agent_name, status=Dispatch.Status.AGENT_JOINED, room__status="active"
+        agent_name=agent_name, status=Dispatch.Status.AGENT_JOINED, room__status=Room.Status.ACTIVE
     ).count()
     jobs = sum(e.active_jobs or 0 for e in silent)
     holds = len(known) + len(went_silent_earlier) == len(others) and busy == 0 and joined <= jobs

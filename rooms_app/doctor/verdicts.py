@@ -108,10 +108,16 @@ def ledger_verdicts_first(
             failed = next((d for d in history if d.pk == last.previous_id and d.status in BAD), None)
             if failed is None:
                 continue
-            tail = f"retrying: attempt {last.attempt}{of} ({last.get_status_display().lower()})"
+            tail = f"retrying: attempt {last.attempt}{of} ({last.status.replace('_', ' ')})"
         elif last.status in BAD:
             failed = last
-            tail = f"the portal gave up after {last.attempt} attempt(s)"
+            fallback = next((d for d in facts.ledger if d.previous_id == last.pk), None)
+            tail = (
+                f"the portal fell back to {agent_name_quoted(fallback.agent_name)} "
+                f"({fallback.status.replace('_', ' ')})"
+                if fallback is not None
+                else f"the portal gave up after {last.attempt} attempt(s)"
+            )
         else:
             continue
         tail += "".join(

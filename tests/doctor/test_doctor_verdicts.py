@@ -153,7 +153,7 @@ def test_a_timed_out_attempt_is_broken_and_retrying_like_a_no_worker_one(lk):
     assert answer.status == "broken", answer.summary
     assert answer.first_broken.number == 7
     assert answer.first_broken.summary == (
-        f"attempt 1 of 'support-agent' timed out: {error}; retrying: attempt 2 of 3 (requested from livekit)"
+        f"attempt 1 of 'support-agent' timed out: {error}; retrying: attempt 2 of 3 (requested)"
     )
     assert agent.max_attempts == 3
 
@@ -176,7 +176,7 @@ def test_a_no_worker_attempt_being_retried_says_retrying_too(lk):
 
     assert answer.first_broken.number == 5, answer.summary
     assert answer.first_broken.summary == (
-        f"attempt 1 of 'support-agent' found no worker ({error}); retrying: attempt 2 of 2 (requested from livekit)"
+        f"attempt 1 of 'support-agent' found no worker ({error}); retrying: attempt 2 of 2 (requested)"
     )
     assert "no worker" in answer.first_broken.cause  # LiveKit's side of it is kept
 
@@ -228,3 +228,25 @@ def test_an_expectation_stays_while_no_agent_the_rules_give_is_present(lk):
     assert [a.agent_name for a in room_state(room_name="docs-2").agents] == ["doc-agnet"]
     answer = room_diagnose(room_name="docs-2")
     assert "doc-agnet" in answer.expected_agents and answer.status == "broken", answer.summary
+
+
+def test_an_agent_that_fell_back_is_told_as_fallen_back_not_given_up(lk):
+    backup = AgentFactory(agent_name="backup-agent")
+    _explicit(max_attempts=1, fallback=backup)
+    person_joins(lk, "support-6", "ann")
+    ledger_room = room_services.room_started(name="support-6", sid="", started_at=timezone.now())
+    [first] = room_services.room_rules_apply(room=ledger_room)
+    room_services.dispatch_request(dispatch_id=first.pk)
+    first.refresh_from_db()
+    error = "job AJ_y was running but its participant 'agent-AJ_y' did not join within 15 s"
+    room_services.dispatch_transition(
+        dispatch=first, to=S.TIMED_OUT, expect=(S.REQUESTED,), detail=error, last_error=error
+    )
+    assert room_services.dispatch_retry(dispatch=first).agent_name == "backup-agent"
+
+    answer = room_diagnose(room_name="support-6", agent_name="support-agent")
+
+    assert answer.first_broken.number == 7, answer.summary
+    assert answer.first_broken.summary == (
+        f"attempt 1 of 'support-agent' timed out: {error}; the portal fell back to 'backup-agent' (pending)"
+    )
