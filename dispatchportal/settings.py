@@ -215,7 +215,7 @@ ALERT_LIVEKIT_DOWN_AFTER_S = env.float("ALERT_LIVEKIT_DOWN_AFTER_S", default=60.
 ALERT_RECONCILE_FAILURES = env.int("ALERT_RECONCILE_FAILURES", default=3)
 ALERT_RETRY_BACKOFF_S = env.float("ALERT_RETRY_BACKOFF_S", default=2.0)
 ALERT_RETRY_BACKOFF_MAX_S = env.float("ALERT_RETRY_BACKOFF_MAX_S", default=300.0)
-WORKER_POLL_INTERVAL_S = env.int("WORKER_POLL_INTERVAL_S", default=15)
+WORKER_POLL_INTERVAL_S = env.int("WORKER_POLL_INTERVAL_S", default=2)
 WORKER_POLL_TIMEOUT_S = env.float("WORKER_POLL_TIMEOUT_S", default=3.0)
 WORKER_POLL_CONCURRENCY = env.int("WORKER_POLL_CONCURRENCY", default=8)
 # Outbound calls (watch_app/net.py): the largest answer read; past it the call fails.

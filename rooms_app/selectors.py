@@ -13,7 +13,8 @@ from datetime import datetime
 from django.core.cache import cache
 from django.db.models import Max, Q
 
-from agents_app.selectors import ClientScope
+from agents_app.rules import Join
+from agents_app.selectors import ClientScope, config_get
 from dispatchportal.exceptions import NotFound
 
 from .models import Dispatch, Room, WebhookEvent
@@ -101,6 +102,7 @@ def room_state(*, room_name: str) -> RoomState:
                 agents_removed=removed.get(dispatch.agent_name, []),
             )
         )
+    agents = _expectations_current(room_name=room.name, agents=agents, latest=latest)
     agents.sort(key=lambda a: a.agent_name)
     return RoomState(
         room_name=room.name,
@@ -109,6 +111,29 @@ def room_state(*, room_name: str) -> RoomState:
         num_participants=room.num_participants,
         agents=agents,
     )
+
+
+def _expectations_current(
+    *, room_name: str, agents: list[WantedAgent], latest: dict[str, Dispatch]
+) -> list[WantedAgent]:
+    """Leave out an ended token or rule dispatch of an agent the rules no longer give that join
+    (the rule was fixed, e.g. a typo in its agent name) once an agent they do give has joined:
+    the room is ready with the right agent, not waiting for the old one."""
+    joined = {a.agent_name for a in agents if a.joined}
+    if not joined:
+        return agents
+    rules = config_get().rules
+    kept = []
+    for wanted in agents:
+        row = latest[wanted.agent_name]
+        if not row.is_live and row.source in (Dispatch.Source.TOKEN, Dispatch.Source.RULE):
+            given = {
+                a.agent_name for a in rules.evaluate(Join(room_name, row.participant_identity_trigger)).agents
+            }
+            if wanted.agent_name not in given and given & joined:
+                continue
+        kept.append(wanted)
+    return kept
 
 
 @dataclass(frozen=True, slots=True)

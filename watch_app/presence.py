@@ -25,6 +25,7 @@ from django.utils import timezone
 
 from .models import WorkerEndpoint
 from .net import SendFailed, http_request
+from .selectors import agent_worker_silence, no_answer
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +100,10 @@ def workers_poll(*, endpoint_ids: list[int] | None = None, now: datetime | None 
     timeout = float(settings.WORKER_POLL_TIMEOUT_S)
     not_after = time.monotonic() + PASS_BUDGET_S
     answered = skipped = 0
+    now = now or timezone.now()
+    # Silent at the previous poll too: the second signal that the worker is gone.
+    was_silent = {e.pk for e in endpoints if e.healthy is False and no_answer(e.last_error)}
+    confirmed: set[str] = set()
     with ThreadPoolExecutor(max_workers=max(1, int(settings.WORKER_POLL_CONCURRENCY))) as pool:
         futures = {
             pool.submit(
@@ -111,8 +116,10 @@ def workers_poll(*, endpoint_ids: list[int] | None = None, now: datetime | None 
             if poll is None:
                 skipped += 1  # its last answer stands; presence calls it stale in time
                 continue
-            _record(endpoint, poll, now or timezone.now())
+            _record(endpoint, poll, now)
             answered += poll.healthy
+            if not poll.healthy and no_answer(poll.error) and endpoint.pk in was_silent:
+                confirmed.add(endpoint.agent.agent_name)
             if poll.agent_name and poll.agent_name != endpoint.agent.agent_name:
                 logger.warning(
                     "worker at %s registers as %r, not %r",
@@ -129,4 +136,37 @@ def workers_poll(*, endpoint_ids: list[int] | None = None, now: datetime | None 
             skipped,
             len(endpoints),
         )
+    if confirmed:
+        dead_agents_record(agent_names=confirmed, now=now)
     return answered
+
+
+def dead_agents_record(*, agent_names: set[str], now: datetime) -> int:
+    """Agents of these names whose worker stayed silent two polls in a row: every joined
+    dispatch whose agent was on that worker (`agent_worker_silence(...).holds`) is recorded
+    dead, so the portal re-dispatches now rather than when LiveKit drops the participant
+    (about 20 s). Returns how many."""
+    from rooms_app.models import Dispatch, Room
+    from rooms_app.services import agent_dead_record
+
+    from .checks import dispatches_check
+
+    recorded = 0
+    joined = Dispatch.objects.select_related("room", "agent").filter(
+        agent_name__in=agent_names, status=Dispatch.Status.AGENT_JOINED, room__status=Room.Status.ACTIVE
+    )
+    for dispatch in joined:
+        silence = agent_worker_silence(agent_name=dispatch.agent_name, joined_at=dispatch.joined_at, now=now)
+        if silence is None or not silence.holds:
+            continue
+        if agent_dead_record(dispatch=dispatch, reason=silence.reason()) is not None:
+            recorded += 1
+            logger.warning(
+                "agent of dispatch %s recorded dead: %s",
+                dispatch.pk,
+                silence.described(now),
+                extra={"agent": dispatch.agent_name},
+            )
+    if recorded:
+        dispatches_check(now=timezone.now(), settled=True)  # a give-up opens its incident now
+    return recorded

@@ -9,9 +9,10 @@ from django.conf import settings
 from django.db.models import Max
 from django.utils import timezone
 
-from rooms_app.models import Dispatch, WebhookEvent
+from rooms_app.models import Dispatch, Room, WebhookEvent
 
 from .models import WorkerEndpoint
+from .net import safe_host
 
 
 class PresenceState:
@@ -210,3 +211,87 @@ def watch_dashboard(*, now: datetime | None = None) -> dict:
         "presence": list(agents_presence(agent_names=names, now=now).values()),
         "canaries": canaries_summary(),
     }
+
+
+# --- a worker that stopped answering while its agents are in rooms ---------------------------
+
+# What `watch_app.net` says when no HTTP answer came at all (the process is gone or hung), as
+# opposed to "answered 503" (alive, but not connected to LiveKit: its jobs may still run).
+_NO_ANSWER = ("cannot reach ", " timed out after ")
+
+
+def no_answer(error: str) -> bool:
+    """The poll got no HTTP answer at all: refused, reset, unreachable or timed out."""
+    return any(marker in error for marker in _NO_ANSWER)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSilence:
+    """One of an agent's workers stopped answering its health URL while it ran jobs.
+
+    `holds`: the agent in question was on it: the silent worker answered after that agent
+    joined, reporting at least as many jobs as the agent has joined dispatches in live rooms,
+    and every other registered worker of the agent, polled since that join, runs no job. (A
+    worker's `/worker` reports a job count, not job ids, so with other workers busy the portal
+    cannot tell which rooms' agents died: `holds` is False and LiveKit's own participant
+    timeout, about 20 s, decides.)"""
+
+    agent_name: str
+    url: str
+    last_answer_at: datetime
+    jobs: int
+    error: str
+    holds: bool
+
+    def seconds_silent(self, now: datetime) -> float:
+        return max(0.0, (now - self.last_answer_at).total_seconds())
+
+    def described(self, now: datetime) -> str:
+        """For the doctor: how long ago, as of `now`."""
+        return f"the agent's worker stopped answering {self.seconds_silent(now):.0f} s ago ({self.error})"
+
+    def reason(self) -> str:
+        """For the ledger (`last_error`): dated, so it stays true when read later."""
+        return (
+            f"the agent's worker stopped answering (last answer {self.last_answer_at:%H:%M:%S} UTC, "
+            f"{self.jobs} job(s) then; {self.error})"
+        )
+
+
+def agent_worker_silence(
+    *, agent_name: str, joined_at: datetime | None, now: datetime | None = None
+) -> WorkerSilence | None:
+    """The silent worker that held agent `agent_name`'s job in a room where it joined at
+    `joined_at`, or the likeliest one (`holds` False) when that cannot be told; None when
+    none of the agent's registered workers went silent after that join."""
+    endpoints = list(WorkerEndpoint.objects.filter(agent__agent_name=agent_name, enabled=True))
+    since = joined_at or (now or timezone.now())
+    silent = [
+        e
+        for e in endpoints
+        if e.healthy is False
+        and no_answer(e.last_error)
+        and e.answered_at is not None
+        and e.answered_at >= since
+        and (e.active_jobs or 0) >= 1
+    ]
+    if not silent:
+        return None
+    others = [e for e in endpoints if e not in silent]
+    went_silent_earlier = [e for e in others if e.healthy is False and (e.answered_at or since) < since]
+    known = [e for e in others if e.healthy and e.polled_at is not None and e.polled_at >= since]
+    busy = sum(e.active_jobs or 0 for e in known)
+    joined = Dispatch.objects.filter(
+        agent_name=agent_name, status=Dispatch.Status.AGENT_JOINED, room__status=Room.Status.ACTIVE
+    ).count()
+    jobs = sum(e.active_jobs or 0 for e in silent)
+    holds = len(known) + len(went_silent_earlier) == len(others) and busy == 0 and joined <= jobs
+    latest = max(silent, key=lambda e: e.answered_at or since)
+    return WorkerSilence(
+        agent_name=agent_name,
+        url=safe_host(latest.url),
+        last_answer_at=latest.answered_at or since,
+        jobs=jobs,
+        error=latest.last_error,
+        holds=holds,
+    )

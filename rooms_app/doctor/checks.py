@@ -34,6 +34,9 @@ from .facts import (
     agent_names_seen_recorded,
     facts_gather,
 )
+from .verdicts import agents_alive as _alive
+from .verdicts import ghosts_find as _ghosts
+from .verdicts import ledger_verdicts_first
 from .wording import moment_described
 
 # Presence states that come from polling the workers' own health URLs (not from the ledger).
@@ -52,7 +55,8 @@ def room_diagnose(
     by_key = {link.key: link for link in links}
 
     _check_livekit(by_key["livekit"], facts)
-    managed = _check_rules(by_key["rules"], facts, agent_name=agent_name, identity=identity)
+    ghosts = _ghosts(facts)
+    managed = _check_rules(by_key["rules"], facts, agent_name=agent_name, identity=identity, ghosts=ghosts)
     if agent_name is not None:
         wanted = {agent_name: managed[agent_name]} if agent_name in managed else {}
     else:
@@ -65,16 +69,17 @@ def room_diagnose(
     elif not expected:
         for key in ("dispatch", "job", "job_outcome", "agent"):
             by_key[key].set(UNKNOWN, "not checked: no agent is expected in this room (link 2)")
-        _check_crowd(by_key["crowd"], facts, expected, managed=set(managed))
+        _check_crowd(by_key["crowd"], facts, expected, managed=set(managed), ghosts=ghosts)
     elif not facts.live:
         _check_not_live(by_key, facts, expected)
     else:
         _check_dispatch(by_key["dispatch"], facts, wanted, token_broken)
         _check_job(by_key["job"], facts, expected)
         _check_job_outcome(by_key["job_outcome"], facts, expected)
-        _check_agent(by_key["agent"], facts, expected)
-        _check_crowd(by_key["crowd"], facts, expected, managed=set(managed))
-    _present_outranks_inferred(links, facts, expected)
+        _check_agent(by_key["agent"], facts, expected, ghosts)
+        _check_crowd(by_key["crowd"], facts, expected, managed=set(managed), ghosts=ghosts)
+        ledger_verdicts_first(by_key, facts, expected, ghosts, _FIXES)
+    _present_outranks_inferred(links, facts, expected, ghosts)
     return Diagnosis(
         room_name=room_name,
         agent=agent_name,
@@ -87,13 +92,15 @@ def room_diagnose(
     )
 
 
-def _present_outranks_inferred(links: list[Link], facts: Facts, expected: list[str]) -> None:
+def _present_outranks_inferred(
+    links: list[Link], facts: Facts, expected: list[str], ghosts: dict[str, str]
+) -> None:
     """What LiveKit shows outranks what was inferred: with every expected agent present in
     the room, nothing upstream of it (rules, token, dispatch, job) is "broken" or "not known"
     (the real server lists a worker's job in ListDispatch seconds after its agent joined, and
     an agent dispatched through the API has no token); what was found there is kept as
     information."""
-    if not (facts.live and expected and all(facts.agents_named(name) for name in expected)):
+    if not (facts.live and expected and all(_alive(facts, name, ghosts) for name in expected)):
         return
     for link in links:
         if link.key in ("rules", "token", "dispatch", "job", "job_outcome") and link.state in (
@@ -163,7 +170,7 @@ def _joins(facts: Facts, identity: str | None) -> list[Join]:
 
 
 def _check_rules(
-    link: Link, facts: Facts, *, agent_name: str | None, identity: str | None
+    link: Link, facts: Facts, *, agent_name: str | None, identity: str | None, ghosts: dict[str, str]
 ) -> dict[str, Wanted]:
     joins = _joins(facts, identity)
     applied: dict[str, Wanted] = {}
@@ -181,7 +188,16 @@ def _check_rules(
                 disabled.setdefault(v["agent_name"], v["rule"])
             elif v["outcome"] != "applied":
                 reasons.setdefault(v["agent_name"], []).append(f"rule '{v['rule']}': {v['reason']}")
+    # A token's agent the rules no longer give (the rule was fixed) stops being expected once
+    # an agent the rules do give is in the room and that token's dispatch has ended.
+    right_present = any(_alive(facts, name, ghosts) for name in applied)
+    withdrawn: dict[str, Dispatch] = {}
     for d in facts.ledger:
+        if d.agent_name in withdrawn:
+            continue
+        if d.agent_name not in applied and d.source == "token" and right_present and not d.is_live:
+            withdrawn[d.agent_name] = d
+            continue
         # Agents asked for through the API (or as a fallback) are expected as well.
         if d.agent_name not in applied and d.source in ("api", "fallback", "reconcile"):
             applied[d.agent_name] = Wanted(
@@ -192,6 +208,14 @@ def _check_rules(
                 d.agent_name, f"token for '{d.participant_identity_trigger}' (rule '{d.rule_name}')", "token"
             )
 
+    for name, d in withdrawn.items():
+        if name not in applied:
+            link.details.append(
+                f"{agent_name_quoted(name)} is no longer expected: the token for "
+                f"'{d.participant_identity_trigger}' carried it (rule '{d.rule_name}'), but no rule gives it "
+                f"now, and {agent_names_quoted(n for n in applied if _alive(facts, n, ghosts))} is in the room "
+                f"(its dispatch #{d.pk} ended {d.get_status_display().lower()})"
+            )
     evaluated = ", ".join(f"'{j.participant_identity}'" for j in joins if j.participant_identity)
     on = f"room '{facts.room_name}'" + (f" and identity {evaluated}" if evaluated else "")
     explain = "Test it on the rule list's 'Explain / test rules' page with this room name."
@@ -717,16 +741,31 @@ def _ledger_time(facts: Facts, name: str, job_id: str, attr: str) -> datetime | 
     return None
 
 
-def _check_agent(link: Link, facts: Facts, expected: list[str]) -> None:
+def _check_agent(link: Link, facts: Facts, expected: list[str], ghosts: dict[str, str]) -> None:
     notes: list[str] = []
     for name in expected:
-        present = facts.agents_named(name)
+        present = _alive(facts, name, ghosts)
         if present:
             first = present[0]
             notes.append(
                 f"{agent_name_quoted(name)}: {first.identity} joined {moment_described(first.joined_at, facts.now)}"
             )
             continue
+        dead = [p for p in facts.agents_named(name) if p.identity in ghosts]
+        if dead:
+            ghost = dead[0]
+            link.set(
+                BROKEN,
+                f"{agent_name_quoted(name)} ({ghost.identity}) is still listed by LiveKit, but {ghosts[ghost.identity]}",
+                cause=f"Agent {agent_name_quoted(name)} ({ghost.identity}) is dead: {ghosts[ghost.identity]}. "
+                "LiveKit keeps listing a dead worker's participant until its connection times out (about "
+                "20 s) and its job as running for good, so they are not taken as signs of life."
+                + _retry_described(facts.ledger_for(name)),
+                fix="The portal re-dispatches once a second poll confirms the silence (and removes the dead "
+                "participant); restart the worker, and give every worker of the agent a health URL "
+                "(Admin › Worker health URLs) so the portal can tell which worker held which agent.",
+            )
+            return
         jobs = [j for d in facts.lk_dispatches_for(name) for j in d.jobs]
         if not jobs:
             if facts.within_deadline(name) or _ledger_waiting(facts, name):
@@ -766,12 +805,18 @@ def _ledger_waiting(facts: Facts, name: str) -> bool:
     )
 
 
-def _check_crowd(link: Link, facts: Facts, expected: list[str], *, managed: set[str]) -> None:
+def _check_crowd(
+    link: Link, facts: Facts, expected: list[str], *, managed: set[str], ghosts: dict[str, str] | None = None
+) -> None:
     if not facts.live:
         link.set(UNKNOWN, "not checked: the room is not live in LiveKit")
         return
+    ghosts = ghosts or {}
+    for identity in ghosts:
+        if any(p.identity == identity for p in facts.lk.agents):
+            link.details.append(f"{identity} is a dead agent LiveKit still lists: {ghosts[identity]}")
     for name in expected:
-        present = facts.agents_named(name)
+        present = _alive(facts, name, ghosts)
         if len(present) > 1:
             dispatches = facts.lk_dispatches_for(name)
             link.set(
@@ -785,7 +830,11 @@ def _check_crowd(link: Link, facts: Facts, expected: list[str], *, managed: set[
                 f"deliver {agent_name_quoted(name)}: the portal, not also the frontend's own token or API calls.",
             )
             return
-    others = [p for p in facts.lk.agents if p.agent_name not in managed and p.agent_name not in expected]
+    others = [
+        p
+        for p in facts.lk.agents
+        if p.agent_name not in managed and p.agent_name not in expected and p.identity not in ghosts
+    ]
     if others:
         described = [_unmanaged(p, facts) for p in others]
         fixes = []
@@ -806,7 +855,7 @@ def _check_crowd(link: Link, facts: Facts, expected: list[str], *, managed: set[
             fix=" ".join(fixes),
         )
         return
-    agents = len(facts.lk.agents)
+    agents = len([p for p in facts.lk.agents if p.identity not in ghosts])
     if agents:
         link.set(OK, f"{agents} agent(s) in the room, one per expected name, none unmanaged")
     else:

@@ -7,6 +7,7 @@
   webhooks report (agents joining and leaving);
 - `lifecycle`: the calls to LiveKit the Celery tasks make (CreateDispatch exactly once,
   DeleteDispatch, the join-deadline check, the token's join check);
+- `dead`: an agent whose worker stopped answering, recorded before LiveKit notices;
 - `jobs`: how the services ask for those tasks without importing them.
 
 Lifecycle of one dispatch row (one attempt):
@@ -20,6 +21,7 @@ imports either of them, not even inside a function (`tests/test_import_layers.py
 agents_app, only its models, selectors and rules.
 """
 
+from .dead import WORKER_STOPPED, agent_dead_record
 from .facts import (
     APPLY_WINDOW_S,
     HEARTBEAT_FRESH,
@@ -91,6 +93,8 @@ __all__ = [
     "ROOM_FRESH",
     "DispatchInFlight",
     "agent_extra_remove",
+    "WORKER_STOPPED",
+    "agent_dead_record",
     "agent_joined_record",
     "agent_left_record",
     "agent_participant_joined",

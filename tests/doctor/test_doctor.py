@@ -236,9 +236,11 @@ def test_no_worker_with_that_name_suggests_the_near_miss_seen_joining(lk):
     assert "WorkerOptions(agent_name='support-agent')" in link.fix
 
 
-def test_no_job_link_tells_full_workers_from_none_online(lk):
+def test_no_job_link_tells_full_workers_from_none_online(lk, settings):
     """With the workers' health URLs registered, the doctor says what they last reported."""
     from watch_app.models import WorkerEndpoint
+
+    settings.WORKER_POLL_INTERVAL_S = 15  # the answer below is 20 s old: still fresh
 
     agent = _support_rule().agent
     person_joins(lk, "support-10", "ann")
