@@ -92,10 +92,10 @@ def dispatch_api_create(
     None for staff. Returns the dispatch and whether it is new (else the live one, whose
     timeline notes the request)."""
     agent = Agent.objects.filter(agent_name=agent_name).first()
-    if agent is None:
+    # An agent the client may not name is unknown to it: the same answer, so names of other
+    # clients' agents cannot be enumerated.
+    if agent is None or (client is not None and agent_name not in client.agent_names):
         raise NotFound(f"unknown agent '{agent_name}'", field="agent_name")
-    if client is not None and agent_name not in client.agent_names:
-        raise Forbidden(f"agent '{agent_name}' is not allowed for this client", field="agent_name")
     if client is not None and not client.room_allowed(room_name):
         raise Forbidden(f"room '{room_name}' is outside this client's room patterns", field="room_name")
     if not agent.enabled:
