@@ -631,7 +631,8 @@ def _no_worker(
     if configured_close:
         parts.append(f" Configured agents with close names: {agent_names_quoted(configured_close)}.")
     presence = agent_presence(agent_name=name, now=facts.now)
-    if presence.state in HEALTH_POLLED:  # the admin registered the workers' health URLs
+    # The admin registered the workers' health URLs; their errors name internal addresses.
+    if presence.state in HEALTH_POLLED and facts.scope.everything:
         parts.append(f" Worker health: {presence.message}.")
     if "" in seen:
         parts.append(

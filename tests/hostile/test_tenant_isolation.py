@@ -18,12 +18,15 @@ from django.utils import timezone
 
 from rooms_app.models import AgentSeen, Dispatch, Room
 from tests.factories import AgentFactory, RuleFactory, make_client
+from watch_app.models import WorkerEndpoint
 
 from ..doctor.conftest import agents_in, dispatch, eventually, person_joins
 
 pytestmark = pytest.mark.django_db
 
 PUBLIC_URL = "wss://livekit.example.com"
+INTERNAL_HOST = "10.9.8.7"
+INTERNAL_ERROR = f"cannot reach http://{INTERNAL_HOST}:8081/: connection refused"
 
 
 @pytest.fixture
@@ -57,6 +60,14 @@ def tenants(lk, settings):
         agent_name="acme-agnet", room_name="acmf-1", how="agent joined", last_seen_at=now
     )
     AgentSeen.objects.create(agent_name="acme-agentb", how="job in ListDispatch", last_seen_at=now)
+    # The operator polls A's workers at an internal address; its errors are the operator's.
+    WorkerEndpoint.objects.create(
+        agent=acme,
+        url=f"http://{INTERNAL_HOST}:8081/",
+        polled_at=now,
+        healthy=False,
+        last_error=INTERNAL_ERROR,
+    )
 
     # A's room: live, and its agent's dispatch found no worker (the doctor looks for close names).
     person_joins(lk, "acme-1", "ann")
@@ -75,7 +86,8 @@ def tenants(lk, settings):
 
 
 def other_tenant_strings(lk) -> list[str]:
-    return ["acme-agnet", "acme-agentb", "acmf", lk.url, lk.url.split("//")[1]]
+    """B's names, and the operator's internal addresses (LiveKit's, the workers')."""
+    return ["acme-agnet", "acme-agentb", "acmf", lk.url, lk.url.split("//")[1], INTERNAL_HOST]
 
 
 def assert_nothing_of_b(response, lk) -> str:
@@ -109,7 +121,7 @@ def test_staff_see_the_close_names_a_client_does_not(staff_api, tenants, lk):
 
     assert "'acme-agnet' (room 'acmf-1')" in body
     assert "acme-agentb" in body
-    assert lk.url in body
+    assert lk.url in body and INTERNAL_ERROR in body
 
 
 def _without(body: dict, name: str) -> str:
