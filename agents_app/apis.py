@@ -35,7 +35,7 @@ from dispatchportal.serializers import (
 
 from .authentication import ApiClientAuthentication, IsApiClient, IsApiClientOrStaffWith, request_scope
 from .models import Agent
-from .rules import KINDS, Join, RuleError, RuleSpec, rule_compile
+from .rules import KINDS, MAX_PATTERN_LENGTH, Join, RuleError, RuleSpec, rule_compile
 from .selectors import Scope
 from .services import RateLimited, TokenRequest, rules_explain, token_mint
 from .token_request import token_request_parse
@@ -52,7 +52,12 @@ class RoomConfigSerializer(StrictSerializer):
     fields are the operator's, refused with 403."""
 
     agents = AgentRequestSerializer(many=True, required=False)
-    name = StrictCharField(required=False, allow_blank=True, help_text="Ignored; the room is room_name.")
+    name = StrictCharField(
+        required=False,
+        allow_blank=True,
+        max_length=MAX_NAME_LENGTH,
+        help_text="Ignored; the room is room_name.",
+    )
 
 
 class GrantsSerializer(StrictSerializer):
@@ -235,18 +240,21 @@ class TokenApi(APIView):
 
 class MatchSerializer(StrictSerializer):
     kind = serializers.ChoiceField(choices=KINDS)
-    value = StrictCharField(allow_blank=True)
+    # Blank is a prefix match of everything; the other kinds refuse it (draft_rule.*_value).
+    value = StrictCharField(allow_blank=True, max_length=MAX_PATTERN_LENGTH)
 
 
 @extend_schema_serializer(component_name="DraftRule")
 class DraftRuleSerializer(StrictSerializer):
-    name = StrictCharField(required=False, default="(draft)")
+    name = StrictCharField(required=False, default="(draft)", min_length=1)
     agent_name = StrictCharField(allow_blank=True)
     priority = serializers.IntegerField(required=False, default=100)
     room = MatchSerializer()
     identity = MatchSerializer(required=False, allow_null=True)
     attributes = serializers.DictField(child=MatchSerializer(), required=False)
-    metadata_template = serializers.JSONField(required=False)
+    metadata_template = serializers.JSONField(
+        required=False, allow_null=True, help_text="null or absent: the agent's default metadata only."
+    )
     delivery = serializers.ChoiceField(choices=["token", "explicit"], required=False, default="token")
     stop = serializers.BooleanField(required=False, default=False)
     deployment = DeploymentField()
