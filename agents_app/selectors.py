@@ -81,14 +81,13 @@ class Scope:
         """A client sees a rule only when its room match takes `room_name` (one of its rooms)."""
         return self.client is None or rule.room.match(room_name) is not None
 
-    def agents_visible(self, *, room_name: str, rules: RuleSet | None = None) -> frozenset[str] | None:
+    def agents_visible(self, *, room_name: str) -> frozenset[str] | None:
         """The agent names this caller may see in answers about `room_name` (None: all): its
         own agents and those of the rules that take the room. Agents found in the room
         itself are the room's and are added by whoever reads them."""
         if self.client is None:
             return None
-        rules = rules if rules is not None else config_get().rules
-        named = {r.spec.agent_name for r in rules.rules if r.room.match(room_name) is not None}
+        named = {r.spec.agent_name for r in config_get().rules.rules if r.room.match(room_name) is not None}
         return frozenset(named | self.client.agent_names)
 
 
