@@ -33,9 +33,10 @@ from dispatchportal.serializers import (
     StrictSerializer,
 )
 
-from .authentication import ApiClientAuthentication, IsApiClient, IsApiClientOrStaff
+from .authentication import ApiClientAuthentication, IsApiClient, IsApiClientOrStaffWith, request_scope
 from .models import Agent
-from .rules import KINDS, Join, RuleError, RuleSpec, rule_compile
+from .rules import KINDS, MAX_PATTERN_LENGTH, Join, RuleError, RuleSpec, rule_compile
+from .selectors import Scope
 from .services import RateLimited, TokenRequest, rules_explain, token_mint
 from .token_request import token_request_parse
 
@@ -51,7 +52,12 @@ class RoomConfigSerializer(StrictSerializer):
     fields are the operator's, refused with 403."""
 
     agents = AgentRequestSerializer(many=True, required=False)
-    name = StrictCharField(required=False, allow_blank=True, help_text="Ignored; the room is room_name.")
+    name = StrictCharField(
+        required=False,
+        allow_blank=True,
+        max_length=MAX_NAME_LENGTH,
+        help_text="Ignored; the room is room_name.",
+    )
 
 
 class GrantsSerializer(StrictSerializer):
@@ -234,18 +240,21 @@ class TokenApi(APIView):
 
 class MatchSerializer(StrictSerializer):
     kind = serializers.ChoiceField(choices=KINDS)
-    value = StrictCharField(allow_blank=True)
+    # Blank is a prefix match of everything; the other kinds refuse it (draft_rule.*_value).
+    value = StrictCharField(allow_blank=True, max_length=MAX_PATTERN_LENGTH)
 
 
 @extend_schema_serializer(component_name="DraftRule")
 class DraftRuleSerializer(StrictSerializer):
-    name = StrictCharField(required=False, default="(draft)")
+    name = StrictCharField(required=False, default="(draft)", min_length=1)
     agent_name = StrictCharField(allow_blank=True)
     priority = serializers.IntegerField(required=False, default=100)
     room = MatchSerializer()
     identity = MatchSerializer(required=False, allow_null=True)
     attributes = serializers.DictField(child=MatchSerializer(), required=False)
-    metadata_template = serializers.JSONField(required=False)
+    metadata_template = serializers.JSONField(
+        required=False, allow_null=True, help_text="null or absent: the agent's default metadata only."
+    )
     delivery = serializers.ChoiceField(choices=["token", "explicit"], required=False, default="token")
     stop = serializers.BooleanField(required=False, default=False)
     deployment = DeploymentField()
@@ -260,7 +269,8 @@ class DraftRuleField(serializers.DictField):
 class ExplainApi(APIView):
     """Why does this room get that agent? Every rule's verdict for a sample join."""
 
-    permission_classes = [IsApiClientOrStaff]
+    permission_classes = [IsApiClientOrStaffWith]
+    staff_permissions = {"POST": ("agents_app.view_dispatchrule",)}
 
     DraftRuleSerializer = DraftRuleSerializer
 
@@ -288,7 +298,10 @@ class ExplainApi(APIView):
             ),
             400: OpenApiResponse(description="Invalid input or draft rule"),
             401: OpenApiResponse(description="Not authenticated"),
-            403: OpenApiResponse(description="Neither a client key nor staff, or room out of scope"),
+            403: OpenApiResponse(
+                description="Neither a client key nor a staff session with view permission on dispatch "
+                "rules, or room outside the client's patterns"
+            ),
         },
     )
     def post(self, request: Any) -> Response:
@@ -296,22 +309,22 @@ class ExplainApi(APIView):
         data.is_valid(raise_exception=True)
         values = data.validated_data
         room = values["room_name"]
-        client = request.auth if hasattr(request.auth, "room_allowed") else None
-        if client is not None and not client.room_allowed(room):
+        scope = request_scope(request)
+        if not scope.room_allowed(room):
             raise Forbidden(f"room '{room}' is outside this client's room patterns", field="room_name")
         draft = None
         if "draft_rule" in values:
-            draft = self._draft(values["draft_rule"], client=client)
+            draft = self._draft(values["draft_rule"], scope=scope)
         join = Join(
             room_name=room,
             participant_identity=values.get("participant_identity", ""),
             participant_name=values.get("participant_name", ""),
             attributes=values.get("participant_attributes", {}),
-            client=client.name if client else "",
+            client=scope.client.name if scope.client else "",
         )
-        return Response(rules_explain(join=join, draft=draft, own_room_only=client is not None))
+        return Response(rules_explain(join=join, draft=draft, scope=scope))
 
-    def _draft(self, raw: dict[str, Any], *, client: Any) -> RuleSpec:
+    def _draft(self, raw: dict[str, Any], *, scope: Scope) -> RuleSpec:
         data = self.DraftRuleSerializer(data=raw)
         if not data.is_valid():
             raise serializers.ValidationError({"draft_rule": data.errors})
@@ -319,7 +332,7 @@ class ExplainApi(APIView):
         agent = Agent.objects.filter(agent_name=v["agent_name"]).first()
         # An agent a client may not name is unknown to it: the same answer, so names of
         # other clients' agents cannot be enumerated.
-        if agent is None or (client is not None and agent.agent_name not in client.agent_names):
+        if agent is None or not scope.agent_nameable(agent.agent_name):
             raise ApplicationError(f"unknown agent '{v['agent_name']}'", field="draft_rule.agent_name")
         identity = v.get("identity") or {}
         spec = RuleSpec(

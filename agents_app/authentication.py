@@ -5,7 +5,7 @@ from __future__ import annotations
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions, permissions
 
-from .selectors import ClientScope, Config, config_get, key_digest
+from .selectors import EVERYTHING, ClientScope, Config, Scope, config_get, key_digest
 
 
 class ClientPrincipal:
@@ -51,12 +51,38 @@ class IsApiClient(permissions.BasePermission):
         return isinstance(request.auth, ClientScope)
 
 
-class IsApiClientOrStaff(permissions.BasePermission):
-    message = "Needs an API client key or a staff session."
+class IsApiClientOrStaffWith(permissions.BasePermission):
+    """A client key (scoped by `request_scope`), or a staff session holding the Django
+    permissions the view names per method in `staff_permissions`: the API grants staff what
+    the admin grants them. A superuser has every permission."""
 
     def has_permission(self, request, view) -> bool:  # type: ignore[no-untyped-def]
+        if isinstance(request.auth, ClientScope):
+            return True
         user = request.user
-        return isinstance(request.auth, ClientScope) or bool(user and user.is_staff)
+        if not (user and user.is_authenticated and user.is_staff and user.is_active):
+            self.message = "Needs an API client key or a staff session."
+            return False
+        needed = staff_permissions_needed(view, request.method)
+        missing = [p for p in needed if not user.has_perm(p)]
+        if missing:
+            self.message = f"Your staff account lacks the permission {', '.join(missing)}."
+            return False
+        return True
+
+
+def staff_permissions_needed(view, method: str) -> tuple[str, ...]:  # type: ignore[no-untyped-def]
+    """The permissions `view.staff_permissions` names for `method` (OPTIONS/HEAD as GET; a
+    method the view does not serve needs none and is answered 405)."""
+    method = "GET" if method in ("HEAD", "OPTIONS") else method
+    return tuple(view.staff_permissions.get(method, ()))
+
+
+def request_scope(request) -> Scope:  # type: ignore[no-untyped-def]
+    """The caller's scope: a client key's, or everything for a staff session that passed
+    `IsApiClientOrStaffWith` (or a superuser)."""
+    auth = getattr(request, "auth", None)
+    return Scope(auth) if isinstance(auth, ClientScope) else EVERYTHING
 
 
 class ApiClientKeyScheme(OpenApiAuthenticationExtension):

@@ -53,6 +53,48 @@ class ClientScope:
 
 
 @dataclass(frozen=True, slots=True)
+class Scope:
+    """What one API caller may see and name: the one scoping rule every read and write of
+    the API applies at its source (selectors, services, the doctor's fact gathering).
+
+    `client` None is everything: a superuser, or a staff session holding the Django
+    permission the endpoint asks for. A client key sees only rooms its patterns allow; in
+    such a room, the rules whose room match takes it, the agents those rules name, the
+    agents it may name itself and whatever is in that room (its ledger, its participants);
+    it may name (dispatch, draft) only its own agents. Anything else is answered as if it
+    did not exist, so names of other clients' agents, rules and rooms never show."""
+
+    client: ClientScope | None = None
+
+    @property
+    def everything(self) -> bool:
+        return self.client is None
+
+    def room_allowed(self, room_name: str) -> bool:
+        return self.client is None or self.client.room_allowed(room_name)
+
+    def agent_nameable(self, agent_name: str) -> bool:
+        """May this caller ask for the agent (dispatch it, draft a rule for it)?"""
+        return self.client is None or agent_name in self.client.agent_names
+
+    def rule_visible(self, rule: CompiledRule, *, room_name: str) -> bool:
+        """A client sees a rule only when its room match takes `room_name` (one of its rooms)."""
+        return self.client is None or rule.room.match(room_name) is not None
+
+    def agents_visible(self, *, room_name: str) -> frozenset[str] | None:
+        """The agent names this caller may see in answers about `room_name` (None: all): its
+        own agents and those of the rules that take the room. Agents found in the room
+        itself are the room's and are added by whoever reads them."""
+        if self.client is None:
+            return None
+        named = {r.spec.agent_name for r in config_get().rules.rules if r.room.match(room_name) is not None}
+        return frozenset(named | self.client.agent_names)
+
+
+EVERYTHING = Scope()
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     change_marker: str
     version: int

@@ -23,8 +23,10 @@ from .models import Agent, ApiClient, RuleSetVersion
 from .rules import AppliedAgent, Join, MetadataTooLarge, RuleSet, RuleSpec
 from .selectors import (
     CHANGE_MARKER_KEY,
+    EVERYTHING,
     ClientScope,
     Config,
+    Scope,
     config_get,
     config_invalidate,
     key_digest,
@@ -264,14 +266,12 @@ def _room_agent(agent: AppliedAgent) -> dict[str, Any]:
     return out
 
 
-def rules_explain(
-    *, join: Join, draft: RuleSpec | None = None, own_room_only: bool = False
-) -> dict[str, Any]:
+def rules_explain(*, join: Join, draft: RuleSpec | None = None, scope: Scope = EVERYTHING) -> dict[str, Any]:
     """Every rule's verdict for this join, the RoomConfiguration it yields and the claims a
     token would carry. `draft` is an unsaved rule evaluated alongside the saved ones (it
-    replaces a saved rule of the same name). With `own_room_only` (a client key asks), only
-    the rules whose room match takes this room are reported, and the draft: the others
-    concern rooms that may be other clients'."""
+    replaces a saved rule of the same name). A client's `scope` sees only the rules whose
+    room match takes this room, and the draft: the others concern rooms that may be other
+    clients'."""
     if draft is None:
         ruleset: RuleSet = config_get().rules
     else:
@@ -280,12 +280,10 @@ def rules_explain(
         rows = list(DispatchRule.objects.select_related("agent").exclude(name=draft.name))
         ruleset = ruleset_build(rows, extra=[draft])
     evaluation = ruleset.evaluate(join, explain=True)
-    verdicts = evaluation.verdicts
-    if own_room_only:
-        touching = {r.spec.name for r in ruleset.rules if r.room.match(join.room_name) is not None}
-        if draft is not None:
-            touching.add(draft.name)
-        verdicts = [v for v in verdicts if v.rule in touching]
+    visible = {r.spec.name for r in ruleset.rules if scope.rule_visible(r, room_name=join.room_name)}
+    if draft is not None:
+        visible.add(draft.name)
+    verdicts = [v for v in evaluation.verdicts if v.rule in visible]
     in_token = [a for a in evaluation.agents if a.delivery == "token"]
     room_config = {"agents": [_room_agent(a) for a in in_token]}
     claims = claims_build(

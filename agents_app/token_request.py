@@ -104,6 +104,11 @@ def _room_config(value: Any) -> list[dict[str, str]]:
     others = sorted(set(value) - {"agents", "name"})
     if others:
         raise Forbidden("clients may only set room_config.agents", field=f"room_config.{others[0]}")
+    if "name" in value:  # ignored (the room is room_name), but only a string, as documented
+        try:
+            _string(value["name"], max_length=MAX_NAME_LENGTH)
+        except _Invalid as exc:
+            raise _Invalid({"name": [exc.detail]}) from None
     agents = value.get("agents", [])
     if not isinstance(agents, list):
         raise _Invalid({"agents": ['Expected a list of {"agent_name", "metadata"}.']})

@@ -1,6 +1,7 @@
 """Project errors and the one DRF exception handler that turns every error into JSON
 `{"error", "detail"}` with the right status, so no client ever sees a 500 for bad input."""
 
+from http import HTTPStatus
 from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
@@ -81,12 +82,65 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
     return response
 
 
+API_PREFIXES = ("/api/", "/livekit/")
+
+
+def _json_error(request: Any, status_code: int) -> Any:
+    """The `{error, detail}` answer for a failure no view turned into JSON itself."""
+    from django.http import JsonResponse
+
+    if status_code >= 500:
+        request_id = getattr(request, "request_id", "")
+        body = {
+            "error": "server_error",
+            "detail": "The portal failed on this request (logged"
+            + (f" under request id {request_id}" if request_id else "")
+            + "). Try again; if it keeps failing, give the operator that id.",
+        }
+    elif status_code == 404:
+        body = {"error": "not_found", "detail": f"no such endpoint: {request.path}"}
+    else:
+        body = {"error": _CODES.get(status_code, "error"), "detail": HTTPStatus(status_code).phrase}
+    return JsonResponse(body, status=status_code)
+
+
 def page_not_found(request: Any, exception: Exception) -> Any:
     """Django's 404 for a URL no route matches: JSON under the API and webhook paths (their
     callers parse JSON), Django's own page elsewhere (admin)."""
-    from django.http import JsonResponse
     from django.views import defaults
 
-    if request.path.startswith(("/api/", "/livekit/")):
-        return JsonResponse({"error": "not_found", "detail": f"no such endpoint: {request.path}"}, status=404)
+    if request.path.startswith(API_PREFIXES):
+        return _json_error(request, 404)
     return defaults.page_not_found(request, exception)
+
+
+def server_error(request: Any) -> Any:
+    """Django's 500 (any exception no view handled, the database gone mid-request included):
+    JSON under the API and webhook paths, Django's own page elsewhere."""
+    from django.views import defaults
+
+    if request.path.startswith(API_PREFIXES):
+        return _json_error(request, 500)
+    return defaults.server_error(request)
+
+
+class ApiJsonErrorsMiddleware:
+    """Under /api/ and /livekit/ every failure is JSON `{error, detail}`, whatever produced
+    it: with DEBUG on, Django answers an unhandled exception or an unrouted URL with its HTML
+    debug page (the handlers above only apply with DEBUG off), and middleware may answer
+    before any view. DRF's own answers are left alone (their data is already the project's
+    JSON; a browser asking for HTML gets DRF's browsable rendering of it)."""
+
+    def __init__(self, get_response: Any) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: Any) -> Any:
+        response = self.get_response(request)
+        if (
+            response.status_code >= 400
+            and request.path.startswith(API_PREFIXES)
+            and not isinstance(response, Response)
+            and "json" not in response.get("Content-Type", "")
+        ):
+            return _json_error(request, response.status_code)
+        return response

@@ -70,6 +70,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "dispatchportal.logging.RequestIdMiddleware",
+    "dispatchportal.exceptions.ApiJsonErrorsMiddleware",  # inside the request id: 500s name it
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",

@@ -1,5 +1,5 @@
-"""Top-level routes: admin (with the dashboard and doctor pages), the versioned API, the LiveKit
-webhook, Prometheus metrics, the health endpoints and the schema."""
+"""Top-level routes: `/` (to the dashboard), admin (with the dashboard and doctor pages), the
+versioned API, the LiveKit webhook, Prometheus metrics, the health endpoints and the schema."""
 
 from django.contrib import admin
 from django.templatetags.static import static
@@ -12,6 +12,8 @@ from .health import healthz, readyz
 from .metrics import metrics_view
 
 urlpatterns = [
+    # A newcomer opening the portal lands on the dashboard (the admin login first).
+    path("", RedirectView.as_view(pattern_name="dispatch-dashboard"), name="home"),
     *admin_urlpatterns(),  # before admin/: admin's catch-all would answer them with a 404
     path("admin/", admin.site.urls),
     path("api/v1/", include("agents_app.urls")),
@@ -26,3 +28,4 @@ urlpatterns = [
 ]
 
 handler404 = "dispatchportal.exceptions.page_not_found"
+handler500 = "dispatchportal.exceptions.server_error"

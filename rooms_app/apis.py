@@ -21,9 +21,8 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from agents_app.authentication import IsApiClientOrStaff
-from agents_app.selectors import ClientScope
-from dispatchportal.exceptions import Conflict, Forbidden, NotFound
+from agents_app.authentication import IsApiClientOrStaffWith, request_scope
+from dispatchportal.exceptions import Conflict, NotFound
 from dispatchportal.serializers import (
     MAX_METADATA_BYTES,
     DeploymentField,
@@ -121,20 +120,16 @@ _DISPATCH_ID = OpenApiParameter(
 )
 
 
-def _scope(request: Any) -> ClientScope | None:
-    """The caller's client scope; None for a staff session (everything in scope)."""
-    return request.auth if isinstance(request.auth, ClientScope) else None
-
-
 def _who(request: Any) -> str:
-    scope = _scope(request)
-    return scope.name if scope is not None else f"staff:{request.user.get_username()}"
+    scope = request_scope(request)
+    return scope.client.name if scope.client is not None else f"staff:{request.user.get_username()}"
 
 
 class DispatchCreateApi(APIView):
     """Ask for an agent in a room (explicit dispatch), within the client's scope."""
 
-    permission_classes = [IsApiClientOrStaff]
+    permission_classes = [IsApiClientOrStaffWith]
+    staff_permissions = {"POST": ("rooms_app.add_dispatch",)}
 
     # Named components: every view's nested serializer is called Input/Output.
     @extend_schema_serializer(component_name="DispatchCreateInput")
@@ -176,8 +171,11 @@ class DispatchCreateApi(APIView):
             ),
             400: _error("Malformed JSON, a wrong type or size; the field is named."),
             401: _error("Missing, unknown or disabled key."),
-            403: _error("Agent or room outside the client's scope, or agent disabled."),
-            404: _error("Unknown agent."),
+            403: _error(
+                "Room outside the client's patterns, agent disabled, or a staff session without "
+                "add permission on dispatches."
+            ),
+            404: _error("Unknown agent, or one the client may not name (answered alike)."),
         },
         examples=[
             OpenApiExample(
@@ -192,7 +190,7 @@ class DispatchCreateApi(APIView):
         data.is_valid(raise_exception=True)
         values = data.validated_data
         dispatch, created = dispatch_api_create(
-            client=_scope(request),
+            client=request_scope(request).client,
             requested_by=_who(request),
             room_name=values["room_name"],
             agent_name=values["agent_name"],
@@ -225,7 +223,8 @@ class DispatchCreateApi(APIView):
 class DispatchDetailApi(APIView):
     """One dispatch with its timeline; DELETE cancels it and removes the agent."""
 
-    permission_classes = [IsApiClientOrStaff]
+    permission_classes = [IsApiClientOrStaffWith]
+    staff_permissions = {"GET": ("rooms_app.view_dispatch",), "DELETE": ("rooms_app.change_dispatch",)}
 
     @extend_schema(
         operation_id="dispatch_retrieve",
@@ -233,11 +232,12 @@ class DispatchDetailApi(APIView):
         responses={
             200: DispatchOutputSerializer,
             401: _error("Missing, unknown or disabled key."),
+            403: _error("A staff session without view permission on dispatches."),
             404: _error("No such dispatch in the client's rooms."),
         },
     )
     def get(self, request: Any, dispatch_id: str) -> Response:
-        dispatch = dispatch_get(dispatch_id=_dispatch_id(dispatch_id), client=_scope(request))
+        dispatch = dispatch_get(dispatch_id=_dispatch_id(dispatch_id), scope=request_scope(request))
         return Response(_dispatch_body(dispatch))
 
     @extend_schema(
@@ -248,12 +248,13 @@ class DispatchDetailApi(APIView):
                 DispatchOutputSerializer, description="Cancelled; the LiveKit dispatch is being deleted."
             ),
             401: _error("Missing, unknown or disabled key."),
+            403: _error("A staff session without change permission on dispatches."),
             404: _error("No such dispatch in the client's rooms."),
             409: _error("The dispatch had already ended."),
         },
     )
     def delete(self, request: Any, dispatch_id: str) -> Response:
-        dispatch = dispatch_get(dispatch_id=_dispatch_id(dispatch_id), client=_scope(request))
+        dispatch = dispatch_get(dispatch_id=_dispatch_id(dispatch_id), scope=request_scope(request))
         if not dispatch_cancel(dispatch=dispatch, by=_who(request)):
             dispatch.refresh_from_db()
             raise Conflict(f"dispatch {dispatch.pk} has already ended ({dispatch.status})")
@@ -286,7 +287,8 @@ class RoomDetailApi(APIView):
     A browser asks this instead of only waiting for a participantConnected event it may have
     missed (the agent can join before the browser connects)."""
 
-    permission_classes = [IsApiClientOrStaff]
+    permission_classes = [IsApiClientOrStaffWith]
+    staff_permissions = {"GET": ("rooms_app.view_room",)}
 
     @extend_schema_serializer(component_name="RoomState")
     class OutputSerializer(serializers.Serializer):
@@ -306,14 +308,13 @@ class RoomDetailApi(APIView):
         responses={
             200: OutputSerializer,
             401: _error("Missing, unknown or disabled key."),
-            403: _error("Room outside the client's room patterns."),
+            403: _error(
+                "Room outside the client's room patterns, or a staff session without view permission on rooms."
+            ),
         },
     )
     def get(self, request: Any, room_name: str) -> Response:
-        scope = _scope(request)
-        if scope is not None and not scope.room_allowed(room_name):
-            raise Forbidden(f"room '{room_name}' is outside this client's room patterns", field="room_name")
-        state = room_state(room_name=room_name)
+        state = room_state(room_name=room_name, scope=request_scope(request))
         body = {
             "room_name": state.room_name,
             "status": state.status,

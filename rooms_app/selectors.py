@@ -14,17 +14,18 @@ from django.core.cache import cache
 from django.db.models import Max, Q
 
 from agents_app.rules import Join
-from agents_app.selectors import ClientScope, config_get
-from dispatchportal.exceptions import NotFound
+from agents_app.selectors import EVERYTHING, Scope, config_get
+from dispatchportal.exceptions import Forbidden, NotFound
 
 from .models import Dispatch, Room, WebhookEvent
 
 
-def dispatch_get(*, dispatch_id: int, client: ClientScope | None) -> Dispatch:
-    """One dispatch, if the caller may see it (staff: any; a client: rooms in its patterns).
-    Out of scope is reported as not found, so ids of other clients' rooms do not leak."""
+def dispatch_get(*, dispatch_id: int, scope: Scope) -> Dispatch:
+    """One dispatch, if the caller may see it (a client: rooms in its patterns). Out of
+    scope is reported as not found, in the same words, so ids of other clients' rooms do
+    not leak."""
     dispatch = Dispatch.objects.select_related("room", "agent").filter(pk=dispatch_id).first()
-    if dispatch is None or (client is not None and not client.room_allowed(dispatch.room.name)):
+    if dispatch is None or not scope.room_allowed(dispatch.room.name):
         raise NotFound(f"no dispatch {dispatch_id}")
     return dispatch
 
@@ -66,9 +67,12 @@ class RoomState:
         return bool(self.agents) and all(a.joined for a in self.agents)
 
 
-def room_state(*, room_name: str) -> RoomState:
+def room_state(*, room_name: str, scope: Scope = EVERYTHING) -> RoomState:
     """The agents the portal wants in a room and where each stands: the latest attempt per
-    agent, leaving out cancelled ones and, in a live room, leftovers of an earlier session."""
+    agent, leaving out cancelled ones and, in a live room, leftovers of an earlier session.
+    A room outside the caller's scope is refused (403), whether the portal knows it or not."""
+    if not scope.room_allowed(room_name):
+        raise Forbidden(f"room '{room_name}' is outside this client's room patterns", field="room_name")
     room = Room.objects.filter(name=room_name).first()
     if room is None:
         return RoomState(room_name=room_name, status="unknown")

@@ -246,15 +246,18 @@ class WorkerSilence:
     def seconds_silent(self, now: datetime) -> float:
         return max(0.0, (now - self.last_answer_at).total_seconds())
 
-    def described(self, now: datetime) -> str:
-        """For the doctor: how long ago, as of `now`."""
-        return f"the agent's worker stopped answering {self.seconds_silent(now):.0f} s ago ({self.error})"
+    def described(self, now: datetime, *, with_error: bool = True) -> str:
+        """For the doctor: how long ago, as of `now`; the poll's error (it names the worker's
+        internal address) only for callers who may see it (staff)."""
+        error = f" ({self.error})" if with_error else ""
+        return f"the agent's worker stopped answering {self.seconds_silent(now):.0f} s ago{error}"
 
     def reason(self) -> str:
-        """For the ledger (`last_error`): dated, so it stays true when read later."""
+        """For the ledger (`last_error`, which API clients read): dated, so it stays true when
+        read later, and without the worker's address (its endpoint's admin page has the error)."""
         return (
-            f"the agent's worker stopped answering (last answer {self.last_answer_at:%H:%M:%S} UTC, "
-            f"{self.jobs} job(s) then; {self.error})"
+            f"the agent's worker stopped answering its health URL (last answer "
+            f"{self.last_answer_at:%H:%M:%S} UTC, {self.jobs} job(s) then)"
         )
 
 

@@ -16,8 +16,7 @@ from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from agents_app.authentication import IsApiClientOrStaff
-from agents_app.selectors import ClientScope
+from agents_app.authentication import IsApiClientOrStaffWith, request_scope
 from dispatchportal.exceptions import Forbidden
 from dispatchportal.serializers import LiveKitName, name_schema
 
@@ -47,7 +46,8 @@ class RoomDiagnosisApi(APIView):
     """Why is (or isn't) the agent in this room? Each link of the dispatch chain, with the
     cause and the fix at the first broken one."""
 
-    permission_classes = [IsApiClientOrStaff]
+    permission_classes = [IsApiClientOrStaffWith]
+    staff_permissions = {"GET": ("rooms_app.view_dispatch",)}  # as the admin's doctor page
 
     class InputSerializer(serializers.Serializer):
         room_name = LiveKitName()
@@ -60,7 +60,10 @@ class RoomDiagnosisApi(APIView):
         agent = serializers.CharField(allow_null=True, help_text="The agent asked about, if any.")
         identity = serializers.CharField(allow_null=True)
         checked_at = serializers.DateTimeField()
-        livekit_url = serializers.CharField()
+        livekit_url = serializers.CharField(
+            help_text="The LiveKit server asked: its API address for staff, its public address "
+            "(PUBLIC_LIVEKIT_URL) for a client key."
+        )
         room_live = serializers.BooleanField(help_text="LiveKit has the room now.")
         status = serializers.ChoiceField(choices=[HEALTHY, WAITING, "broken", LIVEKIT_UNAVAILABLE])
         exit_code = serializers.IntegerField(
@@ -86,17 +89,23 @@ class RoomDiagnosisApi(APIView):
             200: OutputSerializer,
             400: _error("Invalid room name, agent or identity."),
             401: _error("Missing, unknown or disabled key."),
-            403: _error("Room outside the client's room patterns (or neither a key nor staff)."),
+            403: _error(
+                "Room outside the client's room patterns, or neither a key nor a staff session with "
+                "view permission on dispatches."
+            ),
         },
     )
     def get(self, request: Any, room_name: str) -> Response:
         data = self.InputSerializer(data={"room_name": room_name, **request.query_params.dict()})
         data.is_valid(raise_exception=True)
         values = data.validated_data
-        scope = request.auth if isinstance(request.auth, ClientScope) else None
-        if scope is not None and not scope.room_allowed(values["room_name"]):
+        scope = request_scope(request)
+        if not scope.room_allowed(values["room_name"]):
             raise Forbidden(f"room '{room_name}' is outside this client's room patterns", field="room_name")
         diagnosis = room_diagnose(
-            room_name=values["room_name"], agent_name=values.get("agent"), identity=values.get("identity")
+            room_name=values["room_name"],
+            agent_name=values.get("agent"),
+            identity=values.get("identity"),
+            scope=scope,
         )
         return Response(self.OutputSerializer(diagnosis.as_dict()).data)

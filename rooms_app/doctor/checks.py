@@ -6,10 +6,10 @@ import difflib
 from dataclasses import dataclass
 from datetime import datetime
 
-from django.conf import settings
 from django.utils import timezone
 
 from agents_app.rules import Join
+from agents_app.selectors import EVERYTHING, Scope
 from agents_app.services import rules_explain
 from watch_app.selectors import PresenceState, agent_presence
 
@@ -23,15 +23,13 @@ from .facts import (
     LINK_TITLES,
     MAX_JOINS,
     OK,
-    SEEN_WINDOW,
     UNKNOWN,
     Diagnosis,
     Facts,
     Link,
     agent_name_quoted,
     agent_names_quoted,
-    agent_names_seen_in_livekit,
-    agent_names_seen_recorded,
+    agent_names_seen,
     facts_gather,
 )
 from .verdicts import agents_alive as _alive
@@ -46,11 +44,17 @@ HEALTH_POLLED = (PresenceState.ONLINE, PresenceState.FULL, PresenceState.STALE, 
 
 
 def room_diagnose(
-    *, room_name: str, agent_name: str | None = None, identity: str | None = None, now: datetime | None = None
+    *,
+    room_name: str,
+    agent_name: str | None = None,
+    identity: str | None = None,
+    now: datetime | None = None,
+    scope: Scope = EVERYTHING,
 ) -> Diagnosis:
-    """Walk the chain for `room_name` (optionally one agent, one participant identity)."""
+    """Walk the chain for `room_name` (optionally one agent, one participant identity), with
+    the facts the caller's `scope` may see (every name and URL in the answer comes from them)."""
     now = now or timezone.now()
-    facts = facts_gather(room_name, now)
+    facts = facts_gather(room_name, now, scope)
     links = [Link(n, key, title) for n, (key, title) in enumerate(LINK_TITLES, start=1)]
     by_key = {link.key: link for link in links}
 
@@ -85,7 +89,7 @@ def room_diagnose(
         agent=agent_name,
         identity=identity,
         checked_at=now,
-        livekit_url=settings.LIVEKIT_URL,
+        livekit_url=facts.livekit_url,
         room_live=facts.live,
         expected_agents=expected,
         links=links,
@@ -122,13 +126,13 @@ class Wanted:
 
 
 def _check_livekit(link: Link, facts: Facts) -> None:
-    url = settings.LIVEKIT_URL
+    url = facts.livekit_url
     error = facts.lk.error
     if isinstance(error, LiveKitAuthRejected):
         link.set(
             BROKEN,
             f"LiveKit at {url} refused the portal's API key",
-            cause=f"LiveKit at {url} refused the API key '{settings.LIVEKIT_API_KEY}' or its secret "
+            cause=f"LiveKit at {url} refused {facts.livekit_key_named} or its secret "
             f"({error.method} answered {error.status}).",
             fix="Set LIVEKIT_API_KEY and LIVEKIT_API_SECRET to a key pair of this server (the `keys:` "
             "of livekit.yaml, or the project's API keys in LiveKit Cloud), then restart the portal.",
@@ -178,7 +182,7 @@ def _check_rules(
     reasons: dict[str, list[str]] = {}  # agent -> why each of its rules did not apply
     for join in joins:
         who = f" for '{join.participant_identity}'" if join.participant_identity else ""
-        result = rules_explain(join=join)
+        result = rules_explain(join=join, scope=facts.scope)
         for a in result["agents"]:
             applied.setdefault(
                 a["agent_name"], Wanted(a["agent_name"], f"rule '{a['rule']}'{who}", a["delivery"])
@@ -409,7 +413,7 @@ def _check_not_live(by_key: dict[str, Link], facts: Facts, expected: list[str]) 
             f"{agent_name_quoted(name)}: {label}, says the ledger ({where})",
             cause=f"The last dispatch of {agent_name_quoted(name)} (#{last.pk}, attempt {last.attempt}) ended "
             f"{moment_described(last.ended_at, facts.now)} as '{label}': {last.last_error or 'no detail recorded'}.",
-            fix=_FIXES[key].format(agent=name, url=settings.LIVEKIT_URL),
+            fix=_FIXES[key].format(agent=name, url=facts.livekit_url),
         )
 
 
@@ -613,8 +617,8 @@ def _check_job(link: Link, facts: Facts, expected: list[str]) -> None:
 def _no_worker(
     facts: Facts, name: str, what: str, created: datetime | None, history: list[Dispatch]
 ) -> dict[str, str]:
-    url = settings.LIVEKIT_URL
-    seen = _agent_names_seen(facts)
+    url = facts.livekit_url
+    seen = agent_names_seen(facts)
     close = [
         n for n in difflib.get_close_matches(name, [n for n in seen if n], n=3, cutoff=0.75) if n != name
     ]
@@ -651,7 +655,8 @@ def _no_worker(
     if configured_close:
         parts.append(f" Configured agents with close names: {agent_names_quoted(configured_close)}.")
     presence = agent_presence(agent_name=name, now=facts.now)
-    if presence.state in HEALTH_POLLED:  # the admin registered the workers' health URLs
+    # The admin registered the workers' health URLs; their errors name internal addresses.
+    if presence.state in HEALTH_POLLED and facts.scope.everything:
         parts.append(f" Worker health: {presence.message}.")
     if "" in seen:
         parts.append(
@@ -672,27 +677,6 @@ def _no_worker(
         elif last.status == "no_worker":
             parts.append(f" The portal gave up after {last.attempt} attempt(s).")
     return {"cause": "".join(parts), "fix": _FIXES["job"].format(agent=name, url=url)}
-
-
-def _agent_names_seen(facts: Facts) -> dict[str, str]:
-    """Agent names seen recently, from every place the portal learns them: agents in this
-    room and in other live rooms, names recorded from webhooks, reconcile and ListDispatch
-    jobs, and the ledger's joined dispatches."""
-    seen: dict[str, str] = {}
-    for p in facts.lk.agents:
-        seen.setdefault(p.agent_name or "", facts.room_name)
-    for name, room in agent_names_seen_recorded(facts.now - SEEN_WINDOW).items():
-        seen.setdefault(name, room)
-    for name, room in agent_names_seen_in_livekit(facts.room_name).items():
-        seen.setdefault(name, room)
-    recent = (  # created_at is indexed; an agent joins within seconds of its dispatch
-        Dispatch.objects.filter(created_at__gte=facts.now - SEEN_WINDOW, joined_at__isnull=False)
-        .values_list("agent_name", "room__name")
-        .order_by("-created_at")[:500]
-    )
-    for name, room in recent:
-        seen.setdefault(name, room)
-    return seen
 
 
 def _check_job_outcome(link: Link, facts: Facts, expected: list[str]) -> None:

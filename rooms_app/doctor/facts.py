@@ -9,7 +9,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.conf import settings
+
 from agents_app.models import Agent
+from agents_app.selectors import EVERYTHING, Scope
 
 from ..livekit_client import (
     LiveKit,
@@ -170,12 +173,17 @@ async def _dispatches_or_none(lk: LiveKit, room_name: str) -> list[LkDispatch]:
         return []
 
 
-def agent_names_seen_in_livekit(exclude_room: str) -> dict[str, str]:
-    """Agent names of agents in a sample of the most recent other live rooms: the names
-    workers on this LiveKit really register with. Name -> a room it was seen in."""
+def agent_names_seen_in_livekit(exclude_room: str, scope: Scope = EVERYTHING) -> dict[str, str]:
+    """Agent names of agents in a sample of the most recent other live rooms the caller may
+    see: the names workers on this LiveKit really register with. Name -> a room it was
+    seen in."""
 
     async def ask(lk: LiveKit) -> dict[str, str]:
-        rooms = [r for r in await lk.list_rooms() if r.name != exclude_room and r.num_participants]
+        rooms = [
+            r
+            for r in await lk.list_rooms()
+            if r.name != exclude_room and r.num_participants and scope.room_allowed(r.name)
+        ]
         rooms.sort(key=lambda r: r.created_at.timestamp() if r.created_at else 0, reverse=True)
         rooms = rooms[:MAX_SCANNED_ROOMS]
         answers = await asyncio.gather(*(lk.list_participants(r.name) for r in rooms), return_exceptions=True)
@@ -204,6 +212,24 @@ class Facts:
     agents: dict[str, Agent]  # configured, by name
     token_facts: list[TokenFact] = field(default_factory=list)  # newest first
     heartbeat: WorkerHeartbeat | None = None  # the freshest Celery worker heartbeat
+    scope: Scope = EVERYTHING  # whose question: every fact above is already within it
+    visible_agents: frozenset[str] | None = None  # agent names the caller may see (None: all)
+    livekit_url: str = ""  # the LiveKit address the caller may be told
+
+    @property
+    def livekit_key_named(self) -> str:
+        """The portal's LiveKit API key as the caller may be told of it."""
+        return (
+            f"the API key '{settings.LIVEKIT_API_KEY}'" if self.scope.everything else "the portal's API key"
+        )
+
+    def sighting_visible(self, agent_name: str, room_name: str) -> bool:
+        """A client sees sightings in its own rooms, and of its agents where no room is named."""
+        if self.scope.everything:
+            return True
+        if room_name:
+            return self.scope.room_allowed(room_name)
+        return self.visible_agents is not None and agent_name in self.visible_agents
 
     @property
     def worker_alive(self) -> bool:
@@ -248,33 +274,73 @@ class Facts:
         return agent.join_deadline_s if agent else DEFAULT_DEADLINE_S
 
 
-def facts_gather(room_name: str, now: datetime) -> Facts:
+def facts_gather(room_name: str, now: datetime, scope: Scope = EVERYTHING) -> Facts:
+    """Everything the doctor judges, gathered within the caller's `scope` (the room itself
+    is the caller's to ask about: its ledger, tokens and participants are all read)."""
     lk = _livekit_facts(room_name)
     ledger_room = Room.objects.filter(name=room_name).first()
     ledger: list[Dispatch] = []
+    in_room: set[str] = {p.agent_name for p in lk.agents} | {d.agent_name for d in lk.dispatches}
     if ledger_room is not None:
         ledger = list(Dispatch.objects.filter(room=ledger_room).order_by("-id")[:200])
+        in_room |= {d.agent_name for d in ledger}
         if lk.room is not None and lk.room.created_at is not None:
             # A reused room name: only this session's history speaks about what is there now.
             since = lk.room.created_at - TOKEN_SLACK
             current = [d for d in ledger if d.created_at >= since or d.is_live]
             ledger = current
-    agents = {a.agent_name: a for a in Agent.objects.all()}
     token_facts = list(
         TokenFact.objects.filter(room_name=room_name, minted_at__gte=now - TOKEN_WINDOW).order_by("-id")[
             :MAX_TOKEN_FACTS
         ]
     )
+    for fact in token_facts:
+        carried = fact.agents if isinstance(fact.agents, list) else []
+        in_room |= {a.get("agent_name", "") for a in carried if isinstance(a, dict)}
+    visible = scope.agents_visible(room_name=room_name)
+    if visible is not None:
+        visible = visible | in_room
+    agents = {a.agent_name: a for a in Agent.objects.all() if visible is None or a.agent_name in visible}
     heartbeat = WorkerHeartbeat.objects.order_by("-beat_at").first()
-    return Facts(room_name, now, lk, ledger_room, ledger, agents, token_facts, heartbeat)
+    livekit_url = settings.LIVEKIT_URL if scope.everything else settings.PUBLIC_LIVEKIT_URL
+    if lk.error is not None and not scope.everything:
+        # LiveKit's errors name the portal's internal address; a client is told the public one.
+        lk.error.message = lk.error.message.replace(settings.LIVEKIT_URL, livekit_url)
+    return Facts(
+        room_name, now, lk, ledger_room, ledger, agents, token_facts, heartbeat, scope, visible, livekit_url
+    )
 
 
-def agent_names_seen_recorded(since: datetime) -> dict[str, str]:
+def agent_names_seen(facts: Facts) -> dict[str, str]:
+    """Agent names seen recently, within the caller's scope, from every place the portal
+    learns them: agents in this room and in other live rooms, names recorded from webhooks,
+    reconcile and ListDispatch jobs, and the ledger's joined dispatches. Name -> where."""
+    seen: dict[str, str] = {}
+    for p in facts.lk.agents:
+        seen.setdefault(p.agent_name or "", facts.room_name)
+    for name, room in agent_names_seen_recorded(facts.now - SEEN_WINDOW, facts).items():
+        seen.setdefault(name, room)
+    for name, room in agent_names_seen_in_livekit(facts.room_name, facts.scope).items():
+        seen.setdefault(name, room)
+    recent = (  # created_at is indexed; an agent joins within seconds of its dispatch
+        Dispatch.objects.filter(created_at__gte=facts.now - SEEN_WINDOW, joined_at__isnull=False)
+        .values_list("agent_name", "room__name")
+        .order_by("-created_at")[:500]
+    )
+    for name, room in recent:
+        if facts.sighting_visible(name, room):
+            seen.setdefault(name, room)
+    return seen
+
+
+def agent_names_seen_recorded(since: datetime, facts: Facts | None = None) -> dict[str, str]:
     """Agent names the portal recorded seeing (agents joining, jobs in ListDispatch, the
-    worker's own identity attribute). Name -> where."""
+    worker's own identity attribute), within `facts`' scope when given. Name -> where."""
+    rows = AgentSeen.objects.filter(last_seen_at__gte=since).order_by("-last_seen_at")[:500]
     return {
         seen.agent_name: seen.room_name or seen.how
-        for seen in AgentSeen.objects.filter(last_seen_at__gte=since).order_by("-last_seen_at")[:500]
+        for seen in rows
+        if facts is None or facts.sighting_visible(seen.agent_name, seen.room_name)
     }
 
 

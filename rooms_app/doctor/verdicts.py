@@ -13,7 +13,6 @@ LiveKit keeps listing a dead worker's agent participant until its connection tim
 
 from __future__ import annotations
 
-from django.conf import settings
 from django.db.models import Q
 
 from watch_app.models import Incident
@@ -42,7 +41,9 @@ def ghosts_find(facts: Facts) -> dict[str, str]:
         elif d.status == Dispatch.Status.AGENT_JOINED:
             silence = agent_worker_silence(agent_name=d.agent_name, joined_at=d.joined_at, now=facts.now)
             if silence is not None and silence.holds:
-                ghosts.setdefault(d.participant_identity, silence.described(facts.now))
+                ghosts.setdefault(
+                    d.participant_identity, silence.described(facts.now, with_error=facts.scope.everything)
+                )
     return ghosts
 
 
@@ -54,7 +55,7 @@ def agents_alive(facts: Facts, agent_name: str, ghosts: dict[str, str]) -> list[
 def _worker_stopped(facts: Facts, d: Dispatch) -> str:
     silence = agent_worker_silence(agent_name=d.agent_name, joined_at=d.joined_at, now=facts.now)
     if silence is not None:
-        return silence.described(facts.now)
+        return silence.described(facts.now, with_error=facts.scope.everything)
     return f"{WORKER_STOPPED} (recorded {moment_described(d.left_at or d.ended_at, facts.now)})"
 
 
@@ -129,7 +130,7 @@ def ledger_verdicts_first(
             _link_of(failed),
             summary,
             cause=f"The portal's own verdict, which outranks what LiveKit still lists: {summary}.",
-            fix=fixes.get(_link_of(failed), fixes["agent"]).format(agent=name, url=settings.LIVEKIT_URL),
+            fix=fixes.get(_link_of(failed), fixes["agent"]).format(agent=name, url=facts.livekit_url),
             gave_up=not last.is_live,
         )
 

@@ -102,10 +102,10 @@ def dispatch_api_create(
     not kept waiting on the broker and a worker's poll; the task queued with it is the retry
     path, run only if this try did not get LiveKit's answer."""
     agent = Agent.objects.filter(agent_name=agent_name).first()
-    if agent is None:
+    # An agent the client may not name is unknown to it: the same answer, so names of other
+    # clients' agents cannot be enumerated.
+    if agent is None or (client is not None and agent_name not in client.agent_names):
         raise NotFound(f"unknown agent '{agent_name}'", field="agent_name")
-    if client is not None and agent_name not in client.agent_names:
-        raise Forbidden(f"agent '{agent_name}' is not allowed for this client", field="agent_name")
     if client is not None and not client.room_allowed(room_name):
         raise Forbidden(f"room '{room_name}' is outside this client's room patterns", field="room_name")
     if not agent.enabled:

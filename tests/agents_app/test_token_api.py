@@ -368,3 +368,23 @@ def test_a_body_that_is_not_json_is_415(api, setup):
         HTTP_AUTHORIZATION=f"Bearer {key}",
     )
     assert_error(r, 415, "unsupported_media_type")
+
+
+@pytest.mark.parametrize("name", [{}, 5, None, ["x"], "r" * 257])
+def test_room_config_name_must_be_the_string_the_schema_documents(api, setup, name):
+    _, key = setup
+
+    answer = post(api, key, {"room_name": "interview-1", "room_config": {"name": name}})
+
+    assert_error(answer, 400, "invalid")
+    assert list(answer.json()["detail"]["room_config"]) == ["name"]
+    assert not TokenFact.objects.exists()
+
+
+def test_room_config_name_is_accepted_and_ignored(api, setup, settings):
+    _, key = setup
+
+    answer = post(api, key, {"room_name": "interview-1", "room_config": {"name": "elsewhere"}})
+
+    assert answer.status_code == 201
+    assert claims_of(answer, settings).video.room == "interview-1"

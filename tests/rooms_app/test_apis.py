@@ -109,9 +109,14 @@ def test_unauthenticated_is_401(api, agents):
     assert answer.status_code == 401 and answer.json()["error"] == "unauthenticated"
 
 
-def test_agent_outside_the_clients_scope_is_403(api, key):
-    answer = create(api, key, agent_name="sales-agent")
-    assert answer.status_code == 403 and "agent_name" in answer.json()["detail"]
+def test_an_agent_outside_the_clients_scope_is_answered_as_an_unknown_one(api, key):
+    outside = create(api, key, agent_name="sales-agent")
+    made_up = create(api, key, agent_name="nobody")
+
+    assert outside.status_code == made_up.status_code == 404
+    assert outside.json()["detail"] == {"agent_name": ["unknown agent 'sales-agent'"]}
+    assert made_up.json()["detail"] == {"agent_name": ["unknown agent 'nobody'"]}
+    assert not Dispatch.objects.exists()
 
 
 def test_room_outside_the_clients_patterns_is_403(api, key):
