@@ -799,8 +799,26 @@ def _check_crowd(
     for identity in ghosts:
         if any(p.identity == identity for p in facts.lk.agents):
             link.details.append(f"{identity} is a dead agent LiveKit still lists: {ghosts[identity]}")
+    removed = {item["identity"]: item for d in facts.ledger for item in (d.agents_removed or [])}
+    listed = {p.identity for p in facts.lk.agents}
+    for identity, item in removed.items():
+        if identity not in listed:
+            link.details.append(f"the portal removed {identity} ({item['why']})")
     for name in expected:
         present = _alive(facts, name, ghosts)
+        going = [p.identity for p in present if p.identity in removed]
+        if len(present) > 1 and going:
+            link.set(
+                BROKEN,
+                f"{len(present)} copies of {agent_name_quoted(name)} in the room; the portal is removing "
+                f"{', '.join(going)}",
+                cause="; ".join(f"{i}: {removed[i]['why']}" for i in going)
+                + ". LiveKit does not deduplicate agents (livekit/agents#944), so the portal removes the extra "
+                "one (RemoveParticipant).",
+                fix="Nothing to do if it is gone within seconds. If it stays, read the dispatch's timeline "
+                "(Admin › Dispatches) for LiveKit's answer to the removal, and check the Celery worker.",
+            )
+            return
         if len(present) > 1:
             dispatches = facts.lk_dispatches_for(name)
             link.set(

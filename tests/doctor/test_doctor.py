@@ -370,6 +370,33 @@ def test_two_dispatches_of_one_agent_are_two_agents(lk):
     assert "Cancel the extra dispatch" in link.fix
 
 
+def test_a_second_agent_the_portal_is_removing_is_said_so_then_what_it_removed(lk):
+    from rooms_app.reconcile import reconcile_run
+
+    _support_rule()
+    lk.control.add_worker("support-agent")
+    person_joins(lk, "support-14", "ann")
+    row = _portal_dispatches("support-14")
+    dispatch("support-14", "support-agent")  # another app adds a second agent of the name
+    eventually(lambda: len(agents_in(lk, "support-14")) == 2)
+    reconcile_run(room_names=["support-14"])  # records our agent, decides the other goes
+    row.refresh_from_db()
+    [extra] = [
+        a["identity"] for a in agents_in(lk, "support-14") if a["identity"] != row.participant_identity
+    ]
+    assert [r["identity"] for r in row.agents_removed] == [extra]
+
+    link = room_diagnose(room_name="support-14").first_broken
+    assert link.number == 8
+    assert f"the portal is removing {extra}" in link.summary
+    assert "Nothing to do" in link.fix
+
+    assert room_services.agent_participant_remove(dispatch_id=row.pk, identity=extra) == "removed"
+    diagnosis = room_diagnose(room_name="support-14")
+    assert diagnosis.first_broken is None
+    assert any(f"the portal removed {extra}" in d for d in _link(diagnosis, 8).details)
+
+
 def test_agents_the_portal_does_not_manage_are_named(lk):
     _support_rule()
     lk.control.add_worker("support-agent")
