@@ -188,7 +188,7 @@ class WorkerSocket:
                 return
             try:
                 await self.ws.send_bytes(message.SerializeToString())
-            except ConnectionError:
+            except (ConnectionError, RuntimeError):  # the worker went; the reader unregisters it
                 return
 
     def _send(self, message: agent.ServerMessage) -> None:
