@@ -46,6 +46,12 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="also allow non-loopback control clients presenting this bearer token",
     )
+    parser.add_argument(
+        "--no-response-after",
+        type=float,
+        default=3.0,
+        help="seconds before a 503 for a room or participant the server does not have (real: 3)",
+    )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
 
@@ -67,6 +73,7 @@ def main(argv: list[str] | None = None) -> None:
                 control_port=control_port,
                 webhook_url=args.webhook_url,
                 control_token=args.control_token,
+                no_response_after=args.no_response_after,
             )
         )
 

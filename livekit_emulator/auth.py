@@ -52,6 +52,8 @@ class Claims:
     # The `video` grant with its camelCase keys as they appear in the JWT.
     video: dict[str, Any] = field(default_factory=dict)
     room_config: dict[str, Any] | None = None
+    # The `sip` grant (admin, call), checked by the SIP service.
+    sip: dict[str, Any] = field(default_factory=dict)
 
     def grant(self, name: str) -> bool:
         return bool(self.video.get(name))
@@ -85,19 +87,22 @@ class KeyRing:
         secret = self.keys.get(api_key) if isinstance(api_key, str) else None
         if not secret:
             raise AuthError(f"invalid API key: {api_key or ''}")
-        # LiveKit also echoes the token in these messages; a test stand-in has no need to.
+        # LiveKit echoes the caller's own token in these messages (golang-jwt v5's wording).
+        invalid = f"invalid token: {token}, error: "
         if header.get("alg") != "HS256":
-            raise AuthError("invalid token: error: unexpected signature algorithm")
+            raise AuthError(
+                f"{invalid}token signature is invalid: signing method {header.get('alg')} is invalid"
+            )
         signed = f"{header_b64}.{payload_b64}".encode()
         expected = hmac.new(secret.encode(), signed, hashlib.sha256).digest()
         if not hmac.compare_digest(expected, signature):
-            raise AuthError("invalid token: error: signature is invalid")
+            raise AuthError(f"{invalid}token signature is invalid: signature is invalid")
         now = time.time()
         expires, not_before = payload.get("exp"), payload.get("nbf")
         if expires is not None and (not _is_number(expires) or now > expires + LEEWAY_SECONDS):
-            raise AuthError("invalid token: error: token is expired (exp)")
+            raise AuthError(f"{invalid}token has invalid claims: token is expired")
         if not_before is not None and (not _is_number(not_before) or now < not_before - LEEWAY_SECONDS):
-            raise AuthError("invalid token: error: token is not valid yet (nbf)")
+            raise AuthError(f"{invalid}token has invalid claims: token is not valid yet")
         return Claims(
             api_key=api_key,
             identity=str(payload.get("sub") or ""),
@@ -107,6 +112,7 @@ class KeyRing:
             attributes=dict(payload.get("attributes") or {}),
             video=dict(payload.get("video") or {}),
             room_config=payload.get("roomConfig") or None,
+            sip=dict(payload.get("sip") or {}),
         )
 
     def verify_header(self, header: str | None) -> Claims | None:
@@ -132,6 +138,22 @@ def ensure_list(claims: Claims | None) -> None:
 def ensure_admin(claims: Claims | None, room: str) -> None:
     """roomAdmin is scoped: it only covers the room named in the same grant."""
     if claims is None or not claims.grant("roomAdmin") or claims.room != room:
+        raise PermissionDenied()
+
+
+def ensure_video_grant(claims: Claims | None, grant: str) -> None:
+    if claims is None or not claims.grant(grant):
+        raise PermissionDenied()
+
+
+def ensure_sip_admin(claims: Claims | None) -> None:
+    if claims is None or not claims.sip.get("admin"):
+        raise PermissionDenied()
+
+
+def ensure_agent(claims: Claims | None) -> None:
+    """The worker WebSocket (`/agent`) needs `video.agent`."""
+    if claims is None or not claims.grant("agent"):
         raise PermissionDenied()
 
 

@@ -75,6 +75,14 @@ class ControlClient:
     def remove_worker(self, agent_name: str) -> dict[str, Any]:
         return self.request("DELETE", "/_emulator/workers/" + urllib.parse.quote(agent_name, safe=""))
 
+    def worker_faults(self, **faults: Any) -> dict[str, Any]:
+        """Replace the job hand-over faults: refuse_availability, drop_assignment, assignment_delay_ms."""
+        return self.request("POST", "/_emulator/worker_faults", faults)
+
+    def disconnect_worker(self, worker_id: str) -> dict[str, Any]:
+        """Close a real worker's socket (a simulated one is unregistered)."""
+        return self.request("POST", "/_emulator/disconnect_worker", {"worker_id": worker_id})
+
     def faults(self, **faults: Any) -> dict[str, Any]:
         """Replace the fault set: latency_ms, error_rate, error_status, timeout_rate, down."""
         return self.request("POST", "/_emulator/faults", faults)

@@ -25,6 +25,7 @@ from .models import (
     Room,
     RoomConfig,
     Worker,
+    WorkerFaults,
 )
 from .twirp import STATUS
 
@@ -165,6 +166,20 @@ def worker_json(w: Worker) -> dict[str, Any]:
         "capacity": w.capacity,
         "registered_at": w.registered_at,
         "active_jobs": len(w.jobs),
+        "deployment": w.deployment,
+        "remote": w.remote,
+        "available": w.available,
+        "load": w.load,
+        "version": w.version,
+        "status_at": w.status_at or None,
+    }
+
+
+def worker_faults_json(f: WorkerFaults) -> dict[str, Any]:
+    return {
+        "refuse_availability": f.refuse_availability,
+        "drop_assignment": f.drop_assignment,
+        "assignment_delay_ms": f.assignment_delay_ms,
     }
 
 
@@ -191,6 +206,8 @@ class ControlAPI:
             ("POST", "/_emulator/leave", self.leave),
             ("POST", "/_emulator/workers", self.add_worker),
             ("DELETE", "/_emulator/workers/{agent_name:.*}", self.remove_workers),
+            ("POST", "/_emulator/worker_faults", self.set_worker_faults),
+            ("POST", "/_emulator/disconnect_worker", self.disconnect_worker),
             ("POST", "/_emulator/faults", self.set_faults),
             ("POST", "/_emulator/webhooks", self.set_webhooks),
             ("GET", "/_emulator/webhooks", self.get_webhooks),
@@ -278,6 +295,26 @@ class ControlAPI:
     async def remove_workers(self, request: web.Request) -> web.Response:
         removed = self.server.emulator.remove_workers(request.match_info["agent_name"])
         return web.json_response({"removed": [worker_json(w) for w in removed]})
+
+    async def set_worker_faults(self, request: web.Request) -> web.Response:
+        """Replaces the job hand-over faults: fields left out are cleared, `{}` clears all."""
+        body = await _body(request)
+        _only(body, {"refuse_availability", "drop_assignment", "assignment_delay_ms"})
+        flags = {key: body.get(key, False) for key in ("refuse_availability", "drop_assignment")}
+        if any(not isinstance(value, bool) for value in flags.values()):
+            raise BadRequest("refuse_availability and drop_assignment must be booleans")
+        faults = WorkerFaults(**flags, assignment_delay_ms=_number(body, "assignment_delay_ms"))
+        self.server.emulator.worker_faults = faults
+        return web.json_response(worker_faults_json(faults))
+
+    async def disconnect_worker(self, request: web.Request) -> web.Response:
+        """The kill-socket fault: `{"worker_id"}`; a real worker's socket is closed."""
+        body = await _body(request)
+        _only(body, {"worker_id"})
+        worker_id = body.get("worker_id")
+        if not isinstance(worker_id, str) or not worker_id:
+            raise BadRequest("worker_id is required")
+        return web.json_response(worker_json(self.server.emulator.disconnect_worker(worker_id)))
 
     async def set_faults(self, request: web.Request) -> web.Response:
         """Replaces the whole fault set: fields left out are cleared, `{}` clears all."""
@@ -373,6 +410,7 @@ class ControlAPI:
                 "dispatches": [dispatch_json(d) for r in rooms for d in r.dispatches.values()],
                 "workers": [worker_json(w) for w in emulator.workers.values()],
                 "faults": faults_json(emulator.faults),
+                "worker_faults": worker_faults_json(emulator.worker_faults),
                 "webhooks_pending": self.server.webhooks.pending,
                 "counters": {
                     "requests": dict(emulator.requests),

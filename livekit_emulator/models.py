@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import enum
 import random
+import secrets
+import string
 from dataclasses import dataclass, field
+from typing import Protocol
 
 # LiveKit's defaults and limits.
 DEFAULT_EMPTY_TIMEOUT = 300.0
@@ -17,6 +20,8 @@ AGENT_NAME_ATTRIBUTE = "lk.agent_name"
 AVAILABILITY_TIMEOUT_MS = 10_000
 
 WORKER_BEHAVIORS = ("accept", "reject", "crash")
+# A worker connected over `/agent` (a real livekit-agents worker) rather than simulated.
+REMOTE = "remote"
 
 _ID_ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 _ids = random.Random()
@@ -88,6 +93,7 @@ def check_metadata(metadata: str) -> None:
 class AgentSpec:
     agent_name: str = ""
     metadata: str = ""
+    deployment: str = ""
 
 
 @dataclass(slots=True)
@@ -110,6 +116,7 @@ class Job:
     metadata: str
     worker_id: str
     participant_identity: str
+    deployment: str = ""
     status: JobStatus = JobStatus.JS_RUNNING
     error: str = ""
     started_at: float = 0.0
@@ -148,7 +155,23 @@ class Dispatch:
     source: str
     received_at: float | None = None
     request_id: str = ""
+    deployment: str = ""
     jobs: list[Job] = field(default_factory=list)
+
+
+# The real server's `twirp error unknown: ` prefix: its RoomService errors pass through psrpc,
+# which wraps them once more on the way out.
+UNKNOWN = "twirp error unknown: "
+ROOM_NOT_FOUND = UNKNOWN + "requested room does not exist"
+PARTICIPANT_NOT_FOUND = UNKNOWN + "participant does not exist"
+# What the real server answers, after its 3 s routing timeout, for a call that must reach the node
+# hosting a room or participant that does not exist.
+NO_RESPONSE = UNKNOWN + "no response from servers"
+
+
+def new_turn_password() -> str:
+    """A random TURN password, as LiveKit gives every room (44 alphanumerics)."""
+    return "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(44))
 
 
 @dataclass(slots=True)
@@ -164,6 +187,7 @@ class Room:
     dispatches: dict[str, Dispatch] = field(default_factory=dict)
     first_joined_at: float = 0.0
     last_left_at: float = 0.0
+    turn_password: str = field(default_factory=new_turn_password)
 
     @property
     def num_participants(self) -> int:
@@ -181,6 +205,53 @@ class Worker:
     registered_at: float
     # Jobs this worker has accepted or is about to start; counted against `capacity`.
     jobs: set[str] = field(default_factory=set)
+    deployment: str = ""
+    # A real worker's socket (behavior REMOTE); None for a simulated one.
+    link: WorkerLink | None = field(default=None, repr=False)
+    # What a real worker last reported (UpdateWorkerStatus): LiveKit offers jobs only to an
+    # available worker whose load is under 1.
+    available: bool = True
+    load: float = 0.0
+    version: str = ""
+    # When its last UpdateWorkerStatus arrived (livekit-agents sends one every 2.5 s).
+    status_at: float = 0.0
+
+    @property
+    def remote(self) -> bool:
+        return self.link is not None
+
+
+class WorkerLink(Protocol):
+    """How the state talks to a real worker's socket (livekit_emulator/agents.py)."""
+
+    def offer(self, job: Job, room: Room) -> None: ...
+
+    def assign(self, job: Job, room: Room, token: AgentToken) -> None: ...
+
+    def terminate(self, job_id: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(slots=True)
+class AgentToken:
+    """What the worker's availability answer asks the job's participant token to carry."""
+
+    identity: str
+    name: str = ""
+    metadata: str = ""
+    attributes: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class WorkerFaults:
+    """Switches on the job hand-over, for simulated and real workers alike: refuse every job
+    request as if no worker were available, lose the JobAssignment after the worker accepted
+    (the job is recorded as running, the worker never hears of it), or send it late."""
+
+    refuse_availability: bool = False
+    drop_assignment: bool = False
+    assignment_delay_ms: float = 0.0
 
 
 @dataclass(slots=True)

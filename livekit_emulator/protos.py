@@ -13,6 +13,19 @@ from livekit.protocol import room as room_pb
 from .models import AgentSpec, Dispatch, Job, Participant, Room, RoomConfig, new_id
 
 _NS = 1_000_000_000
+# The codecs livekit-server v1.13.5 enables by default, in its order.
+ENABLED_CODECS = (
+    "audio/PCMU",
+    "audio/PCMA",
+    "audio/opus",
+    "audio/red",
+    "video/VP8",
+    "video/H264",
+    "video/VP9",
+    "video/AV1",
+    "video/H265",
+    "video/rtx",
+)
 
 
 def _ns(seconds: float) -> int:
@@ -35,6 +48,8 @@ def room_proto(room: Room) -> models.Room:
         creation_time_ms=int(room.created_at * 1000),
         metadata=room.metadata,
         num_participants=room.num_participants,
+        turn_password=room.turn_password,
+        enabled_codecs=[models.Codec(mime=mime) for mime in ENABLED_CODECS],
     )
 
 
@@ -62,6 +77,7 @@ def job_proto(job: Job, room: Room | None = None) -> agent.Job:
         room=room_proto(room) if room is not None else models.Room(name=job.room),
         agent_name=job.agent_name,
         metadata=job.metadata,
+        deployment=job.deployment,
         state=agent.JobState(
             status=int(job.status),
             error=job.error,
@@ -88,7 +104,7 @@ def dispatch_proto(dispatch: Dispatch, room: Room | None = None) -> agent_dispat
 
 
 def agent_specs(agents: Iterable[room_pb.RoomAgentDispatch]) -> list[AgentSpec]:
-    return [AgentSpec(agent_name=a.agent_name, metadata=a.metadata) for a in agents]
+    return [AgentSpec(agent_name=a.agent_name, metadata=a.metadata, deployment=a.deployment) for a in agents]
 
 
 def room_config(message: room_pb.CreateRoomRequest | room_pb.RoomConfiguration) -> RoomConfig:

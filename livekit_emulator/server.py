@@ -2,7 +2,8 @@
 emulator: `serve()` for the command line and `run_in_thread()` for tests and benchmarks.
 
 Two listeners share one `Emulator`:
-- the API listener (`url`) serves the Twirp API, `/_emulator/*` and `GET /` (health);
+- the API listener (`url`) serves the Twirp API, the worker WebSocket `/agent`, `/_emulator/*`
+  and `GET /` (health);
 - the control listener (`control_url`) serves only `/_emulator/*`.
 The "down" fault closes the API listener's socket, so new connections are refused
 (aiohttp `ClientConnectorError`), and force-closes its open keep-alive connections (a request
@@ -27,15 +28,15 @@ from typing import Any
 
 from aiohttp import web
 
-from . import protos
+from . import agents, protos
 from .auth import KeyRing
 from .client import ControlClient
 from .control import PREFIX as CONTROL_PREFIX
 from .control import ControlAPI
 from .models import Faults, Participant, Room
 from .state import Emulator
+from .twirp import NO_RESPONSE_AFTER, TwirpAPI, error_response
 from .twirp import PREFIX as TWIRP_PREFIX
-from .twirp import TwirpAPI, error_response
 from .webhooks import WebhookSender, WebhookSettings
 
 logger = logging.getLogger("livekit_emulator")
@@ -69,8 +70,10 @@ class EmulatorServer:
         control_port: int = 0,
         webhook_url: str | None = None,
         control_token: str | None = None,
+        no_response_after: float = NO_RESPONSE_AFTER,
     ) -> None:
         self.keys = KeyRing(keys or DEFAULT_KEYS)
+        self.no_response_after = no_response_after
         self.host = host
         self.port = port
         self.control_port = control_port
@@ -81,6 +84,7 @@ class EmulatorServer:
             api_key=api_key, api_secret=api_secret, settings=WebhookSettings(url=webhook_url)
         )
         self.emulator = Emulator(schedule=self._call_later, emit=self._on_event)
+        self.node_id = agents.node_id()
         self._random = random.Random()
         self._faults_changed = asyncio.Event()
         self._api_runner: web.AppRunner | None = None
@@ -107,7 +111,13 @@ class EmulatorServer:
         api_app = web.Application(middlewares=[self._guard])
         api_app.add_routes(control.routes())
         api_app.router.add_get("/", self._health)
-        api_app.router.add_route("*", TWIRP_PREFIX + "{route:.*}", TwirpAPI(self.emulator, self.keys).handle)
+        api_app.router.add_get("/agent", self._agent)
+        api_app.router.add_get("/rtc{tail:(/.*)?}", self._rtc)
+        api_app.router.add_route(
+            "*",
+            TWIRP_PREFIX + "{route:.*}",
+            TwirpAPI(self.emulator, self.keys, no_response_after=self.no_response_after).handle,
+        )
         control_app = web.Application(middlewares=[self._guard])
         control_app.add_routes(control.routes())
 
@@ -175,6 +185,12 @@ class EmulatorServer:
             except Exception:  # a bug here must not stop rooms from ever closing again
                 logger.exception("room sweep failed")
 
+    async def _agent(self, request: web.Request) -> web.StreamResponse:
+        return await agents.handle(self, request)
+
+    async def _rtc(self, request: web.Request) -> web.StreamResponse:
+        return await agents.refuse_rtc(self, request)
+
     @staticmethod
     async def _health(request: web.Request) -> web.Response:
         return web.Response(text="OK")
@@ -227,10 +243,13 @@ class ServerHandle:
         self._loop = loop
         self._thread = thread
         self.url = server.url
+        # Where livekit-agents workers and rtc clients connect (LIVEKIT_URL for a worker).
+        self.ws_url = "ws" + server.url[len("http") :]
         self.control_url = server.control_url
         self.keys = dict(server.keys.keys)
         self.api_key, self.api_secret = next(iter(self.keys.items()))
         self.control = ControlClient(self.control_url, token=server.control_token)
+        self.no_response_after = server.no_response_after
 
     def stop(self) -> None:
         if self._thread.is_alive():
@@ -252,9 +271,12 @@ def run_in_thread(
     control_port: int = 0,
     webhook_url: str | None = None,
     control_token: str | None = None,
+    no_response_after: float = NO_RESPONSE_AFTER,
 ) -> ServerHandle:
     """Start an emulator in this process, on a background thread with its own event loop.
-    Port 0 picks a free port. Returns once it accepts connections; `.stop()` shuts it down."""
+    Port 0 picks a free port. Returns once it accepts connections; `.stop()` shuts it down.
+    `no_response_after` is how long a call for a room or participant the server does not have
+    waits before its 503 (the real server's 3 s; tests shorten it)."""
     loop = asyncio.new_event_loop()
     ready: concurrent.futures.Future[EmulatorServer] = concurrent.futures.Future()
 
@@ -269,6 +291,7 @@ def run_in_thread(
                     control_port=control_port,
                     webhook_url=webhook_url,
                     control_token=control_token,
+                    no_response_after=no_response_after,
                 )
             )
         except BaseException as exc:

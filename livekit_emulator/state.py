@@ -13,6 +13,7 @@ import logging
 import time
 from collections import Counter, deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .models import (
@@ -21,7 +22,11 @@ from .models import (
     AVAILABILITY_TIMEOUT_MS,
     DEFAULT_DEPARTURE_TIMEOUT,
     DEFAULT_EMPTY_TIMEOUT,
+    PARTICIPANT_NOT_FOUND,
+    REMOTE,
+    ROOM_NOT_FOUND,
     WORKER_BEHAVIORS,
+    AgentToken,
     DisconnectReason,
     Dispatch,
     EmulatorError,
@@ -34,6 +39,8 @@ from .models import (
     Room,
     RoomConfig,
     Worker,
+    WorkerFaults,
+    WorkerLink,
     check_metadata,
     new_id,
 )
@@ -47,6 +54,15 @@ class Cancellable(Protocol):
 
 Schedule = Callable[[float, Callable[[], None]], Cancellable]
 Emit = Callable[[str, Room, Participant | None], None]
+
+
+@dataclass(slots=True)
+class _Offer:
+    """A job request sent to a real worker: the job it would become, the workers already asked."""
+
+    job: Job
+    tried: frozenset[str]
+    timer: Cancellable | None = None
 
 
 class Emulator:
@@ -67,21 +83,28 @@ class Emulator:
         self._clear()
 
     def reset(self) -> None:
-        """Forget everything, as a freshly started server; pending timers never fire."""
+        """Forget everything, as a freshly started server; pending timers never fire and real
+        workers' sockets are closed (a livekit-agents worker then reconnects and registers anew)."""
         for timer in self._timers:
             timer.cancel()
         self._timers.clear()
+        links = [w.link for w in self.workers.values() if w.link is not None]
         self._clear()
+        for link in links:
+            link.close()
 
     def _clear(self) -> None:
         self.rooms: dict[str, Room] = {}
         self.workers: dict[str, Worker] = {}
         self.faults = Faults()
+        self.worker_faults = WorkerFaults()
         self.requests: Counter[str] = Counter()
         # Bounded so a long-running emulator does not grow without limit.
         self.create_dispatch_calls: deque[dict[str, Any]] = deque(maxlen=10_000)
         self.log: deque[str] = deque(maxlen=200)
         self._active_jobs: dict[str, Job] = {}
+        # Job requests sent to real workers, awaiting their availability answer.
+        self._offers: dict[str, _Offer] = {}
         # Rooms without a non-dependent participant: the only ones the sweeper must look at.
         self._idle: set[str] = set()
 
@@ -90,19 +113,18 @@ class Emulator:
     def room(self, name: str) -> Room:
         room = self.rooms.get(name)
         if room is None:
-            raise EmulatorError("not_found", "requested room does not exist")
+            raise EmulatorError("not_found", ROOM_NOT_FOUND)
         return room
 
     def get_or_create_room(
         self, name: str, config: RoomConfig | None = None, *, agents_source: str = "room"
     ) -> tuple[Room, bool]:
         """The named room, created from `config` if absent. An existing room keeps its own
-        configuration: LiveKit applies a token's roomConfig only when the join creates the room."""
+        configuration: LiveKit applies a token's roomConfig only when the join creates the room.
+        The name may be "": CreateRoom makes a room named "" on the real server too."""
         room = self.rooms.get(name)
         if room is not None:
             return room, False
-        if not name:
-            raise EmulatorError("invalid_argument", "no room name")
         config = config or RoomConfig()
         check_metadata(config.metadata)
         room = Room(
@@ -119,7 +141,9 @@ class Emulator:
         self._emit("room_started", room, None)
         if config.agents:
             for spec in config.agents:
-                self._add_dispatch(room, spec.agent_name, spec.metadata, source=agents_source)
+                self._add_dispatch(
+                    room, spec.agent_name, spec.metadata, source=agents_source, deployment=spec.deployment
+                )
         else:
             # LiveKit gives a room created without agents one dispatch with agent_name="",
             # which is how workers registered without a name get every new room.
@@ -157,7 +181,7 @@ class Emulator:
             self._remove_participant(room, participant, reason)
         for dispatch in room.dispatches.values():
             for job in dispatch.jobs:
-                self._end_job(job, JobStatus.JS_SUCCESS)
+                self._terminate_job(job)
         del self.rooms[room.name]
         self._idle.discard(room.name)
         self._emit("room_finished", room, None)
@@ -179,6 +203,8 @@ class Emulator:
         """A participant joins; returns it and whether the join created the room."""
         if not identity:
             raise EmulatorError("invalid_argument", "identity cannot be empty")
+        if not room_name:
+            raise EmulatorError("invalid_argument", "no room name")
         room, created = self.get_or_create_room(room_name, config, agents_source="token")
         existing = room.participants.get(identity)
         others = room.num_participants - (1 if existing else 0)
@@ -209,7 +235,7 @@ class Emulator:
         room = self.rooms.get(room_name)
         participant = room.participants.get(identity) if room else None
         if participant is None:
-            raise EmulatorError("not_found", "participant does not exist")
+            raise EmulatorError("not_found", PARTICIPANT_NOT_FOUND)
         return participant
 
     def remove_participant(
@@ -221,7 +247,7 @@ class Emulator:
         room = self.rooms.get(room_name)
         participant = room.participants.get(identity) if room else None
         if room is None or participant is None:
-            raise EmulatorError("not_found", "participant not found")
+            raise EmulatorError("not_found", PARTICIPANT_NOT_FOUND)
         self._remove_participant(room, participant, reason)
         return participant
 
@@ -279,6 +305,7 @@ class Emulator:
         agent_name: str,
         metadata: str = "",
         *,
+        deployment: str = "",
         request_id: str = "",
         received_at: float | None = None,
     ) -> Dispatch:
@@ -286,7 +313,13 @@ class Emulator:
         received_at = received_at if received_at is not None else self.clock()
         room, _ = self.get_or_create_room(room_name)
         dispatch = self._add_dispatch(
-            room, agent_name, metadata, source="api", request_id=request_id, received_at=received_at
+            room,
+            agent_name,
+            metadata,
+            source="api",
+            deployment=deployment,
+            request_id=request_id,
+            received_at=received_at,
         )
         self.create_dispatch_calls.append(
             {
@@ -308,7 +341,7 @@ class Emulator:
             )  # sic, as the real server says
         del room.dispatches[dispatch_id]
         for job in dispatch.jobs:
-            self._end_job(job, JobStatus.JS_SUCCESS)
+            self._terminate_job(job)
             agent = room.participants.get(job.participant_identity)
             if agent is not None and agent.job is job:
                 self._remove_participant(room, agent, DisconnectReason.CLIENT_INITIATED)
@@ -330,6 +363,7 @@ class Emulator:
         metadata: str,
         *,
         source: str,
+        deployment: str = "",
         request_id: str = "",
         received_at: float | None = None,
     ) -> Dispatch:
@@ -342,15 +376,22 @@ class Emulator:
             source=source,
             received_at=received_at,
             request_id=request_id,
+            deployment=deployment,
         )
         room.dispatches[dispatch.id] = dispatch
         self._offer_job(room, dispatch)
         return dispatch
 
-    def _offer_job(self, room: Room, dispatch: Dispatch) -> None:
-        """Offer the dispatch to workers registered under exactly its agent name, once.
-        Nothing retries later, which is why a worker registering afterwards never gets it."""
-        workers = [w for w in self.workers.values() if w.agent_name == dispatch.agent_name]
+    def _offer_job(self, room: Room, dispatch: Dispatch, tried: frozenset[str] = frozenset()) -> None:
+        """Offer the dispatch to workers registered under exactly its agent name and deployment,
+        once. Nothing retries later, which is why a worker registering afterwards never gets it.
+        A real worker is asked over its socket and answers later (`worker_availability`); if it
+        declines or stays silent for 10 s, the next worker is asked, as LiveKit does."""
+        workers = [
+            w
+            for w in self.workers.values()
+            if w.agent_name == dispatch.agent_name and w.deployment == dispatch.deployment
+        ]
         if not workers:
             if dispatch.source == "implicit":
                 return  # every room has one; without unnamed workers that is the normal case
@@ -360,6 +401,16 @@ class Emulator:
             )
             return
         for worker in workers:
+            if worker.id in tried:
+                continue
+            if self.worker_faults.refuse_availability:
+                self._note(f"worker {worker.id} refused the job request (refuse_availability fault)")
+                continue
+            if worker.remote:
+                if not worker.available or worker.load >= 1:
+                    continue
+                self._ask_remote(worker, room, dispatch, tried)
+                return
             if worker.behavior == "reject":
                 continue
             if worker.delay_ms >= AVAILABILITY_TIMEOUT_MS:
@@ -369,12 +420,53 @@ class Emulator:
                 continue
             job_id = new_id("AJ_")
             worker.jobs.add(job_id)
-            self._later(
-                worker.delay_ms / 1000,
-                lambda w=worker, j=job_id: self._start_job(room.name, dispatch.id, w.id, j),
-            )
+            if self.worker_faults.drop_assignment:
+                self._note(f"job {job_id} assignment to worker {worker.id} dropped (drop_assignment fault)")
+                return
+            delay = (worker.delay_ms + self.worker_faults.assignment_delay_ms) / 1000
+            self._later(delay, lambda w=worker, j=job_id: self._start_job(room.name, dispatch.id, w.id, j))
             return
         self._note(f"no worker accepted the job (agent_name={dispatch.agent_name!r}, dispatch={dispatch.id})")
+
+    def _ask_remote(self, worker: Worker, room: Room, dispatch: Dispatch, tried: frozenset[str]) -> None:
+        assert worker.link is not None
+        job = self._new_job(new_id("AJ_"), room, dispatch, worker, identity="")
+        worker.jobs.add(job.id)  # reserved while the worker decides
+        offer = _Offer(job=job, tried=tried | {worker.id})
+        self._offers[job.id] = offer
+        offer.timer = self._later(AVAILABILITY_TIMEOUT_MS / 1000, lambda: self._offer_unanswered(job.id))
+        worker.link.offer(job, room)
+
+    def _offer_unanswered(self, job_id: str) -> None:
+        offer = self._offers.pop(job_id, None)
+        if offer is None:
+            return
+        self._note(f"worker {offer.job.worker_id} did not answer the job request within 10 s")
+        self._offer_next(offer)
+
+    def _offer_next(self, offer: _Offer) -> None:
+        worker = self.workers.get(offer.job.worker_id)
+        if worker is not None:
+            worker.jobs.discard(offer.job.id)
+        room = self.rooms.get(offer.job.room)
+        dispatch = room.dispatches.get(offer.job.dispatch_id) if room else None
+        if room is not None and dispatch is not None:
+            self._offer_job(room, dispatch, offer.tried)
+
+    def _new_job(self, job_id: str, room: Room, dispatch: Dispatch, worker: Worker, *, identity: str) -> Job:
+        now = self.clock()
+        return Job(
+            id=job_id,
+            dispatch_id=dispatch.id,
+            room=room.name,
+            agent_name=dispatch.agent_name,
+            metadata=dispatch.metadata,
+            worker_id=worker.id,
+            participant_identity=identity,
+            deployment=dispatch.deployment,
+            started_at=now,
+            updated_at=now,
+        )
 
     def _start_job(self, room_name: str, dispatch_id: str, worker_id: str, job_id: str) -> None:
         worker = self.workers.get(worker_id)
@@ -385,18 +477,8 @@ class Emulator:
             if worker is not None:
                 worker.jobs.discard(job_id)
             return
-        now = self.clock()
-        job = Job(
-            id=job_id,
-            dispatch_id=dispatch.id,
-            room=room.name,
-            agent_name=dispatch.agent_name,
-            metadata=dispatch.metadata,
-            worker_id=worker.id,
-            participant_identity=f"agent-{job_id}",
-            started_at=now,
-            updated_at=now,
-        )
+        job = self._new_job(job_id, room, dispatch, worker, identity=f"agent-{job_id}")
+        now = job.started_at
         dispatch.jobs.append(job)
         self._active_jobs[job.id] = job
         agent = Participant(
@@ -437,6 +519,128 @@ class Emulator:
         if worker is not None:
             worker.jobs.discard(job.id)
 
+    def _terminate_job(self, job: Job) -> None:
+        """The room closed or the dispatch was deleted: a real worker is told to end the job."""
+        if job.status in ACTIVE_JOB_STATUSES:
+            worker = self.workers.get(job.worker_id)
+            if worker is not None and worker.link is not None:
+                worker.link.terminate(job.id)
+        self._end_job(job, JobStatus.JS_SUCCESS)
+
+    # -- real workers (the /agent socket) --------------------------------------------------
+
+    def register_worker(self, agent_name: str, *, deployment: str, version: str, link: WorkerLink) -> Worker:
+        """A real worker registered over `/agent`."""
+        worker = Worker(
+            id=new_id("AW_"),
+            agent_name=agent_name,
+            behavior=REMOTE,
+            delay_ms=0,
+            crash_after_ms=None,
+            capacity=None,
+            registered_at=self.clock(),
+            deployment=deployment,
+            link=link,
+            version=version,
+        )
+        self.workers[worker.id] = worker
+        self._note(
+            f"worker {worker.id} registered (agent_name={agent_name!r}, deployment={deployment!r}, real)"
+        )
+        return worker
+
+    def unregister_worker(self, worker_id: str) -> None:
+        """A real worker's socket closed: its running jobs fail, its open job requests go to
+        the next worker. A no-op for a worker the state no longer knows (after a reset)."""
+        worker = self.workers.pop(worker_id, None)
+        if worker is None:
+            return
+        self._note(f"worker {worker_id} unregistered")
+        for job_id in list(worker.jobs):
+            offer = self._offers.pop(job_id, None)
+            if offer is not None:
+                if offer.timer is not None:
+                    offer.timer.cancel()
+                self._offer_next(offer)
+            job = self._active_jobs.get(job_id)
+            if job is not None:
+                self._fail_job(job, "agent worker disconnected")
+
+    def worker_availability(
+        self, worker_id: str, job_id: str, *, available: bool, terminate: bool, token: AgentToken
+    ) -> None:
+        """A real worker's answer to a job request."""
+        offer = self._offers.get(job_id)
+        if offer is None or offer.job.worker_id != worker_id:
+            self._note(f"availability answer for an unknown job {job_id} from worker {worker_id}")
+            return
+        del self._offers[job_id]
+        if offer.timer is not None:
+            offer.timer.cancel()
+        worker = self.workers.get(worker_id)
+        room = self.rooms.get(offer.job.room)
+        dispatch = room.dispatches.get(offer.job.dispatch_id) if room else None
+        if worker is None or room is None or dispatch is None or terminate:
+            if worker is not None:
+                worker.jobs.discard(job_id)
+            return
+        if not available:
+            self._note(f"worker {worker_id} is not available for job {job_id}")
+            self._offer_next(offer)
+            return
+        job = offer.job
+        job.participant_identity = token.identity
+        job.started_at = job.updated_at = self.clock()
+        dispatch.jobs.append(job)
+        self._active_jobs[job.id] = job
+        if self.worker_faults.drop_assignment:
+            self._note(f"job {job.id} assignment to worker {worker_id} dropped (drop_assignment fault)")
+            return
+        token.attributes = {**token.attributes, AGENT_NAME_ATTRIBUTE: worker.agent_name}
+        link = worker.link
+        assert link is not None
+        delay = self.worker_faults.assignment_delay_ms / 1000
+        if delay:
+            self._later(delay, lambda: link.assign(job, room, token))
+        else:
+            link.assign(job, room, token)
+
+    def worker_job_update(self, worker_id: str, job_id: str, status: JobStatus, error: str) -> None:
+        """A real worker's UpdateJobStatus. Unlike livekit-server v1.13.5, which leaves the
+        dispatch's job `JS_RUNNING` whatever the worker reports, the emulator records it."""
+        job = self._active_jobs.get(job_id)
+        if job is None or job.worker_id != worker_id:
+            return
+        if status in ACTIVE_JOB_STATUSES:
+            job.status = status
+            job.updated_at = self.clock()
+            return
+        if status == JobStatus.JS_FAILED:
+            self._fail_job(job, error or "job failed")
+        else:
+            self._end_job(job, status, error)
+
+    def worker_status(self, worker_id: str, *, available: bool, load: float) -> None:
+        worker = self.workers.get(worker_id)
+        if worker is not None:
+            worker.available, worker.load, worker.status_at = available, load, self.clock()
+
+    def disconnect_worker(self, worker_id: str) -> Worker:
+        """The kill-socket fault: close a real worker's socket (it unregisters when the socket
+        ends), or unregister a simulated one."""
+        worker = self.workers.get(worker_id)
+        if worker is None:
+            raise EmulatorError("not_found", f"no worker {worker_id}")
+        if worker.link is not None:
+            worker.link.close()
+        else:
+            del self.workers[worker_id]
+            for job_id in list(worker.jobs):
+                job = self._active_jobs.get(job_id)
+                if job is not None:
+                    self._fail_job(job, "agent worker disconnected")
+        return worker
+
     # -- simulated workers ---------------------------------------------------------------
 
     def add_worker(
@@ -468,25 +672,27 @@ class Emulator:
         return worker
 
     def remove_workers(self, agent_name: str) -> list[Worker]:
-        """Unregister every worker of that agent name; their running jobs fail."""
+        """Unregister every worker of that agent name; their running jobs fail. A real worker's
+        socket is closed (it goes when the socket ends, and its process may reconnect)."""
         removed = [w for w in self.workers.values() if w.agent_name == agent_name]
         for worker in removed:
-            del self.workers[worker.id]
-            for job_id in list(worker.jobs):
-                job = self._active_jobs.get(job_id)
-                if job is not None:
-                    self._fail_job(job, "agent worker disconnected")
+            self.disconnect_worker(worker.id)
         return removed
 
     # -- helpers -------------------------------------------------------------------------
 
-    def _later(self, delay: float, callback: Callable[[], None]) -> None:
+    def _later(self, delay: float, callback: Callable[[], None]) -> Cancellable:
         def run() -> None:
             self._timers.discard(handle)
             callback()
 
         handle = self._schedule(delay, run)
         self._timers.add(handle)
+        return handle
+
+    def note(self, message: str) -> None:
+        """A line for the log (the real server's log lines the tests look for)."""
+        self._note(message)
 
     def _note(self, message: str) -> None:
         logger.info(message)

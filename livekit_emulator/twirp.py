@@ -1,9 +1,11 @@
 """The Twirp API: LiveKit's RoomService and AgentDispatchService over HTTP, in protobuf or
 JSON, with Twirp's routing errors and error bodies, LiveKit's auth middleware (401 plain text)
-and the grant check each method makes before it touches the emulator's state."""
+and the grant check each method makes before it touches the emulator's state. Egress, Ingress
+and SIP answer as a real single-node server without Redis does: "not connected"."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable
@@ -13,11 +15,11 @@ from typing import Any
 from aiohttp import web
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
-from livekit.protocol import agent_dispatch
+from livekit.protocol import agent_dispatch, egress, ingress, sip
 from livekit.protocol import room as room_pb
 
 from . import auth, protos
-from .models import EmulatorError, check_metadata
+from .models import NO_RESPONSE, UNKNOWN, EmulatorError, check_metadata
 from .state import Emulator
 
 PREFIX = "/twirp/"
@@ -52,6 +54,16 @@ _SERVICES = {
     "livekit.RoomService": room_pb.DESCRIPTOR.services_by_name["RoomService"],
     "livekit.AgentDispatchService": agent_dispatch.DESCRIPTOR.services_by_name["AgentDispatchService"],
 }
+# Services a single-node livekit-server without Redis serves only to say it cannot: every call
+# that passes the grant check is a 500 `internal` "<what> not connected (redis required)".
+_UNCONNECTED = {
+    "livekit.Egress": (egress.DESCRIPTOR.services_by_name["Egress"], "egress", "roomRecord"),
+    "livekit.Ingress": (ingress.DESCRIPTOR.services_by_name["Ingress"], "ingress", "ingressAdmin"),
+    "livekit.SIP": (sip.DESCRIPTOR.services_by_name["SIP"], "sip", None),
+}
+# How long the real server waits for the node of a room or participant that does not exist
+# before it answers 503 "no response from servers".
+NO_RESPONSE_AFTER = 3.0
 
 
 def error_response(
@@ -76,9 +88,12 @@ Handler = Callable[[Any, Call], Message]
 
 
 class TwirpAPI:
-    def __init__(self, emulator: Emulator, keys: auth.KeyRing) -> None:
+    def __init__(
+        self, emulator: Emulator, keys: auth.KeyRing, *, no_response_after: float = NO_RESPONSE_AFTER
+    ) -> None:
         self.emulator = emulator
         self.keys = keys
+        self.no_response_after = no_response_after
         self.methods: dict[str, tuple[type[Message], Handler]] = {
             "livekit.RoomService/CreateRoom": (room_pb.CreateRoomRequest, self.create_room),
             "livekit.RoomService/ListRooms": (room_pb.ListRoomsRequest, self.list_rooms),
@@ -98,6 +113,12 @@ class TwirpAPI:
                 self.update_room_metadata,
             ),
             "livekit.RoomService/SendData": (room_pb.SendDataRequest, self.send_data),
+            "livekit.RoomService/MutePublishedTrack": (room_pb.MuteRoomTrackRequest, self.participant_rpc),
+            "livekit.RoomService/UpdateSubscriptions": (
+                room_pb.UpdateSubscriptionsRequest,
+                self.participant_rpc,
+            ),
+            "livekit.RoomService/MoveParticipant": (room_pb.MoveParticipantRequest, self.move_participant),
             "livekit.AgentDispatchService/CreateDispatch": (
                 agent_dispatch.CreateAgentDispatchRequest,
                 self.create_dispatch,
@@ -123,8 +144,10 @@ class TwirpAPI:
         route = request.path[len(PREFIX) :]
         if request.method != "POST":
             return self._bad_route(request, f'unsupported method "{request.method}" (only POST is allowed)')
+        service, _, method = route.partition("/")
+        if service in _UNCONNECTED and method in _UNCONNECTED[service][0].methods_by_name:
+            return self._unconnected(service, claims)
         if route not in self.methods:
-            service, _, method = route.partition("/")
             known = _SERVICES.get(service)
             if known is not None and method in known.methods_by_name:
                 return error_response("unimplemented", f"{method} is not implemented by livekit_emulator")
@@ -153,6 +176,9 @@ class TwirpAPI:
         except auth.PermissionDenied as exc:
             return error_response("unauthenticated", str(exc))
         except EmulatorError as exc:
+            if exc.message == NO_RESPONSE:
+                # The real server waits for the room's node before it gives up.
+                await asyncio.sleep(self.no_response_after)
             return error_response(exc.code, exc.message, exc.meta)
 
         if content_type == "application/json":
@@ -165,6 +191,18 @@ class TwirpAPI:
             )
             return web.Response(body=text.encode(), headers=_JSON)
         return web.Response(body=answer.SerializeToString(), headers=_PROTOBUF)
+
+    @staticmethod
+    def _unconnected(service: str, claims: auth.Claims | None) -> web.Response:
+        _, what, grant = _UNCONNECTED[service]
+        try:
+            if grant is None:
+                auth.ensure_sip_admin(claims)
+            else:
+                auth.ensure_video_grant(claims, grant)
+        except auth.PermissionDenied as exc:
+            return error_response("unauthenticated", str(exc))
+        return error_response("internal", f"{UNKNOWN}{what} not connected (redis required)")
 
     @staticmethod
     def _bad_route(request: web.Request, message: str) -> web.Response:
@@ -233,8 +271,32 @@ class TwirpAPI:
     def send_data(self, req: room_pb.SendDataRequest, call: Call) -> Message:
         # Nobody receives data in a stand-in; only the checks remain.
         auth.ensure_admin(call.claims, req.room)
-        self.emulator.room(req.room)
+        if req.room not in self.emulator.rooms:
+            raise EmulatorError("unavailable", NO_RESPONSE)
         return room_pb.SendDataResponse()
+
+    def participant_rpc(self, req: Any, call: Call) -> Message:
+        """MutePublishedTrack and UpdateSubscriptions: the real server forwards them to the
+        participant's node; nobody answers for a participant it does not have. The emulator has
+        no tracks, so for a participant it does have they stay unimplemented."""
+        auth.ensure_admin(call.claims, req.room)
+        self._participant_or_no_response(req.room, req.identity)
+        method = (
+            "MutePublishedTrack" if isinstance(req, room_pb.MuteRoomTrackRequest) else "UpdateSubscriptions"
+        )
+        raise EmulatorError("unimplemented", f"{method} is not implemented by livekit_emulator (no tracks)")
+
+    def move_participant(self, req: room_pb.MoveParticipantRequest, call: Call) -> Message:
+        auth.ensure_admin(call.claims, req.room)
+        if call.claims is None or call.claims.video.get("destinationRoom") != req.destination_room:
+            raise auth.PermissionDenied()
+        self._participant_or_no_response(req.room, req.identity)
+        raise EmulatorError("unimplemented", "MoveParticipant is not implemented by livekit_emulator")
+
+    def _participant_or_no_response(self, room: str, identity: str) -> None:
+        room_state = self.emulator.rooms.get(room)
+        if room_state is None or identity not in room_state.participants:
+            raise EmulatorError("unavailable", NO_RESPONSE)
 
     # -- AgentDispatchService ------------------------------------------------------------
 
@@ -244,6 +306,7 @@ class TwirpAPI:
             req.room,
             req.agent_name,
             req.metadata,
+            deployment=req.deployment,
             request_id=call.request_id,
             received_at=call.received_at,
         )
@@ -251,6 +314,8 @@ class TwirpAPI:
 
     def delete_dispatch(self, req: agent_dispatch.DeleteAgentDispatchRequest, call: Call) -> Message:
         auth.ensure_admin(call.claims, req.room)
+        if req.room not in self.emulator.rooms:
+            raise EmulatorError("unavailable", NO_RESPONSE)
         dispatch = self.emulator.delete_dispatch(req.room, req.dispatch_id)
         # As the real server: the dispatch as it stood, without a deleted_at.
         return protos.dispatch_proto(dispatch, self.emulator.rooms.get(req.room))
@@ -258,6 +323,8 @@ class TwirpAPI:
     def list_dispatch(self, req: agent_dispatch.ListAgentDispatchRequest, call: Call) -> Message:
         auth.ensure_admin(call.claims, req.room)
         room = self.emulator.rooms.get(req.room)
+        if room is None:
+            raise EmulatorError("unavailable", NO_RESPONSE)
         dispatches = self.emulator.dispatches(req.room, req.dispatch_id)
         return agent_dispatch.ListAgentDispatchResponse(
             agent_dispatches=[protos.dispatch_proto(d, room) for d in dispatches]

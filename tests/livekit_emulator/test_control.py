@@ -96,3 +96,51 @@ def test_an_in_process_server_starts_quickly_and_serves_the_api():
         health = call(server, lambda lk: lk.room.list_rooms(api.ListRoomsRequest()))
 
     assert elapsed < 0.5 and list(health.rooms) == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"refuse_availability": "yes"},
+        {"drop_assignment": 1},
+        {"assignment_delay_ms": -5},
+        {"assignment_delay": 100},
+    ],
+)
+def test_bad_worker_faults_are_refused_and_change_nothing(livekit_server, body):
+    livekit_server.control.worker_faults(drop_assignment=True)
+
+    with pytest.raises(ControlError) as error:
+        livekit_server.control.request("POST", "/_emulator/worker_faults", body)
+
+    assert error.value.status == 400 and error.value.body["error"]
+    assert livekit_server.control.state()["worker_faults"] == {
+        "refuse_availability": False,
+        "drop_assignment": True,
+        "assignment_delay_ms": 0.0,
+    }
+
+
+def test_disconnecting_an_unknown_worker_is_not_found(livekit_server):
+    with pytest.raises(ControlError) as error:
+        livekit_server.control.disconnect_worker("AW_nobody")
+
+    assert error.value.status == 404
+
+
+def test_disconnecting_a_simulated_worker_fails_its_job(livekit_server):
+    worker = livekit_server.control.add_worker("triage")
+    call(
+        livekit_server,
+        lambda lk: lk.agent_dispatch.create_dispatch(
+            api.CreateAgentDispatchRequest(room="r", agent_name="triage")
+        ),
+    )
+    livekit_server.control.wait_for(lambda s: s["dispatches"] and s["dispatches"][-1]["jobs"], room="r")
+
+    livekit_server.control.disconnect_worker(worker["id"])
+
+    state = livekit_server.control.state(room="r")
+    [job] = [j for d in state["dispatches"] for j in d["jobs"]]
+    assert (job["status"], job["error"]) == ("JS_FAILED", "agent worker disconnected")
+    assert state["workers"] == []
