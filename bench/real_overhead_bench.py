@@ -8,7 +8,7 @@ join); exits non-zero when a p50 is over 50 ms.
 Runs `tests/real_stories/measure_overhead.py` under pytest (it reuses the suite's fixtures);
 needs `.bin/livekit-server` (`make livekit-server`).
 
-    .venv/bin/python bench/real_overhead_bench.py     # REAL_OVERHEAD_PAIRS=18 by default
+    .venv/bin/python bench/real_overhead_bench.py     # REAL_OVERHEAD_PAIRS=20 by default
 """
 
 from __future__ import annotations

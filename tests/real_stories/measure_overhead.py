@@ -42,7 +42,7 @@ from tests.real_stories.conftest import LoopThread, Participant
 from tests.support import eventually, free_port, gunicorn
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
-PAIRS = int(os.environ.get("REAL_OVERHEAD_PAIRS", "18"))
+PAIRS = int(os.environ.get("REAL_OVERHEAD_PAIRS", "20"))
 TARGET_MS = float(os.environ.get("REAL_OVERHEAD_TARGET_MS", "50"))
 AGENT = "bench-agent"
 SEEN_TIMEOUT_S = 20.0
