@@ -1,6 +1,6 @@
-"""The dispatch lifecycle's calls to LiveKit, run by the Celery tasks (never on a request
-path): CreateDispatch exactly once, DeleteDispatch, and the join-deadline check that names why
-an agent is not there and re-dispatches.
+"""The dispatch lifecycle's calls to LiveKit, run by the Celery tasks (and, for the Dispatch
+API's first CreateDispatch, by the request itself): CreateDispatch exactly once, DeleteDispatch,
+and the join-deadline check that names why an agent is not there and re-dispatches.
 """
 
 from __future__ import annotations
