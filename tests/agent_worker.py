@@ -6,6 +6,10 @@
                         accept  join the room (ctx.connect()) and stay until the room ends
                         raise   raise in the entrypoint
                         exit    end the job process at once (os._exit(1)) in the entrypoint
+                        publish join, then publish a silent audio track at once: LiveKit
+                                tells others about a participant that publishes nothing
+                                only on its ~3 s batch tick, about a publisher at once, so
+                                latency measurements ("agent visible") use this
                         slow    wait AGENT_DELAY_S before accepting, then as accept
                         coldstart  accept at once, but each job's process spends
                                 AGENT_DELAY_S in its setup (prewarm) before the entrypoint
@@ -38,12 +42,14 @@ import time
 # delete their metrics files. This worker keeps no metrics files; drop it before the import.
 os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
 
+from livekit import rtc  # noqa: E402
 from livekit.agents import AgentServer, JobContext, JobExecutorType, JobProcess, JobRequest, cli  # noqa: E402
 
 AGENT_NAME = os.environ.get("AGENT_NAME", "")
 BEHAVIOR = os.environ.get("AGENT_BEHAVIOR", "accept")
 DELAY_S = float(os.environ.get("AGENT_DELAY_S", "3"))
 EXECUTOR = JobExecutorType(os.environ.get("AGENT_EXECUTOR", "process"))
+SILENCE_RATE = 48000
 
 logger = logging.getLogger("agent_worker")
 
@@ -86,6 +92,30 @@ async def entrypoint(ctx: JobContext) -> None:
         os._exit(1)
     await ctx.connect()
     logger.info("job %s joined room %s as %s", ctx.job.id, ctx.room.name, ctx.room.local_participant.identity)
+    if BEHAVIOR == "publish":
+        await _publish_silence(ctx)
+
+
+async def _publish_silence(ctx: JobContext) -> None:
+    source = rtc.AudioSource(SILENCE_RATE, 1)
+    track = rtc.LocalAudioTrack.create_audio_track("silence", source)
+    options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+    # Frames from the start: the server learns of the track from the publish request, but the
+    # track is a live one (as a real agent's voice) only once media flows.
+    feeding = asyncio.create_task(_feed_silence(source))
+
+    async def stop_feeding() -> None:
+        feeding.cancel()
+
+    ctx.add_shutdown_callback(stop_feeding)
+    await ctx.room.local_participant.publish_track(track, options)
+    logger.info("job %s published a silent audio track", ctx.job.id)
+
+
+async def _feed_silence(source: rtc.AudioSource) -> None:
+    frame = rtc.AudioFrame.create(SILENCE_RATE, 1, SILENCE_RATE // 100)  # 10 ms of zeros
+    while True:
+        await source.capture_frame(frame)  # paced by the source's queue
 
 
 def on_registered(worker_id: str, _server_info: object) -> None:
@@ -96,7 +126,7 @@ server.on("worker_registered", on_registered)
 
 
 if __name__ == "__main__":
-    if BEHAVIOR not in ("accept", "raise", "exit", "slow", "coldstart"):
-        sys.exit(f"AGENT_BEHAVIOR must be accept, raise, exit, slow or coldstart, not {BEHAVIOR!r}")
+    if BEHAVIOR not in ("accept", "publish", "raise", "exit", "slow", "coldstart"):
+        sys.exit(f"AGENT_BEHAVIOR must be accept, publish, raise, exit, slow or coldstart, not {BEHAVIOR!r}")
     sys.argv = [sys.argv[0], "start"]
     cli.run_app(server)

@@ -1,6 +1,6 @@
-"""The dispatch lifecycle's calls to LiveKit, run by the Celery tasks (never on a request
-path): CreateDispatch exactly once, DeleteDispatch, and the join-deadline check that names why
-an agent is not there and re-dispatches.
+"""The dispatch lifecycle's calls to LiveKit, run by the Celery tasks (and, for the Dispatch
+API's first CreateDispatch, by the request itself): CreateDispatch exactly once, DeleteDispatch,
+and the join-deadline check that names why an agent is not there and re-dispatches.
 """
 
 from __future__ import annotations
@@ -150,6 +150,34 @@ def dispatch_request(*, dispatch_id: int, timeout_s: float | None = None) -> str
         until = current["request_lease_until"] or now
         raise DispatchInFlight(max(0.1, (until - now).total_seconds()))
     known = _known_livekit_ids(dispatch) if look_up else set()
+    return _request_send(
+        dispatch=dispatch, room_must_exist=room_must_exist, look_up=look_up, known=known, timeout_s=timeout_s
+    )
+
+
+def dispatch_first_try_claim() -> dict[str, Any]:
+    """Fields that record a new explicit dispatch already claimed for its first try (one
+    CreateDispatch): its creator then calls `dispatch_request_first` without reading the row
+    back or taking the lease in a second write, two database round trips before LiveKit
+    hears anything. Any other run sees a try made and the lease held, as after a claim."""
+    return {"request_tries": 1, "request_lease_until": timezone.now() + _request_lease(calls=1)}
+
+
+def dispatch_request_first(*, dispatch: Dispatch, timeout_s: float | None = None) -> str:
+    """The first try of a dispatch its creator recorded with `dispatch_first_try_claim()`
+    (`dispatch` as created, with its room and agent): straight to CreateDispatch, then as
+    `dispatch_request`. Raises as `dispatch_request` does."""
+    return _request_send(
+        dispatch=dispatch, room_must_exist=False, look_up=False, known=set(), timeout_s=timeout_s
+    )
+
+
+def _request_send(
+    *, dispatch: Dispatch, room_must_exist: bool, look_up: bool, known: set[str], timeout_s: float | None
+) -> str:
+    """The claimed try itself: CreateDispatch (after ListRooms/ListDispatch when asked) and
+    what LiveKit answered, recorded."""
+    room = dispatch.room
 
     async def request(client: LiveKit) -> _RequestOutcome:
         exists = bool(await client.list_rooms([room.name])) if room_must_exist or look_up else True

@@ -35,7 +35,7 @@ from .ledger import (
     dispatch_transition,
     room_get_or_create,
 )
-from .lifecycle import DispatchInFlight, dispatch_request
+from .lifecycle import dispatch_first_try_claim, dispatch_request_first
 from .matching import Verdict, participant_match, session_rows
 
 logger = logging.getLogger(__name__)
@@ -125,6 +125,7 @@ def dispatch_api_create(
             deployment=deployment,
             attributes=attributes or {},
             request_countdown=float(settings.LIVEKIT_TIMEOUT_S) + 1.0,
+            **dispatch_first_try_claim(),
         )
         if not created:  # the request is a fact too: on the live dispatch's timeline
             differs = metadata is not None and metadata != dispatch.metadata
@@ -140,10 +141,10 @@ def dispatch_api_create(
 
 def _request_inline(*, dispatch: Dispatch) -> None:
     try:
-        dispatch_request(
-            dispatch_id=dispatch.pk, timeout_s=float(getattr(settings, "DISPATCH_INLINE_TIMEOUT_S", 1.0))
+        dispatch_request_first(
+            dispatch=dispatch, timeout_s=float(getattr(settings, "DISPATCH_INLINE_TIMEOUT_S", 1.0))
         )
-    except (LiveKitUnavailable, DispatchInFlight):
+    except LiveKitUnavailable:
         return  # the queued task tries again (and looks up what this try may have made)
     dispatch.refresh_from_db()
 

@@ -89,3 +89,26 @@ def test_a_slow_worker_joins_after_its_delay(portal_on_real, agent_worker):
     [agent] = eventually(lambda: _agents("slow-room"), timeout=20, what="the agent participant")
     assert agent.agent_name == "slowpoke"
     assert _worker_logged(worker, "received job request")
+
+
+def _tracks(server, room: str, identity: str) -> list:
+    async def get() -> list:
+        async with api.LiveKitAPI(server.url, server.api_key, server.api_secret) as lk:
+            info = await lk.room.get_participant(api.RoomParticipantIdentity(room=room, identity=identity))
+            return list(info.tracks)
+
+    return asyncio.run(get())
+
+
+def test_a_publishing_agent_joins_with_a_live_audio_track(portal_on_real, agent_worker):
+    # What latency measurements use: LiveKit announces a publisher to the room at once, a
+    # participant that publishes nothing only on its ~3 s batch tick.
+    agent_worker(agent_name="speaker", behavior="publish")
+
+    livekit_call("create_dispatch", "publish-room", "speaker", "")
+
+    [agent] = eventually(lambda: _agents("publish-room"), timeout=20, what="the agent participant")
+    [track] = eventually(
+        lambda: _tracks(portal_on_real, "publish-room", agent.identity), timeout=20, what="its track"
+    )
+    assert (track.type, track.source, track.muted) == (api.TrackType.AUDIO, api.TrackSource.MICROPHONE, False)

@@ -4,12 +4,14 @@ CreateDispatch exactly once, join deadlines naming the reason, re-dispatch, fall
 from __future__ import annotations
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from rooms_app import services
 from rooms_app.livekit_client import LiveKitUnavailable, livekit_call
 from rooms_app.models import Dispatch, DispatchEvent, Room
-from tests.factories import AgentFactory, RuleFactory
+from tests.factories import AgentFactory, RuleFactory, make_client
 
 from .conftest import agents_in, create_dispatch_calls, eventually
 
@@ -301,3 +303,52 @@ def test_an_assigned_job_gets_the_join_deadline_counted_from_its_assignment():
     # A job that ended is judged at once.
     ended = (LkJob(id="AJ_1", status="failed", error="boom", participant_identity="agent-AJ_1"),)
     assert _deadline_later(dispatch, ended, room=room, now=now) is None
+
+
+def _post_dispatch(api, room: str = "support-1") -> dict:
+    _, key = make_client("web", rooms=["support-*"], agent_names=["support-agent"])
+    answer = api.post(
+        "/api/v1/dispatches",
+        {"room_name": room, "agent_name": "support-agent"},
+        format="json",
+        HTTP_AUTHORIZATION=f"Bearer {key}",
+    )
+    assert answer.status_code == 202, answer.content
+    return answer.json()
+
+
+def test_the_dispatch_api_sends_the_first_try_with_nothing_between_the_record_and_livekit(lk, api):
+    """The row is recorded already claimed (one try, the lease held), so the request goes from
+    its INSERTs straight to CreateDispatch: no read back, no claim UPDATE on the hot path."""
+    lk.control.add_worker("support-agent")
+    AgentFactory(agent_name="support-agent")
+    with CaptureQueriesContext(connection) as queries:
+        body = _post_dispatch(api)
+    assert body["status"] == S.REQUESTED  # LiveKit answered within the request
+    dispatch = Dispatch.objects.get(pk=body["id"])
+    assert (dispatch.request_tries, dispatch.livekit_dispatch_id) == (1, body["livekit_dispatch_id"])
+    assert len(create_dispatch_calls(lk, "support-1")) == 1
+    sql = [q["sql"] for q in queries.captured_queries]
+    recorded = next(i for i, s in enumerate(sql) if s.startswith('INSERT INTO "rooms_app_dispatch"'))
+    answered = next(i for i, s in enumerate(sql) if s.startswith('UPDATE "rooms_app_dispatch" SET "status"'))
+    between = [s.split(" (")[0] for s in sql[recorded + 1 : answered] if "SAVEPOINT" not in s]
+    assert between == ['INSERT INTO "rooms_app_dispatchevent"']
+    # The queued task (the retry path) finds the work done.
+    assert services.dispatch_request(dispatch_id=dispatch.pk) == "skipped"
+    assert len(create_dispatch_calls(lk, "support-1")) == 1
+
+
+def test_the_dispatch_apis_first_try_failing_leaves_the_retry_to_look_up_at_once(lk, api):
+    lk.control.add_worker("support-agent")
+    AgentFactory(agent_name="support-agent")
+    lk.control.faults(error_rate=1, error_status=503)
+    body = _post_dispatch(api)
+    lk.control.faults()
+    assert body["status"] == S.PENDING
+    dispatch = Dispatch.objects.get(pk=body["id"])
+    # The lease is given back: the retry need not wait for it, and, a try having been made,
+    # it asks LiveKit what that try may have created before creating.
+    assert (dispatch.request_tries, dispatch.request_lease_until) == (1, None)
+    assert services.dispatch_request(dispatch_id=dispatch.pk) == "created"
+    assert lk.control.state()["counters"]["requests"]["livekit.RoomService/ListRooms"] == 1
+    assert len(agents_in(lk, "support-1", "support-agent")) == 1
