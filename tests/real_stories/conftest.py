@@ -136,6 +136,14 @@ class Stack:
         with urllib.request.urlopen(request, timeout=10) as answer:
             return json.loads(answer.read())
 
+    def room_state(self, key: str, room: str) -> dict[str, Any]:
+        """GET /api/v1/rooms/{room}, as a frontend asks it."""
+        request = urllib.request.Request(
+            f"{self.portal_url}/api/v1/rooms/{room}", headers={"Authorization": f"Bearer {key}"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return json.loads(answer.read())
+
     def token(self, key: str, room: str, identity: str) -> dict[str, Any]:
         """POST /api/v1/token, as a frontend does."""
         return self.portal("/api/v1/token", key, {"room_name": room, "participant_identity": identity})

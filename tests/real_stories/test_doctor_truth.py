@@ -9,9 +9,7 @@ The worker polls run from the test, exactly as beat runs them (`workers.poll`); 
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.request
 
 import pytest
 from livekit import api
@@ -28,15 +26,6 @@ from watch_app.models import Incident, WorkerEndpoint
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 S = Dispatch.Status
-
-
-def room_api(stack, key: str, room: str) -> dict:
-    """GET /api/v1/rooms/{room}, as a frontend asks it."""
-    request = urllib.request.Request(
-        f"{stack.portal_url}/api/v1/rooms/{room}", headers={"Authorization": f"Bearer {key}"}
-    )
-    with urllib.request.urlopen(request, timeout=10) as answer:
-        return json.loads(answer.read())
 
 
 def doctor(room: str) -> dict:
@@ -82,7 +71,7 @@ def test_a_sigkilled_worker_is_known_dead_in_seconds_and_its_agent_replaced(stac
     assert "is still listed by LiveKit, but the agent's worker stopped answering" in once["summary"]
     assert f" s ago (cannot reach {first.health_url}: ConnectionRefusedError)" in once["summary"]
     # The ledger has not ruled yet: one silent poll is not sure enough to re-dispatch.
-    assert room_api(stack, key, "support-k1")["ready"] is True
+    assert stack.room_state(key, "support-k1")["ready"] is True
     assert Dispatch.objects.get(pk=row.pk).status == S.AGENT_JOINED
 
     presence.workers_poll()  # silent twice in a row, and the other worker has no job: sure
@@ -91,7 +80,7 @@ def test_a_sigkilled_worker_is_known_dead_in_seconds_and_its_agent_replaced(stac
     assert failed.status == S.FAILED and failed.last_error.startswith(WORKER_STOPPED), failed.last_error
     assert stack.agents("support-k1", "support-agent") == []  # the ghost was removed at once
     replacing = doctor("support-k1")
-    state = room_api(stack, key, "support-k1")
+    state = stack.room_state(key, "support-k1")
     print(f"{sure_s:.1f} s after SIGKILL the portal re-dispatched; the doctor: {replacing['summary']}")
     assert replacing["status"] == "broken" and replacing["first_broken_link"] == 7, replacing["summary"]
     assert "attempt 1 of 'support-agent' failed: the agent's worker stopped answering" in replacing["summary"]
@@ -102,7 +91,7 @@ def test_a_sigkilled_worker_is_known_dead_in_seconds_and_its_agent_replaced(stac
 
     def one_agent_joined() -> bool:
         assert len(stack.agents("support-k1", "support-agent")) <= 1  # never two of one name
-        return room_api(stack, key, "support-k1")["ready"]
+        return stack.room_state(key, "support-k1")["ready"]
 
     eventually(one_agent_joined, timeout=30, interval=0.1, what="the replacement joined")
     again = Dispatch.objects.get(room__name="support-k1", status=S.AGENT_JOINED)
@@ -138,7 +127,7 @@ def test_after_giving_up_on_a_dead_agent_the_doctor_says_so_with_the_incident(st
     assert "the agent's worker stopped answering" in gave_up["summary"]
     assert "the portal gave up after 1 attempt(s)" in gave_up["summary"]
     assert f"incident '{incident.key}' opened at" in gave_up["summary"]
-    state = room_api(stack, key, "support-k2")
+    state = stack.room_state(key, "support-k2")
     assert state["ready"] is False and state["agents"][0]["status"] == "failed"
 
 
@@ -174,7 +163,7 @@ def test_without_health_urls_the_job_livekit_lists_as_running_forever_does_not_h
     assert "left the room" in gave_up["summary"]
     assert "the portal gave up after 1 attempt(s)" in gave_up["summary"]
     assert "incident 'dispatch_gave_up:support-agent' opened at" in gave_up["summary"]
-    assert room_api(stack, key, "support-k4")["ready"] is False
+    assert stack.room_state(key, "support-k4")["ready"] is False
 
 
 def test_a_raising_entrypoint_is_broken_and_retrying_not_nothing_broken_yet(stack, agent_worker):
@@ -209,7 +198,7 @@ def test_a_raising_entrypoint_is_broken_and_retrying_not_nothing_broken_yet(stac
     assert retrying["status"] == "broken" and retrying["first_broken_link"] == 7, retrying["summary"]
     assert "attempt 1 of 'support-agent' timed out" in retrying["summary"]
     assert "retrying: attempt 2 of 2" in retrying["summary"]
-    state = room_api(stack, key, "support-k3")
+    state = stack.room_state(key, "support-k3")
     assert state["ready"] is False and state["agents"][0]["attempt"] == 2
 
     eventually(lambda: Dispatch.objects.filter(pk=second.pk, status=S.TIMED_OUT).exists(), timeout=20)
@@ -248,7 +237,7 @@ def test_a_typo_fixed_in_the_rule_leaves_the_room_ready_with_the_right_agent(sta
     print(f"\nwith the typo, the doctor: {typo['summary']}")
     assert typo["status"] == "broken" and typo["first_broken_link"] == 5, typo["summary"]
     assert "the portal gave up after 1 attempt(s)" in typo["summary"]
-    assert room_api(stack, key, "docs-1")["ready"] is False
+    assert stack.room_state(key, "docs-1")["ready"] is False
 
     rule.agent = right  # the admin fixes the rule
     rule.save()
@@ -258,7 +247,7 @@ def test_a_typo_fixed_in_the_rule_leaves_the_room_ready_with_the_right_agent(sta
     ]
     stack.wait_joined("docs-1", "doc-agent")
 
-    state = room_api(stack, key, "docs-1")
+    state = stack.room_state(key, "docs-1")
     assert state["ready"] is True, state
     assert [(a["agent_name"], a["status"]) for a in state["agents"]] == [("doc-agent", "agent_joined")]
     fixed = doctor("docs-1")

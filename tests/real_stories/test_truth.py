@@ -4,7 +4,6 @@ LiveKit lists (the truth a user sees) and what the room API and the ledger say."
 
 from __future__ import annotations
 
-import json
 import time
 import urllib.request
 
@@ -18,14 +17,6 @@ from tests.support import eventually
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 S = Dispatch.Status
-
-
-def room_api(stack, key: str, room: str) -> dict:
-    request = urllib.request.Request(
-        f"{stack.portal_url}/api/v1/rooms/{room}", headers={"Authorization": f"Bearer {key}"}
-    )
-    with urllib.request.urlopen(request, timeout=10) as answer:
-        return json.loads(answer.read())
 
 
 def cancel(stack, key: str, dispatch_id: int) -> int:
@@ -65,13 +56,13 @@ def test_a_job_process_slower_than_the_join_deadline_brings_one_agent_not_two(st
         what="the deadline moved",
     )
     assert moved.status in (S.REQUESTED, S.JOB_ASSIGNED)
-    assert room_api(stack, key, "cold-1")["ready"] is False
+    assert stack.room_state(key, "cold-1")["ready"] is False
 
     row = stack.wait_joined("cold-1", "cold-agent", timeout=30)
     assert row.pk == answer["id"] and row.attempt == 1  # no second attempt was made
     counts = watch_agents(stack, "cold-1", "cold-agent", 6)
     assert max(counts) == 1 and counts[-1] == 1
-    state = room_api(stack, key, "cold-1")
+    state = stack.room_state(key, "cold-1")
     assert state["ready"] is True
     assert [(a["agent_name"], a["attempt"]) for a in state["agents"]] == [("cold-agent", 1)]
     assert Dispatch.objects.filter(room__name="cold-1").count() == 1
@@ -102,7 +93,7 @@ def test_a_second_agent_of_one_name_is_removed_at_once(stack, agent_worker):
         what="only the portal's agent left",
     )
     assert max(watch_agents(stack, "dup-1", "support-agent", 3)) == 1
-    [agent] = room_api(stack, key, "dup-1")["agents"]
+    [agent] = stack.room_state(key, "dup-1")["agents"]
     assert agent["status"] == S.AGENT_JOINED and agent["participant_identity"] == row.participant_identity
     assert [r["identity"] for r in agent["agents_removed"]] == [extra.identity]
     assert "a second 'support-agent' agent" in agent["agents_removed"][0]["why"]
@@ -137,7 +128,7 @@ def test_a_cancel_stays_cancelled_when_the_join_webhook_arrives_late(stack, agen
         (answer["id"], S.CANCELLED)
     ]
     assert stack.agents("cancel-1", "support-agent") == []
-    state = room_api(stack, key, "cancel-1")
+    state = stack.room_state(key, "cancel-1")
     assert state["agents"] == [] and state["ready"] is False
 
 
