@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 
 from dispatchportal.exceptions import ApplicationError, Forbidden
 from dispatchportal.reserved import CANARY_ROOM_PREFIX, is_canary_room
+from livekit_boundary.tokens import claims_build, token_sign
 from rooms_app import services as room_services
 
 from . import ratelimit
@@ -32,7 +33,6 @@ from .selectors import (
     key_digest,
     ruleset_build,
 )
-from .tokens import claims_build, token_sign
 
 logger = logging.getLogger(__name__)
 KEY_PREFIX = "dpk_"

@@ -217,7 +217,7 @@ def livekit_error_record(*, method: str, code: str) -> None:
 
 
 def livekit_error_counted(error: E) -> E:
-    """Count a LiveKit client error (a `livekit_client.LiveKitError`) and hand it back, so the
+    """Count a LiveKit client error (a `livekit_boundary.client.LiveKitError`) and hand it back, so the
     client can `raise livekit_error_counted(...)`. Code: LiveKit's Twirp code, else `http_<status>`,
     else what went wrong on the way (timeout, unreachable)."""
     code = getattr(error, "code", "") or ""

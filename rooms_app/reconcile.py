@@ -41,9 +41,9 @@ from agents_app.rules import Join
 from agents_app.selectors import config_get
 from dispatchportal import metrics
 from dispatchportal.reserved import is_canary_room
+from livekit_boundary.client import LiveKit, LiveKitError, LkParticipant, LkRoom, livekit_run
 
 from . import services
-from .livekit_client import LiveKit, LiveKitError, LkParticipant, LkRoom, livekit_run
 from .models import LIVE_STATUSES, WAITING_STATUSES, Dispatch, Room
 from .services.jobs import dispatch_deadline_enqueue, dispatch_request_enqueue
 from .services.matching import Verdict, participant_match

@@ -153,7 +153,7 @@ _STATUS_TTL_S = 15
 def livekit_status(*, timeout_s: float = 2.0) -> LiveKitStatus:
     """Can the portal reach LiveKit with its credentials? Asked with a short timeout and
     cached briefly, so admin pages showing it stay fast when LiveKit is down."""
-    from .livekit_client import LiveKitAuthRejected, LiveKitError, livekit_run
+    from livekit_boundary.client import LiveKitAuthRejected, LiveKitError, livekit_run
 
     with contextlib.suppress(Exception):
         cached = cache.get(_STATUS_KEY)

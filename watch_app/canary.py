@@ -23,7 +23,7 @@ from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
 from agents_app.models import Agent
 from dispatchportal.reserved import CANARY_ROOM_PREFIX
-from rooms_app.livekit_client import LiveKit, LiveKitError, livekit_run
+from livekit_boundary.client import LiveKit, LiveKitError, livekit_run
 
 from . import metrics
 from .alerts import incident_set

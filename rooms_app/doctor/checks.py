@@ -11,12 +11,12 @@ from django.utils import timezone
 from agents_app.rules import Join
 from agents_app.selectors import EVERYTHING, Scope
 from agents_app.services import rules_explain
-from watch_app.selectors import PresenceState, agent_presence
-
-from ..livekit_client import (
+from livekit_boundary.client import (
     LiveKitAuthRejected,
     LkParticipant,
 )
+from watch_app.selectors import PresenceState, agent_presence
+
 from ..models import Dispatch, Room
 from .facts import (
     BROKEN,

@@ -13,8 +13,7 @@ from django.conf import settings
 
 from agents_app.models import Agent
 from agents_app.selectors import EVERYTHING, Scope
-
-from ..livekit_client import (
+from livekit_boundary.client import (
     LiveKit,
     LiveKitError,
     LiveKitNotFound,
@@ -23,6 +22,7 @@ from ..livekit_client import (
     LkRoom,
     livekit_run,
 )
+
 from ..models import AgentSeen, Dispatch, Room, TokenFact, WorkerHeartbeat
 from ..services import HEARTBEAT_FRESH
 

@@ -30,8 +30,8 @@ from django.utils import timezone
 
 from agents_app.models import Agent
 from dispatchportal.redis import REDIS_ERRORS, redis_available, redis_client, redis_down_mark, redis_key
+from livekit_boundary.client import LkDispatch, LkParticipant
 
-from ..livekit_client import LkDispatch, LkParticipant
 from ..models import AgentSeen, Dispatch, Room, TokenFact, WorkerHeartbeat
 from .jobs import token_facts_apply_enqueue
 from .ledger import dispatch_create, dispatch_note, room_get_or_create

@@ -19,11 +19,11 @@ from django.utils import timezone
 
 from agents_app.models import Agent
 from dispatchportal import metrics
-
-from ..livekit_client import (
+from livekit_boundary.client import (
     LkDispatch,
     LkParticipant,
 )
+
 from ..models import LIVE_STATUSES, WAITING_STATUSES, Dispatch, DispatchEvent, Room
 from .jobs import dispatch_deadline_enqueue, dispatch_request_enqueue, participant_remove_enqueue
 

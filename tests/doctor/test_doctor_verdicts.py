@@ -49,7 +49,7 @@ def _joined(lk, room: str) -> Dispatch:
 
 
 def _participants(room: str):
-    from rooms_app.livekit_client import livekit_call
+    from livekit_boundary.client import livekit_call
 
     return livekit_call("list_participants", room)
 

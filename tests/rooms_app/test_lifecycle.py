@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from django.utils import timezone
 
+from livekit_boundary.client import LiveKitUnavailable, livekit_call
 from rooms_app import services
-from rooms_app.livekit_client import LiveKitUnavailable, livekit_call
 from rooms_app.models import Dispatch, DispatchEvent, Room
 from tests.factories import AgentFactory, RuleFactory
 
@@ -280,7 +280,7 @@ def test_no_job_yet_inside_the_assignment_window_moves_the_deadline_instead_of_j
 
 def test_an_assigned_job_gets_the_join_deadline_counted_from_its_assignment():
     from agents_app.models import Agent
-    from rooms_app.livekit_client import LkJob
+    from livekit_boundary.client import LkJob
     from rooms_app.services.lifecycle import _deadline_later
 
     now = timezone.now()

@@ -40,8 +40,8 @@ from livekit.protocol.room import (
     RoomParticipantIdentity,
 )
 
-from agents_app.tokens import jwt_hs256
 from dispatchportal import metrics
+from livekit_boundary.tokens import jwt_hs256
 
 logger = logging.getLogger(__name__)
 
