@@ -103,28 +103,6 @@ class Config:
     agents: dict[str, bool]  # agent name -> enabled
 
 
-def rule_spec(rule: DispatchRule) -> RuleSpec:
-    agent = rule.agent
-    return RuleSpec(
-        name=rule.name,
-        agent_name=agent.agent_name,
-        room_kind=rule.room_match_kind,
-        room_value=rule.room_match_value,
-        priority=rule.priority,
-        enabled=rule.enabled,
-        agent_enabled=agent.enabled,
-        identity_kind=rule.identity_match_kind,
-        identity_value=rule.identity_match_value,
-        attributes=rule.attribute_conditions or {},
-        default_metadata=agent.default_metadata,
-        metadata_template=rule.metadata_template,
-        delivery=rule.delivery,
-        stop=rule.stop,
-        deployment=rule.deployment,
-        dispatch_attributes=rule.dispatch_attributes or {},
-    )
-
-
 def _client_scope(client: ApiClient) -> ClientScope:
     patterns = []
     for pattern in client.room_patterns or []:
@@ -154,7 +132,7 @@ def ruleset_build(
     if rules is None:
         rules = list(DispatchRule.objects.select_related("agent"))
     compiled: list[CompiledRule] = []
-    for spec in [rule_spec(r) for r in rules] + list(extra):
+    for spec in [r.spec() for r in rules] + list(extra):
         try:
             compiled.append(rule_compile(spec))
         except RuleError as exc:

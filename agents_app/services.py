@@ -17,10 +17,10 @@ from redis.exceptions import RedisError
 from dispatchportal.exceptions import ApplicationError, Forbidden
 from dispatchportal.reserved import CANARY_ROOM_PREFIX, is_canary_room
 from livekit_boundary.tokens import claims_build, token_sign
-from rooms_app import services as room_services
 
 from . import ratelimit
 from .models import Agent, ApiClient, RuleSetVersion
+from .room_facts import room_facts
 from .rules import AppliedAgent, Join, MetadataTooLarge, RuleSet, RuleSpec
 from .selectors import (
     CHANGE_MARKER_KEY,
@@ -221,7 +221,7 @@ def token_mint(*, client: ClientScope, request: TokenRequest, config: Config | N
         # LiveKit applies a token's agents only when that join creates the room
         # (livekit/livekit#4390): for a room the ledger knows is live, they are dispatched
         # explicitly instead.
-        room_exists = room_services.token_fact_record(
+        room_exists = room_facts().token_fact_record(
             room_name=room, participant_identity=identity, agents=agents, client=client.name
         )
     if room_exists:
@@ -248,7 +248,7 @@ def token_mint(*, client: ClientScope, request: TokenRequest, config: Config | N
         room_exists=room_exists,
     )
     if agents:
-        room_services.token_facts_apply_schedule()
+        room_facts().token_facts_apply_schedule()
     return minted
 
 

@@ -8,8 +8,8 @@ index gets a "Dispatch health" box linking to both.
 from django.contrib import admin
 from django.urls import URLPattern, path, reverse_lazy
 
-from rooms_app.dashboard import dashboard_live_view, dashboard_view
-from rooms_app.doctor.views import doctor_view
+from operator_views.dashboard import dashboard_live_view, dashboard_view
+from operator_views.doctor.views import doctor_view
 
 admin.site.index_template = "admin/dashboard/index.html"
 admin.site.site_header = admin.site.site_title = "Dispatch Portal"

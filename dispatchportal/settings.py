@@ -66,6 +66,7 @@ INSTALLED_APPS = [
     "agents_app",
     "rooms_app",
     "watch_app",
+    "operator_views",  # the operator's pages over all three: admin, dashboard, doctor
 ]
 
 MIDDLEWARE = [

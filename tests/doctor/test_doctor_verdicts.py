@@ -10,8 +10,8 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from operator_views.doctor import room_diagnose
 from rooms_app import services as room_services
-from rooms_app.doctor import room_diagnose
 from rooms_app.models import Dispatch
 from rooms_app.selectors import room_state
 from tests.factories import AgentFactory, RuleFactory, token_recorded

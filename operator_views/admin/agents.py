@@ -16,13 +16,13 @@ from django.utils import timezone
 from django.utils.html import format_html
 from simple_history.admin import SimpleHistoryAdmin
 
-from rooms_app.dashboard.views import duration_text
+from agents_app import services
+from agents_app.models import Agent, ApiClient, DispatchRule
+from agents_app.rules import Join, RuleError, RuleSpec, rule_compile
+from agents_app.selectors import config_get
 from rooms_app.selectors import AgentSighting, agents_last_seen
 
-from . import services
-from .models import Agent, ApiClient, DispatchRule
-from .rules import Join, RuleError, RuleSpec, rule_compile
-from .selectors import config_get
+from ..helpers import duration_text
 
 AUTOMATIC_WARNING = (
     "This agent has an empty name: it stands for the unnamed worker, which LiveKit sends to "

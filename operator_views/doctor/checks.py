@@ -15,9 +15,9 @@ from livekit_boundary.client import (
     LiveKitAuthRejected,
     LkParticipant,
 )
+from rooms_app.models import Dispatch, Room
 from watch_app.selectors import PresenceState, agent_presence
 
-from ..models import Dispatch, Room
 from .facts import (
     BROKEN,
     LINK_TITLES,

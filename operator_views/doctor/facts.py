@@ -22,9 +22,8 @@ from livekit_boundary.client import (
     LkRoom,
     livekit_run,
 )
-
-from ..models import AgentSeen, Dispatch, Room, TokenFact, WorkerHeartbeat
-from ..services import HEARTBEAT_FRESH
+from rooms_app.models import AgentSeen, Dispatch, Room, TokenFact, WorkerHeartbeat
+from rooms_app.services import HEARTBEAT_FRESH
 
 OK, BROKEN, UNKNOWN = "ok", "broken", "unknown"
 HEALTHY, WAITING, BROKEN_STATUS, LIVEKIT_UNAVAILABLE = "healthy", "waiting", "broken", "livekit_unavailable"

@@ -8,10 +8,10 @@ from django import forms
 from django.contrib import admin, messages
 from django.http import HttpRequest
 
-from . import alerts, canary, tasks
-from .models import AlertDelivery, AlertTarget, CanaryRun, CanarySchedule, Incident, WorkerEndpoint
-from .net import UrlRefused, safe_host, url_check
-from .selectors import agents_presence
+from watch_app import alerts, canary, tasks
+from watch_app.models import AlertDelivery, AlertTarget, CanaryRun, CanarySchedule, Incident, WorkerEndpoint
+from watch_app.net import UrlRefused, safe_host, url_check
+from watch_app.selectors import agents_presence
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
