@@ -9,6 +9,7 @@ import hashlib
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -125,7 +126,7 @@ def _client_scope(client: ApiClient) -> ClientScope:
 
 
 def ruleset_build(
-    rules: list[DispatchRule] | None = None, *, extra: list[RuleSpec] = (), version: int = 0
+    rules: list[DispatchRule] | None = None, *, extra: Sequence[RuleSpec] = (), version: int = 0
 ) -> RuleSet:
     """Compile rules (all rows when None). A row that no longer compiles is skipped with a
     warning rather than taking every token request down."""
@@ -199,7 +200,3 @@ def config_invalidate() -> None:
     """Drop this process's compiled configuration (after a change made here)."""
     global _current
     _current = None
-
-
-def api_client_by_key(key: str) -> ClientScope | None:
-    return config_get().clients.get(key_digest(key))

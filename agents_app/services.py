@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import secrets
 import uuid
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -81,7 +82,7 @@ def api_client_create(
     *,
     name: str,
     room_patterns: list[str],
-    agent_names: list[str] = (),
+    agent_names: Sequence[str] = (),
     client_agents: bool = False,
     max_ttl_s: int = DEFAULT_TTL_S,
     **fields: Any,

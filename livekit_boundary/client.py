@@ -255,7 +255,9 @@ def _install_fast_auth(api: LiveKitAPI, api_key: str, api_secret: str) -> None:
         # grants) keeps the SDK's signer.
         original = service._auth_header
 
-        def header(grants: VideoGrants | None, sip: Any = None, _original: Any = original) -> dict[str, str]:
+        def header(
+            grants: VideoGrants | None, sip: Any = None, _original: Callable[..., dict[str, str]] = original
+        ) -> dict[str, str]:
             if sip is not None:
                 return _original(grants, sip)
             return auth(grants)

@@ -29,7 +29,10 @@ def precise_time(value: datetime | None) -> str:
 def _precise_field(model: type[models.Model], name: str) -> Callable[[Any, Any], str]:
     """A read-only admin field showing the model's datetime `name` to the millisecond."""
 
-    @admin.display(description=model._meta.get_field(name).verbose_name, ordering=name)
+    field = model._meta.get_field(name)
+    description = field.verbose_name if isinstance(field, models.Field) else name
+
+    @admin.display(description=description, ordering=name)
     def show(modeladmin: Any, obj: Any) -> str:
         return precise_time(getattr(obj, name))
 

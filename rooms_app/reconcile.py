@@ -460,7 +460,7 @@ class ReconcilePass:
         ids = sorted(rooms)
         for start in range(0, len(ids), NAME_CHUNK):
             chunk = ids[start : start + NAME_CHUNK]
-            earliest = min((rooms[i].started_at for i in chunk if rooms[i].started_at), default=None)
+            earliest = min((t for i in chunk if (t := rooms[i].started_at)), default=None)
             query = Dispatch.objects.filter(room_id__in=chunk, ended_at__isnull=False).exclude(
                 status__in=LIVE_STATUSES
             )

@@ -78,11 +78,11 @@ def webhook_event_problems(*, event: Any) -> dict[str, list[str]]:
     written, so a signed but absurd event is a 400, not a database error."""
     problems: dict[str, list[str]] = {}
 
-    def check(field: str, value: str, limit: int, *, name: bool = False) -> None:
-        if len(value) > limit:
+    def check(field: str, value: str, limit: int | None, *, name: bool = False) -> None:
+        if limit is not None and len(value) > limit:
             problems[field] = [f"Ensure this field has no more than {limit} characters."]
-        elif name and name_problem(value):
-            problems[field] = [name_problem(value)]
+        elif name and (problem := name_problem(value)):
+            problems[field] = [problem]
 
     check("id", event.id, Field.EVENT_ID_MAX)
     check("event", event.event, Field.EVENT_MAX)
@@ -128,6 +128,7 @@ def webhook_event_handle(*, event: Any) -> WebhookOutcome:
     if not name or is_canary_room(name):
         return outcome  # canary probe rooms never enter the ledger
     kind = event.event
+    room: Room | None
     if kind == "room_started":
         room = room_started(
             name=name,

@@ -9,6 +9,7 @@ with retries and exponential backoff, counted against the target's hourly rate l
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -183,7 +184,7 @@ def _deliveries_create(*, incident: Incident, event: str, now: datetime) -> list
         created.append(delivery)
         if not limited:
             # robust: a broker that is down must not undo the incident; the sweep sends it later.
-            transaction.on_commit(lambda pk=delivery.pk: send(pk, 1), robust=True)
+            transaction.on_commit(functools.partial(send, delivery.pk, 1), robust=True)
     return created
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -100,7 +101,7 @@ def _presence(name: str, endpoints: list[WorkerEndpoint], seen: dict, now: datet
         for e in endpoints
     ]
     joined, job = seen.get("joined"), seen.get("job")
-    common = {"workers": views, "last_joined_at": joined, "last_job_at": job}
+    answer = functools.partial(Presence, name, workers=views, last_joined_at=joined, last_job_at=job)
     if endpoints:
         fresh = [
             e for e in endpoints if e.healthy and e.answered_at and now - e.answered_at <= _fresh_window()
@@ -110,43 +111,26 @@ def _presence(name: str, endpoints: list[WorkerEndpoint], seen: dict, now: datet
             lowest = min(e.load or 0.0 for e in fresh)
             jobs = sum(e.active_jobs or 0 for e in fresh)
             if lowest >= full_load:
-                return Presence(
-                    name, PresenceState.FULL, f"workers for '{name}' are full (load {lowest:.2f})", **common
-                )
-            return Presence(
-                name,
+                return answer(PresenceState.FULL, f"workers for '{name}' are full (load {lowest:.2f})")
+            return answer(
                 PresenceState.ONLINE,
                 f"{len(fresh)} worker(s) online for '{name}' (load {lowest:.2f}, {jobs} active job(s))",
-                **common,
             )
         answered = [e.answered_at for e in endpoints if e.answered_at]
         if answered:
-            return Presence(
-                name,
-                PresenceState.STALE,
-                f"workers for '{name}' answered {_ago(now, max(answered))}",
-                **common,
-            )
+            return answer(PresenceState.STALE, f"workers for '{name}' answered {_ago(now, max(answered))}")
         errors = "; ".join(sorted({e.last_error for e in endpoints if e.last_error}))
-        return Presence(
-            name,
-            PresenceState.OFFLINE,
-            f"no worker online for '{name}'" + (f" ({errors})" if errors else ""),
-            **common,
+        return answer(
+            PresenceState.OFFLINE, f"no worker online for '{name}'" + (f" ({errors})" if errors else "")
         )
     last = max((t for t in (joined, job) if t), default=None)
     if last is not None and now - last <= timedelta(hours=1):
-        return Presence(
-            name,
+        return answer(
             PresenceState.SEEN,
             f"an agent '{name}' took a job or joined a room {_ago(now, last)} (no health URL registered)",
-            **common,
         )
-    return Presence(
-        name,
-        PresenceState.UNKNOWN,
-        f"no health URL registered for '{name}' and no agent seen in the last hour",
-        **common,
+    return answer(
+        PresenceState.UNKNOWN, f"no health URL registered for '{name}' and no agent seen in the last hour"
     )
 
 

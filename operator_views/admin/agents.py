@@ -122,15 +122,18 @@ class AgentAdmin(SightingsMixin, SimpleHistoryAdmin):
     def last_seen(self, agent: Agent) -> str:
         if agent.pk is None:
             return "-"
-        if not hasattr(agent, "sighting"):  # the change form: one agent
-            agent.sighting = agents_last_seen(agent_names=[agent.agent_name]).get(agent.agent_name)
-        if agent.sighting is None:
+        sighting: AgentSighting | None
+        if hasattr(agent, "sighting"):  # the changelist looked up every row's at once
+            sighting = agent.sighting
+        else:  # the change form: one agent
+            sighting = agents_last_seen(agent_names=[agent.agent_name]).get(agent.agent_name)
+        if sighting is None:
             return format_html(
                 '<span class="dp-never-seen" title="{}">&#9888; {}</span>',
                 never_seen_warning(agent.agent_name),
                 NEVER_SEEN,
             )
-        return sighting_text(agent.sighting)
+        return sighting_text(sighting)
 
     def save_model(self, request: HttpRequest, obj: Agent, form: Any, change: bool) -> None:
         super().save_model(request, obj, form, change)

@@ -279,7 +279,7 @@ def facts_gather(room_name: str, now: datetime, scope: Scope = EVERYTHING) -> Fa
     lk = _livekit_facts(room_name)
     ledger_room = Room.objects.filter(name=room_name).first()
     ledger: list[Dispatch] = []
-    in_room: set[str] = {p.agent_name for p in lk.agents} | {d.agent_name for d in lk.dispatches}
+    in_room: set[str] = {p.agent_name or "" for p in lk.agents} | {d.agent_name for d in lk.dispatches}
     if ledger_room is not None:
         ledger = list(Dispatch.objects.filter(room=ledger_room).order_by("-id")[:200])
         in_room |= {d.agent_name for d in ledger}

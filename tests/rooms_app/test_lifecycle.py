@@ -9,7 +9,7 @@ from django.utils import timezone
 from livekit_boundary.client import LiveKitUnavailable, livekit_call
 from rooms_app import services
 from rooms_app.models import Dispatch, DispatchEvent, Room
-from tests.factories import AgentFactory, RuleFactory
+from tests.factories import AgentFactory, RuleFactory, token_dispatches_record
 
 from .conftest import agents_in, create_dispatch_calls, eventually
 
@@ -194,7 +194,7 @@ def test_token_agents_ignored_because_the_room_existed_are_dispatched_explicitly
     lk.control.add_worker("support-agent")
     AgentFactory(agent_name="support-agent")
     lk.control.create_rooms([{"name": "support-2"}])
-    [dispatch] = services.token_dispatches_record(
+    [dispatch] = token_dispatches_record(
         room_name="support-2",
         participant_identity="alice",
         agents=[{"agent_name": "support-agent", "rule": "r", "metadata": "", "delivery": "token"}],
