@@ -147,9 +147,16 @@ class CanarySummary:
     runs: int
 
 
+def percentile(values: list[float], fraction: float) -> float | None:
+    """The value at `fraction` of the sorted values (rounded index); None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))]
+
+
 def canaries_summary(*, window: int = 20) -> list[CanarySummary]:
     """Each canary's latest outcome and its dispatch-to-join p50/p95 over the last `window` runs."""
-    from .canary import percentile
     from .models import CanaryRun, CanarySchedule
 
     out = []
