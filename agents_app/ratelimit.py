@@ -79,7 +79,8 @@ def _lease_take(counter: str, limit: int) -> int | None:
         with client.pipeline(transaction=False) as pipe:
             pipe.incrby(counter, size)
             pipe.expire(counter, WINDOW_S * 2)
-            count, _ = pipe.execute()
+            counted, _ = pipe.execute()
+            count = int(counted)
     except REDIS_ERRORS:
         redis_down_mark()
         logger.warning("rate limit not counted: Redis unreachable (failing open)")

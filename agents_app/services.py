@@ -12,7 +12,7 @@ from typing import Any
 from django.conf import settings
 from django.core.cache import cache
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, QuerySet
 from redis.exceptions import RedisError
 
 from dispatchportal.exceptions import ApplicationError, Forbidden
@@ -20,7 +20,7 @@ from dispatchportal.reserved import CANARY_ROOM_PREFIX, is_canary_room
 from livekit_boundary.tokens import claims_build, token_sign
 
 from . import ratelimit
-from .models import Agent, ApiClient, RuleSetVersion
+from .models import Agent, ApiClient, DispatchRule, RuleSetVersion
 from .room_facts import room_facts
 from .rules import AppliedAgent, Join, MetadataTooLarge, RuleSet, RuleSpec
 from .selectors import (
@@ -276,8 +276,6 @@ def rules_explain(*, join: Join, draft: RuleSpec | None = None, scope: Scope = E
     if draft is None:
         ruleset: RuleSet = config_get().rules
     else:
-        from .models import DispatchRule
-
         rows = list(DispatchRule.objects.select_related("agent").exclude(name=draft.name))
         ruleset = ruleset_build(rows, extra=[draft])
     evaluation = ruleset.evaluate(join, explain=True)
@@ -310,7 +308,7 @@ def rules_explain(*, join: Join, draft: RuleSpec | None = None, scope: Scope = E
 
 
 @transaction.atomic
-def rules_set_enabled(*, rules: Any, enabled: bool) -> int:
+def rules_set_enabled(*, rules: QuerySet[DispatchRule], enabled: bool) -> int:
     count = rules.update(enabled=enabled)
     ruleset_bump()
     return count
@@ -319,8 +317,6 @@ def rules_set_enabled(*, rules: Any, enabled: bool) -> int:
 @transaction.atomic
 def rules_duplicate(*, rules: Any) -> int:
     """Copy each rule, disabled, named 'copy of …' (a copy must not clash with its source)."""
-    from .models import DispatchRule
-
     count = 0
     for rule in rules:
         copy = DispatchRule.objects.get(pk=rule.pk)
@@ -333,8 +329,6 @@ def rules_duplicate(*, rules: Any) -> int:
 
 
 def _free_name(base: str) -> str:
-    from .models import DispatchRule
-
     name, n = base, 2
     while DispatchRule.objects.filter(name=name).exists():
         name, n = f"{base} ({n})", n + 1
@@ -342,7 +336,7 @@ def _free_name(base: str) -> str:
 
 
 @transaction.atomic
-def api_clients_revoke(*, clients: Any) -> int:
+def api_clients_revoke(*, clients: QuerySet[ApiClient]) -> int:
     count = clients.update(enabled=False)
     ruleset_bump()
     return count

@@ -22,8 +22,9 @@ from django.db import IntegrityError, transaction
 
 from dispatchportal import metrics
 from dispatchportal.exceptions import ApplicationError
+from dispatchportal.limits import MAX_NAME_LENGTH
 from dispatchportal.reserved import is_canary_room
-from dispatchportal.serializers import MAX_NAME_LENGTH, name_problem
+from dispatchportal.serializers import name_problem
 from livekit_boundary.client import participant_from_proto
 from livekit_boundary.webhooks import webhook_verify
 

@@ -71,7 +71,7 @@ def signature(*, secret: str, body: bytes) -> str:
 def backoff_s(attempt: int) -> float:
     """Delay before retry `attempt` (1-based): exponential with equal jitter, capped."""
     base = float(settings.ALERT_RETRY_BACKOFF_S)
-    step = min(float(settings.ALERT_RETRY_BACKOFF_MAX_S), base * 2 ** (attempt - 1))
+    step = min(float(settings.ALERT_RETRY_BACKOFF_MAX_S), base * 2.0 ** (attempt - 1))
     return step / 2 + random.uniform(0, step / 2)
 
 

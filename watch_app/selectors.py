@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db.models import Max
@@ -70,7 +71,7 @@ def agents_presence(*, agent_names: list[str], now: datetime | None = None) -> d
         "agent"
     ):
         endpoints.setdefault(e.agent.agent_name, []).append(e)
-    seen: dict[str, dict] = {
+    seen: dict[str, dict[str, Any]] = {
         row["agent_name"]: dict(row)
         for row in Dispatch.objects.filter(agent_name__in=agent_names)
         .exclude(joined_at__isnull=True, job_assigned_at__isnull=True)
@@ -93,7 +94,7 @@ def agent_presence(*, agent_name: str, now: datetime | None = None) -> Presence:
     return agents_presence(agent_names=[agent_name], now=now)[agent_name]
 
 
-def _presence(name: str, endpoints: list[WorkerEndpoint], seen: dict, now: datetime) -> Presence:
+def _presence(name: str, endpoints: list[WorkerEndpoint], seen: dict[str, Any], now: datetime) -> Presence:
     views = [
         WorkerView(
             e.url, e.healthy, e.load, e.active_jobs, e.answered_at, e.last_error, e.reported_agent_name
@@ -187,7 +188,7 @@ def canaries_summary(*, window: int = 20) -> list[CanarySummary]:
     return out
 
 
-def watch_dashboard(*, now: datetime | None = None) -> dict:
+def watch_dashboard(*, now: datetime | None = None) -> dict[str, Any]:
     """What the dashboard's 'Workers, canaries and alerts' block shows (template
     `watch_app/dashboard_block.html`): open incidents, each enabled agent's presence, canaries."""
     from agents_app.models import Agent

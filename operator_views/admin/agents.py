@@ -19,7 +19,7 @@ from simple_history.admin import SimpleHistoryAdmin
 from agents_app import services
 from agents_app.models import Agent, ApiClient, DispatchRule
 from agents_app.rules import Join, RuleError, RuleSpec, rule_compile
-from agents_app.selectors import config_get
+from agents_app.selectors import config_get, key_digest
 from rooms_app.selectors import AgentSighting, agents_last_seen
 
 from ..helpers import duration_text
@@ -376,7 +376,7 @@ class ApiClientAdmin(SimpleHistoryAdmin):
         key = None
         if not change:
             key = services.api_key_generate()
-            obj.key_prefix, obj.key_digest = key[:12], services.key_digest(key)
+            obj.key_prefix, obj.key_digest = key[:12], key_digest(key)
         super().save_model(request, obj, form, change)
         if key:
             _show_key_once(request, obj, key)
