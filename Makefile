@@ -50,9 +50,12 @@ livekit-server:
 	  GOBIN=$(CURDIR)/.bin/go CGO_ENABLED=0 $(GO) install github.com/livekit/livekit-server/cmd/server@$(LIVEKIT_SERVER_VERSION) && \
 	  mv .bin/go/server $(LIVEKIT_SERVER) && $(LIVEKIT_SERVER) --version; fi
 
+# Style, the one-way layers (import-linter's contracts in pyproject.toml) and the types (mypy).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf var

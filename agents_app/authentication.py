@@ -24,7 +24,7 @@ class ClientPrincipal:
 
 
 class ApiClientAuthentication(authentication.BaseAuthentication):
-    def authenticate(self, request):  # type: ignore[no-untyped-def]
+    def authenticate(self, request):
         header = request.META.get("HTTP_AUTHORIZATION", "")
         if not header:
             return None
@@ -40,14 +40,14 @@ class ApiClientAuthentication(authentication.BaseAuthentication):
             raise exceptions.AuthenticationFailed("This API client is disabled.")
         return ClientPrincipal(client, config), client
 
-    def authenticate_header(self, request) -> str:  # type: ignore[no-untyped-def]
+    def authenticate_header(self, request) -> str:
         return 'Bearer realm="api"'
 
 
 class IsApiClient(permissions.BasePermission):
     message = "This endpoint needs an API client key: 'Authorization: Bearer dpk_...'."
 
-    def has_permission(self, request, view) -> bool:  # type: ignore[no-untyped-def]
+    def has_permission(self, request, view) -> bool:
         return isinstance(request.auth, ClientScope)
 
 
@@ -56,7 +56,7 @@ class IsApiClientOrStaffWith(permissions.BasePermission):
     permissions the view names per method in `staff_permissions`: the API grants staff what
     the admin grants them. A superuser has every permission."""
 
-    def has_permission(self, request, view) -> bool:  # type: ignore[no-untyped-def]
+    def has_permission(self, request, view) -> bool:
         if isinstance(request.auth, ClientScope):
             return True
         user = request.user
@@ -71,14 +71,14 @@ class IsApiClientOrStaffWith(permissions.BasePermission):
         return True
 
 
-def staff_permissions_needed(view, method: str) -> tuple[str, ...]:  # type: ignore[no-untyped-def]
+def staff_permissions_needed(view, method: str) -> tuple[str, ...]:
     """The permissions `view.staff_permissions` names for `method` (OPTIONS/HEAD as GET; a
     method the view does not serve needs none and is answered 405)."""
     method = "GET" if method in ("HEAD", "OPTIONS") else method
     return tuple(view.staff_permissions.get(method, ()))
 
 
-def request_scope(request) -> Scope:  # type: ignore[no-untyped-def]
+def request_scope(request) -> Scope:
     """The caller's scope: a client key's, or everything for a staff session that passed
     `IsApiClientOrStaffWith` (or a superuser)."""
     auth = getattr(request, "auth", None)
@@ -91,5 +91,5 @@ class ApiClientKeyScheme(OpenApiAuthenticationExtension):
     target_class = ApiClientAuthentication
     name = "apiClientKey"
 
-    def get_security_definition(self, auto_schema):  # type: ignore[no-untyped-def]
+    def get_security_definition(self, auto_schema):
         return {"type": "http", "scheme": "bearer", "bearerFormat": "dpk_… API client key"}

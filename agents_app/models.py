@@ -10,6 +10,8 @@ from simple_history.models import HistoricalRecords
 
 from dispatchportal.reserved import CANARY_ROOM_PREFIX, pattern_reaches_canary_rooms
 
+from .rules import RuleError, RuleSpec, rule_compile
+
 
 class MatchKind(models.TextChoices):
     EXACT = "exact", "Exact"
@@ -168,14 +170,33 @@ class DispatchRule(models.Model):
     def __str__(self) -> str:
         return self.name
 
-    def clean(self) -> None:
-        from .rules import RuleError, rule_compile
-        from .selectors import rule_spec
+    def spec(self) -> RuleSpec:
+        """The rule as `rules` compiles it (with its agent's name, state and default metadata)."""
+        agent = self.agent
+        return RuleSpec(
+            name=self.name,
+            agent_name=agent.agent_name,
+            room_kind=self.room_match_kind,
+            room_value=self.room_match_value,
+            priority=self.priority,
+            enabled=self.enabled,
+            agent_enabled=agent.enabled,
+            identity_kind=self.identity_match_kind,
+            identity_value=self.identity_match_value,
+            attributes=self.attribute_conditions or {},
+            default_metadata=agent.default_metadata,
+            metadata_template=self.metadata_template,
+            delivery=self.delivery,
+            stop=self.stop,
+            deployment=self.deployment,
+            dispatch_attributes=self.dispatch_attributes or {},
+        )
 
+    def clean(self) -> None:
         if self.agent_id is None:
             return  # the required-field error is reported on `agent`
         try:
-            rule_compile(rule_spec(self))
+            rule_compile(self.spec())
         except RuleError as exc:
             raise ValidationError({exc.field: exc.message}) from None
         if self.enabled and self._same_match_exists():

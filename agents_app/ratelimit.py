@@ -77,7 +77,10 @@ def _lease_take(counter: str, limit: int) -> int | None:
         if client is None:  # this process started while Redis was down
             raise ConnectionError("Redis unreachable")
         with client.pipeline(transaction=False) as pipe:
-            count, _ = pipe.incrby(counter, size).expire(counter, WINDOW_S * 2).execute()
+            pipe.incrby(counter, size)
+            pipe.expire(counter, WINDOW_S * 2)
+            counted, _ = pipe.execute()
+            count = int(counted)
     except REDIS_ERRORS:
         redis_down_mark()
         logger.warning("rate limit not counted: Redis unreachable (failing open)")

@@ -9,6 +9,7 @@ import hashlib
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -103,28 +104,6 @@ class Config:
     agents: dict[str, bool]  # agent name -> enabled
 
 
-def rule_spec(rule: DispatchRule) -> RuleSpec:
-    agent = rule.agent
-    return RuleSpec(
-        name=rule.name,
-        agent_name=agent.agent_name,
-        room_kind=rule.room_match_kind,
-        room_value=rule.room_match_value,
-        priority=rule.priority,
-        enabled=rule.enabled,
-        agent_enabled=agent.enabled,
-        identity_kind=rule.identity_match_kind,
-        identity_value=rule.identity_match_value,
-        attributes=rule.attribute_conditions or {},
-        default_metadata=agent.default_metadata,
-        metadata_template=rule.metadata_template,
-        delivery=rule.delivery,
-        stop=rule.stop,
-        deployment=rule.deployment,
-        dispatch_attributes=rule.dispatch_attributes or {},
-    )
-
-
 def _client_scope(client: ApiClient) -> ClientScope:
     patterns = []
     for pattern in client.room_patterns or []:
@@ -147,14 +126,14 @@ def _client_scope(client: ApiClient) -> ClientScope:
 
 
 def ruleset_build(
-    rules: list[DispatchRule] | None = None, *, extra: list[RuleSpec] = (), version: int = 0
+    rules: list[DispatchRule] | None = None, *, extra: Sequence[RuleSpec] = (), version: int = 0
 ) -> RuleSet:
     """Compile rules (all rows when None). A row that no longer compiles is skipped with a
     warning rather than taking every token request down."""
     if rules is None:
         rules = list(DispatchRule.objects.select_related("agent"))
     compiled: list[CompiledRule] = []
-    for spec in [rule_spec(r) for r in rules] + list(extra):
+    for spec in [r.spec() for r in rules] + list(extra):
         try:
             compiled.append(rule_compile(spec))
         except RuleError as exc:
@@ -221,7 +200,3 @@ def config_invalidate() -> None:
     """Drop this process's compiled configuration (after a change made here)."""
     global _current
     _current = None
-
-
-def api_client_by_key(key: str) -> ClientScope | None:
-    return config_get().clients.get(key_digest(key))

@@ -5,21 +5,23 @@ from __future__ import annotations
 import logging
 import secrets
 import uuid
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from django.conf import settings
 from django.core.cache import cache
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, QuerySet
 from redis.exceptions import RedisError
 
 from dispatchportal.exceptions import ApplicationError, Forbidden
 from dispatchportal.reserved import CANARY_ROOM_PREFIX, is_canary_room
-from rooms_app import services as room_services
+from livekit_boundary.tokens import claims_build, token_sign
 
 from . import ratelimit
-from .models import Agent, ApiClient, RuleSetVersion
+from .models import Agent, ApiClient, DispatchRule, RuleSetVersion
+from .room_facts import room_facts
 from .rules import AppliedAgent, Join, MetadataTooLarge, RuleSet, RuleSpec
 from .selectors import (
     CHANGE_MARKER_KEY,
@@ -32,7 +34,6 @@ from .selectors import (
     key_digest,
     ruleset_build,
 )
-from .tokens import claims_build, token_sign
 
 logger = logging.getLogger(__name__)
 KEY_PREFIX = "dpk_"
@@ -81,7 +82,7 @@ def api_client_create(
     *,
     name: str,
     room_patterns: list[str],
-    agent_names: list[str] = (),
+    agent_names: Sequence[str] = (),
     client_agents: bool = False,
     max_ttl_s: int = DEFAULT_TTL_S,
     **fields: Any,
@@ -221,7 +222,7 @@ def token_mint(*, client: ClientScope, request: TokenRequest, config: Config | N
         # LiveKit applies a token's agents only when that join creates the room
         # (livekit/livekit#4390): for a room the ledger knows is live, they are dispatched
         # explicitly instead.
-        room_exists = room_services.token_fact_record(
+        room_exists = room_facts().token_fact_record(
             room_name=room, participant_identity=identity, agents=agents, client=client.name
         )
     if room_exists:
@@ -248,7 +249,7 @@ def token_mint(*, client: ClientScope, request: TokenRequest, config: Config | N
         room_exists=room_exists,
     )
     if agents:
-        room_services.token_facts_apply_schedule()
+        room_facts().token_facts_apply_schedule()
     return minted
 
 
@@ -275,8 +276,6 @@ def rules_explain(*, join: Join, draft: RuleSpec | None = None, scope: Scope = E
     if draft is None:
         ruleset: RuleSet = config_get().rules
     else:
-        from .models import DispatchRule
-
         rows = list(DispatchRule.objects.select_related("agent").exclude(name=draft.name))
         ruleset = ruleset_build(rows, extra=[draft])
     evaluation = ruleset.evaluate(join, explain=True)
@@ -309,7 +308,7 @@ def rules_explain(*, join: Join, draft: RuleSpec | None = None, scope: Scope = E
 
 
 @transaction.atomic
-def rules_set_enabled(*, rules: Any, enabled: bool) -> int:
+def rules_set_enabled(*, rules: QuerySet[DispatchRule], enabled: bool) -> int:
     count = rules.update(enabled=enabled)
     ruleset_bump()
     return count
@@ -318,8 +317,6 @@ def rules_set_enabled(*, rules: Any, enabled: bool) -> int:
 @transaction.atomic
 def rules_duplicate(*, rules: Any) -> int:
     """Copy each rule, disabled, named 'copy of …' (a copy must not clash with its source)."""
-    from .models import DispatchRule
-
     count = 0
     for rule in rules:
         copy = DispatchRule.objects.get(pk=rule.pk)
@@ -332,8 +329,6 @@ def rules_duplicate(*, rules: Any) -> int:
 
 
 def _free_name(base: str) -> str:
-    from .models import DispatchRule
-
     name, n = base, 2
     while DispatchRule.objects.filter(name=name).exists():
         name, n = f"{base} ({n})", n + 1
@@ -341,7 +336,7 @@ def _free_name(base: str) -> str:
 
 
 @transaction.atomic
-def api_clients_revoke(*, clients: Any) -> int:
+def api_clients_revoke(*, clients: QuerySet[ApiClient]) -> int:
     count = clients.update(enabled=False)
     ruleset_bump()
     return count

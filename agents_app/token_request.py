@@ -112,7 +112,8 @@ def _room_config(value: Any) -> list[dict[str, str]]:
     agents = value.get("agents", [])
     if not isinstance(agents, list):
         raise _Invalid({"agents": ['Expected a list of {"agent_name", "metadata"}.']})
-    parsed, errors = [], []
+    parsed: list[dict[str, str]] = []
+    errors: list[Any] = []
     for item in agents:
         try:
             parsed.append(_agent(item))

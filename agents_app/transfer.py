@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import models, transaction
 
 from .models import Agent, DispatchRule
 from .services import ruleset_bump
@@ -87,8 +87,8 @@ def _diff(obj: Any, fields: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     return changes
 
 
-def _apply(model: type, key: str, name: str, fields: dict[str, Any], lines: list[str]) -> Any:
-    obj = model.objects.filter(**{key: name}).first()
+def _apply(model: type[models.Model], key: str, name: str, fields: dict[str, Any], lines: list[str]) -> Any:
+    obj = model._default_manager.filter(**{key: name}).first()
     label = f"{model._meta.verbose_name} '{name}'"
     if obj is None:
         obj = model(**{key: name}, **fields)

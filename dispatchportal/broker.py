@@ -31,7 +31,8 @@ from kombu.utils.json import dumps
 
 
 class Channel(filesystem.Channel):
-    def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:
+    # kombu's filesystem Channel names the message `payload` where its base says `message`.
+    def _put(self, queue: Any, payload: Any, **kwargs: Any) -> None:  # type: ignore[override]
         name = f"{int(round(monotonic() * 1000))}_{uuid.uuid4()}.{queue}.msg"
         # A leading dot: `_get` only takes names ending in ".<queue>.msg" after the first dot.
         temporary = os.path.join(self.data_folder_out, f".{name}.tmp")

@@ -15,7 +15,7 @@ from rest_framework.views import exception_handler as drf_exception_handler
 class ApplicationError(Exception):
     """An error a caller can act on; subclasses fix the status and the error code."""
 
-    status_code = status.HTTP_400_BAD_REQUEST
+    status_code: int = status.HTTP_400_BAD_REQUEST
     code = "invalid"
 
     def __init__(self, detail: Any, *, field: str | None = None) -> None:
@@ -38,11 +38,6 @@ class Conflict(ApplicationError):
     code = "conflict"
 
 
-class ServiceUnavailable(ApplicationError):
-    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-    code = "livekit_unavailable"
-
-
 _CODES = {
     400: "invalid",
     401: "unauthenticated",
@@ -56,7 +51,7 @@ _CODES = {
 }
 
 
-def exception_handler(exc: Exception, context: dict) -> Response | None:
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, DjangoValidationError):
         detail = exc.message_dict if hasattr(exc, "error_dict") else exc.messages
         exc = exceptions.ValidationError(detail)

@@ -31,7 +31,7 @@ from prometheus_client import multiprocess  # noqa: E402  (needs the directory s
 preload_app = True
 
 
-def pre_fork(server, worker) -> None:  # type: ignore[no-untyped-def]
+def pre_fork(server, worker) -> None:
     if "django.db" in sys.modules:
         from django.core.cache import caches
         from django.db import connections
@@ -40,5 +40,5 @@ def pre_fork(server, worker) -> None:  # type: ignore[no-untyped-def]
         caches.close_all()
 
 
-def child_exit(server, worker) -> None:  # type: ignore[no-untyped-def]
+def child_exit(server, worker) -> None:
     multiprocess.mark_process_dead(worker.pid)

@@ -104,7 +104,7 @@ def _redis(timeout_s: float) -> None:
 def _livekit(timeout_s: float) -> None:
     """One cheap, authenticated call (ListRooms of a reserved probe name): reachable and
     accepting the credentials."""
-    from rooms_app.livekit_client import LiveKitAuthRejected, LiveKitError, LiveKitUnavailable, livekit_run
+    from livekit_boundary.client import LiveKitAuthRejected, LiveKitError, LiveKitUnavailable, livekit_run
 
     async def probe(client: Any) -> None:
         await client.list_rooms([f"{CANARY_ROOM_PREFIX}probe"])

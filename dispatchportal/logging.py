@@ -107,7 +107,7 @@ def _on_publish(headers: dict[str, Any] | None = None, **_: Any) -> None:
         headers[_HEADER_KEY] = carried
 
 
-_task_tokens: dict[str, tuple[contextvars.Token, contextvars.Token]] = {}
+_task_tokens: dict[str, tuple[contextvars.Token[str], contextvars.Token[dict[str, str] | None]]] = {}
 
 
 def _dispatch_id(task: Any, args: tuple[Any, ...] | None, kwargs: dict[str, Any] | None) -> Any:

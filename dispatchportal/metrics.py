@@ -100,11 +100,11 @@ LIVEKIT_API_ERRORS = Counter(
 )
 
 
-def _safe(fn):  # type: ignore[no-untyped-def]
+def _safe(fn):
     """A metric that cannot be written (full disk, unwritable directory) is logged, never
     raised: the token or the dispatch matters more than its count."""
 
-    def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def wrapper(*args, **kwargs):
         try:
             fn(*args, **kwargs)
         except (OSError, ValueError) as exc:
@@ -217,7 +217,7 @@ def livekit_error_record(*, method: str, code: str) -> None:
 
 
 def livekit_error_counted(error: E) -> E:
-    """Count a LiveKit client error (a `livekit_client.LiveKitError`) and hand it back, so the
+    """Count a LiveKit client error (a `livekit_boundary.client.LiveKitError`) and hand it back, so the
     client can `raise livekit_error_counted(...)`. Code: LiveKit's Twirp code, else `http_<status>`,
     else what went wrong on the way (timeout, unreachable)."""
     code = getattr(error, "code", "") or ""
@@ -272,8 +272,8 @@ def metrics_collect(*, accept: str = "") -> tuple[bytes, str]:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         multiprocess.MultiProcessCollector(registry)
     else:
-        registry.register(_ThisProcess())  # type: ignore[arg-type]
-    registry.register(TablesCollector())  # type: ignore[arg-type]
+        registry.register(_ThisProcess())
+    registry.register(TablesCollector())
     return encoder(registry), content_type
 
 

@@ -58,8 +58,8 @@ def json_problems(data: Any) -> dict[str, list[str]]:
         for key, item in items:
             name = printable_key(key) if isinstance(key, str) else str(key)
             child = f"{path}.{name}" if path else name
-            if isinstance(key, str) and text_problem(key):
-                return {child: [text_problem(key)]}
+            if isinstance(key, str) and (problem := text_problem(key)):
+                return {child: [problem]}
             stack.append((item, child, depth + 1))
     return {}
 

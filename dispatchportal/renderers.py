@@ -18,5 +18,6 @@ class JSONRenderer(renderers.JSONRenderer):
         try:
             return super().render(data, accepted_media_type, renderer_context)
         except UnicodeEncodeError:
-            self.ensure_ascii = True  # per instance: DRF builds a renderer per response
+            # per instance: DRF builds a renderer per response (its stubs call it a ClassVar)
+            self.ensure_ascii = True  # type: ignore[misc]
             return super().render(data, accepted_media_type, renderer_context)

@@ -33,6 +33,7 @@ from django.apps import apps
 from django.conf import settings
 from django.db import DatabaseError, connection, models, transaction
 from django.db.models import Exists, OuterRef, Q
+from django.db.models.expressions import Combinable
 from django.utils import timezone
 
 logger = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ class Table:
     oldest_by: str
     setting: str = ""
     expires_by: str = ""
-    deletable: Callable[[], Q | Exists] = field(default=lambda: Q())
+    deletable: Callable[[], Q | Exists | Combinable] = field(default=lambda: Q())  # Q & ~Exists: Combinable
     keep_live: Callable[[list[int]], list[int]] | None = None
 
     def model_class(self) -> type[models.Model]:

@@ -66,6 +66,7 @@ INSTALLED_APPS = [
     "agents_app",
     "rooms_app",
     "watch_app",
+    "operator_views",  # the operator's pages over all three: admin, dashboard, doctor
 ]
 
 MIDDLEWARE = [
@@ -137,7 +138,7 @@ if REDIS_URL:
     CELERY_BROKER_TRANSPORT = "dispatchportal.broker:RedisTransport"  # survives a Redis restart
     # max_retries 0: a publish while Redis is down fails at once (callers on the request path
     # catch it) instead of retrying for about 6 s (kombu's default connect retries).
-    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600, "max_retries": 0}
+    CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {"visibility_timeout": 3600, "max_retries": 0}
     CACHES = {
         "default": {
             "BACKEND": "dispatchportal.cache.RedisCache",

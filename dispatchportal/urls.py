@@ -17,7 +17,7 @@ urlpatterns = [
     *admin_urlpatterns(),  # before admin/: admin's catch-all would answer them with a 404
     path("admin/", admin.site.urls),
     path("api/v1/", include("agents_app.urls")),
-    path("", include("rooms_app.doctor.urls")),
+    path("", include("operator_views.doctor.urls")),
     path("", include("rooms_app.urls")),
     path("metrics", metrics_view, name="metrics"),
     path("healthz", healthz, name="healthz"),

@@ -55,7 +55,7 @@ class TimelineStepSerializer(serializers.Serializer):
     key = serializers.ChoiceField(
         choices=["trigger", "requested", "job_assigned", "joined", "left", "verdict"]
     )
-    label = serializers.CharField()
+    label = serializers.CharField()  # type: ignore[assignment]  # a field named like DRF's Field attribute
     at = serializers.DateTimeField(allow_null=True)
     state = serializers.ChoiceField(choices=["done", "failed", "waiting", "skipped"])
     detail = serializers.CharField()
@@ -70,7 +70,7 @@ class DispatchOutputSerializer(serializers.Serializer):
     room_name = serializers.CharField(source="room.name")
     agent_name = serializers.CharField()
     status = serializers.ChoiceField(choices=Dispatch.Status.choices)
-    source = serializers.ChoiceField(choices=Dispatch.Source.choices)
+    source = serializers.ChoiceField(choices=Dispatch.Source.choices)  # type: ignore[assignment]  # a field named like DRF's Field attribute
     delivery = serializers.ChoiceField(choices=Dispatch.Delivery.choices)
     attempt = serializers.IntegerField()
     metadata = serializers.CharField()
@@ -266,7 +266,7 @@ class WantedAgentSerializer(serializers.Serializer):
     status = serializers.ChoiceField(choices=Dispatch.Status.choices)
     dispatch_id = serializers.IntegerField()
     attempt = serializers.IntegerField()
-    source = serializers.CharField()
+    source = serializers.CharField()  # type: ignore[assignment]  # a field named like DRF's Field attribute
     participant_identity = serializers.CharField()
     joined_at = serializers.DateTimeField(allow_null=True)
     last_error = serializers.CharField()

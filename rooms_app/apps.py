@@ -9,7 +9,9 @@ class RoomsAppConfig(AppConfig):
     def ready(self) -> None:
         # The services enqueue jobs through `services.jobs` and never import the tasks (which
         # import the services): the task objects are handed to them here, once.
-        from . import tasks
+        from agents_app.room_facts import room_facts_bind
+
+        from . import services, tasks
         from .services import jobs
 
         jobs.tasks_bind(
@@ -22,3 +24,6 @@ class RoomsAppConfig(AppConfig):
                 participant_remove=tasks.participant_remove,
             )
         )
+        # The token path (agents_app, the layer below) records its facts in the ledger through
+        # the port it declares; the module itself is bound, so each call finds today's function.
+        room_facts_bind(facts=services)

@@ -41,9 +41,9 @@ from agents_app.rules import Join
 from agents_app.selectors import config_get
 from dispatchportal import metrics
 from dispatchportal.reserved import is_canary_room
+from livekit_boundary.client import LiveKit, LiveKitError, LkParticipant, LkRoom, livekit_run
 
 from . import services
-from .livekit_client import LiveKit, LiveKitError, LkParticipant, LkRoom, livekit_run
 from .models import LIVE_STATUSES, WAITING_STATUSES, Dispatch, Room
 from .services.jobs import dispatch_deadline_enqueue, dispatch_request_enqueue
 from .services.matching import Verdict, participant_match
@@ -460,7 +460,7 @@ class ReconcilePass:
         ids = sorted(rooms)
         for start in range(0, len(ids), NAME_CHUNK):
             chunk = ids[start : start + NAME_CHUNK]
-            earliest = min((rooms[i].started_at for i in chunk if rooms[i].started_at), default=None)
+            earliest = min((t for i in chunk if (t := rooms[i].started_at)), default=None)
             query = Dispatch.objects.filter(room_id__in=chunk, ended_at__isnull=False).exclude(
                 status__in=LIVE_STATUSES
             )

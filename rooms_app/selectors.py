@@ -153,7 +153,7 @@ _STATUS_TTL_S = 15
 def livekit_status(*, timeout_s: float = 2.0) -> LiveKitStatus:
     """Can the portal reach LiveKit with its credentials? Asked with a short timeout and
     cached briefly, so admin pages showing it stay fast when LiveKit is down."""
-    from .livekit_client import LiveKitAuthRejected, LiveKitError, livekit_run
+    from livekit_boundary.client import LiveKitAuthRejected, LiveKitError, livekit_run
 
     with contextlib.suppress(Exception):
         cached = cache.get(_STATUS_KEY)
@@ -192,7 +192,7 @@ class TimelineStep:
     since_previous_s: float | None = None
 
 
-_TRIGGERS = {
+_TRIGGERS: dict[str, str] = {
     Dispatch.Source.TOKEN: "Token minted",
     Dispatch.Source.RULE: "Rule fired (room started)",
     Dispatch.Source.API: "Asked for through the API",
@@ -206,7 +206,7 @@ def dispatch_timeline(*, dispatch: Dispatch) -> list[TimelineStep]:
     """The dispatch's life from the fields the API returns: the token or trigger, the
     dispatch requested, the job assigned, then the agent joined (and left) or the verdict;
     each dated step with the seconds since the dated step before it."""
-    trigger_detail = {
+    details: dict[str, str] = {
         Dispatch.Source.TOKEN: f"for {dispatch.participant_identity_trigger}"
         if dispatch.participant_identity_trigger
         else "",
@@ -215,7 +215,8 @@ def dispatch_timeline(*, dispatch: Dispatch) -> list[TimelineStep]:
         Dispatch.Source.FALLBACK: f"replaces dispatch #{dispatch.previous_id}"
         if dispatch.previous_id
         else "",
-    }.get(dispatch.source, "")
+    }
+    trigger_detail = details.get(dispatch.source, "")
     in_token = dispatch.delivery == Dispatch.Delivery.TOKEN and dispatch.requested_at is None
     ended = dispatch.status in _ENDED_WITHOUT_AGENT
     steps = [
@@ -263,7 +264,7 @@ def dispatch_timeline(*, dispatch: Dispatch) -> list[TimelineStep]:
     answer, previous = [], None
     for step in steps:
         if step.at is not None:
-            gap = (step.at - previous).total_seconds() if previous is not None else None
+            gap: float | None = (step.at - previous).total_seconds() if previous is not None else None
             step = replace(step, since_previous_s=gap)
             previous = step.at
         answer.append(step)

@@ -27,8 +27,9 @@ from celery.exceptions import Retry
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
+from livekit_boundary.client import LiveKitUnavailable
+
 from . import reconcile, services
-from .livekit_client import LiveKitUnavailable
 
 logger = logging.getLogger(__name__)
 # The database connection dropped (PostgreSQL restarted, a backend terminated, a failover):

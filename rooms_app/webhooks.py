@@ -1,7 +1,7 @@
-"""LiveKit webhooks: verification and what each event changes in the ledger.
+"""LiveKit webhooks: what each verified event changes in the ledger.
 
-A webhook is trusted only if `WebhookReceiver` accepts it: a JWT signed with our API secret
-whose `sha256` claim is the hash of the exact body. Anything else is refused before a single
+A webhook is trusted only if `livekit_boundary.webhooks.webhook_verify` accepts it: a JWT
+signed with our API secret whose `sha256` claim is the hash of the exact body. Anything else is refused before a single
 row is written. Delivery is at-least-once and unordered across retries, so each event id is
 recorded in the same transaction as its effects: a redelivery finds the id and does nothing,
 and a failure rolls both back so LiveKit's retry is processed.
@@ -18,18 +18,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from django.conf import settings
 from django.db import IntegrityError, transaction
-from google.protobuf import json_format
-from livekit.api import TokenVerifier, WebhookReceiver
-from rest_framework import status
 
 from dispatchportal import metrics
 from dispatchportal.exceptions import ApplicationError
+from dispatchportal.limits import MAX_NAME_LENGTH
 from dispatchportal.reserved import is_canary_room
-from dispatchportal.serializers import MAX_NAME_LENGTH, name_problem
+from dispatchportal.serializers import name_problem
+from livekit_boundary.client import participant_from_proto
+from livekit_boundary.webhooks import webhook_verify
 
-from .livekit_client import participant_from_proto
 from .models import Room, WebhookEvent
 from .services import (
     agent_participant_joined,
@@ -56,47 +54,11 @@ class Field:
     AGENT_NAME_MAX = WebhookEvent._meta.get_field("agent_name").max_length
 
 
-class WebhookRejected(ApplicationError):
-    status_code = status.HTTP_401_UNAUTHORIZED
-    code = "unauthenticated"
-
-
 @dataclass(slots=True)
 class WebhookOutcome:
     event: str
     event_id: str
     duplicate: bool = False
-
-
-def webhook_verify(*, body: bytes, authorization: str) -> Any:
-    """The verified event (a `livekit.protocol.webhook.WebhookEvent`), or WebhookRejected."""
-    token = authorization.strip()
-    if token.lower().startswith("bearer "):
-        token = token[7:].strip()
-    if not token:
-        metrics.webhook_refused_record(reason="missing authorization")
-        raise WebhookRejected("missing Authorization header (a JWT signed with the LiveKit API secret)")
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        metrics.webhook_refused_record(reason="body not utf-8")
-        raise WebhookRejected("body is not UTF-8") from None
-    receiver = WebhookReceiver(TokenVerifier(settings.LIVEKIT_API_KEY, settings.LIVEKIT_API_SECRET))
-    try:
-        return receiver.receive(text, token)
-    except (json_format.ParseError, RecursionError):  # signed, but not a WebhookEvent
-        metrics.webhook_refused_record(reason="malformed body")
-        raise ApplicationError("body is not a LiveKit WebhookEvent (protojson)", field="body") from None
-    except Exception as exc:  # noqa: BLE001  the SDK raises bare Exception for a hash mismatch
-        # Name the kind of failure, never the token or the key.
-        reason = (
-            str(exc)
-            if str(exc) in ("hash mismatch", "sha256 was not found in the token")
-            else type(exc).__name__
-        )
-        logger.warning("webhook refused: %s", reason)
-        metrics.webhook_refused_record(reason=reason)
-        raise WebhookRejected(f"webhook signature or body hash invalid ({reason})") from None
 
 
 def webhook_receive(*, body: bytes, authorization: str) -> WebhookOutcome:
@@ -117,11 +79,11 @@ def webhook_event_problems(*, event: Any) -> dict[str, list[str]]:
     written, so a signed but absurd event is a 400, not a database error."""
     problems: dict[str, list[str]] = {}
 
-    def check(field: str, value: str, limit: int, *, name: bool = False) -> None:
-        if len(value) > limit:
+    def check(field: str, value: str, limit: int | None, *, name: bool = False) -> None:
+        if limit is not None and len(value) > limit:
             problems[field] = [f"Ensure this field has no more than {limit} characters."]
-        elif name and name_problem(value):
-            problems[field] = [name_problem(value)]
+        elif name and (problem := name_problem(value)):
+            problems[field] = [problem]
 
     check("id", event.id, Field.EVENT_ID_MAX)
     check("event", event.event, Field.EVENT_MAX)
@@ -167,6 +129,7 @@ def webhook_event_handle(*, event: Any) -> WebhookOutcome:
     if not name or is_canary_room(name):
         return outcome  # canary probe rooms never enter the ledger
     kind = event.event
+    room: Room | None
     if kind == "room_started":
         room = room_started(
             name=name,

@@ -9,6 +9,7 @@ with retries and exponential backoff, counted against the target's hourly rate l
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -70,7 +71,7 @@ def signature(*, secret: str, body: bytes) -> str:
 def backoff_s(attempt: int) -> float:
     """Delay before retry `attempt` (1-based): exponential with equal jitter, capped."""
     base = float(settings.ALERT_RETRY_BACKOFF_S)
-    step = min(float(settings.ALERT_RETRY_BACKOFF_MAX_S), base * 2 ** (attempt - 1))
+    step = min(float(settings.ALERT_RETRY_BACKOFF_MAX_S), base * 2.0 ** (attempt - 1))
     return step / 2 + random.uniform(0, step / 2)
 
 
@@ -183,7 +184,7 @@ def _deliveries_create(*, incident: Incident, event: str, now: datetime) -> list
         created.append(delivery)
         if not limited:
             # robust: a broker that is down must not undo the incident; the sweep sends it later.
-            transaction.on_commit(lambda pk=delivery.pk: send(pk, 1), robust=True)
+            transaction.on_commit(functools.partial(send, delivery.pk, 1), robust=True)
     return created
 
 

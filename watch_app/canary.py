@@ -23,11 +23,12 @@ from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
 from agents_app.models import Agent
 from dispatchportal.reserved import CANARY_ROOM_PREFIX
-from rooms_app.livekit_client import LiveKit, LiveKitError, livekit_run
+from livekit_boundary.client import LiveKit, LiveKitError, livekit_run
 
 from . import metrics
 from .alerts import incident_set
 from .models import CanaryRun, CanarySchedule
+from .selectors import percentile
 
 logger = logging.getLogger(__name__)
 
@@ -170,13 +171,6 @@ def canary_run(*, agent_id: int, now: datetime | None = None) -> CanaryRun | Non
     if schedule is not None:
         canaries_check(agent_names=[agent.agent_name])
     return run
-
-
-def percentile(values: list[float], fraction: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))]
 
 
 def canaries_check(*, agent_names: list[str] | None = None, now: datetime | None = None) -> None:

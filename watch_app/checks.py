@@ -22,7 +22,7 @@ from django.db.models import Max
 from django.utils import timezone
 
 from dispatchportal.reserved import CANARY_ROOM_PREFIX
-from rooms_app.livekit_client import LiveKit, LiveKitAuthRejected, LiveKitError, livekit_run
+from livekit_boundary.client import LiveKit, LiveKitAuthRejected, LiveKitError, livekit_run
 from rooms_app.models import Dispatch
 
 from .alerts import condition_record, deliveries_sweep, incident_set

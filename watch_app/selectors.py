@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db.models import Max
@@ -69,7 +71,7 @@ def agents_presence(*, agent_names: list[str], now: datetime | None = None) -> d
         "agent"
     ):
         endpoints.setdefault(e.agent.agent_name, []).append(e)
-    seen: dict[str, dict] = {
+    seen: dict[str, dict[str, Any]] = {
         row["agent_name"]: dict(row)
         for row in Dispatch.objects.filter(agent_name__in=agent_names)
         .exclude(joined_at__isnull=True, job_assigned_at__isnull=True)
@@ -92,7 +94,7 @@ def agent_presence(*, agent_name: str, now: datetime | None = None) -> Presence:
     return agents_presence(agent_names=[agent_name], now=now)[agent_name]
 
 
-def _presence(name: str, endpoints: list[WorkerEndpoint], seen: dict, now: datetime) -> Presence:
+def _presence(name: str, endpoints: list[WorkerEndpoint], seen: dict[str, Any], now: datetime) -> Presence:
     views = [
         WorkerView(
             e.url, e.healthy, e.load, e.active_jobs, e.answered_at, e.last_error, e.reported_agent_name
@@ -100,7 +102,7 @@ def _presence(name: str, endpoints: list[WorkerEndpoint], seen: dict, now: datet
         for e in endpoints
     ]
     joined, job = seen.get("joined"), seen.get("job")
-    common = {"workers": views, "last_joined_at": joined, "last_job_at": job}
+    answer = functools.partial(Presence, name, workers=views, last_joined_at=joined, last_job_at=job)
     if endpoints:
         fresh = [
             e for e in endpoints if e.healthy and e.answered_at and now - e.answered_at <= _fresh_window()
@@ -110,43 +112,26 @@ def _presence(name: str, endpoints: list[WorkerEndpoint], seen: dict, now: datet
             lowest = min(e.load or 0.0 for e in fresh)
             jobs = sum(e.active_jobs or 0 for e in fresh)
             if lowest >= full_load:
-                return Presence(
-                    name, PresenceState.FULL, f"workers for '{name}' are full (load {lowest:.2f})", **common
-                )
-            return Presence(
-                name,
+                return answer(PresenceState.FULL, f"workers for '{name}' are full (load {lowest:.2f})")
+            return answer(
                 PresenceState.ONLINE,
                 f"{len(fresh)} worker(s) online for '{name}' (load {lowest:.2f}, {jobs} active job(s))",
-                **common,
             )
         answered = [e.answered_at for e in endpoints if e.answered_at]
         if answered:
-            return Presence(
-                name,
-                PresenceState.STALE,
-                f"workers for '{name}' answered {_ago(now, max(answered))}",
-                **common,
-            )
+            return answer(PresenceState.STALE, f"workers for '{name}' answered {_ago(now, max(answered))}")
         errors = "; ".join(sorted({e.last_error for e in endpoints if e.last_error}))
-        return Presence(
-            name,
-            PresenceState.OFFLINE,
-            f"no worker online for '{name}'" + (f" ({errors})" if errors else ""),
-            **common,
+        return answer(
+            PresenceState.OFFLINE, f"no worker online for '{name}'" + (f" ({errors})" if errors else "")
         )
     last = max((t for t in (joined, job) if t), default=None)
     if last is not None and now - last <= timedelta(hours=1):
-        return Presence(
-            name,
+        return answer(
             PresenceState.SEEN,
             f"an agent '{name}' took a job or joined a room {_ago(now, last)} (no health URL registered)",
-            **common,
         )
-    return Presence(
-        name,
-        PresenceState.UNKNOWN,
-        f"no health URL registered for '{name}' and no agent seen in the last hour",
-        **common,
+    return answer(
+        PresenceState.UNKNOWN, f"no health URL registered for '{name}' and no agent seen in the last hour"
     )
 
 
@@ -163,9 +148,16 @@ class CanarySummary:
     runs: int
 
 
+def percentile(values: list[float], fraction: float) -> float | None:
+    """The value at `fraction` of the sorted values (rounded index); None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))]
+
+
 def canaries_summary(*, window: int = 20) -> list[CanarySummary]:
     """Each canary's latest outcome and its dispatch-to-join p50/p95 over the last `window` runs."""
-    from .canary import percentile
     from .models import CanaryRun, CanarySchedule
 
     out = []
@@ -196,7 +188,7 @@ def canaries_summary(*, window: int = 20) -> list[CanarySummary]:
     return out
 
 
-def watch_dashboard(*, now: datetime | None = None) -> dict:
+def watch_dashboard(*, now: datetime | None = None) -> dict[str, Any]:
     """What the dashboard's 'Workers, canaries and alerts' block shows (template
     `watch_app/dashboard_block.html`): open incidents, each enabled agent's presence, canaries."""
     from agents_app.models import Agent

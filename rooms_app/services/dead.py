@@ -14,7 +14,8 @@ import logging
 from django.db import transaction
 from django.utils import timezone
 
-from ..livekit_client import LiveKit, LiveKitError, LiveKitNotFound, livekit_run
+from livekit_boundary.client import LiveKit, LiveKitError, LiveKitNotFound, livekit_run
+
 from ..models import Dispatch
 from .ledger import dispatch_note, dispatch_retry, dispatch_transition
 

@@ -20,7 +20,7 @@ import functools
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -30,8 +30,8 @@ from django.utils import timezone
 
 from agents_app.models import Agent
 from dispatchportal.redis import REDIS_ERRORS, redis_available, redis_client, redis_down_mark, redis_key
+from livekit_boundary.client import LkDispatch, LkParticipant
 
-from ..livekit_client import LkDispatch, LkParticipant
 from ..models import AgentSeen, Dispatch, Room, TokenFact, WorkerHeartbeat
 from .jobs import token_facts_apply_enqueue
 from .ledger import dispatch_create, dispatch_note, room_get_or_create
@@ -73,7 +73,8 @@ def token_fact_record(
     # more round trip on every token) and instead, if the connection turns out dead (the
     # database restarted), reconnect and send the statement once more.
     for attempt in (1, 2):
-        connection.health_check_done = True
+        # Django's per-request health-check flag has no type in django-stubs: it is private.
+        connection.health_check_done = True  # type: ignore[attr-defined]
         try:
             (live,) = _fetchone_prepared(sql, params)
             return bool(live)
@@ -115,16 +116,20 @@ def _fetchone_prepared(sql: str, params: list[Any]) -> tuple[Any, ...]:
     if connection.vendor != "postgresql":
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
-            return cursor.fetchone()
+            row: tuple[Any, ...] = cursor.fetchone()
+            return row
     connection.ensure_connection()
     raw = _PreparedCursor(connection.connection)
+    # django-stubs type these wrappers' argument as Django's CursorWrapper; Django itself hands
+    # them the database driver's cursor, as here.
     with (
-        connection.make_debug_cursor(raw)
+        connection.make_debug_cursor(raw)  # type: ignore[arg-type]
         if connection.queries_logged
-        else connection.make_cursor(raw) as cursor
+        else connection.make_cursor(raw) as cursor  # type: ignore[arg-type]
     ):
         cursor.execute(sql, params)
-        return cursor.fetchone()
+        prepared: tuple[Any, ...] = cursor.fetchone()
+        return prepared
 
 
 def _agent_json(agent: Any, delivery: str) -> dict[str, str]:
@@ -157,7 +162,9 @@ def token_facts_apply_schedule() -> None:
         client = redis_client()
         if client is not None:
             with client.pipeline(transaction=False) as pipe:
-                first, left_ms = pipe.set(key, "1", nx=True, px=window_ms).pttl(key).execute()
+                pipe.set(key, "1", nx=True, px=window_ms)
+                pipe.pttl(key)
+                first, left_ms = pipe.execute()
             if not first:  # another process's task runs when the flag expires
                 _covered_until = now + max(left_ms, 0) / 1000
                 return
@@ -273,27 +280,6 @@ def token_fact_apply(*, fact: TokenFact) -> list[Dispatch]:
             )
         recorded.append(dispatch)
     return recorded
-
-
-def token_dispatches_record(
-    *,
-    room_name: str,
-    participant_identity: str,
-    agents: Sequence[dict[str, str]],
-    client: str,
-    minted_at: float,
-) -> list[Dispatch]:
-    """Record a token fact and apply it at once (admin tools, tests)."""
-    fact = TokenFact.objects.create(
-        minted_at=datetime.fromtimestamp(minted_at, tz=UTC),
-        room_name=room_name,
-        participant_identity=participant_identity,
-        client=client,
-        agents=[dict(a) for a in agents],
-        applied_at=timezone.now(),
-    )
-    with transaction.atomic():
-        return token_fact_apply(fact=fact)
 
 
 # --- agent names seen -------------------------------------------------------------------------

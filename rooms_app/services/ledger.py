@@ -19,11 +19,11 @@ from django.utils import timezone
 
 from agents_app.models import Agent
 from dispatchportal import metrics
-
-from ..livekit_client import (
+from livekit_boundary.client import (
     LkDispatch,
     LkParticipant,
 )
+
 from ..models import LIVE_STATUSES, WAITING_STATUSES, Dispatch, DispatchEvent, Room
 from .jobs import dispatch_deadline_enqueue, dispatch_request_enqueue, participant_remove_enqueue
 
@@ -36,7 +36,7 @@ DEADLINE_GRACE_S = 0.25
 # A room LiveKit reported this recently is taken to still exist without asking again.
 ROOM_FRESH = timedelta(seconds=10)
 
-_TIMESTAMP_FIELD = {
+_TIMESTAMP_FIELD: dict[str, str] = {
     Dispatch.Status.REQUESTED: "requested_at",
     Dispatch.Status.JOB_ASSIGNED: "job_assigned_at",
     Dispatch.Status.AGENT_JOINED: "joined_at",
@@ -162,10 +162,6 @@ def room_finished(*, name: str, sid: str = "", reason: str = "LiveKit reported r
             dispatch=dispatch, to=Dispatch.Status.ROOM_CLOSED, expect=LIVE_STATUSES, detail=reason
         )
     return room
-
-
-def room_participants_update(*, room: Room, num_participants: int) -> None:
-    Room.objects.filter(pk=room.pk).update(num_participants=num_participants, last_seen_at=timezone.now())
 
 
 # --- dispatch rows --------------------------------------------------------------------------

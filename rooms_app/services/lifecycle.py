@@ -16,7 +16,7 @@ from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from ..livekit_client import (
+from livekit_boundary.client import (
     LiveKit,
     LiveKitError,
     LiveKitNotFound,
@@ -26,6 +26,7 @@ from ..livekit_client import (
     LkParticipant,
     livekit_run,
 )
+
 from ..models import LIVE_STATUSES, WAITING_STATUSES, Dispatch, Room
 from .facts import agents_seen_in
 from .jobs import dispatch_deadline_enqueue

@@ -22,7 +22,8 @@ from enum import StrEnum
 
 from django.db.models import Q
 
-from ..livekit_client import LkParticipant
+from livekit_boundary.client import LkParticipant
+
 from ..models import LIVE_STATUSES, Dispatch, Room
 
 

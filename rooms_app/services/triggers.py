@@ -18,12 +18,12 @@ from agents_app.rules import Join
 from agents_app.selectors import ClientScope, config_get
 from dispatchportal.exceptions import Forbidden, NotFound
 from dispatchportal.reserved import CANARY_ROOM_PREFIX, is_canary_room
-
-from ..livekit_client import (
+from livekit_boundary.client import (
     ROOM_GONE_REASONS,
     LiveKitUnavailable,
     LkParticipant,
 )
+
 from ..models import LIVE_STATUSES, Dispatch, Room
 from .jobs import dispatch_remove_enqueue, dispatch_token_check_enqueue
 from .ledger import (

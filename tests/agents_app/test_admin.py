@@ -136,9 +136,9 @@ def test_revoke_action_disables_keys(admin_client_):
     admin_client_.post(
         "/admin/agents_app/apiclient/", {"action": "revoke", "_selected_action": [str(client.pk)]}
     )
-    from agents_app.selectors import api_client_by_key
+    from agents_app.selectors import config_get, key_digest
 
-    assert api_client_by_key(key).enabled is False
+    assert config_get().clients[key_digest(key)].enabled is False
 
 
 def test_unnamed_agent_warns_about_automatic_dispatch(admin_client_):

@@ -7,7 +7,7 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from agents_app.models import Agent, DispatchRule
-from agents_app.selectors import api_client_by_key
+from agents_app.selectors import config_get, key_digest
 from tests.factories import AgentFactory, RuleFactory
 
 pytestmark = pytest.mark.django_db
@@ -113,7 +113,7 @@ def test_create_api_client_prints_only_a_working_key():
     )
     key = out.strip()
     assert key.startswith("dpk_") and "\n" not in key
-    scope = api_client_by_key(key)
+    scope = config_get().clients[key_digest(key)]
     assert (
         scope.room_allowed("support-1") and scope.room_allowed("interview-1") and not scope.room_allowed("x")
     )

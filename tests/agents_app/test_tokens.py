@@ -9,7 +9,7 @@ from livekit.protocol.agent_dispatch import RoomAgentDispatch
 from livekit.protocol.room import RoomConfiguration
 
 from agents_app.rules import AppliedAgent
-from agents_app.tokens import claims_build, token_sign
+from livekit_boundary.tokens import claims_build, token_sign
 
 
 def agent(name: str, metadata: str, deployment: str = "") -> AppliedAgent:

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 from django.core.management import call_command
 from livekit import api
 
-from rooms_app.livekit_client import LkDispatch, livekit_call
+from livekit_boundary.client import LkDispatch, livekit_call
 from tests.support import agents_in, eventually  # noqa: F401  (re-exported to the tests)
 
 T = TypeVar("T")

@@ -8,8 +8,8 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from rooms_app.dashboard import agent_stats_get, percentile, rooms_waiting_list
-from rooms_app.doctor.views import doctor_url
+from operator_views.dashboard import agent_stats_get, percentile, rooms_waiting_list
+from operator_views.doctor.views import doctor_url
 from rooms_app.models import Dispatch, Room
 from tests.factories import AgentFactory, RuleFactory
 

@@ -10,10 +10,10 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from operator_views.doctor import room_diagnose
 from rooms_app import services as room_services
-from rooms_app.doctor import room_diagnose
 from rooms_app.models import Dispatch, Room
-from tests.factories import AgentFactory, RuleFactory
+from tests.factories import AgentFactory, RuleFactory, token_dispatches_record
 
 from .conftest import agents_in, dispatch, doctor, eventually, jobs_of, person_joins
 
@@ -123,7 +123,7 @@ def test_token_agents_ignored_because_the_room_existed_before_the_first_join(lk)
     _support_rule(delivery="token")
     lk.control.add_worker("support-agent")
     person_joins(lk, "support-4", "early-bird")  # another app made the room, without agents
-    room_services.token_dispatches_record(
+    token_dispatches_record(
         room_name="support-4",
         participant_identity="ann",
         agents=[
@@ -148,7 +148,7 @@ def test_token_agents_ignored_because_the_room_existed_before_the_first_join(lk)
 def test_token_agents_that_created_the_room_are_fine(lk):
     _support_rule(delivery="token")
     lk.control.add_worker("support-agent")
-    room_services.token_dispatches_record(
+    token_dispatches_record(
         room_name="support-5",
         participant_identity="ann",
         agents=[

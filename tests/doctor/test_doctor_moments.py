@@ -9,8 +9,8 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from operator_views.doctor import room_diagnose
 from rooms_app import services as room_services
-from rooms_app.doctor import room_diagnose
 from rooms_app.models import Dispatch, Room, WorkerHeartbeat
 from tests.factories import AgentFactory, RuleFactory, token_recorded
 

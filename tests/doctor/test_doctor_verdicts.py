@@ -10,8 +10,8 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from operator_views.doctor import room_diagnose
 from rooms_app import services as room_services
-from rooms_app.doctor import room_diagnose
 from rooms_app.models import Dispatch
 from rooms_app.selectors import room_state
 from tests.factories import AgentFactory, RuleFactory, token_recorded
@@ -49,7 +49,7 @@ def _joined(lk, room: str) -> Dispatch:
 
 
 def _participants(room: str):
-    from rooms_app.livekit_client import livekit_call
+    from livekit_boundary.client import livekit_call
 
     return livekit_call("list_participants", room)
 

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 from livekit import api
 
-from rooms_app.livekit_client import KIND_AGENT, livekit_call
+from livekit_boundary.client import KIND_AGENT, livekit_call
 from tests.support import eventually
 
 ACTIVE = api.ParticipantInfo.State.ACTIVE

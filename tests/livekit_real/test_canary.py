@@ -8,7 +8,7 @@ import json
 import pytest
 from django_celery_beat.models import PeriodicTask
 
-from rooms_app.livekit_client import livekit_call
+from livekit_boundary.client import livekit_call
 from rooms_app.models import Dispatch, Room, WebhookEvent
 from tests.factories import AgentFactory
 from tests.support import eventually

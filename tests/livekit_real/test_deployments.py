@@ -13,8 +13,8 @@ import asyncio
 import pytest
 
 from agents_app.models import DispatchRule
+from livekit_boundary.client import KIND_AGENT, livekit_call
 from rooms_app import services
-from rooms_app.livekit_client import KIND_AGENT, livekit_call
 from rooms_app.models import Dispatch
 from tests.factories import AgentFactory
 from tests.support import eventually

@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from rooms_app.livekit_client import KIND_AGENT, livekit_call
+from livekit_boundary.client import KIND_AGENT, livekit_call
 from tests.factories import AgentFactory
 from tests.receiver import Reply
 from tests.support import eventually

@@ -13,8 +13,8 @@ import pytest
 from django.utils import timezone
 from livekit import api as lkapi
 
+from livekit_boundary.client import LiveKitError, livekit_call
 from rooms_app import services as room_services
-from rooms_app.livekit_client import LiveKitError, livekit_call
 from rooms_app.models import Dispatch, Room
 from rooms_app.reconcile import reconcile_run
 

@@ -15,7 +15,7 @@ import pytest
 from livekit import api
 
 from agents_app.models import Agent
-from rooms_app.doctor import room_diagnose
+from operator_views.doctor import room_diagnose
 from rooms_app.models import Dispatch
 from rooms_app.services import WORKER_STOPPED
 from tests.factories import AgentFactory, RuleFactory, make_client

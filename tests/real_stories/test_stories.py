@@ -114,7 +114,7 @@ def test_a_dispatch_no_worker_takes_is_no_worker_at_the_deadline_and_the_doctor_
     assert row.last_error == "no worker registered as 'suport-agent' took the job within 2 s"
     assert stack.agents("support-3") == []
 
-    from rooms_app.doctor import BROKEN, room_diagnose
+    from operator_views.doctor import BROKEN, room_diagnose
 
     diagnosis = room_diagnose(room_name="support-3", agent_name="suport-agent").as_dict()
     assert diagnosis["status"] == BROKEN

@@ -9,8 +9,8 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from rooms_app.admin import without_examples
-from rooms_app.doctor.views import doctor_url
+from operator_views.doctor.views import doctor_url
+from operator_views.helpers import without_examples
 from rooms_app.models import Dispatch, Room, WebhookEvent
 from rooms_app.selectors import dispatch_timeline
 

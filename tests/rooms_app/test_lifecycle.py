@@ -8,10 +8,10 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from livekit_boundary.client import LiveKitUnavailable, livekit_call
 from rooms_app import services
-from rooms_app.livekit_client import LiveKitUnavailable, livekit_call
 from rooms_app.models import Dispatch, DispatchEvent, Room
-from tests.factories import AgentFactory, RuleFactory, make_client
+from tests.factories import AgentFactory, RuleFactory, make_client, token_dispatches_record
 
 from .conftest import agents_in, create_dispatch_calls, eventually
 
@@ -196,7 +196,7 @@ def test_token_agents_ignored_because_the_room_existed_are_dispatched_explicitly
     lk.control.add_worker("support-agent")
     AgentFactory(agent_name="support-agent")
     lk.control.create_rooms([{"name": "support-2"}])
-    [dispatch] = services.token_dispatches_record(
+    [dispatch] = token_dispatches_record(
         room_name="support-2",
         participant_identity="alice",
         agents=[{"agent_name": "support-agent", "rule": "r", "metadata": "", "delivery": "token"}],
@@ -282,7 +282,7 @@ def test_no_job_yet_inside_the_assignment_window_moves_the_deadline_instead_of_j
 
 def test_an_assigned_job_gets_the_join_deadline_counted_from_its_assignment():
     from agents_app.models import Agent
-    from rooms_app.livekit_client import LkJob
+    from livekit_boundary.client import LkJob
     from rooms_app.services.lifecycle import _deadline_later
 
     now = timezone.now()

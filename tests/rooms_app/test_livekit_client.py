@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from rooms_app.livekit_client import (
+from livekit_boundary.client import (
     LiveKitAuthRejected,
     LiveKitNotFound,
     LiveKitRejected,

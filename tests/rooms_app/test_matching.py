@@ -3,7 +3,7 @@ reconcile and the deadline check share: pure, no database."""
 
 from __future__ import annotations
 
-from rooms_app.livekit_client import KIND_AGENT, LkParticipant
+from livekit_boundary.client import KIND_AGENT, LkParticipant
 from rooms_app.models import Dispatch
 from rooms_app.services.matching import Verdict, participant_match
 

@@ -12,7 +12,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from rooms_app.doctor import room_diagnose
+from operator_views.doctor import room_diagnose
 from rooms_app.models import AgentSeen, Dispatch, Room, TokenFact, WorkerHeartbeat
 from rooms_app.reconcile import reconcile_run
 from tests.factories import AgentFactory, RuleFactory, make_client

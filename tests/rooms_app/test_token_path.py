@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from rooms_app import services
 from rooms_app.models import Dispatch, Room, TokenFact
-from tests.factories import AgentFactory, RuleFactory, make_client
+from tests.factories import AgentFactory, RuleFactory, make_client, token_dispatches_record
 
 pytestmark = pytest.mark.django_db
 
@@ -78,7 +78,7 @@ def test_recording_a_token_makes_pending_and_explicit_dispatches(django_capture_
     AgentFactory(agent_name="explicit")
     minted = timezone.now().timestamp()
     with django_capture_on_commit_callbacks() as sent:
-        rows = services.token_dispatches_record(
+        rows = token_dispatches_record(
             room_name="support-2",
             participant_identity="alice",
             agents=[
@@ -98,7 +98,7 @@ def test_recording_a_token_makes_pending_and_explicit_dispatches(django_capture_
     assert (room.status, room.tokens_minted, room.existed_before_token) == ("pending", 1, False)
     # A second participant's token for the same room: no second dispatch per agent, but the
     # token is a fact of its own, and the live dispatch's timeline says so.
-    again = services.token_dispatches_record(
+    again = token_dispatches_record(
         room_name="support-2",
         participant_identity="bob",
         agents=[{"agent_name": "in-token", "rule": "r1", "metadata": "{}", "delivery": "token"}],

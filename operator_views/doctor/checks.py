@@ -11,13 +11,13 @@ from django.utils import timezone
 from agents_app.rules import Join
 from agents_app.selectors import EVERYTHING, Scope
 from agents_app.services import rules_explain
-from watch_app.selectors import PresenceState, agent_presence
-
-from ..livekit_client import (
+from livekit_boundary.client import (
     LiveKitAuthRejected,
     LkParticipant,
 )
-from ..models import Dispatch, Room
+from rooms_app.models import Dispatch, Room
+from watch_app.selectors import PresenceState, agent_presence
+
 from .facts import (
     BROKEN,
     LINK_TITLES,
@@ -401,19 +401,19 @@ def _check_not_live(by_key: dict[str, Link], facts: Facts, expected: list[str]) 
         if not history:
             continue
         last = history[0]
-        key = {"no_worker": "job", "failed": "job_outcome", "timed_out": "agent"}.get(last.status)
-        if key is None:
+        broken_key = {"no_worker": "job", "failed": "job_outcome", "timed_out": "agent"}.get(last.status)
+        if broken_key is None:
             by_key["agent"].details.append(
                 f"{agent_name_quoted(name)}: last dispatch #{last.pk} was {last.get_status_display()}"
             )
             continue
         label = last.get_status_display().lower()
-        by_key[key].set(
+        by_key[broken_key].set(
             BROKEN,
             f"{agent_name_quoted(name)}: {label}, says the ledger ({where})",
             cause=f"The last dispatch of {agent_name_quoted(name)} (#{last.pk}, attempt {last.attempt}) ended "
             f"{moment_described(last.ended_at, facts.now)} as '{label}': {last.last_error or 'no detail recorded'}.",
-            fix=_FIXES[key].format(agent=name, url=facts.livekit_url),
+            fix=_FIXES[broken_key].format(agent=name, url=facts.livekit_url),
         )
 
 

@@ -40,8 +40,8 @@ from livekit.protocol.room import (
     RoomParticipantIdentity,
 )
 
-from agents_app.tokens import jwt_hs256
 from dispatchportal import metrics
+from livekit_boundary.tokens import jwt_hs256
 
 logger = logging.getLogger(__name__)
 
@@ -255,7 +255,9 @@ def _install_fast_auth(api: LiveKitAPI, api_key: str, api_secret: str) -> None:
         # grants) keeps the SDK's signer.
         original = service._auth_header
 
-        def header(grants: VideoGrants | None, sip: Any = None, _original: Any = original) -> dict[str, str]:
+        def header(
+            grants: VideoGrants | None, sip: Any = None, _original: Callable[..., dict[str, str]] = original
+        ) -> dict[str, str]:
             if sip is not None:
                 return _original(grants, sip)
             return auth(grants)

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 from django.db.models import Q
 
+from livekit_boundary.client import LkParticipant
+from rooms_app.models import Dispatch
+from rooms_app.services import WORKER_STOPPED
 from watch_app.models import Incident
 from watch_app.selectors import agent_worker_silence
 
-from ..livekit_client import LkParticipant
-from ..models import Dispatch
-from ..services import WORKER_STOPPED
 from .facts import BROKEN, OK, UNKNOWN, Facts, Link, agent_name_quoted
 from .wording import moment_described
 

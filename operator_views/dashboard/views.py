@@ -19,7 +19,8 @@ from django.utils import timezone
 
 from watch_app.selectors import watch_dashboard
 
-from ..doctor.views import admin_page_context, admin_url, doctor_url, view_permission_require
+from ..doctor.views import doctor_url
+from ..helpers import admin_page_context, admin_url, duration_text, view_permission_require
 from .charts import PALETTE, grouped_bar_chart, stacked_hours_chart
 from .reads import (
     agent_stats_get,
@@ -127,12 +128,3 @@ def dashboard_live_view(request: HttpRequest) -> JsonResponse:
 
 def _pct(rate: float | None) -> float | None:
     return None if rate is None else rate * 100
-
-
-def duration_text(seconds: float) -> str:
-    """A wait or an age as a person says it: 42 s, 7 min, 3.5 h."""
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"

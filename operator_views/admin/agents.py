@@ -16,13 +16,13 @@ from django.utils import timezone
 from django.utils.html import format_html
 from simple_history.admin import SimpleHistoryAdmin
 
-from rooms_app.dashboard.views import duration_text
+from agents_app import services
+from agents_app.models import Agent, ApiClient, DispatchRule
+from agents_app.rules import Join, RuleError, RuleSpec, rule_compile
+from agents_app.selectors import config_get, key_digest
 from rooms_app.selectors import AgentSighting, agents_last_seen
 
-from . import services
-from .models import Agent, ApiClient, DispatchRule
-from .rules import Join, RuleError, RuleSpec, rule_compile
-from .selectors import config_get
+from ..helpers import duration_text
 
 AUTOMATIC_WARNING = (
     "This agent has an empty name: it stands for the unnamed worker, which LiveKit sends to "
@@ -122,15 +122,18 @@ class AgentAdmin(SightingsMixin, SimpleHistoryAdmin):
     def last_seen(self, agent: Agent) -> str:
         if agent.pk is None:
             return "-"
-        if not hasattr(agent, "sighting"):  # the change form: one agent
-            agent.sighting = agents_last_seen(agent_names=[agent.agent_name]).get(agent.agent_name)
-        if agent.sighting is None:
+        sighting: AgentSighting | None
+        if hasattr(agent, "sighting"):  # the changelist looked up every row's at once
+            sighting = agent.sighting
+        else:  # the change form: one agent
+            sighting = agents_last_seen(agent_names=[agent.agent_name]).get(agent.agent_name)
+        if sighting is None:
             return format_html(
                 '<span class="dp-never-seen" title="{}">&#9888; {}</span>',
                 never_seen_warning(agent.agent_name),
                 NEVER_SEEN,
             )
-        return sighting_text(agent.sighting)
+        return sighting_text(sighting)
 
     def save_model(self, request: HttpRequest, obj: Agent, form: Any, change: bool) -> None:
         super().save_model(request, obj, form, change)
@@ -373,7 +376,7 @@ class ApiClientAdmin(SimpleHistoryAdmin):
         key = None
         if not change:
             key = services.api_key_generate()
-            obj.key_prefix, obj.key_digest = key[:12], services.key_digest(key)
+            obj.key_prefix, obj.key_digest = key[:12], key_digest(key)
         super().save_model(request, obj, form, change)
         if key:
             _show_key_once(request, obj, key)

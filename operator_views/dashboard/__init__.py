@@ -1,4 +1,4 @@
-"""The dispatch health dashboard in the admin (the doctor's page is `rooms_app.doctor.views`).
+"""The dispatch health dashboard in the admin (the doctor's page is `operator_views.doctor.views`).
 
 Dashboard: per agent, the dispatch success rate and time-to-join p50/p95 over the last hour
 and day, drawn as charts; rooms waiting for an agent right now and for how long; the last

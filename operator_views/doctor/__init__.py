@@ -13,7 +13,7 @@ unknown; at a broken link it names the cause and the fix in plain words:
 7. The agent's participant is in the room (or was replaced when it left).
 8. No duplicate agents of one name, and no agents the portal does not manage.
 
-Facts come from LiveKit (ListRooms, ListParticipants, ListDispatch through `livekit_client`)
+Facts come from LiveKit (ListRooms, ListParticipants, ListDispatch through `livekit_boundary.client`)
 and from the ledger (tokens minted, dispatch history). The doctor only reads: running it
 changes nothing, so it is safe from a shell, the admin and the API alike.
 

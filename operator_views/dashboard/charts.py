@@ -110,7 +110,7 @@ def stacked_hours_chart(*, title: str, buckets: Sequence[HourBucket]) -> SafeStr
     left, top, bottom, width, height = 48, 30, 50, 720, 220
     plot = height - top - bottom
     totals = [b.joined + b.failed + b.other for b in buckets]
-    ticks = _ticks(max(totals) if totals and max(totals) else 1.0, integer=True)
+    ticks = _ticks(max(totals, default=0) or 1.0, integer=True)
     top_value = ticks[-1]
     step = (width - left - 12) / max(1, len(buckets))
     every = max(1, math.ceil(_text_width("00:00", TICK_SIZE) / step))

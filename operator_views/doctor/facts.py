@@ -13,8 +13,7 @@ from django.conf import settings
 
 from agents_app.models import Agent
 from agents_app.selectors import EVERYTHING, Scope
-
-from ..livekit_client import (
+from livekit_boundary.client import (
     LiveKit,
     LiveKitError,
     LiveKitNotFound,
@@ -23,8 +22,8 @@ from ..livekit_client import (
     LkRoom,
     livekit_run,
 )
-from ..models import AgentSeen, Dispatch, Room, TokenFact, WorkerHeartbeat
-from ..services import HEARTBEAT_FRESH
+from rooms_app.models import AgentSeen, Dispatch, Room, TokenFact, WorkerHeartbeat
+from rooms_app.services import HEARTBEAT_FRESH
 
 OK, BROKEN, UNKNOWN = "ok", "broken", "unknown"
 HEALTHY, WAITING, BROKEN_STATUS, LIVEKIT_UNAVAILABLE = "healthy", "waiting", "broken", "livekit_unavailable"
@@ -280,7 +279,7 @@ def facts_gather(room_name: str, now: datetime, scope: Scope = EVERYTHING) -> Fa
     lk = _livekit_facts(room_name)
     ledger_room = Room.objects.filter(name=room_name).first()
     ledger: list[Dispatch] = []
-    in_room: set[str] = {p.agent_name for p in lk.agents} | {d.agent_name for d in lk.dispatches}
+    in_room: set[str] = {p.agent_name or "" for p in lk.agents} | {d.agent_name for d in lk.dispatches}
     if ledger_room is not None:
         ledger = list(Dispatch.objects.filter(room=ledger_room).order_by("-id")[:200])
         in_room |= {d.agent_name for d in ledger}

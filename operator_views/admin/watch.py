@@ -8,10 +8,10 @@ from django import forms
 from django.contrib import admin, messages
 from django.http import HttpRequest
 
-from . import alerts, canary, tasks
-from .models import AlertDelivery, AlertTarget, CanaryRun, CanarySchedule, Incident, WorkerEndpoint
-from .net import UrlRefused, safe_host, url_check
-from .selectors import agents_presence
+from watch_app import alerts, canary, tasks
+from watch_app.models import AlertDelivery, AlertTarget, CanaryRun, CanarySchedule, Incident, WorkerEndpoint
+from watch_app.net import UrlRefused, safe_host, url_check
+from watch_app.selectors import agents_presence
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -31,7 +31,7 @@ class UrlCheckedForm(forms.ModelForm):
     """A form whose `url` must pass the outbound rules for its `allow_private` choice."""
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        data = super().clean() or {}  # Django's ModelForm.clean returns cleaned_data
         if data.get("url"):
             try:
                 url_check(data["url"], allow_private=bool(data.get("allow_private")))
@@ -69,19 +69,22 @@ class AlertTargetForm(UrlCheckedForm):
         return secret
 
 
+_DELIVERY_FIELDS: tuple[str, ...] = (
+    "created_at",
+    "incident",
+    "event",
+    "status",
+    "attempts",
+    "response_status",
+    "last_error",
+    "next_attempt_at",
+    "sent_at",
+)
+
+
 class DeliveryInline(admin.TabularInline):
     model = AlertDelivery
-    fields = (
-        "created_at",
-        "incident",
-        "event",
-        "status",
-        "attempts",
-        "response_status",
-        "last_error",
-        "next_attempt_at",
-        "sent_at",
-    )
+    fields = _DELIVERY_FIELDS
     readonly_fields = fields
     extra = 0
     max_num = 0
@@ -128,7 +131,7 @@ class AlertTargetAdmin(admin.ModelAdmin):
 class IncidentDeliveryInline(DeliveryInline):
     """On an incident: the same columns, naming the target instead of the incident."""
 
-    fields = tuple("target" if f == "incident" else f for f in DeliveryInline.fields)
+    fields = tuple("target" if f == "incident" else f for f in _DELIVERY_FIELDS)
     readonly_fields = fields
 
 

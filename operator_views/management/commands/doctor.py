@@ -13,7 +13,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from rooms_app.doctor import diagnosis_format, room_diagnose
+from operator_views.doctor import diagnosis_format, room_diagnose
 
 
 class Command(BaseCommand):

@@ -8,79 +8,24 @@ the portal's credentials.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 
 from django.contrib import admin, messages
-from django.db import models
 from django.db.models import Prefetch, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from .dashboard.views import duration_text
-from .doctor.views import doctor_column, doctor_url
-from .models import Dispatch, DispatchEvent, Room, WebhookEvent
-from .reconcile import reconcile_run
-from .selectors import dispatch_timeline, livekit_status
-from .services import dispatch_cancel, dispatch_redispatch
+from rooms_app.models import Dispatch, DispatchEvent, Room, WebhookEvent
+from rooms_app.reconcile import reconcile_run
+from rooms_app.selectors import dispatch_timeline, livekit_status
+from rooms_app.services import dispatch_cancel, dispatch_redispatch
+
+from ..doctor.views import doctor_column, doctor_url
+from ..helpers import NoExamplesMixin, duration_text, precise_time, precise_times
 
 ROOM_TIMELINES = 5  # the room page draws its latest dispatches' timelines
-
-
-def precise_time(value: datetime | None) -> str:
-    """To the millisecond: a dispatch's steps are milliseconds to seconds apart."""
-    if value is None:
-        return "-"
-    return f"{timezone.localtime(value):%Y-%m-%d %H:%M:%S}.{value.microsecond // 1000:03d}"
-
-
-def _precise_field(model: type[models.Model], name: str) -> Callable[[Any, Any], str]:
-    """A read-only admin field showing the model's datetime `name` to the millisecond."""
-
-    @admin.display(description=model._meta.get_field(name).verbose_name, ordering=name)
-    def show(modeladmin: Any, obj: Any) -> str:
-        return precise_time(getattr(obj, name))
-
-    return show
-
-
-def precise_times(model: type[models.Model], **fields: str) -> Callable[[type], type]:
-    """Class decorator: each keyword names an admin field showing that datetime to the ms,
-    e.g. @precise_times(Room, created="created_at")."""
-
-    def decorate(admin_class: type) -> type:
-        for admin_name, field_name in fields.items():
-            setattr(admin_class, admin_name, _precise_field(model, field_name))
-        return admin_class
-
-    return decorate
-
-
-_EXAMPLE = re.compile(r"(?:,\s*|^\s*)e\.g\.\s+(?:'[^']*'|\"[^\"]*\"|\{[^}]*\}|[^.;]*)")
-
-
-def without_examples(help_text: str) -> str:
-    """A help text with its examples taken out ("e.g. 'AD_x1y2z3'"): under a real value an
-    example reads like data. What is left of an example-only text is nothing."""
-    text = _EXAMPLE.sub("", str(help_text)).strip()
-    return "" if text in ("", ".") else text
-
-
-class NoExamplesMixin:
-    """Read-only pages show the fields' help texts without their examples (under the values;
-    a table's header keeps its "?" tooltip, which Django takes from the model)."""
-
-    def _help_texts(self) -> dict[str, str]:
-        fields = self.model._meta.fields  # type: ignore[attr-defined]
-        return {f.name: without_examples(f.help_text) for f in fields if f.help_text}
-
-    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
-        kwargs["help_texts"] = self._help_texts()
-        return super().get_form(request, obj, change, **kwargs)  # type: ignore[misc]
 
 
 def timeline_context(dispatch: Dispatch, *, link: bool = False) -> dict[str, Any]:

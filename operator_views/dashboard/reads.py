@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 
 from django.utils import timezone
 
-from ..models import WAITING_STATUSES, Dispatch, Room
+from rooms_app.models import WAITING_STATUSES, Dispatch, Room
 
 FAILED_STATUSES = ("no_worker", "failed", "timed_out")
 HOUR, DAY = timedelta(hours=1), timedelta(days=1)

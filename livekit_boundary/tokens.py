@@ -18,10 +18,14 @@ from typing import Any, Protocol
 class AgentDispatch(Protocol):
     """What RoomConfiguration.agents needs of an applied agent."""
 
-    agent_name: str
-    metadata: str
-    deployment: str
-    attributes: Mapping[str, str]
+    @property
+    def agent_name(self) -> str: ...
+    @property
+    def metadata(self) -> str: ...
+    @property
+    def deployment(self) -> str: ...
+    @property
+    def attributes(self) -> Mapping[str, str]: ...
 
 
 # VideoGrants field -> claim name, in the SDK's order.

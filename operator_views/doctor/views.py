@@ -1,5 +1,5 @@
-"""The doctor's page in the admin, and the doctor's link wherever a room is shown there.
-Also the small helpers every dispatch admin page (this one and the dashboard) shares."""
+"""The doctor's page in the admin, and the doctor's link wherever a room is shown there (the
+helpers it shares with the other operator pages are in `operator_views.helpers`)."""
 
 from __future__ import annotations
 
@@ -7,16 +7,15 @@ from typing import Any
 from urllib.parse import urlencode
 
 from django.contrib import admin
-from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
-from django.urls import NoReverseMatch, reverse
+from django.urls import reverse
 from django.utils.html import format_html
 
-from ..models import Dispatch, Room, WebhookEvent
-from .checks import room_diagnose
+from rooms_app.models import Dispatch, Room, WebhookEvent
 
-VIEW_PERMISSION = "rooms_app.view_dispatch"
+from ..helpers import admin_page_context, admin_url, view_permission_require
+from .checks import room_diagnose
 
 
 def doctor_url(*, room_name: str, agent_name: str | None = None) -> str:
@@ -64,19 +63,3 @@ def doctor_view(request: HttpRequest) -> HttpResponse:
         context["dispatches_url"] = admin_url("admin:rooms_app_dispatch_changelist")
         context["api_url"] = reverse("doctor:room-diagnosis", args=[room])
     return render(request, "admin/doctor/doctor.html", context)
-
-
-def admin_page_context(request: HttpRequest, title: str) -> dict[str, Any]:
-    return {**admin.site.each_context(request), "title": title}
-
-
-def view_permission_require(request: HttpRequest) -> None:
-    if not request.user.has_perm(VIEW_PERMISSION):
-        raise PermissionDenied
-
-
-def admin_url(name: str, *args: Any) -> str:
-    try:
-        return reverse(name, args=args)
-    except NoReverseMatch:  # the ledger's admin is not registered (e.g. a trimmed-down site)
-        return ""

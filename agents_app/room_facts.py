@@ -1,0 +1,44 @@
+"""Where the token path hands a token's agents to the ledger.
+
+`services.token_mint` records which agents a token carries before it answers, and asks for
+those facts to be applied soon. The ledger that keeps them is rooms_app, the layer above
+agents_app, which agents_app does not import. So this module declares what the token path needs
+of it (`RoomFacts`), and `RoomsAppConfig.ready()` binds rooms_app's services into it once the
+apps are loaded, the way `rooms_app.services.jobs` receives the Celery tasks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from .rules import AppliedAgent
+
+
+class RoomFacts(Protocol):
+    """What the token path needs of the ledger (`rooms_app.services` provides it)."""
+
+    def token_fact_record(
+        self, *, room_name: str, participant_identity: str, agents: Sequence[AppliedAgent], client: str
+    ) -> bool:
+        """Record the token's agents; True when the ledger knows the room is live."""
+        ...
+
+    def token_facts_apply_schedule(self) -> None:
+        """Make sure the facts just recorded are applied within about a window."""
+        ...
+
+
+_room_facts: RoomFacts | None = None
+
+
+def room_facts_bind(*, facts: RoomFacts) -> None:
+    global _room_facts
+    _room_facts = facts
+
+
+def room_facts() -> RoomFacts:
+    """The bound ledger side (raises until `RoomsAppConfig.ready()` has bound it)."""
+    if _room_facts is None:
+        raise RuntimeError("agents_app room facts are not bound: RoomsAppConfig.ready() binds them")
+    return _room_facts
