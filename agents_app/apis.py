@@ -1,6 +1,7 @@
 """REST endpoints: the LiveKit-standard token endpoint and rule explain.
 
-Views are thin: validate input, call one service, serialize the answer."""
+Each view validates its input, calls one service and serializes the answer. The token
+endpoint's POST is served without DRF's per-request machinery (`TokenApi.dispatch`)."""
 
 from __future__ import annotations
 
@@ -120,7 +121,9 @@ class TokenApi(APIView):
         """POST, the hot path, is served here without DRF's per-request machinery (its Request
         wrapper, negotiation, a template response rendered late), which cost a fifth of the
         endpoint's throughput; it runs the same authentication, `post` and exception handler,
-        and renders with the same renderer. Other methods (OPTIONS, the 405s) go through DRF."""
+        and renders with the same renderer. DRF's permission classes are not run on it: the
+        authentication itself answers 401 to anything but a valid API key, which is all
+        `IsApiClient` would check. Other methods (OPTIONS, the 405s) go through DRF."""
         # The `type: ignore`s below are where this path hands DRF's code a Django HttpRequest
         # instead of DRF's Request (the bypass issue 19 item 3 replaces).
         if request.method != "POST":

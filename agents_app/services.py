@@ -183,7 +183,9 @@ def token_mint(*, client: ClientScope, request: TokenRequest, config: Config | N
 
     The rate limit is counted in this process (with a Redis round trip about once per lease);
     a token that carries agents is one statement (its fact's INSERT, which reads whether the
-    room is live). Nothing else touches Redis or the database."""
+    room is live). Besides those it reads the configuration (cached in the process, checked
+    against the database every CONFIG_CHECK_INTERVAL_S) and schedules the facts' application
+    (a Redis flag, at most about once per APPLY_WINDOW_S per process)."""
     identity = request.participant_identity or f"user-{secrets.token_hex(6)}"
     room = request.room_name
     if not room:

@@ -6,8 +6,8 @@ each request: the agent joined, or a named reason why not. A dispatch is created
 (a conditional update, so two workers racing on one dispatch cannot both win a transition);
 rooms change through the services, reconcile's bulk pass, and the participant-left webhooks
 (the room's participant count). Token facts (end of this module) are appended and never
-rewritten: only their bookkeeping (`applied_at`, `apply_error`) changes; a fact is withdrawn
-when its request is refused over the rate limit. Finished rooms, ended dispatches, applied
+rewritten: only their bookkeeping (`applied_at`, `apply_error`) changes (a request refused
+over the rate limit writes none). Finished rooms, ended dispatches, applied
 facts and webhook events are deleted after their retention (`dispatchportal.retention`).
 """
 
@@ -308,7 +308,9 @@ class WebhookEvent(models.Model):
         return f"{self.event} {self.room_name} ({self.event_id})"
 
 
-# --- facts: append-only records of what happened, kept whatever the state machine decides ----
+# --- facts: what happened, kept whatever the state machine decides. Token facts are appended
+# (only their bookkeeping changes); agent sightings and worker heartbeats are one row each,
+# updated in place with the latest. ---------------------------------------------------------
 
 
 class TokenFact(models.Model):

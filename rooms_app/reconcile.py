@@ -7,10 +7,13 @@ admin's "reconcile now". One pass:
 1. asks LiveKit for its rooms (one ListRooms), then the participants of every room where the
    portal wants an agent (ListParticipants, concurrently, bounded by a semaphore);
 2. reads the ledger in a fixed number of queries, whatever the number of rooms;
-3. in one transaction, with bulk writes: records new and restarted rooms, closes rows of rooms
-   that are gone, marks agents joined or left, re-dispatches agents that left a live room,
+3. in one transaction: records new and restarted rooms (bulk inserts and updates), closes rows
+   of rooms that are gone (each dispatch through the transition function, as every other
+   change of a dispatch's status), marks agents joined or left, re-dispatches agents that left a live room,
    applies explicit-delivery rules to rooms that lack their agents (rooms made by other apps,
-   SIP, the token path on an existing room), and records managed agents it finds unrecorded;
+   SIP, the token path on an existing room), records managed agents it finds unrecorded, and
+   removes a second agent of one name or a cancelled dispatch's agent (the shared matcher,
+   `services.matching`);
 4. after commit, enqueues the LiveKit work: CreateDispatch for new rows, join-deadline checks
    whose task was lost, dispatches stuck in `pending`.
 

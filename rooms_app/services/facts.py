@@ -1,5 +1,6 @@
 """Facts: what happened, appended to the database and never lost because something else
-arrived first. The ledger's state (a dispatch's status) is derived from them by `ledger`.
+arrived first. The ledger (`ledger`) takes them in, beside what webhooks, tasks and reconcile
+report: a dispatch's status is not recomputed from facts alone.
 
 - A token that carries agents is a `TokenFact`, written on the request path before the
   answer (one INSERT, which also reads whether the room is live). `token_facts_apply` turns

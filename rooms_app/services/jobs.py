@@ -8,8 +8,12 @@ it once the apps are loaded. The dependency then only points one way: tasks -> s
 
 Every function sends its job once the current transaction commits (at once outside one), so
 the worker always finds the rows it is given, except `token_facts_apply_enqueue`, which is
-sent at once (it carries no row). A broker failure is logged, not raised: the
-reconcile pass picks up whatever was not sent.
+sent at once (it carries no row). A broker failure is logged, not raised. The reconcile pass
+re-sends some of what was lost: a CreateDispatch for an explicit dispatch left `pending`
+(`STALE_PENDING_S`), an overdue join-deadline check, and the token facts' application. A lost
+`dispatch_remove`, `dispatch_token_check` or `participant_remove` is not re-sent: the join
+deadline still converts a token dispatch LiveKit ignored, but a cancelled dispatch's LiveKit
+dispatch stays until its room ends, and a second agent stays until reconcile finds it again.
 """
 
 from __future__ import annotations
