@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django.conf import settings
+from django.core.cache import cache
 from django.utils import timezone
 
 from .models import WorkerEndpoint
@@ -88,9 +89,27 @@ def _record(endpoint: WorkerEndpoint, poll: Poll, now: datetime) -> None:
     )
 
 
+POLL_PASS_KEY = "watch:workers-poll-pass"
+
+
 def workers_poll(*, endpoint_ids: list[int] | None = None, now: datetime | None = None) -> int:
     """Poll every enabled endpoint (or those given), recording each one's result as it comes;
-    returns how many answered."""
+    returns how many answered. A full pass (beat's) is skipped while another is still running:
+    with slow endpoints a pass can outlast the poll interval, and passes piling up on the
+    outbound queue would hold up alert deliveries."""
+    if endpoint_ids is not None:
+        return _poll_pass(endpoint_ids=endpoint_ids, now=now)
+    hold_s = PASS_BUDGET_S + 2 * float(settings.WORKER_POLL_TIMEOUT_S)
+    if not cache.add(POLL_PASS_KEY, "1", timeout=hold_s):
+        logger.info("worker poll skipped: the previous pass is still running")
+        return 0
+    try:
+        return _poll_pass(endpoint_ids=None, now=now)
+    finally:
+        cache.delete(POLL_PASS_KEY)
+
+
+def _poll_pass(*, endpoint_ids: list[int] | None, now: datetime | None) -> int:
     query = WorkerEndpoint.objects.filter(enabled=True).select_related("agent")
     if endpoint_ids is not None:
         query = query.filter(pk__in=endpoint_ids)

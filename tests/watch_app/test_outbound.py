@@ -247,3 +247,22 @@ def test_a_pass_starts_no_poll_after_its_budget(db, fault, settings, monkeypatch
     assert took < 0.5 + DEADLINE_S + SLACK_S, f"the pass took {took:.2f} s"
     polled = [e for e in endpoints if WorkerEndpoint.objects.get(pk=e.pk).polled_at is not None]
     assert len(polled) == 1 and len(server.calls) == 1
+
+
+def test_a_full_pass_is_skipped_while_the_previous_one_still_runs(db, fault, settings):
+    """Beat sends a pass every WORKER_POLL_INTERVAL_S; one held up by slow endpoints must not
+    have others pile up behind it on the outbound queue (alert deliveries share it)."""
+    from django.core.cache import cache
+
+    settings.WORKER_POLL_TIMEOUT_S = DEADLINE_S
+    server = fault("trickle_headers")
+    endpoint = _endpoint(f"{server.url}/slow", "slow-agent")
+    assert cache.add(presence.POLL_PASS_KEY, "1", timeout=60)  # a pass is running elsewhere
+    assert presence.workers_poll() == 0
+    assert WorkerEndpoint.objects.get(pk=endpoint.pk).polled_at is None and server.calls == []
+    # "Poll now" for given endpoints is not held back.
+    presence.workers_poll(endpoint_ids=[endpoint.pk])
+    assert WorkerEndpoint.objects.get(pk=endpoint.pk).polled_at is not None
+    cache.delete(presence.POLL_PASS_KEY)
+    presence.workers_poll()  # the next pass runs, and releases its hold when done
+    assert cache.add(presence.POLL_PASS_KEY, "1", timeout=1)
