@@ -363,13 +363,8 @@ class ReconcilePass:
     def _rooms_close(
         self, rooms: list[Room], live_by_room: dict[int, list[Dispatch]], *, to: str, detail: str
     ) -> None:
-        ids = [room.pk for room in rooms]
-        for start in range(0, len(ids), NAME_CHUNK):
-            Room.objects.filter(pk__in=ids[start : start + NAME_CHUNK]).update(
-                status=Room.Status.FINISHED, finished_at=self.now, num_participants=0
-            )
-        for dispatch in (d for room in rooms for d in live_by_room.pop(room.pk, [])):
-            services.dispatch_transition(dispatch=dispatch, to=to, expect=LIVE_STATUSES, detail=detail)
+        live = {room.pk: live_by_room.pop(room.pk, []) for room in rooms}
+        services.rooms_close(rooms=rooms, to=to, detail=detail, live=live, now=self.now)
         for room in rooms:
             self.marks[room.name] = False
 

@@ -35,6 +35,7 @@ from .services import (
     agents_seen_in,
     person_joined,
     room_finished,
+    room_participants_observe,
     room_rules_apply,
     room_started,
     token_facts_apply,
@@ -154,8 +155,9 @@ def webhook_event_handle(*, event: Any) -> WebhookOutcome:
     elif kind in PARTICIPANT_LEFT_EVENTS and participant is not None:
         room = Room.objects.filter(name=name).first()
         if room is not None:
-            if room.status == Room.Status.ACTIVE and event.room.sid in ("", room.sid):
-                Room.objects.filter(pk=room.pk).update(num_participants=event.room.num_participants)
+            room_participants_observe(
+                room=room, sid=event.room.sid, num_participants=event.room.num_participants
+            )
             if participant.is_agent:
                 agent_participant_left(room=room, participant=participant)
     return outcome

@@ -55,7 +55,9 @@ from .ledger import (
     next_attempt_plan,
     room_finished,
     room_get_or_create,
+    room_participants_observe,
     room_started,
+    rooms_close,
     session_close_previous,
     token_deadlines_arm,
 )
@@ -120,6 +122,8 @@ __all__ = [
     "next_attempt_plan",
     "room_explicit_agents",
     "room_finished",
+    "room_participants_observe",
+    "rooms_close",
     "room_get_or_create",
     "room_rules_apply",
     "room_started",

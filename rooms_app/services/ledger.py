@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -147,21 +147,60 @@ def session_close_previous(*, room: Room, started_at: datetime) -> int:
 
 
 def room_finished(*, name: str, sid: str = "", reason: str = "LiveKit reported room_finished") -> Room | None:
-    """The room is gone: close the ledger rows that were waiting for or holding an agent."""
+    """The room is gone (the room_finished webhook): close it with `rooms_close`, unless the
+    event is about an older session."""
     room = Room.objects.filter(name=name).first()
     if room is None:
         return None
     if sid and room.sid and room.sid != sid:
         return room  # a late event about an older session
-    now = timezone.now()
-    Room.objects.filter(pk=room.pk).update(status=Room.Status.FINISHED, finished_at=now, num_participants=0)
-    room.status, room.finished_at, room.num_participants = Room.Status.FINISHED, now, 0
-    for dispatch in Dispatch.objects.filter(room=room, status__in=LIVE_STATUSES):
-        dispatch.room = room
-        dispatch_transition(
-            dispatch=dispatch, to=Dispatch.Status.ROOM_CLOSED, expect=LIVE_STATUSES, detail=reason
-        )
+    rooms_close(rooms=[room], to=Dispatch.Status.ROOM_CLOSED, detail=reason)
     return room
+
+
+ROOM_CHUNK = 5000
+
+
+def rooms_close(
+    *,
+    rooms: Sequence[Room],
+    to: str,
+    detail: str,
+    live: Mapping[int, Sequence[Dispatch]] | None = None,
+    now: datetime | None = None,
+) -> int:
+    """The one writer of a room's end, for the room_finished webhook (one room) and reconcile
+    (in bulk): the rooms are finished (no participants), and every dispatch still live in them
+    ends as `to` through `dispatch_transition`. `live`: the live dispatches by room id when the
+    caller has already read them. Returns how many dispatches it ended."""
+    now = now or timezone.now()
+    ids = [room.pk for room in rooms]
+    for start in range(0, len(ids), ROOM_CHUNK):
+        Room.objects.filter(pk__in=ids[start : start + ROOM_CHUNK]).update(
+            status=Room.Status.FINISHED, finished_at=now, num_participants=0
+        )
+    for room in rooms:
+        room.status, room.finished_at, room.num_participants = Room.Status.FINISHED, now, 0
+    if live is None:
+        found: dict[int, list[Dispatch]] = {}
+        for dispatch in Dispatch.objects.filter(room_id__in=ids, status__in=LIVE_STATUSES):
+            found.setdefault(dispatch.room_id, []).append(dispatch)
+        live = found
+    by_pk = {room.pk: room for room in rooms}
+    ended = 0
+    for room_id, dispatches in live.items():
+        for dispatch in dispatches:
+            dispatch.room = by_pk[room_id]
+            ended += dispatch_transition(dispatch=dispatch, to=to, expect=LIVE_STATUSES, detail=detail)
+    return ended
+
+
+def room_participants_observe(*, room: Room, sid: str, num_participants: int) -> None:
+    """LiveKit's participant count for the room (a participant event): kept for the current
+    session only; a finished room, or an event about an older session, changes nothing."""
+    if room.status == Room.Status.ACTIVE and sid in ("", room.sid):
+        Room.objects.filter(pk=room.pk).update(num_participants=num_participants)
+        room.num_participants = num_participants
 
 
 # --- dispatch rows --------------------------------------------------------------------------
