@@ -538,6 +538,16 @@ def _missing_dispatch_why(
             + ", and nothing replaced it.",
             "Re-dispatch from Admin › Dispatches, or run `manage.py reconcile`.",
         )
+    if last.livekit_dispatch_id and last.requested_at is not None and last.requested_at >= facts.now:
+        # LiveKit is asked before the ledger is read: a dispatch sent in between is not in its
+        # answer yet, which says nothing about it.
+        return (
+            UNKNOWN,
+            f"{agent}: dispatch #{last.pk} was sent to LiveKit ({last.livekit_dispatch_id}) while the doctor "
+            "was asking; ask again",
+            "",
+            "",
+        )
     if last.livekit_dispatch_id:
         return (
             BROKEN,

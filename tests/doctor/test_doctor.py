@@ -474,3 +474,25 @@ def test_asking_about_an_agent_that_is_not_configured_names_the_close_ones(lk):
         "The portal has no agent named exactly 'support-agnet' configured; "
         "configured agents with close names: 'support-agent'."
     )
+
+
+def test_a_dispatch_sent_while_the_doctor_asks_livekit_is_not_called_deleted(lk):
+    """The doctor asks LiveKit, then reads the ledger: a dispatch sent in between is in the
+    ledger but not in LiveKit's answer. That is no verdict (seen in CI right after a
+    re-dispatch); a dispatch LiveKit lost before the doctor asked still is one."""
+    from livekit_boundary.client import livekit_call
+
+    _support_rule()
+    person_joins(lk, "support-15", "ann")
+    row = _portal_dispatches("support-15")
+    livekit_call("delete_dispatch", "support-15", row.livekit_dispatch_id)  # LiveKit no longer has it
+
+    asked_before_it_was_sent = room_diagnose(
+        room_name="support-15", now=row.requested_at - timedelta(seconds=1)
+    )
+    link = _link(asked_before_it_was_sent, 4)
+    assert link.state == "unknown" and "while the doctor was asking" in link.summary
+
+    asked_after = room_diagnose(room_name="support-15")
+    assert asked_after.first_broken.number == 4
+    assert "is no longer in LiveKit" in asked_after.first_broken.cause
