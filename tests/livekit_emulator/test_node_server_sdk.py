@@ -72,7 +72,10 @@ def _shape(value: Any, key: str = "") -> Any:
     if isinstance(value, dict):
         return {k: _shape(v, k) for k, v in value.items()}
     if isinstance(value, list):
-        return [_shape(v) for v in value]
+        shaped = [_shape(v) for v in value]
+        # List answers carry no order (the real server's ListDispatch comes out of a Go map
+        # and differs from run to run): compare them as sets.
+        return sorted(shaped, key=lambda v: json.dumps(v, sort_keys=True))
     if isinstance(value, str):
         if key in VOLATILE_TIMES and value not in ("", "0"):
             return "<time>"
