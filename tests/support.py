@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import pytest
 
 T = TypeVar("T")
 
@@ -116,3 +122,29 @@ class RedisServer:
         if self.process is not None and self.process.poll() is None:
             (self.process.kill if crash else self.process.terminate)()
             self.process.wait(10)
+
+
+def node_with_packages(js_dir: Path, installed: Path) -> str:
+    """The node binary, with `js_dir`'s packages installed from its lockfile (`npm ci`) when
+    `installed` (a file the install creates) is missing. Skips without node or npm, or fails
+    under REQUIRE_SERVICES=1."""
+
+    def missing(what: str) -> NoReturn:
+        if os.environ.get("REQUIRE_SERVICES") == "1":
+            pytest.fail(f"REQUIRE_SERVICES=1 but {what}")
+        pytest.skip(what)
+
+    node_bin = shutil.which("node")
+    if node_bin is None:
+        missing("node is not installed")
+    if not installed.exists():
+        npm = shutil.which("npm") or missing("npm is not installed")
+        done = subprocess.run(
+            [npm, "ci", "--prefix", str(js_dir), "--no-audit", "--no-fund"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        if done.returncode != 0:
+            pytest.fail(f"npm ci in {js_dir} failed:\n{done.stdout}\n{done.stderr}")
+    return node_bin

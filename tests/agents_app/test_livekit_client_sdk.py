@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import pytest
 from livekit.api import TokenVerifier
 
 from tests.factories import AgentFactory, RuleFactory, make_client
+from tests.support import node_with_packages
 
 JS_DIR = Path(__file__).resolve().parent.parent / "js"
 REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES") == "1"
@@ -27,31 +27,10 @@ API_KEY = "sdk-test-key"
 API_SECRET = "sdk-test-secret-long-enough-for-hs256-0123456789"
 
 
-def _missing(what: str) -> None:
-    if REQUIRE_SERVICES:
-        pytest.fail(f"REQUIRE_SERVICES=1 but {what}")
-    pytest.skip(what)
-
-
 @pytest.fixture(scope="module")
 def node() -> str:
     """The node binary, with tests/js installed from its lockfile when it is not yet."""
-    node_bin = shutil.which("node")
-    if node_bin is None:
-        _missing("node is not installed")
-    if not (JS_DIR / "node_modules" / "livekit-client" / "package.json").exists():
-        npm = shutil.which("npm")
-        if npm is None:
-            _missing("npm is not installed")
-        done = subprocess.run(
-            [npm, "ci", "--prefix", str(JS_DIR), "--no-audit", "--no-fund"],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        if done.returncode != 0:
-            pytest.fail(f"npm ci in {JS_DIR} failed:\n{done.stdout}\n{done.stderr}")
-    return node_bin
+    return node_with_packages(JS_DIR, JS_DIR / "node_modules" / "livekit-client" / "package.json")
 
 
 @pytest.fixture

@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.support import node_with_packages
 
 JS_DIR = Path(__file__).resolve().parent / "js"
 PACKAGE = JS_DIR / "node_modules" / "livekit-server-sdk" / "package.json"
@@ -26,31 +27,10 @@ JWT = re.compile(r"eyJ[\w-]+\.[\w-]+\.[\w-]+")
 VOLATILE_TIMES = {"creationTime", "creationTimeMs", "createdAt", "startedAt", "updatedAt", "endedAt"}
 
 
-def _missing(what: str) -> None:
-    if os.environ.get("REQUIRE_SERVICES") == "1":
-        pytest.fail(f"REQUIRE_SERVICES=1 but {what}")
-    pytest.skip(what)
-
-
 @pytest.fixture(scope="module")
 def node() -> str:
     """The node binary, with js/ installed from its lockfile when it is not yet."""
-    node_bin = shutil.which("node")
-    if node_bin is None:
-        _missing("node is not installed")
-    if not PACKAGE.exists():
-        npm = shutil.which("npm")
-        if npm is None:
-            _missing("npm is not installed")
-        done = subprocess.run(
-            [npm, "ci", "--prefix", str(JS_DIR), "--no-audit", "--no-fund"],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        if done.returncode != 0:
-            pytest.fail(f"npm ci in {JS_DIR} failed:\n{done.stdout}\n{done.stderr}")
-    return node_bin
+    return node_with_packages(JS_DIR, PACKAGE)
 
 
 def _run(node: str, server: Any) -> dict[str, Any]:
