@@ -254,8 +254,8 @@ class DispatchRuleAdmin(SightingsMixin, SimpleHistoryAdmin):
                 join = _join_from(data)
                 result = services.rules_explain(join=join, draft=draft)
                 context["result"] = result
-                context["room_config_json"] = json.dumps(result["room_config"], indent=2)
-                context["claims_json"] = json.dumps(result["token_claims"], indent=2)
+                context["room_config_json"] = json.dumps(result.room_config, indent=2)
+                context["claims_json"] = json.dumps(result.token_claims, indent=2)
                 context["draft_used"] = draft is not None
             except (RuleError, ValueError) as exc:
                 context["error"] = getattr(exc, "message", str(exc))
