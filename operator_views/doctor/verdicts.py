@@ -780,7 +780,9 @@ def rules_verdict(
         tuple(r.join.participant_identity for r in snap.rules if r.join.participant_identity),
     )
     # An agent the ledger expects but the portal has disabled since: the words must say so.
-    off = [w for w in applied.values() if (cfg := snap.agents.get(w.agent_name)) is not None and not cfg.enabled]
+    off = [
+        w for w in applied.values() if (cfg := snap.agents.get(w.agent_name)) is not None and not cfg.enabled
+    ]
 
     if agent_name is not None:
         agent = snap.agents.get(agent_name)

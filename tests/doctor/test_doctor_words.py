@@ -135,3 +135,39 @@ def test_no_worker_after_the_portal_gave_up_has_no_doubled_apostrophe(lk):
     assert "no worker registered as 'demo-agnet' took the dispatch of 'demo-agnet'" in link.details
     printed = diagnosis_format(answer)
     assert "''s" not in printed, printed
+
+
+def test_after_the_snapshot_the_doctor_reads_nothing(lk, django_assert_num_queries):
+    """Facts are gathered once: judging and wording make no query and no LiveKit call
+    (LiveKit is down by then; a call would raise)."""
+    from operator_views.doctor.facts import facts_gather
+    from operator_views.doctor.verdicts import walk
+    from operator_views.doctor.wording import diagnosis_worded
+
+    agent = AgentFactory(agent_name="demo-agnet")
+    RuleFactory(name="demo rooms", agent=agent, room_match_value="demo-*", delivery="explicit")
+    lk.control.add_worker("demo-agent")
+    dispatch("other-app-1", "demo-agent")
+    eventually(lambda: agents_in(lk, "other-app-1"))
+    person_joins(lk, "demo-support-9", "ann")
+    ledger_room = room_services.room_started(name="demo-support-9", sid="", started_at=timezone.now())
+    [row] = room_services.room_rules_apply(room=ledger_room)
+    room_services.dispatch_request(dispatch_id=row.pk)
+    token_recorded("demo-support-9", "bob", "demo-agnet")
+    later = timezone.now() + timedelta(seconds=60)
+
+    snap = facts_gather("demo-support-9", later)
+    lk.control.faults(down=True)
+    with django_assert_num_queries(0):
+        answer = diagnosis_worded(
+            walk(snap),
+            room_name="demo-support-9",
+            agent=None,
+            identity=None,
+            now=later,
+            livekit_url=snap.livekit_url,
+            staff=snap.staff,
+        )
+        printed = diagnosis_format(answer)
+    assert answer.first_broken is not None and answer.first_broken.number == 5
+    assert "Rename the portal's agent to 'demo-agent'" in printed
