@@ -343,7 +343,7 @@ def agent_names_seen_in_livekit(exclude_room: str, scope: Scope = EVERYTHING) ->
 
 
 @dataclass(frozen=True, slots=True)
-class _Sightings:
+class Sightings:
     """Who may see a sighting: a client sees those in its own rooms, and of its agents where
     no room is named."""
 
@@ -359,12 +359,12 @@ class _Sightings:
 
 
 def agent_names_seen(
-    *, room_name: str, now: datetime, lk: LiveKitFacts, sightings: _Sightings | None = None
+    *, room_name: str, now: datetime, lk: LiveKitFacts, sightings: Sightings | None = None
 ) -> dict[str, str]:
     """Agent names seen recently, within the caller's scope, from every place the portal
     learns them: agents in this room and in other live rooms, names recorded from webhooks,
     reconcile and ListDispatch jobs, and the ledger's joined dispatches. Name -> where."""
-    sightings = sightings or _Sightings(EVERYTHING, None)
+    sightings = sightings or Sightings(EVERYTHING, None)
     seen: dict[str, str] = {}
     for p in lk.agents:
         seen.setdefault(p.agent_name or "", room_name)
@@ -383,7 +383,7 @@ def agent_names_seen(
     return seen
 
 
-def agent_names_seen_recorded(since: datetime, sightings: _Sightings | None = None) -> dict[str, str]:
+def agent_names_seen_recorded(since: datetime, sightings: Sightings | None = None) -> dict[str, str]:
     """Agent names the portal recorded seeing (agents joining, jobs in ListDispatch, the
     worker's own identity attribute), within the sightings' scope when given. Name -> where."""
     rows = AgentSeen.objects.filter(last_seen_at__gte=since).order_by("-last_seen_at")[:500]
@@ -504,7 +504,7 @@ def facts_gather(
     names_seen = None
     presence: dict[str, Presence] = {}
     if lk.error is None and jobless:
-        sightings = _Sightings(scope, visible)
+        sightings = Sightings(scope, visible)
         names_seen = agent_names_seen(room_name=room_name, now=now, lk=lk, sightings=sightings)
         presence = agents_presence(agent_names=sorted(jobless), now=now)
     return Snapshot(

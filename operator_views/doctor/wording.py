@@ -1,5 +1,7 @@
 """Plain words for people: every sentence the doctor prints, made from the verdicts
-(verdicts.py), and the diagnosis they make for the page, the API and the terminal."""
+(verdicts.py), and the diagnosis they make for the page, the API and the terminal. Words
+recorded elsewhere are quoted as they are: LiveKit's error messages, the ledger's last
+errors, the worker poll's description of a silent or full worker."""
 
 from __future__ import annotations
 
