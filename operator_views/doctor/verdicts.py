@@ -48,31 +48,15 @@ HEALTH_POLLED = (PresenceState.ONLINE, PresenceState.FULL, PresenceState.STALE, 
 
 
 class FixKind(enum.StrEnum):
-    """What to do, by the likeliest cause first."""
+    """Where a cause has more than one fix, the one to lead with (the likeliest first);
+    every other cause has one fix, which its words name."""
 
-    LIVEKIT_KEYS = "livekit_keys"
-    LIVEKIT_URL = "livekit_url"
-    ADD_AGENT = "add_agent"
-    ENABLE_AGENT = "enable_agent"
-    ADD_RULE = "add_rule"
-    FETCH_TOKEN_FROM_PORTAL = "fetch_token_from_portal"
-    REJOIN = "rejoin"
-    DISPATCH_EXPLICITLY = "dispatch_explicitly"
-    SEE_LINK_3 = "see_link_3"
-    WEBHOOK = "webhook"
-    START_CELERY = "start_celery"
-    REDISPATCH_AFTER_REFUSAL = "redispatch_after_refusal"
-    REDISPATCH = "redispatch"
-    RECONCILE = "reconcile"
     START_WORKER = "start_worker"
-    RENAME_PORTAL_AGENT = "rename_portal_agent"  # the workers register a name a typo apart
+    RENAME_PORTAL_AGENT = "rename_portal_agent"  # workers register a name a typo apart
     UNNAMED_WORKER = "unnamed_worker"
     WORKER_LOG = "worker_log"
     AGENT_LEFT = "agent_left"
     RESTART_WORKER = "restart_worker"
-    WAIT_FOR_REMOVAL = "wait_for_removal"
-    CANCEL_EXTRA = "cancel_extra"
-    STOP_UNMANAGED = "stop_unmanaged"
 
 
 # --- what a verdict is made of --------------------------------------------------------------
