@@ -756,7 +756,7 @@ class _Words:
         )
         if kind == FixKind.RENAME_PORTAL_AGENT and near:
             return (
-                f"Rename the portal's agent to '{near[0]}' (Admin › Agents; its workers register as '{near[0]}'), "
+                f"Rename the portal's agent to '{near[0]}', the name its workers register with (Admin › Agents), "
                 f"{redispatch} If '{agent}' is the name you meant, {start} instead."
             )
         if kind in (FixKind.START_WORKER, FixKind.RENAME_PORTAL_AGENT):
@@ -880,12 +880,9 @@ class _Words:
         parts.append(f"is registered as exactly '{f.agent}' on LiveKit at {f.url}.")
         if f.seen_near:
             where = ", ".join(f"'{n}' (room '{room}')" for n, room in f.seen_near)
-            side = (
-                "the portal's agent name looks like the typo"
-                if f.fix == FixKind.RENAME_PORTAL_AGENT
-                else "a typo? in the worker's or the portal's agent name"
+            parts.append(
+                f" Workers seen recently: {where} (a typo? in the worker's or the portal's agent name)."
             )
-            parts.append(f" Workers seen recently: {where} ({side}).")
         if f.configured_near:
             parts.append(f" Configured agents with close names: {agent_names_quoted(f.configured_near)}.")
         if f.health:
