@@ -334,7 +334,7 @@ class ExplainApi(APIView):
             attributes=values.get("participant_attributes", {}),
             client=scope.client.name if scope.client else "",
         )
-        return Response(rules_explain(join=join, draft=draft, scope=scope))
+        return Response(rules_explain(join=join, draft=draft, scope=scope).as_json())
 
     def _draft(self, raw: dict[str, Any], *, scope: Scope) -> RuleSpec:
         data = self.DraftRuleSerializer(data=raw)

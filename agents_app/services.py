@@ -22,7 +22,7 @@ from livekit_boundary.tokens import claims_build, token_sign
 from . import ratelimit
 from .models import Agent, ApiClient, DispatchRule, RuleSetVersion
 from .room_facts import room_facts
-from .rules import AppliedAgent, Join, MetadataTooLarge, RuleSet, RuleSpec
+from .rules import AppliedAgent, Join, MetadataTooLarge, RuleSet, RuleSpec, Verdict
 from .selectors import (
     CHANGE_MARKER_KEY,
     EVERYTHING,
@@ -269,7 +269,31 @@ def _room_agent(agent: AppliedAgent) -> dict[str, Any]:
     return out
 
 
-def rules_explain(*, join: Join, draft: RuleSpec | None = None, scope: Scope = EVERYTHING) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    """What the rules do for one join: every visible rule's verdict, the agents it gets,
+    the RoomConfiguration a token would carry and the token's claims."""
+
+    room_name: str
+    participant_identity: str
+    rules: tuple[Verdict, ...]
+    agents: tuple[AppliedAgent, ...]
+    room_config: dict[str, Any]
+    token_claims: dict[str, Any]
+
+    def as_json(self) -> dict[str, Any]:
+        """The explain API's answer."""
+        return {
+            "room_name": self.room_name,
+            "participant_identity": self.participant_identity,
+            "rules": [asdict(v) for v in self.rules],
+            "agents": [asdict(a) for a in self.agents],
+            "room_config": self.room_config,
+            "token_claims": self.token_claims,
+        }
+
+
+def rules_explain(*, join: Join, draft: RuleSpec | None = None, scope: Scope = EVERYTHING) -> Explanation:
     """Every rule's verdict for this join, the RoomConfiguration it yields and the claims a
     token would carry. `draft` is an unsaved rule evaluated alongside the saved ones (it
     replaces a saved rule of the same name). A client's `scope` sees only the rules whose
@@ -284,7 +308,7 @@ def rules_explain(*, join: Join, draft: RuleSpec | None = None, scope: Scope = E
     visible = {r.spec.name for r in ruleset.rules if scope.rule_visible(r, room_name=join.room_name)}
     if draft is not None:
         visible.add(draft.name)
-    verdicts = [v for v in evaluation.verdicts if v.rule in visible]
+    verdicts = tuple(v for v in evaluation.verdicts if v.rule in visible)
     in_token = [a for a in evaluation.agents if a.delivery == "token"]
     room_config = {"agents": [_room_agent(a) for a in in_token]}
     claims = claims_build(
@@ -295,14 +319,14 @@ def rules_explain(*, join: Join, draft: RuleSpec | None = None, scope: Scope = E
         attributes=join.attributes,
         agents=in_token,
     )
-    return {
-        "room_name": join.room_name,
-        "participant_identity": join.participant_identity,
-        "rules": [asdict(v) for v in verdicts],
-        "agents": [asdict(a) for a in evaluation.agents],
-        "room_config": room_config,
-        "token_claims": claims,
-    }
+    return Explanation(
+        room_name=join.room_name,
+        participant_identity=join.participant_identity,
+        rules=verdicts,
+        agents=tuple(evaluation.agents),
+        room_config=room_config,
+        token_claims=claims,
+    )
 
 
 # --- bulk admin actions ---------------------------------------------------------------------

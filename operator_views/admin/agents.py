@@ -6,6 +6,7 @@ django-simple-history (the History button on every object)."""
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from typing import Any
 
 from django.contrib import admin, messages
@@ -22,6 +23,8 @@ from agents_app.rules import Join, RuleError, RuleSpec, rule_compile
 from agents_app.selectors import config_get, key_digest
 from rooms_app.selectors import AgentSighting, agents_last_seen
 
+from ..doctor.facts import agent_names_near, agent_names_seen_recorded
+from ..doctor.wording import near_names_question
 from ..helpers import duration_text
 
 AUTOMATIC_WARNING = (
@@ -32,6 +35,14 @@ AUTOMATIC_WARNING = (
 
 
 NEVER_SEEN = "never seen"
+NEAR_NAMES_WINDOW = timedelta(days=30)  # sightings recent enough to suggest as the meant name
+
+
+def near_names_seen(agent_names: list[str]) -> dict[str, list[str]]:
+    """For each name, the agent names workers were seen with (a staff page: every sighting)
+    that are a typo apart, closest first; one read for all of them."""
+    seen = agent_names_seen_recorded(timezone.now() - NEAR_NAMES_WINDOW)
+    return {name: agent_names_near(name, seen) for name in agent_names if name}
 
 
 def sighting_text(sighting: AgentSighting | None) -> str:
@@ -71,7 +82,12 @@ class SightingsMixin:
             row.sighting = seen.get(self.agent_name_of(row))
         never = sorted({self.agent_name_of(row) for row in rows if row.sighting is None})
         if never:
-            names = ", ".join(f"'{n}'" if n else "(unnamed)" for n in never)
+            near = near_names_seen(never)
+            names = ", ".join(
+                (f"'{n}'" if n else "(unnamed)")
+                + (f" ({near_names_question(near[n])})" if near.get(n) else "")
+                for n in never
+            )
             messages.warning(
                 request,
                 f"Never seen: {names}. No worker under that name has joined a room or taken a job; "
@@ -139,6 +155,15 @@ class AgentAdmin(SightingsMixin, SimpleHistoryAdmin):
         super().save_model(request, obj, form, change)
         if obj.agent_name == "":
             messages.warning(request, AUTOMATIC_WARNING)
+        elif not agents_last_seen(agent_names=[obj.agent_name]):
+            near = near_names_seen([obj.agent_name])[obj.agent_name]
+            if near:
+                messages.warning(
+                    request,
+                    f"No worker registered as '{obj.agent_name}' has been seen; {near_names_question(near)} "
+                    "(workers were seen under that name). Rename the agent if so: dispatches go to the "
+                    "exact name.",
+                )
 
 
 @admin.register(DispatchRule)
@@ -254,8 +279,8 @@ class DispatchRuleAdmin(SightingsMixin, SimpleHistoryAdmin):
                 join = _join_from(data)
                 result = services.rules_explain(join=join, draft=draft)
                 context["result"] = result
-                context["room_config_json"] = json.dumps(result["room_config"], indent=2)
-                context["claims_json"] = json.dumps(result["token_claims"], indent=2)
+                context["room_config_json"] = json.dumps(result.room_config, indent=2)
+                context["claims_json"] = json.dumps(result.token_claims, indent=2)
                 context["draft_used"] = draft is not None
             except (RuleError, ValueError) as exc:
                 context["error"] = getattr(exc, "message", str(exc))

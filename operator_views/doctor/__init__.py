@@ -14,25 +14,25 @@ unknown; at a broken link it names the cause and the fix in plain words:
 8. No duplicate agents of one name, and no agents the portal does not manage.
 
 Facts come from LiveKit (ListRooms, ListParticipants, ListDispatch through `livekit_boundary.client`)
-and from the ledger (tokens minted, dispatch history). The doctor only reads: running it
-changes nothing, so it is safe from a shell, the admin and the API alike.
+and from the ledger (tokens minted, dispatch history), gathered once into a snapshot
+(facts.py); pure functions of that snapshot judge each link (verdicts.py); wording.py says
+it in words. The doctor only reads: running it changes nothing, so it is safe from a shell,
+the admin and the API alike.
 
 Used by `manage.py doctor`, the admin doctor page and `GET /api/v1/rooms/{room}/diagnosis`.
 """
 
 from .checks import room_diagnose
-from .facts import (
-    BROKEN,
+from .verdicts import BROKEN, OK, UNKNOWN
+from .wording import (
     EXIT_CODES,
     HEALTHY,
     LIVEKIT_UNAVAILABLE,
-    OK,
-    UNKNOWN,
     WAITING,
     Diagnosis,
     Link,
+    diagnosis_format,
 )
-from .wording import diagnosis_format
 
 __all__ = [
     "BROKEN",

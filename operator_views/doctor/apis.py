@@ -21,7 +21,8 @@ from dispatchportal.exceptions import Forbidden
 from dispatchportal.serializers import LiveKitName, name_schema
 
 from .checks import room_diagnose
-from .facts import BROKEN, HEALTHY, LIVEKIT_UNAVAILABLE, OK, UNKNOWN, WAITING
+from .verdicts import BROKEN, OK, UNKNOWN
+from .wording import HEALTHY, LIVEKIT_UNAVAILABLE, WAITING
 
 
 def _error(description: str) -> OpenApiResponse:

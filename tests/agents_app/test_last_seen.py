@@ -97,3 +97,49 @@ def test_one_read_for_a_page_of_agents_however_many(django_assert_max_num_querie
         seen = agents_last_seen(agent_names=[f"agent-{i}" for i in range(10)])
 
     assert len(seen) == 10
+
+
+def test_an_agent_created_under_a_name_never_seen_is_asked_did_you_mean_the_near_name_seen(admin_client):
+    """The workers register as 'demo-agent'; the admin types 'demo-agnet'."""
+    from rooms_app.models import AgentSeen
+
+    AgentSeen.objects.create(
+        agent_name="demo-agent", room_name="demo-1", how="agent joined (webhook)", last_seen_at=timezone.now()
+    )
+    AgentSeen.objects.create(
+        agent_name="billing-bot",
+        room_name="bill-1",
+        how="agent joined (webhook)",
+        last_seen_at=timezone.now(),
+    )
+
+    response = admin_client.post(
+        "/admin/agents_app/agent/add/",
+        {"agent_name": "demo-agnet", "display_name": "Demo", "join_deadline_s": 15, "max_attempts": 1},
+        follow=True,
+    )
+
+    assert response.status_code == 200
+    warnings = [str(m) for m in get_messages(response.wsgi_request)]
+    assert any("did you mean 'demo-agent'?" in m and "billing-bot" not in m for m in warnings), warnings
+    listing = [str(m) for m in get_messages(admin_client.get("/admin/agents_app/agent/").wsgi_request)]
+    assert any(m.startswith("Never seen: 'demo-agnet' (did you mean 'demo-agent'?).") for m in listing), (
+        listing
+    )
+
+
+def test_a_name_seen_is_not_asked_did_you_mean(admin_client):
+    from rooms_app.models import AgentSeen
+
+    AgentSeen.objects.create(
+        agent_name="demo-agent", room_name="demo-1", how="joined", last_seen_at=timezone.now()
+    )
+    _joined("demo-agent", "demo-1", "agent-AJ_1", ago_s=60)
+
+    response = admin_client.post(
+        "/admin/agents_app/agent/add/",
+        {"agent_name": "demo-agent", "display_name": "Demo", "join_deadline_s": 15, "max_attempts": 1},
+        follow=True,
+    )
+
+    assert not any("did you mean" in str(m) for m in get_messages(response.wsgi_request))
