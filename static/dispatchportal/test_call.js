@@ -111,7 +111,8 @@
       if (trigger && trigger.at) {
         let detail = `#${row.dispatch_id} (${trigger.label}${trigger.detail ? ", " + trigger.detail : ""}): `;
         if (requested && requested.state === "done") {
-          detail += `CreateDispatch ${requested.detail} at ${secondsSince(call.t0, serverMs(requested.at))}`;
+          const how = row.delivery === "token" ? "LiveKit's dispatch from the token" : "CreateDispatch";
+          detail += `${how}: ${requested.detail} at ${secondsSince(call.t0, serverMs(requested.at))}`;
         } else if (requested && requested.state === "skipped") {
           detail += requested.detail;
         } else {
@@ -284,7 +285,7 @@
     call.mintedMs = performance.now();
     $("call-title").textContent = `Test call: ${data.participant_identity} in ${data.room_name}, as client ${data.client.name}`;
     const agents = data.agents.map((a) => `${a.agent_name} (rule ${a.rule === "client" ? "none: asked for by the client" : "'" + a.rule + "'"}, ${a.delivery === "token" ? "in the token" : "explicit dispatch"})`);
-    minted.set("done", call.mintedMs, agents.length ? "agents: " + agents.join(", ") + (data.room_exists ? "; the room already exists, so the portal dispatches them explicitly" : "") : "no rule gives this room and identity an agent");
+    minted.set("done", call.mintedMs, agents.length ? "agents: " + agents.join(", ") + (data.room_exists ? "; the room is already live, so LiveKit would ignore a token's agents: the portal dispatches any that are missing" : "") : "no rule gives this room and identity an agent");
     log(`token minted for ${data.participant_identity} in ${data.room_name}: ${agents.join(", ") || "no agent"}`);
     if (!data.agents.length) {
       const div = document.createElement("div");
