@@ -140,7 +140,7 @@ def call_page(chromium, stack, django_user_model) -> Iterator[CallPage]:
     django_user_model.objects.create_superuser("staff", "staff@example.com", PASSWORD)
     page = CallPage(chromium, chromium.new_page(stack.portal_url))
     yield page
-    page.evaluate("() => window.testCall.current && window.testCall.current.room.disconnect()")
+    page.evaluate("() => window.testCall && window.testCall.current && window.testCall.current.room.disconnect()")
     chromium.run(chromium.context.close())
 
 
@@ -230,7 +230,7 @@ def test_an_agent_already_in_the_room_is_seen_when_the_page_joins(stack, agent_w
     page.step('[data-agent="support-agent"] [data-step="audio"]')
     [element] = page.evaluate(AUDIO)
     assert not element["paused"] and element["track"] == "live"
-    assert page.evaluate("() => document.querySelectorAll('[data-agent]').length") == 1
+    assert page.evaluate("() => document.querySelectorAll('.tc-agent[data-agent]').length") == 1
     assert page.evaluate("() => document.querySelectorAll('.tc-why-not').length") == 0
 
 
