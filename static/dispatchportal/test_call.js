@@ -67,9 +67,12 @@
     section.dataset.agent = name;
     const h3 = document.createElement("h3");
     h3.textContent = "Agent " + (name || "(unnamed)");
+    const note = document.createElement("p");
+    note.className = "help";
+    note.textContent = "Dispatch and job: from the portal's ledger, timed when the portal recorded them (on the token path LiveKit dispatches at the join, and the portal may hear of it after the agent is present). Present and audio: what this browser sees.";
     const steps = document.createElement("ol");
     steps.className = "tc-steps";
-    section.append(h3, steps);
+    section.append(h3, note, steps);
     $("call-agents").append(section);
     box = { name, section, steps, expected: null, present: null, ended: false };
     step(steps, "dispatch", "Dispatch");
@@ -306,11 +309,25 @@
     call.room = room;
     room.on(LK.RoomEvent.ParticipantConnected, (p) => agentPresent(p, "joined after this page"));
     room.on(LK.RoomEvent.ParticipantDisconnected, (p) => {
-      if (p.isAgent) log(`${agentNameOf(p)}: ${p.identity} left the room`);
+      if (!p.isAgent) return;
+      const box = call && call.agents.get(agentNameOf(p));
+      if (box && box.participant === p) {
+        const detail = step(box.steps, "present").li.querySelector(".tc-detail");
+        detail.textContent += `; left the room at ${secondsSince(call.t0, performance.now())}`;
+      }
+      log(`${agentNameOf(p)}: ${p.identity} left the room`);
     });
     room.on(LK.RoomEvent.TrackSubscribed, (track, _pub, p) => audioAttach(track, p));
     room.on(LK.RoomEvent.AudioPlaybackStatusChanged, () => {
-      if (!room.canPlaybackAudio) log("the browser blocks audio until you click: press Start again or allow autoplay");
+      // The browser refused to play without a click on the page: offer one.
+      if (room.canPlaybackAudio || $("call-allow-audio")) return;
+      const button = document.createElement("button");
+      button.type = "button";
+      button.id = "call-allow-audio";
+      button.textContent = "Play the agent's audio";
+      button.addEventListener("click", () => room.startAudio().then(() => button.remove()));
+      $("call-audio").prepend(button);
+      log("the browser blocked audio playback until a click");
     });
     room.on(LK.RoomEvent.Disconnected, (reason) => log("disconnected from the room (" + reason + ")"));
     try {

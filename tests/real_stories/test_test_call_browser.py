@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from livekit import api
 
-from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS
+from tests.browser.conftest import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
 from tests.factories import AgentFactory, RuleFactory, make_client
 
 from .conftest import LoopThread
@@ -123,6 +123,17 @@ class CallPage:
 
         return self.do(go())
 
+    def detail_matches(self, selector: str, pattern: str) -> str:
+        """Wait for the step's detail to match `pattern` (the ledger's news arrives by polling)."""
+        from playwright.async_api import expect
+
+        async def go() -> str:
+            detail = self.page.locator(f"{selector} .tc-detail")
+            await expect(detail).to_have_text(re.compile(pattern), timeout=WAIT_MS)
+            return await detail.inner_text()
+
+        return self.do(go())
+
     def seconds(self, shown: dict[str, str]) -> float:
         found = TIME.match(shown["time"])
         assert found, shown
@@ -130,6 +141,11 @@ class CallPage:
 
     def evaluate(self, script: str) -> Any:
         return self.do(self.page.evaluate(script))
+
+    def shot(self, name: str) -> None:
+        """A full-page screenshot under test-artifacts/ (kept by CI)."""
+        ARTIFACTS.mkdir(exist_ok=True)
+        self.do(self.page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True))
 
     def hang_up(self) -> None:
         self.do(self.page.click("#call-hangup"))
@@ -140,7 +156,9 @@ def call_page(chromium, stack, django_user_model) -> Iterator[CallPage]:
     django_user_model.objects.create_superuser("staff", "staff@example.com", PASSWORD)
     page = CallPage(chromium, chromium.new_page(stack.portal_url))
     yield page
-    page.evaluate("() => window.testCall && window.testCall.current && window.testCall.current.room.disconnect()")
+    page.evaluate(
+        "() => window.testCall && window.testCall.current && window.testCall.current.room.disconnect()"
+    )
     chromium.run(chromium.context.close())
 
 
@@ -175,11 +193,14 @@ def test_a_call_shows_each_step_and_the_agent_speaking(stack, agent_worker, call
     dispatch = page.step(agent.format("dispatch"))
     # The ledger's dispatch, with LiveKit's id for it (LiveKit made it from the token's agents).
     [livekit_dispatch] = stack.dispatches("support-call-1", "support-agent")
-    assert re.match(rf"^#\d+ \(Token minted, for ann\): LiveKit's dispatch from the token: {livekit_dispatch.id} at \+", dispatch["detail"])
+    page.detail_matches(
+        agent.format("dispatch"),
+        rf"^#\d+ \(Token minted, for ann\): LiveKit's dispatch from the token: {livekit_dispatch.id} at \+",
+    )
     job = page.step(agent.format("job"))
     assert job["detail"] == in_room.identity.removeprefix("agent-")  # the job's id, AJ_...
     audio = page.step(agent.format("audio"))
-    assert audio["detail"].startswith(f"playing track TR_") and audio["detail"].endswith(in_room.identity)
+    assert audio["detail"].startswith("playing track TR_") and audio["detail"].endswith(in_room.identity)
     # The order things happened in, on the page's clock from Start.
     assert 0 <= page.seconds(minted) <= page.seconds(joined) <= page.seconds(present) <= page.seconds(audio)
     assert page.seconds(minted) <= page.seconds(dispatch)
@@ -191,6 +212,7 @@ def test_a_call_shows_each_step_and_the_agent_speaking(stack, agent_worker, call
     assert element["agent"] == "support-agent" and not element["paused"] and element["track"] == "live"
     page.do(page.page.wait_for_function(f"() => ({LEVEL})() > 0.01"))
     assert page.evaluate("() => document.querySelectorAll('.tc-why-not').length") == 0
+    page.shot("test-call-agent-speaking")
 
     # The fake microphone is published: LiveKit has ann's audio track.
     page.step('[data-step="microphone"]')
@@ -232,6 +254,7 @@ def test_an_agent_already_in_the_room_is_seen_when_the_page_joins(stack, agent_w
     assert not element["paused"] and element["track"] == "live"
     assert page.evaluate("() => document.querySelectorAll('.tc-agent[data-agent]').length") == 1
     assert page.evaluate("() => document.querySelectorAll('.tc-why-not').length") == 0
+    page.shot("test-call-agent-already-there")
 
 
 def test_without_a_worker_the_page_asks_the_doctor_why_not(stack, call_page):
@@ -253,9 +276,19 @@ def test_without_a_worker_the_page_asks_the_doctor_why_not(stack, call_page):
     href = page.do(link.get_attribute("href"))
     target = urlsplit(href)
     assert target.path == "/admin/dispatch-doctor/"
-    assert parse_qs(target.query) == {"room": ["support-call-3"], "agent": ["support-agent"], "identity": ["ann"]}
-    assert page.evaluate("() => document.querySelector('[data-agent=\"support-agent\"] [data-step=\"present\"]').className") != "tc-done"
+    assert parse_qs(target.query) == {
+        "room": ["support-call-3"],
+        "agent": ["support-agent"],
+        "identity": ["ann"],
+    }
+    assert (
+        page.evaluate(
+            '() => document.querySelector(\'[data-agent="support-agent"] [data-step="present"]\').className'
+        )
+        != "tc-done"
+    )
     assert stack.agents("support-call-3") == []
+    page.shot("test-call-why-not")
 
     # The doctor answers for that room and agent.
     page.do(page.page.goto(href))
@@ -263,3 +296,4 @@ def test_without_a_worker_the_page_asks_the_doctor_why_not(stack, call_page):
     assert "support-agent" in verdict
     assert page.do(page.page.input_value("#id_room")) == "support-call-3"
     assert page.do(page.page.input_value("#id_agent")) == "support-agent"
+    page.shot("test-call-doctor")
