@@ -20,8 +20,10 @@
 
   let call = null; // the call in progress
 
+  /* "+1.234 s" after Start; "-4.382 s" for what happened before it (an agent already there). */
   function secondsSince(start, now) {
-    return "+" + ((now - start) / 1000).toFixed(3) + " s";
+    const seconds = (now - start) / 1000;
+    return (seconds < 0 ? "-" : "+") + Math.abs(seconds).toFixed(3) + " s";
   }
 
   function log(text) {
@@ -181,12 +183,20 @@
     participant.on(LK.ParticipantEvent.IsSpeakingChanged, (speaking) => speakingShow(box, speaking));
   }
 
+  /* The sign is on while LiveKit calls the agent an active speaker (its signal reaches a page
+     that joined late only when the speaker set changes) or this browser hears it. */
   function speakingShow(box, speaking) {
+    if (box.livekitSpeaking !== speaking) log(`${box.name}: ${speaking ? "speaking" : "stopped speaking"} (LiveKit)`);
+    box.livekitSpeaking = speaking;
+    signShow(box);
+  }
+
+  function signShow(box) {
     const sign = box.section.querySelector(".tc-speaking");
     if (!sign) return;
-    sign.classList.toggle("tc-on", speaking);
-    sign.textContent = speaking ? "speaking" : "silent";
-    log(`${box.name}: ${speaking ? "speaking" : "stopped speaking"} (LiveKit)`);
+    const on = Boolean(box.livekitSpeaking || box.heard);
+    sign.classList.toggle("tc-on", on);
+    sign.textContent = on ? "speaking" : "silent";
   }
 
   function audioAttach(track, participant) {
@@ -208,7 +218,7 @@
       audio.set("done", performance.now(), `playing track ${track.sid} from ${participant.identity}`);
       log(`${box.name}: audio playing`);
     });
-    if (participant.isSpeaking) speakingShow(box, true);
+    speakingShow(box, participant.isSpeaking);
     levelWatch(box, track, audio.li);
     log(`${box.name}: audio track ${track.sid} subscribed`);
   }
@@ -230,7 +240,8 @@
       const rms = Math.sqrt(sum / samples.length);
       meter.value = Math.min(1, rms * 4);
       value.textContent = rms.toFixed(3);
-      li.classList.toggle("tc-heard", rms > SPEAKING_LEVEL);
+      box.heard = rms > SPEAKING_LEVEL;
+      signShow(box);
     }, 100);
   }
 

@@ -249,7 +249,10 @@ def test_an_agent_already_in_the_room_is_seen_when_the_page_joins(stack, agent_w
     # Bob's token dispatch, from the ledger: the one that brought the agent.
     dispatch = page.step('[data-agent="support-agent"] [data-step="dispatch"]')
     assert dispatch["detail"].startswith(f"#{row.pk} (Token minted, for bob)")
+    assert dispatch["time"].startswith("-")  # before this call began
     page.step('[data-agent="support-agent"] [data-step="audio"]')
+    page.do(page.page.locator('[data-agent="support-agent"] .tc-speaking.tc-on').wait_for())
+    page.do(page.page.wait_for_function(f"() => ({LEVEL})() > 0.01"))
     [element] = page.evaluate(AUDIO)
     assert not element["paused"] and element["track"] == "live"
     assert page.evaluate("() => document.querySelectorAll('.tc-agent[data-agent]').length") == 1
