@@ -85,7 +85,11 @@ class IsStaffWith(permissions.BasePermission):
 
 def _client_scope(raw: Any) -> ClientScope:
     """The API client the call is made as: its id, a client that exists and is enabled."""
-    if isinstance(raw, bool) or not isinstance(raw, int | str) or not str(raw).isdigit():
+    if (
+        isinstance(raw, bool)
+        or not isinstance(raw, int | str)
+        or not (str(raw).isascii() and str(raw).isdigit())
+    ):
         raise ApplicationError("Pick an API client: its id, e.g. 3.", field="client")
     client = client_scope_get(client_id=int(raw))
     if client is None:
@@ -100,6 +104,12 @@ def _client_scope(raw: Any) -> ClientScope:
 def _doctor(room: str, agent: str | None, identity: str) -> str:
     url = doctor_url(room_name=room, agent_name=agent)
     return url + ("&" + urlencode({"identity": identity}) if identity else "")
+
+
+def _explain(room: str, identity: str) -> str:
+    """The rules' explain page, run for this room and identity."""
+    url = admin_url("admin:agents_app_dispatchrule_explain")
+    return url and url + "?" + urlencode({"sample_room": room, "sample_identity": identity})
 
 
 @extend_schema(exclude=True)
@@ -140,7 +150,7 @@ class TestCallTokenApi(APIView):
                     for a in minted.agents
                 ],
                 "doctor_url": _doctor(room, None, identity),
-                "explain_url": admin_url("admin:agents_app_dispatchrule_explain"),
+                "explain_url": _explain(room, identity),
             },
             status=201,
         )

@@ -305,7 +305,7 @@
       const div = document.createElement("div");
       div.className = "tc-why-not";
       div.id = "no-agent";
-      div.innerHTML = 'No agent will come: no rule gives this room an agent for this identity. <a class="explain-link">Explain the rules</a> · <a class="why-not">the doctor</a>';
+      div.innerHTML = 'No agent will come: no rule gives this room an agent for this identity. <a class="explain-link" target="_blank">Explain the rules</a> · <a class="why-not" target="_blank">the doctor</a>';
       div.querySelector(".explain-link").href = data.explain_url;
       div.querySelector(".why-not").href = data.doctor_url;
       minted.li.append(div);

@@ -300,3 +300,27 @@ def test_without_a_worker_the_page_asks_the_doctor_why_not(stack, call_page):
     assert page.do(page.page.input_value("#id_room")) == "support-call-3"
     assert page.do(page.page.input_value("#id_agent")) == "support-agent"
     page.shot("test-call-doctor")
+
+
+def test_a_room_no_rule_takes_says_no_agent_will_come(stack, call_page):
+    RuleFactory(
+        name="support rooms", agent=AgentFactory(agent_name="support-agent"), room_match_value="support-*"
+    )
+    make_client("web", rooms=["support-*", "lobby-*"])
+    page = call_page
+    page.log_in("/admin/test-call/?room=lobby-4", "staff")
+
+    page.start(client="web (rooms: support-*, lobby-*)", identity="ann", microphone=False)
+
+    minted = page.step('[data-step="minted"]')
+    assert minted["detail"].startswith("no rule gives this room and identity an agent")
+    page.step('[data-step="joined"]')
+    notice = page.do(page.page.locator("#no-agent").inner_text())
+    assert notice.startswith("No agent will come: no rule gives this room an agent for this identity.")
+    assert page.evaluate("() => document.querySelectorAll('.tc-agent').length") == 0
+
+    # Explain runs the rules for that room and identity: none takes it.
+    href = page.do(page.page.locator("#no-agent a.explain-link").get_attribute("href"))
+    page.do(page.page.goto(href))
+    verdict = page.do(page.page.locator("#explain-verdict").inner_text())
+    assert verdict.strip() == "No agent would be dispatched to room lobby-4."

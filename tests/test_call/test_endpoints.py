@@ -84,6 +84,9 @@ def test_a_room_without_a_rule_gets_a_token_and_no_agent(staff_api, web):
 
     assert body["agents"] == []
     assert parse_qs(urlsplit(body["doctor_url"]).query) == {"room": ["lobby-1"], "identity": ["bo"]}
+    explain = urlsplit(body["explain_url"])
+    assert explain.path == "/admin/agents_app/dispatchrule/explain/"
+    assert parse_qs(explain.query) == {"sample_room": ["lobby-1"], "sample_identity": ["bo"]}
     assert not TokenFact.objects.exists()
 
 
@@ -107,6 +110,8 @@ def test_the_room_must_be_in_the_chosen_clients_scope(staff_api, web):
         ({"room_name": "support-1"}, 400, "client"),
         ({"client": "web", "room_name": "support-1"}, 400, "client"),
         ({"client": True, "room_name": "support-1"}, 400, "client"),
+        ({"client": "²", "room_name": "support-1"}, 400, "client"),
+        ({"client": -3, "room_name": "support-1"}, 400, "client"),
         ({"client": 99999, "room_name": "support-1"}, 400, "client"),
         ({"client": "{web}", "room_name": 42}, 400, "room_name"),
         (
@@ -175,6 +180,7 @@ def test_room_json_of_a_room_the_portal_does_not_know(staff_api, web):
     [
         ({"room": "support-1"}, "client"),
         ({"client": "x", "room": "support-1"}, "client"),
+        ({"client": "²", "room": "support-1"}, "client"),
         ({"client": "99999", "room": "support-1"}, "client"),
         ({"client": "{web}"}, "room"),
         ({"client": "{web}", "room": "   "}, "room"),
