@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench lint browser-deps services livekit-server clean
+.PHONY: run test bench lint browser-deps services livekit-server vendor-js clean
 
 # The real LiveKit server, built from source through the Go module proxy (pinned here only).
 LIVEKIT_SERVER_VERSION := v1.13.5
@@ -49,6 +49,11 @@ livekit-server:
 	  mkdir -p .bin/go && \
 	  GOBIN=$(CURDIR)/.bin/go CGO_ENABLED=0 $(GO) install github.com/livekit/livekit-server/cmd/server@$(LIVEKIT_SERVER_VERSION) && \
 	  mv .bin/go/server $(LIVEKIT_SERVER) && $(LIVEKIT_SERVER) --version; fi
+
+# LiveKit's browser SDK for the test call page, vendored under static/vendor/livekit-client/:
+# fetched again with `npm pack` and checked against VENDORED.json (version, integrity, sha256).
+vendor-js:
+	python3 bin/vendor_livekit_client.py
 
 # Style, the one-way layers (import-linter's contracts in pyproject.toml) and the types (mypy).
 lint: $(STAMP)

@@ -41,8 +41,8 @@ from .authentication import ApiClientAuthentication, IsApiClient, IsApiClientOrS
 from .models import Agent
 from .rules import KINDS, MAX_PATTERN_LENGTH, Join, RuleError, RuleSpec, rule_compile
 from .selectors import Scope
-from .services import RateLimited, TokenRequest, rules_explain, token_mint
-from .token_request import token_request_parse
+from .services import RateLimited, rules_explain, token_mint
+from .token_request import token_request_from_body
 
 
 class AgentRequestSerializer(StrictSerializer):
@@ -210,17 +210,7 @@ class TokenApi(APIView):
     )
     def post(self, request: Any) -> Response:
         """The operation; `dispatch` calls it for every POST, with the key's principal."""
-        values = token_request_parse(_json_body(request))
-        token_request = TokenRequest(
-            room_name=values.get("room_name", ""),
-            participant_identity=values.get("participant_identity", ""),
-            participant_name=values.get("participant_name", ""),
-            participant_metadata=values.get("participant_metadata", ""),
-            participant_attributes=values.get("participant_attributes", {}),
-            agents=values.get("room_config", []),
-            ttl_s=values.get("ttl"),
-            grants=values.get("grants", {}),
-        )
+        token_request = token_request_from_body(_json_body(request))
         try:
             minted = token_mint(client=request.auth, request=token_request, config=request.user.config)
         except RateLimited as exc:

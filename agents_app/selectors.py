@@ -200,3 +200,13 @@ def config_invalidate() -> None:
     """Drop this process's compiled configuration (after a change made here)."""
     global _current
     _current = None
+
+
+def client_scope_get(*, client_id: int) -> ClientScope | None:
+    """One API client's scope, as the token path holds it (None: no such client)."""
+    return next((c for c in config_get().clients.values() if c.id == client_id), None)
+
+
+def agents_join_deadline(*, agent_names: Sequence[str]) -> dict[str, int]:
+    """Seconds each named agent has to join after a dispatch (its `join_deadline_s`)."""
+    return dict(Agent.objects.filter(agent_name__in=agent_names).values_list("agent_name", "join_deadline_s"))

@@ -18,6 +18,7 @@ from dispatchportal.limits import DEPLOYMENT_PATTERN, MAX_DEPLOYMENT_LENGTH
 from dispatchportal.serializers import MAX_METADATA_BYTES, MAX_NAME_LENGTH, name_problem
 
 from .selectors import GRANT_FIELDS
+from .services import TokenRequest
 
 MAX_AGENT_NAME_LENGTH = 128
 FIELDS = (
@@ -174,3 +175,18 @@ def token_request_parse(data: Any) -> dict[str, Any]:
     if errors:
         raise ValidationError(errors)
     return values
+
+
+def token_request_from_body(data: Any) -> TokenRequest:
+    """The token request a body asks for (validated by `token_request_parse`)."""
+    values = token_request_parse(data)
+    return TokenRequest(
+        room_name=values.get("room_name", ""),
+        participant_identity=values.get("participant_identity", ""),
+        participant_name=values.get("participant_name", ""),
+        participant_metadata=values.get("participant_metadata", ""),
+        participant_attributes=values.get("participant_attributes", {}),
+        agents=values.get("room_config", []),
+        ttl_s=values.get("ttl"),
+        grants=values.get("grants", {}),
+    )

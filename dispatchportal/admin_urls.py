@@ -10,6 +10,7 @@ from django.urls import URLPattern, path, reverse_lazy
 
 from operator_views.dashboard import dashboard_live_view, dashboard_view
 from operator_views.doctor.views import doctor_view
+from operator_views.test_call import TestCallRoomApi, TestCallTokenApi, test_call_view
 
 admin.site.index_template = "admin/dashboard/index.html"
 admin.site.site_header = admin.site.site_title = "Dispatch Portal"
@@ -31,4 +32,8 @@ def admin_urlpatterns() -> list[URLPattern]:
             name="dispatch-dashboard-live",
         ),
         path("admin/dispatch-doctor/", admin.site.admin_view(doctor_view), name="dispatch-doctor"),
+        # The test call's JSON answers 403 to anyone but staff (no login redirect for a script).
+        path("admin/test-call/", admin.site.admin_view(test_call_view), name="test-call"),
+        path("admin/test-call/token.json", TestCallTokenApi.as_view(), name="test-call-token"),
+        path("admin/test-call/room.json", TestCallRoomApi.as_view(), name="test-call-room"),
     ]

@@ -10,6 +10,8 @@
                                 tells others about a participant that publishes nothing
                                 only on its ~3 s batch tick, about a publisher at once, so
                                 latency measurements ("agent visible") use this
+                        speak   as publish, but the track carries a 440 Hz tone: LiveKit
+                                and a listening browser hear the agent speak
                         slow    wait AGENT_DELAY_S before accepting, then as accept
                         coldstart  accept at once, but each job's process spends
                                 AGENT_DELAY_S in its setup (prewarm) before the entrypoint
@@ -33,9 +35,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import sys
 import time
+from array import array
 
 # livekit-agents empties PROMETHEUS_MULTIPROC_DIR when the worker starts (worker.py, "cleaning
 # prometheus multiprocess directory"): inherited from the portal or the test run, it would
@@ -49,7 +53,7 @@ AGENT_NAME = os.environ.get("AGENT_NAME", "")
 BEHAVIOR = os.environ.get("AGENT_BEHAVIOR", "accept")
 DELAY_S = float(os.environ.get("AGENT_DELAY_S", "3"))
 EXECUTOR = JobExecutorType(os.environ.get("AGENT_EXECUTOR", "process"))
-SILENCE_RATE = 48000
+SAMPLE_RATE = 48000
 
 logger = logging.getLogger("agent_worker")
 
@@ -92,29 +96,44 @@ async def entrypoint(ctx: JobContext) -> None:
         os._exit(1)
     await ctx.connect()
     logger.info("job %s joined room %s as %s", ctx.job.id, ctx.room.name, ctx.room.local_participant.identity)
-    if BEHAVIOR == "publish":
-        await _publish_silence(ctx)
+    if BEHAVIOR in ("publish", "speak"):
+        await _publish_audio(ctx, tone=BEHAVIOR == "speak")
 
 
-async def _publish_silence(ctx: JobContext) -> None:
-    source = rtc.AudioSource(SILENCE_RATE, 1)
-    track = rtc.LocalAudioTrack.create_audio_track("silence", source)
+async def _publish_audio(ctx: JobContext, *, tone: bool) -> None:
+    source = rtc.AudioSource(SAMPLE_RATE, 1)
+    track = rtc.LocalAudioTrack.create_audio_track("tone" if tone else "silence", source)
     options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
     # Frames from the start: the server learns of the track from the publish request, but the
     # track is a live one (as a real agent's voice) only once media flows.
-    feeding = asyncio.create_task(_feed_silence(source))
+    feeding = asyncio.create_task(_feed_tone(source) if tone else _feed_silence(source))
 
     async def stop_feeding() -> None:
         feeding.cancel()
 
     ctx.add_shutdown_callback(stop_feeding)
     await ctx.room.local_participant.publish_track(track, options)
-    logger.info("job %s published a silent audio track", ctx.job.id)
+    logger.info("job %s published an audio track (%s)", ctx.job.id, "tone" if tone else "silence")
 
 
 async def _feed_silence(source: rtc.AudioSource) -> None:
-    frame = rtc.AudioFrame.create(SILENCE_RATE, 1, SILENCE_RATE // 100)  # 10 ms of zeros
+    frame = rtc.AudioFrame.create(SAMPLE_RATE, 1, SAMPLE_RATE // 100)  # 10 ms of zeros
     while True:
+        await source.capture_frame(frame)  # paced by the source's queue
+
+
+async def _feed_tone(source: rtc.AudioSource) -> None:
+    """440 Hz at a third of full scale, in 10 ms frames, without end (one second of it is
+    computed once: 440 whole periods, so it loops without a click)."""
+    per_frame = SAMPLE_RATE // 100
+    second = memoryview(
+        array("h", (int(10000 * math.sin(2 * math.pi * 440 * n / SAMPLE_RATE)) for n in range(SAMPLE_RATE)))
+    )
+    position = 0
+    while True:
+        frame = rtc.AudioFrame.create(SAMPLE_RATE, 1, per_frame)
+        frame.data[:] = second[position : position + per_frame]
+        position = (position + per_frame) % SAMPLE_RATE
         await source.capture_frame(frame)  # paced by the source's queue
 
 
@@ -126,7 +145,9 @@ server.on("worker_registered", on_registered)
 
 
 if __name__ == "__main__":
-    if BEHAVIOR not in ("accept", "publish", "raise", "exit", "slow", "coldstart"):
-        sys.exit(f"AGENT_BEHAVIOR must be accept, publish, raise, exit, slow or coldstart, not {BEHAVIOR!r}")
+    if BEHAVIOR not in ("accept", "publish", "speak", "raise", "exit", "slow", "coldstart"):
+        sys.exit(
+            f"AGENT_BEHAVIOR must be accept, publish, speak, raise, exit, slow or coldstart, not {BEHAVIOR!r}"
+        )
     sys.argv = [sys.argv[0], "start"]
     cli.run_app(server)

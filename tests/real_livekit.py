@@ -392,7 +392,7 @@ def start_server(binary: str, workdir: Path) -> RealLiveKit:
 
 # --- real agent workers --------------------------------------------------------------------
 
-BEHAVIORS = ("accept", "publish", "raise", "exit", "slow", "coldstart")
+BEHAVIORS = ("accept", "publish", "speak", "raise", "exit", "slow", "coldstart")
 WORKER_PROGRAM = REPO / "tests" / "agent_worker.py"
 REGISTERED = "AGENT_WORKER_REGISTERED"
 
