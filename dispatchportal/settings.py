@@ -266,7 +266,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",  # pinned in requirements.txt, never a CDN
     "SWAGGER_UI_FAVICON_HREF": "/favicon.ico",
     "REDOC_DIST": "SIDECAR",
-    "ENUM_NAME_OVERRIDES": {"DispatchStatusEnum": "rooms_app.models.Dispatch.Status"},
+    "ENUM_NAME_OVERRIDES": {
+        "DispatchStatusEnum": "rooms_app.models.Dispatch.Status",
+        "DispatchDeliveryEnum": "rooms_app.models.Dispatch.Delivery",
+        "DeliveryEnum": ["token", "explicit"],
+    },
 }
 
 # Prometheus /metrics: with METRICS_TOKEN only for that bearer; without it loopback only.
