@@ -88,6 +88,7 @@ def started(tmp_path_factory):
         "ready": [line.rstrip("\n") for line in ready],
         "all": [line.rstrip("\n") for line in lines],
         "var": var,
+        "exit_code": process.returncode,
     }
 
 
@@ -123,6 +124,7 @@ def test_the_processes_logs_go_to_files_not_the_console(started):
     everything = "".join(p.read_text() for p in logs.glob("*.log*"))
     assert "InsecureKeyLengthWarning" not in everything  # the dev secret is long enough
     assert "Stopping..." in started["all"]
+    assert started["exit_code"] == 0  # Ctrl-C is a clean stop, not an error `make` reports
 
 
 def test_the_log_pipe_rotates_and_echoes_errors_on_one_line(tmp_path):
