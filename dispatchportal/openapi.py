@@ -83,6 +83,6 @@ UNAUTHENTICATED = Call(
     "No Authorization header",
     401,
     {"error": "unauthenticated", "detail": "Authentication credentials were not provided."},
-    description="Send `Authorization: Bearer dpk_...`. An unknown or revoked key gets the same 401 "
-    '("Invalid API key.").',
+    description="Send `Authorization: Bearer dpk_...`. An unknown key is answered 401 'Unknown API key.', "
+    "a disabled client's 'This API client is disabled.'",
 )
