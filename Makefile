@@ -12,17 +12,15 @@ LIVEKIT_SERVER := .bin/livekit-server
 GO ?= $(shell command -v go || echo /usr/local/go/bin/go)
 
 $(STAMP): requirements.txt requirements-dev.txt
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements-dev.txt
-	touch $(STAMP)
+	@echo "Installing the pinned dependencies into $(VENV) (when the requirements change)..."
+	@$(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install --quiet --upgrade pip
+	@$(PY) -m pip install --quiet -r requirements-dev.txt
+	@touch $(STAMP)
 
+# Migrates, loads the demo and starts every process; the console stays quiet (logs: var/log/).
 run: $(STAMP)
-	mkdir -p var
-	$(PY) manage.py migrate --noinput -v0
-	$(PY) manage.py collectstatic --noinput -v0
-	$(PY) manage.py demo_setup
-	./bin/run-portal
+	@./bin/run-portal
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

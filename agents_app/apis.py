@@ -9,13 +9,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse
-from drf_spectacular.utils import (
-    OpenApiResponse,
-    extend_schema,
-    extend_schema_field,
-    extend_schema_serializer,
-    inline_serializer,
-)
+from drf_spectacular.utils import extend_schema, extend_schema_field, extend_schema_serializer
 from rest_framework import exceptions, serializers
 from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.parsers import BaseParser
@@ -25,6 +19,7 @@ from rest_framework.views import APIView
 
 from dispatchportal import metrics
 from dispatchportal.exceptions import ApplicationError, Forbidden
+from dispatchportal.openapi import call_examples, error
 from dispatchportal.parsers import json_load
 from dispatchportal.renderers import JSONRenderer
 from dispatchportal.serializers import (
@@ -37,6 +32,7 @@ from dispatchportal.serializers import (
     StrictSerializer,
 )
 
+from . import api_docs
 from .authentication import ApiClientAuthentication, IsApiClient, IsApiClientOrStaffWith, request_scope
 from .models import Agent
 from .rules import KINDS, MAX_PATTERN_LENGTH, Join, RuleError, RuleSpec, rule_compile
@@ -46,8 +42,15 @@ from .token_request import token_request_from_body
 
 
 class AgentRequestSerializer(StrictSerializer):
-    agent_name = StrictCharField(max_length=128, allow_blank=True)
-    metadata = StrictCharField(required=False, allow_blank=True, max_length=MAX_METADATA_BYTES)
+    agent_name = StrictCharField(
+        max_length=128, allow_blank=True, help_text="One of your own agents, e.g. 'demo-agent'."
+    )
+    metadata = StrictCharField(
+        required=False,
+        allow_blank=True,
+        max_length=MAX_METADATA_BYTES,
+        help_text='Job metadata for the agent (ctx.job.metadata), e.g. \'{"topic": "billing"}\'.',
+    )
     deployment = DeploymentField()
 
 
@@ -55,7 +58,12 @@ class RoomConfigSerializer(StrictSerializer):
     """Only `agents` (and `name`, ignored: the room is `room_name`): other RoomConfiguration
     fields are the operator's, refused with 403."""
 
-    agents = AgentRequestSerializer(many=True, required=False)
+    agents = AgentRequestSerializer(
+        many=True,
+        required=False,
+        help_text="Agents you ask for yourself: only for a client allowed to, and only its own agents. "
+        "A rule that gives the same agent wins.",
+    )
     name = StrictCharField(
         required=False,
         allow_blank=True,
@@ -65,6 +73,9 @@ class RoomConfigSerializer(StrictSerializer):
 
 
 class GrantsSerializer(StrictSerializer):
+    """What the participant may do; each true must be within your client's grant ceiling (by
+    default publish, subscribe and publish data; not update own metadata, not hidden)."""
+
     can_publish = serializers.BooleanField(required=False)
     can_subscribe = serializers.BooleanField(required=False)
     can_publish_data = serializers.BooleanField(required=False)
@@ -107,6 +118,31 @@ class AttributesField(serializers.DictField):
     """The token's participant_attributes (validated by `token_request_parse`)."""
 
     child = StrictCharField(allow_blank=True)
+
+
+@extend_schema_serializer(component_name="TokenAgent")
+class TokenAgentSerializer(serializers.Serializer):
+    agent_name = serializers.CharField(help_text="The name the agent's worker registers with.")
+    rule = serializers.CharField(
+        help_text="The rule that gave the agent, or 'client' when room_config.agents asked for it."
+    )
+    metadata = serializers.CharField(help_text="The job metadata the agent receives, a JSON string.")
+    delivery = serializers.ChoiceField(
+        choices=["token", "explicit"],
+        help_text="token: in this token, dispatched by LiveKit when this join creates the room; "
+        "explicit: the portal dispatches it through LiveKit's API.",
+    )
+
+
+@extend_schema_serializer(component_name="TokenDispatch")
+class TokenDispatchSerializer(serializers.Serializer):
+    room_exists = serializers.BooleanField(
+        help_text="The room was already live, so LiveKit would ignore agents in a token: they are "
+        "dispatched explicitly instead."
+    )
+    agents = TokenAgentSerializer(
+        many=True, help_text="The agents this join brings; empty when no rule matches."
+    )
 
 
 class TokenApi(APIView):
@@ -165,51 +201,75 @@ class TokenApi(APIView):
                 answer[name] = value
         return answer
 
+    # The body as the schema shows it; `token_request_parse` validates it (a test keeps the two
+    # in step).
     @extend_schema_serializer(component_name="TokenRequest")
     class InputSerializer(StrictSerializer):
-        """The body, for the OpenAPI schema; `token_request_parse` validates it."""
+        """LiveKit's standard token request; every field is optional."""
 
-        room_name = LiveKitName(required=False, allow_blank=True)
-        participant_identity = LiveKitName(required=False, allow_blank=True)
-        participant_name = StrictCharField(required=False, allow_blank=True, max_length=MAX_NAME_LENGTH)
+        room_name = LiveKitName(
+            required=False,
+            allow_blank=True,
+            help_text="e.g. 'demo-1'; must match one of your key's room patterns. Omit it to have the "
+            "room named by your client's room-name template.",
+        )
+        participant_identity = LiveKitName(
+            required=False,
+            allow_blank=True,
+            help_text="e.g. 'ann'; unique within the room. Omitted: 'user-' and 12 random hex digits.",
+        )
+        participant_name = StrictCharField(
+            required=False,
+            allow_blank=True,
+            max_length=MAX_NAME_LENGTH,
+            help_text="Display name, e.g. 'Ann'.",
+        )
         participant_metadata = StrictCharField(
             required=False, allow_blank=True, max_length=MAX_METADATA_BYTES
         )
         participant_attributes = AttributesField(required=False)
         room_config = RoomConfigSerializer(required=False)
-        ttl = serializers.IntegerField(required=False, min_value=60, help_text="Seconds; extension.")
-        grants = GrantsSerializer(
-            required=False, help_text="Extension: ask for less or more, within the ceiling."
+        ttl = serializers.IntegerField(
+            required=False,
+            min_value=60,
+            help_text="Token lifetime in seconds, e.g. 3600; at most your client's maximum (6 hours by "
+            "default). Extension to LiveKit's format.",
         )
-
-    @extend_schema_serializer(component_name="TokenDispatch")
-    class DispatchSerializer(serializers.Serializer):
-        agent_name = serializers.CharField()
-        rule = serializers.CharField(help_text="The rule that applied it, or 'client'.")
-        metadata = serializers.CharField()
-        delivery = serializers.ChoiceField(choices=["token", "explicit"])
+        grants = GrantsSerializer(
+            required=False,
+            help_text="Extension to LiveKit's format: ask for fewer rights, or more within your ceiling.",
+        )
 
     @extend_schema_serializer(component_name="TokenResponse")
     class OutputSerializer(serializers.Serializer):
-        server_url = serializers.CharField()
-        participant_token = serializers.CharField()
-        room_name = serializers.CharField()
+        server_url = serializers.CharField(help_text="LiveKit's address for the client, e.g. wss://…")
+        participant_token = serializers.CharField(help_text="The JWT to connect with.")
+        room_name = serializers.CharField(help_text="The room (named by the template when you sent none).")
         participant_identity = serializers.CharField()
-        dispatch = serializers.DictField(help_text='{"agents": [{agent_name, rule, metadata, delivery}]}')
+        dispatch = TokenDispatchSerializer(help_text="Which agents come, and how.")
 
     @extend_schema(
+        operation_id="token_create",
+        summary=api_docs.TOKEN_SUMMARY,
+        description=api_docs.TOKEN_DESCRIPTION,
         request=InputSerializer,
         responses={
             201: OutputSerializer,
-            400: OpenApiResponse(description="Malformed JSON, wrong types, names or sizes LiveKit rejects"),
-            401: OpenApiResponse(description="Missing, unknown or disabled key"),
-            403: OpenApiResponse(description="Room, agent or grant outside the client's scope"),
-            415: OpenApiResponse(description="The body is not JSON"),
-            429: OpenApiResponse(description="Over the client's rate limit"),
+            400: error(
+                "Malformed JSON, a wrong type, or a name or size LiveKit rejects; the field is named."
+            ),
+            401: error("Missing, unknown or disabled key."),
+            403: error(
+                "Room, agent, grant or TTL outside your key's scope, or a room_config field other than "
+                "agents; the field is named."
+            ),
+            415: error("The body is not JSON."),
+            429: error("Over your client's rate limit; retry after Retry-After seconds."),
         },
+        examples=call_examples(*api_docs.TOKEN_CALLS),
     )
     def post(self, request: Any) -> Response:
-        """The operation; `dispatch` calls it for every POST, with the key's principal."""
+        """Mint one token: `dispatch` calls it for every POST, with the key's principal."""
         token_request = token_request_from_body(_json_body(request))
         try:
             minted = token_mint(client=request.auth, request=token_request, config=request.user.config)
@@ -268,6 +328,47 @@ class DraftRuleField(serializers.DictField):
     """Validated by `_draft` (its errors under `draft_rule`); the schema shows the rule."""
 
 
+class RuleVerdictSerializer(serializers.Serializer):
+    rule = serializers.CharField(help_text="The rule's name.")
+    agent_name = serializers.CharField()
+    outcome = serializers.ChoiceField(
+        choices=["applied", "shadowed", "agent_disabled", "not_matched", "not_evaluated", "disabled"]
+    )
+    reason = serializers.CharField(help_text="e.g. \"matched glob 'demo-*'\".")
+    stop = serializers.BooleanField(help_text="A matching stop rule ends evaluation.")
+
+
+@extend_schema_serializer(component_name="ExplainedAgent")
+class ExplainedAgentSerializer(TokenAgentSerializer):
+    deployment = serializers.CharField(help_text="LiveKit's dispatch deployment, '' for none.")
+    attributes = serializers.DictField(
+        child=serializers.CharField(), help_text="LiveKit's dispatch attributes."
+    )
+
+
+class RoomConfigAgentSerializer(serializers.Serializer):
+    agent_name = serializers.CharField()
+    metadata = serializers.CharField()
+    deployment = serializers.CharField(required=False, help_text="Present only when set.")
+
+
+class RoomConfigOutSerializer(serializers.Serializer):
+    agents = RoomConfigAgentSerializer(many=True, help_text="The agents with token delivery.")
+
+
+@extend_schema_serializer(component_name="Explanation")
+class ExplanationSerializer(serializers.Serializer):
+    room_name = serializers.CharField()
+    participant_identity = serializers.CharField()
+    rules = RuleVerdictSerializer(many=True, help_text="Every rule you may see, in evaluation order.")
+    agents = ExplainedAgentSerializer(many=True, help_text="The agents the join gets.")
+    room_config = RoomConfigOutSerializer(help_text="The RoomConfiguration a token would carry.")
+    token_claims = serializers.DictField(
+        help_text="The claims of the token it would mint (LiveKit's JWT claims: video grant, attributes, "
+        "roomConfig, sub)."
+    )
+
+
 class ExplainApi(APIView):
     """Why does this room get that agent? Every rule's verdict for a sample join."""
 
@@ -278,33 +379,30 @@ class ExplainApi(APIView):
 
     @extend_schema_serializer(component_name="ExplainRequest")
     class InputSerializer(StrictSerializer):
-        room_name = LiveKitName()
-        participant_identity = LiveKitName(required=False, allow_blank=True)
+        room_name = LiveKitName(help_text="The sample join's room, e.g. 'demo-1'.")
+        participant_identity = LiveKitName(required=False, allow_blank=True, help_text="e.g. 'ann'.")
         participant_name = StrictCharField(required=False, allow_blank=True)
         participant_attributes = serializers.DictField(
-            child=StrictCharField(allow_blank=True), required=False
+            child=StrictCharField(allow_blank=True),
+            required=False,
+            help_text='As a token request would carry them, e.g. {"role": "customer"}.',
         )
         draft_rule = DraftRuleField(required=False, help_text="An unsaved rule to try.")
 
     @extend_schema(
+        operation_id="rules_explain",
+        summary=api_docs.EXPLAIN_SUMMARY,
+        description=api_docs.EXPLAIN_DESCRIPTION,
         request=InputSerializer,
         responses={
-            200: inline_serializer(
-                "Explanation",
-                {
-                    "rules": serializers.ListField(child=serializers.DictField()),
-                    "agents": serializers.ListField(child=serializers.DictField()),
-                    "room_config": serializers.DictField(),
-                    "token_claims": serializers.DictField(),
-                },
-            ),
-            400: OpenApiResponse(description="Invalid input or draft rule"),
-            401: OpenApiResponse(description="Not authenticated"),
-            403: OpenApiResponse(
-                description="Neither a client key nor a staff session with view permission on dispatch "
-                "rules, or room outside the client's patterns"
+            200: ExplanationSerializer,
+            400: error("Invalid input or draft rule; the field is named (draft fields as draft_rule.*)."),
+            401: error("Missing, unknown or disabled key."),
+            403: error(
+                "Room outside your key's patterns, or a staff session without view permission on dispatch rules."
             ),
         },
+        examples=call_examples(*api_docs.EXPLAIN_CALLS),
     )
     def post(self, request: Any) -> Response:
         data = self.InputSerializer(data=request.data)

@@ -1,7 +1,7 @@
 """Settings, read from the environment through one `env` object.
 
-Embedded defaults (SQLite, a filesystem Celery broker, LiveKit at 127.0.0.1:7880 with the
-`livekit-server --dev` keys) make `make run` work on a bare machine. `DJANGO_ENV=production`
+Embedded defaults (SQLite, a filesystem Celery broker, LiveKit at 127.0.0.1:7880 with key
+`devkey` and a 40-byte dev secret) make `make run` work on a bare machine. `DJANGO_ENV=production`
 removes every default for a secret and refuses to start without them.
 """
 
@@ -39,7 +39,9 @@ CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 # LiveKit. The secret is read here and only handed to livekit-api; never logged or shown.
 LIVEKIT_URL = _required("LIVEKIT_URL", "http://127.0.0.1:7880")
 LIVEKIT_API_KEY = _required("LIVEKIT_API_KEY", "devkey")
-LIVEKIT_API_SECRET = _required("LIVEKIT_API_SECRET", "secret")
+# 32+ bytes, as HS256 wants (PyJWT warns on every token signed with a shorter key); what
+# bin/run-portal gives the LiveKit server it starts.
+LIVEKIT_API_SECRET = _required("LIVEKIT_API_SECRET", "devsecret-for-local-runs-only-0123456789")
 LIVEKIT_TIMEOUT_S = env.float("LIVEKIT_TIMEOUT_S", default=5.0)
 
 
@@ -266,7 +268,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",  # pinned in requirements.txt, never a CDN
     "SWAGGER_UI_FAVICON_HREF": "/favicon.ico",
     "REDOC_DIST": "SIDECAR",
-    "ENUM_NAME_OVERRIDES": {"DispatchStatusEnum": "rooms_app.models.Dispatch.Status"},
+    "ENUM_NAME_OVERRIDES": {
+        "DispatchStatusEnum": "rooms_app.models.Dispatch.Status",
+        "DispatchDeliveryEnum": "rooms_app.models.Dispatch.Delivery",
+        "DeliveryEnum": ["token", "explicit"],
+    },
 }
 
 # Prometheus /metrics: with METRICS_TOKEN only for that bearer; without it loopback only.

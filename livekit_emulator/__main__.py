@@ -1,4 +1,4 @@
-"""Command line: `python -m livekit_emulator --port 7880 --keys devkey:secret`."""
+"""Command line: `python -m livekit_emulator --port 7880 [--keys devkey:SECRET]`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import warnings
 
 from jwt.warnings import InsecureKeyLengthWarning
 
-from .server import serve
+from .server import DEFAULT_KEYS, serve
 
 
 def _key_pair(value: str) -> tuple[str, str]:
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
         type=_key_pair,
         action="append",
         metavar="KEY:SECRET",
-        help="API key and secret; repeatable (default: devkey:secret, as `livekit-server --dev`)",
+        help="API key and secret; repeatable (default: devkey with a 32+ byte secret, so PyJWT clients do not warn)",
     )
     parser.add_argument("--webhook-url", default=None)
     parser.add_argument(
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    keys = dict(args.keys or [("devkey", "secret")])
+    keys = dict(args.keys or DEFAULT_KEYS)
     if any(len(secret.encode()) < 32 for secret in keys.values()):
         logging.getLogger("livekit_emulator").warning(
             "an API secret is shorter than 32 bytes; PyJWT clients will warn on every token"

@@ -23,6 +23,7 @@ from rest_framework.views import APIView
 
 from agents_app.authentication import IsApiClientOrStaffWith, request_scope
 from dispatchportal.exceptions import Conflict, NotFound
+from dispatchportal.openapi import ErrorSerializer, call_examples, error
 from dispatchportal.serializers import (
     MAX_METADATA_BYTES,
     DeploymentField,
@@ -31,17 +32,11 @@ from dispatchportal.serializers import (
     StrictSerializer,
 )
 
+from . import api_docs
 from .models import Dispatch
 from .selectors import dispatch_get, dispatch_next_attempt, dispatch_timeline, room_state
 from .services import dispatch_api_create, dispatch_cancel
 from .webhooks import webhook_receive
-
-
-def _error(description: str) -> OpenApiResponse:
-    return OpenApiResponse(
-        response=OpenApiTypes.OBJECT,
-        description=description + ' Body: {"error": code, "detail": message or {field: [messages]}}.',
-    )
 
 
 class DispatchEventSerializer(serializers.Serializer):
@@ -116,13 +111,33 @@ def _dispatch_id(raw: str) -> int:
 
 
 _DISPATCH_ID = OpenApiParameter(
-    "dispatch_id", OpenApiTypes.INT, OpenApiParameter.PATH, description="The dispatch's id, e.g. 42."
+    "dispatch_id",
+    OpenApiTypes.INT,
+    OpenApiParameter.PATH,
+    description="The dispatch's id: `id` in the answer of POST /api/v1/dispatches, e.g. 41.",
+)
+_ROOM_NAME = OpenApiParameter(
+    "room_name",
+    OpenApiTypes.STR,
+    OpenApiParameter.PATH,
+    description="The room, e.g. demo-1.",
+    examples=[OpenApiExample("demo room", value="demo-1")],
 )
 
 
 def _who(request: Any) -> str:
     scope = request_scope(request)
     return scope.client.name if scope.client is not None else f"staff:{request.user.get_username()}"
+
+
+@extend_schema_serializer(component_name="AlreadyDispatched")
+class AlreadyDispatchedSerializer(ErrorSerializer):
+    """The error body, with the live dispatch the agent already has."""
+
+    metadata_applied = serializers.BooleanField(
+        help_text="False when the metadata you sent differs from the live dispatch's: it was NOT applied."
+    )
+    dispatch = DispatchOutputSerializer(help_text="The live dispatch.")
 
 
 class DispatchCreateApi(APIView):
@@ -134,8 +149,8 @@ class DispatchCreateApi(APIView):
     # Named components: every view's nested serializer is called Input/Output.
     @extend_schema_serializer(component_name="DispatchCreateInput")
     class InputSerializer(StrictSerializer):
-        room_name = LiveKitName(help_text="e.g. 'support-1234'")
-        agent_name = LiveKitName(max_length=128, help_text="e.g. 'support-agent'")
+        room_name = LiveKitName(help_text="e.g. 'demo-3'; must match one of your key's room patterns.")
+        agent_name = LiveKitName(max_length=128, help_text="One of your agents, e.g. 'demo-agent'.")
         metadata = StrictCharField(
             required=False,
             allow_blank=True,
@@ -159,31 +174,25 @@ class DispatchCreateApi(APIView):
 
     @extend_schema(
         operation_id="dispatch_create",
+        summary=api_docs.DISPATCH_CREATE_SUMMARY,
+        description=api_docs.DISPATCH_CREATE_DESCRIPTION,
         request=InputSerializer,
         responses={
             202: OpenApiResponse(DispatchOutputSerializer, description="Recorded; the agent is on its way."),
             409: OpenApiResponse(
-                response=OpenApiTypes.OBJECT,
+                AlreadyDispatchedSerializer,
                 description="The agent already has a live dispatch in the room (from a token, a rule, "
-                'reconcile or an earlier call): nothing was created. Body: {"error": '
-                '"already_dispatched", "detail", "metadata_applied": whether the live dispatch '
-                'carries the metadata asked for, "dispatch": the live dispatch}.',
+                "reconcile or an earlier call): nothing was created.",
             ),
-            400: _error("Malformed JSON, a wrong type or size; the field is named."),
-            401: _error("Missing, unknown or disabled key."),
-            403: _error(
+            400: error("Malformed JSON, a wrong type or size; the field is named."),
+            401: error("Missing, unknown or disabled key."),
+            403: error(
                 "Room outside the client's patterns, agent disabled, or a staff session without "
                 "add permission on dispatches."
             ),
-            404: _error("Unknown agent, or one the client may not name (answered alike)."),
+            404: error("Unknown agent, or one the client may not name (answered alike)."),
         },
-        examples=[
-            OpenApiExample(
-                "request",
-                value={"room_name": "support-1234", "agent_name": "support-agent"},
-                request_only=True,
-            )
-        ],
+        examples=call_examples(*api_docs.DISPATCH_CREATE_CALLS),
     )
     def post(self, request: Any) -> Response:
         data = self.InputSerializer(data=request.data)
@@ -228,12 +237,15 @@ class DispatchDetailApi(APIView):
 
     @extend_schema(
         operation_id="dispatch_retrieve",
+        summary=api_docs.DISPATCH_RETRIEVE_SUMMARY,
+        description=api_docs.DISPATCH_RETRIEVE_DESCRIPTION,
         parameters=[_DISPATCH_ID],
+        examples=call_examples(*api_docs.DISPATCH_RETRIEVE_CALLS),
         responses={
             200: DispatchOutputSerializer,
-            401: _error("Missing, unknown or disabled key."),
-            403: _error("A staff session without view permission on dispatches."),
-            404: _error("No such dispatch in the client's rooms."),
+            401: error("Missing, unknown or disabled key."),
+            403: error("A staff session without view permission on dispatches."),
+            404: error("No such dispatch in the client's rooms."),
         },
     )
     def get(self, request: Any, dispatch_id: str) -> Response:
@@ -242,15 +254,18 @@ class DispatchDetailApi(APIView):
 
     @extend_schema(
         operation_id="dispatch_cancel",
+        summary=api_docs.DISPATCH_CANCEL_SUMMARY,
+        description=api_docs.DISPATCH_CANCEL_DESCRIPTION,
         parameters=[_DISPATCH_ID],
+        examples=call_examples(*api_docs.DISPATCH_CANCEL_CALLS),
         responses={
             202: OpenApiResponse(
                 DispatchOutputSerializer, description="Cancelled; the LiveKit dispatch is being deleted."
             ),
-            401: _error("Missing, unknown or disabled key."),
-            403: _error("A staff session without change permission on dispatches."),
-            404: _error("No such dispatch in the client's rooms."),
-            409: _error("The dispatch had already ended."),
+            401: error("Missing, unknown or disabled key."),
+            403: error("A staff session without change permission on dispatches."),
+            404: error("No such dispatch in the client's rooms."),
+            409: error("The dispatch had already ended."),
         },
     )
     def delete(self, request: Any, dispatch_id: str) -> Response:
@@ -305,10 +320,14 @@ class RoomDetailApi(APIView):
 
     @extend_schema(
         operation_id="room_retrieve",
+        summary=api_docs.ROOM_SUMMARY,
+        description=api_docs.ROOM_DESCRIPTION,
+        parameters=[_ROOM_NAME],
+        examples=call_examples(*api_docs.ROOM_CALLS),
         responses={
             200: OutputSerializer,
-            401: _error("Missing, unknown or disabled key."),
-            403: _error(
+            401: error("Missing, unknown or disabled key."),
+            403: error(
                 "Room outside the client's room patterns, or a staff session without view permission on rooms."
             ),
         },
@@ -342,8 +361,18 @@ class LiveKitWebhookApi(APIView):
 
     @extend_schema(
         operation_id="livekit_webhook",
+        summary=api_docs.WEBHOOK_SUMMARY,
+        description=api_docs.WEBHOOK_DESCRIPTION,
         request={"application/webhook+json": OpenApiTypes.OBJECT},
-        responses={200: OutputSerializer, 401: _error("Bad signature or body hash; nothing recorded.")},
+        responses={
+            200: OutputSerializer,
+            400: error(
+                "Signed, but not a LiveKit WebhookEvent, or names or ids LiveKit never sends; nothing "
+                "recorded."
+            ),
+            401: error("Bad signature or body hash; nothing recorded."),
+        },
+        examples=call_examples(*api_docs.WEBHOOK_CALLS),
     )
     def post(self, request: Any) -> Response:
         outcome = webhook_receive(body=request.body, authorization=request.META.get("HTTP_AUTHORIZATION", ""))

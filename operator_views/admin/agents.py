@@ -14,7 +14,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import path, reverse
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import escape, format_html
 from simple_history.admin import SimpleHistoryAdmin
 
 from agents_app import services
@@ -192,6 +192,14 @@ class DispatchRuleAdmin(SightingsMixin, SimpleHistoryAdmin):
         ("LiveKit dispatch fields", {"fields": ("deployment", "dispatch_attributes")}),
     )
 
+    def formfield_for_dbfield(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        """Help texts are plain text: the admin renders them as HTML, where the regex example's
+        `(?P<candidate>...)` would be taken for a tag and vanish."""
+        formfield = super().formfield_for_dbfield(db_field, request, **kwargs)
+        if formfield is not None and formfield.help_text:
+            formfield.help_text = escape(formfield.help_text)
+        return formfield
+
     @admin.display(description="delivery", ordering="delivery")
     def how(self, rule: DispatchRule) -> str:
         """The delivery's short name (the long one would push the warnings off a laptop screen)."""
@@ -270,7 +278,9 @@ class DispatchRuleAdmin(SightingsMixin, SimpleHistoryAdmin):
                 for k in ("sample_room", "sample_identity", "sample_name", "sample_attributes")
             },
             "agents": Agent.objects.all(),
-            "draft": {k: data.get(k, "") for k in DRAFT_FIELDS},
+            # The room match defaults to glob, as a new rule's does and as the placeholder shows.
+            "draft": {k: data.get(k, "") for k in DRAFT_FIELDS}
+            | {"room_match_kind": data.get("room_match_kind") or "glob"},
             "kinds": ["exact", "prefix", "glob", "regex"],
         }
         if data.get("sample_room"):

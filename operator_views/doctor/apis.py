@@ -10,26 +10,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_serializer
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema, extend_schema_serializer
 from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from agents_app.authentication import IsApiClientOrStaffWith, request_scope
 from dispatchportal.exceptions import Forbidden
+from dispatchportal.openapi import call_examples, error
 from dispatchportal.serializers import LiveKitName, name_schema
 
+from . import api_docs
 from .checks import room_diagnose
 from .verdicts import BROKEN, OK, UNKNOWN
 from .wording import HEALTHY, LIVEKIT_UNAVAILABLE, WAITING
-
-
-def _error(description: str) -> OpenApiResponse:
-    return OpenApiResponse(
-        response=OpenApiTypes.OBJECT,
-        description=description + ' Body: {"error": code, "detail": message or {field: [messages]}}.',
-    )
 
 
 class DiagnosisLinkSerializer(serializers.Serializer):
@@ -79,8 +73,18 @@ class RoomDiagnosisApi(APIView):
 
     @extend_schema(
         operation_id="room_diagnosis",
+        summary=api_docs.SUMMARY,
+        description=api_docs.DESCRIPTION,
+        examples=call_examples(*api_docs.CALLS),
         parameters=[
-            OpenApiParameter("room_name", name_schema(), OpenApiParameter.PATH, required=True),
+            OpenApiParameter(
+                "room_name",
+                name_schema(),
+                OpenApiParameter.PATH,
+                required=True,
+                description="The room, e.g. demo-3.",
+                examples=[OpenApiExample("demo room", value="demo-3")],
+            ),
             OpenApiParameter("agent", name_schema(), description="Only this agent name, e.g. support-agent."),
             OpenApiParameter(
                 "identity", name_schema(), description="Evaluate the rules for this participant identity."
@@ -88,9 +92,9 @@ class RoomDiagnosisApi(APIView):
         ],
         responses={
             200: OutputSerializer,
-            400: _error("Invalid room name, agent or identity."),
-            401: _error("Missing, unknown or disabled key."),
-            403: _error(
+            400: error("Invalid room name, agent or identity."),
+            401: error("Missing, unknown or disabled key."),
+            403: error(
                 "Room outside the client's room patterns, or neither a key nor a staff session with "
                 "view permission on dispatches."
             ),
