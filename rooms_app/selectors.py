@@ -47,6 +47,8 @@ class WantedAgent:
     last_error: str
     waiting_for_livekit_since: datetime | None = None
     agents_removed: list[dict[str, str]] = field(default_factory=list)
+    deadline_at: datetime | None = None
+    asked_at: datetime | None = None  # requested, or created for a token's agent not yet seen
 
     @property
     def joined(self) -> bool:
@@ -76,15 +78,37 @@ def room_state(*, room_name: str, scope: Scope = EVERYTHING) -> RoomState:
     room = Room.objects.filter(name=room_name).first()
     if room is None:
         return RoomState(room_name=room_name, status="unknown")
+    agents = rooms_wanted_agents(rooms=[room])[room.pk]
+    return RoomState(
+        room_name=room.name,
+        status=room.status,
+        sid=room.sid,
+        num_participants=room.num_participants,
+        agents=agents,
+    )
+
+
+def rooms_wanted_agents(*, rooms: list[Room]) -> dict[int, list[WantedAgent]]:
+    """Per room id, the agents the portal wants there and where each stands (what
+    `room_state` reports, read for many rooms at once): the latest attempt per agent, leaving
+    out replaced and cancelled ones and, in a live room, leftovers of an earlier session.
+    Sorted by agent name. The rooms list, the dashboard and the API all read this."""
+    by_room: dict[int, list[Dispatch]] = {room.pk: [] for room in rooms}
+    for dispatch in Dispatch.objects.filter(room_id__in=list(by_room)).order_by("id"):
+        by_room[dispatch.room_id].append(dispatch)
+    return {room.pk: _wanted(room=room, dispatches=by_room[room.pk]) for room in rooms}
+
+
+def _wanted(*, room: Room, dispatches: list[Dispatch]) -> list[WantedAgent]:
     latest: dict[str, Dispatch] = {}
     replaced: set[int] = set()
-    for dispatch in Dispatch.objects.filter(room=room).order_by("id"):
+    removed: dict[str, list[dict[str, str]]] = {}
+    for dispatch in dispatches:
         latest[dispatch.agent_name] = dispatch
         if dispatch.previous_id:
             replaced.add(dispatch.previous_id)
-    removed: dict[str, list[dict[str, str]]] = {}
-    for dispatch in Dispatch.objects.filter(room=room).exclude(agents_removed=[]).order_by("id"):
-        removed.setdefault(dispatch.agent_name, []).extend(dispatch.agents_removed)
+        if dispatch.agents_removed:
+            removed.setdefault(dispatch.agent_name, []).extend(dispatch.agents_removed)
     agents = []
     for dispatch in latest.values():
         # An attempt handed over to its fallback agent is that agent's row now.
@@ -104,17 +128,13 @@ def room_state(*, room_name: str, scope: Scope = EVERYTHING) -> RoomState:
                 last_error=dispatch.last_error,
                 waiting_for_livekit_since=dispatch.livekit_waiting_since,
                 agents_removed=removed.get(dispatch.agent_name, []),
+                deadline_at=dispatch.deadline_at,
+                asked_at=dispatch.requested_at or dispatch.created_at,
             )
         )
     agents = _expectations_current(room_name=room.name, agents=agents, latest=latest)
     agents.sort(key=lambda a: a.agent_name)
-    return RoomState(
-        room_name=room.name,
-        status=room.status,
-        sid=room.sid,
-        num_participants=room.num_participants,
-        agents=agents,
-    )
+    return agents
 
 
 def _expectations_current(
@@ -261,6 +281,7 @@ def dispatch_timeline(*, dispatch: Dispatch) -> list[TimelineStep]:
         steps.append(TimelineStep("joined", "Agent joined", None, "waiting", deadline))
     if ended:  # steps never reached are not waiting any more
         steps = [s if s.state != "waiting" else replace(s, state="skipped") for s in steps]
+    steps = _in_time_order(steps)
     answer, previous = [], None
     for step in steps:
         if step.at is not None:
@@ -269,6 +290,16 @@ def dispatch_timeline(*, dispatch: Dispatch) -> list[TimelineStep]:
             previous = step.at
         answer.append(step)
     return answer
+
+
+def _in_time_order(steps: list[TimelineStep]) -> list[TimelineStep]:
+    """The dated steps in the order they happened (a stable sort: steps stamped at the same
+    moment keep their logical order); an undated step (not yet, not reached) keeps its place
+    in the sequence, so the page reads trigger -> request -> job -> join where nothing
+    says otherwise."""
+    dated = sorted((s for s in steps if s.at is not None), key=lambda s: s.at)  # type: ignore[arg-type, return-value]
+    ordered = iter(dated)
+    return [next(ordered) if s.at is not None else s for s in steps]
 
 
 @dataclass(frozen=True, slots=True)
