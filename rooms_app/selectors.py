@@ -239,6 +239,8 @@ def dispatch_timeline(*, dispatch: Dispatch) -> list[TimelineStep]:
     trigger_detail = details.get(dispatch.source, "")
     in_token = dispatch.delivery == Dispatch.Delivery.TOKEN and dispatch.requested_at is None
     ended = dispatch.status in _ENDED_WITHOUT_AGENT
+    requested_at, requested_note = _by_the_join(dispatch.requested_at, dispatch.joined_at)
+    job_at, job_note = _by_the_join(dispatch.job_assigned_at, dispatch.joined_at)
     steps = [
         TimelineStep(
             "trigger",
@@ -250,18 +252,18 @@ def dispatch_timeline(*, dispatch: Dispatch) -> list[TimelineStep]:
         TimelineStep(
             "requested",
             "Dispatch requested",
-            dispatch.requested_at,
+            requested_at,
             "done" if dispatch.requested_at else "skipped" if in_token else "waiting",
             "carried in the participant token; LiveKit dispatches it when the room starts"
             if in_token
-            else dispatch.livekit_dispatch_id,
+            else " ".join(filter(None, (dispatch.livekit_dispatch_id, requested_note))),
         ),
         TimelineStep(
             "job_assigned",
             "Job assigned to a worker",
-            dispatch.job_assigned_at,
+            job_at,
             "done" if dispatch.job_assigned_at else "waiting",
-            dispatch.livekit_job_id,
+            " ".join(filter(None, (dispatch.livekit_job_id, job_note))),
         ),
     ]
     if dispatch.joined_at is not None:
@@ -290,6 +292,15 @@ def dispatch_timeline(*, dispatch: Dispatch) -> list[TimelineStep]:
             previous = step.at
         answer.append(step)
     return answer
+
+
+def _by_the_join(at: datetime | None, joined_at: datetime | None) -> tuple[datetime | None, str]:
+    """A step the portal learned of only after LiveKit's join time (older records of the
+    token path) happened by the join at the latest: shown at the join, with when it was seen."""
+    if at is None or joined_at is None or at <= joined_at:
+        return at, ""
+    seen = f"{at:%H:%M:%S}.{at.microsecond // 1000:03d}"
+    return joined_at, f"(seen by the portal at {seen} UTC, after the agent had joined)"
 
 
 def _in_time_order(steps: list[TimelineStep]) -> list[TimelineStep]:

@@ -107,6 +107,11 @@ def incident_raise(
                         opened_at=now,
                         last_seen_at=now,
                         occurrences=max(1, occurrences),
+                        # A key muted by staff stays muted when its problem comes back.
+                        muted_until=Incident.objects.filter(key=key, muted_until__gt=now)
+                        .order_by("-muted_until")
+                        .values_list("muted_until", flat=True)
+                        .first(),
                     )
             except IntegrityError:  # opened by a concurrent check a moment ago
                 open_ = Incident.objects.get(key=key, status=Incident.Status.OPEN)

@@ -63,10 +63,10 @@ def _agent_doctor_url(agent_name: str) -> str:
 def _room_item(m: MissingAgent) -> Attention:
     agent = f"'{m.agent_name}'" if m.agent_name else "the unnamed agent"
     if m.ended:
-        text = f"Room '{m.room_name}' has no {agent}: {m.status_label.lower()} (attempt {m.attempt})"
+        text = f"Room '{m.room_name}' has no {agent}: {m.status_label} (attempt {m.attempt})"
         text += f": {m.last_error}" if m.last_error else ""
     else:
-        text = f"Room '{m.room_name}' is waiting for {agent} ({m.status_label.lower()}) for {duration_text(m.waiting_s)}"
+        text = f"Room '{m.room_name}' is waiting for {agent} ({m.status_label}) for {duration_text(m.waiting_s)}"
         text += ", past its join deadline" if m.overdue else ""
     return Attention(
         RED if m.overdue else AMBER,
