@@ -47,7 +47,10 @@ def _app_list_in_order(request: HttpRequest, app_label: str | None = None) -> li
     for app in apps:
         order = MODEL_ORDER.get(app["app_label"], ())
         app["models"].sort(
-            key=lambda m: (order.index(m["object_name"]) if m["object_name"] in order else len(order), m["name"])
+            key=lambda m: (
+                order.index(m["object_name"]) if m["object_name"] in order else len(order),
+                m["name"],
+            )
         )
     return sorted(apps, key=app_rank)
 

@@ -49,13 +49,19 @@ def test_the_dashboard_and_the_canaries_give_one_p50_for_the_same_times():
     now = timezone.now()
     for i, seconds in enumerate((1.0, 2.0, 3.0, 4.0)):
         room = Room.objects.create(name=f"support-{i}", status="finished")
-        row = Dispatch.objects.create(room=room, agent_name="support-agent", source="rule", status="agent_joined")
+        row = Dispatch.objects.create(
+            room=room, agent_name="support-agent", source="rule", status="agent_joined"
+        )
         start = now - timedelta(minutes=10 - i)
         Dispatch.objects.filter(pk=row.pk).update(
             created_at=start, requested_at=start, joined_at=start + timedelta(seconds=seconds)
         )
         CanaryRun.objects.create(
-            agent_name="support-agent", room_name=f"dp-canary-{i}", status="success", join_s=seconds, started_at=start
+            agent_name="support-agent",
+            room_name=f"dp-canary-{i}",
+            status="success",
+            join_s=seconds,
+            started_at=start,
         )
 
     dashboard = agent_stats_get()["support-agent"]["hour"]

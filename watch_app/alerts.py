@@ -205,7 +205,9 @@ def incident_delivery_state(*, incident: Incident) -> str:
         return f"Never sent: muted until {incident.muted_until:%Y-%m-%d %H:%M} UTC."
     first = AlertTarget.objects.order_by("created_at").first()
     if first is None:
-        return "Never sent: no alert target exists. Add one under Alert targets; later incidents are sent to it."
+        return (
+            "Never sent: no alert target exists. Add one under Alert targets; later incidents are sent to it."
+        )
     if first.created_at > incident.opened_at:
         return (
             f"Never sent: no alert target existed when it opened (the first, '{first.name}', was "

@@ -46,7 +46,7 @@ class ReadableChanges(HistoricalRecordContextHelper):
         if isinstance(value, bool):
             return "yes" if value else "no"
         if getattr(field, "choices", None):
-            return dict(field.flatchoices).get(value, value)  # type: ignore[union-attr]
+            return dict(field.flatchoices).get(value, value)
         if isinstance(value, dict | list) and not getattr(field, "many_to_many", False):
             return json.dumps(value, ensure_ascii=False, sort_keys=True)
         prepared = super().prepare_delta_change_value(change, value)
@@ -110,11 +110,7 @@ class SightingsMixin:
         # Only for a page being read: an action's POST redirects to a GET that says it again.
         # A disabled agent is not dispatched, so not having seen it is no warning.
         never = sorted(
-            {
-                self.agent_name_of(row)
-                for row in rows
-                if row.sighting is None and self.agent_enabled_of(row)
-            }
+            {self.agent_name_of(row) for row in rows if row.sighting is None and self.agent_enabled_of(row)}
         )
         if never and request.method == "GET":
             names = ", ".join(f"'{n}'" if n else "(unnamed)" for n in never)

@@ -28,7 +28,7 @@ from ..doctor.views import doctor_column, doctor_url
 from ..helpers import NoExamplesMixin, duration_text, precise_time, precise_times
 
 ROOM_TIMELINES = 5  # the room page draws its latest dispatches' timelines
-ROOM_STATUS_MEANING = {
+ROOM_STATUS_MEANING: dict[str, str] = {
     Room.Status.PENDING: "a token was minted but LiveKit has not reported the room yet",
     Room.Status.ACTIVE: "LiveKit reports the room: people and agents can be in it",
     Room.Status.FINISHED: "LiveKit closed the room (or it was found gone)",
@@ -43,7 +43,7 @@ def _status_label(status: str) -> str:
 
 
 def _room_status_text(obj: Room) -> str:
-    return f"{obj.get_status_display()}: {ROOM_STATUS_MEANING[obj.status]}"  # type: ignore[index]
+    return f"{obj.get_status_display()}: {ROOM_STATUS_MEANING[obj.status]}"
 
 
 def timeline_context(dispatch: Dispatch, *, link: bool = False) -> dict[str, Any]:
@@ -182,7 +182,6 @@ class RoomAdmin(NoExamplesMixin, LiveKitBannerMixin, ReadOnlyMixin, admin.ModelA
         "agents",
         "num_participants",
         "started_at",
-        "last_seen_at",
         doctor_column,
     )
     list_filter = ("status", "existed_before_token")
@@ -269,7 +268,9 @@ class RoomAdmin(NoExamplesMixin, LiveKitBannerMixin, ReadOnlyMixin, admin.ModelA
             else:
                 parts.append(
                     format_html(
-                        '<span class="dp-agent-missing">{}: missing ({})</span>', name, _status_label(a.status)
+                        '<span class="dp-agent-missing">{}: missing ({})</span>',
+                        name,
+                        _status_label(a.status),
                     )
                 )
         return format_html_join(mark_safe("<br>"), "{}", ((p,) for p in parts))  # noqa: S308  a constant

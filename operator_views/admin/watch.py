@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from datetime import timedelta
+from typing import Any
 from urllib.parse import urlencode
 
 from django import forms
@@ -16,7 +15,6 @@ from django.utils.html import format_html, format_html_join
 
 from dispatchportal.reserved import CANARY_ROOM_PREFIX
 from rooms_app.models import Dispatch, Room
-
 from watch_app import alerts, canary, tasks
 from watch_app.models import AlertDelivery, AlertTarget, CanaryRun, CanarySchedule, Incident, WorkerEndpoint
 from watch_app.net import UrlRefused, safe_host, url_check
@@ -109,7 +107,7 @@ class DeliveryInline(admin.TabularInline):
 @admin.register(AlertTarget)
 class AlertTargetAdmin(admin.ModelAdmin):
     form = AlertTargetForm
-    list_display = ("name", "kind", "host", "enabled", "allow_private", "max_per_hour", "secret_state")
+    list_display = ("name", "kind", "host", "enabled", "private", "max_per_hour", "secret_state")
     list_filter = ("kind", "enabled")
     fieldsets = (
         (None, {"fields": ("name", "kind", "url", "enabled")}),
@@ -118,6 +116,11 @@ class AlertTargetAdmin(admin.ModelAdmin):
     )
     readonly_fields = ("secret_state",)
     inlines = [DeliveryInline]
+
+    @admin.display(description="private addresses", ordering="allow_private")
+    def private(self, target: AlertTarget) -> str:
+        """Words, not a red cross: public-only is the normal, safe case."""
+        return "allowed" if target.allow_private else "public only"
 
     @admin.display(description="URL host")
     def host(self, target: AlertTarget) -> str:
@@ -168,15 +171,16 @@ class IncidentAdmin(ReadOnlyAdmin):
     search_fields = ("key", "subject", "summary")
     inlines = [IncidentDeliveryInline]
     actions = ("resolve", "acknowledge", "mute")
-    fieldsets = (
-        (None, {"fields": ("summary", "status", "kind", "subject", "occurrences")}),
-        ("What it is about", {"fields": ("links", "facts")}),
-        ("Alerts", {"fields": ("sent", "handled")}),
-        ("Times (UTC)", {"fields": ("opened_at", "last_seen_at", "resolved_at")}),
+    shown: tuple[tuple[str | None, tuple[str, ...]], ...] = (
+        (None, ("summary", "status", "kind", "subject", "occurrences")),
+        ("What it is about", ("links", "facts")),
+        ("Alerts", ("sent", "handled")),
+        ("Times (UTC)", ("opened_at", "last_seen_at", "resolved_at")),
     )
+    fieldsets = tuple((title, {"fields": names}) for title, names in shown)
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
-        return [name for _, box in self.fieldsets for name in box["fields"]]
+        return [name for _, names in self.shown for name in names]
 
     def has_act_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("watch_app.change_incident")
@@ -241,7 +245,7 @@ class IncidentAdmin(ReadOnlyAdmin):
         """The rest of the detail as labelled lines (no raw JSON)."""
         detail = incident.detail if isinstance(incident.detail, dict) else {}
         rows = [
-            (_DETAIL_LABELS.get(key, key.replace("_", " ")), str(value))
+            (_DETAIL_LABELS.get(key, key.replace("_", " ")), _detail_value(key, value))
             for key, value in detail.items()
             if key not in ("room", "dispatch_id", "run_id") and value not in (None, "")
         ]
@@ -295,6 +299,12 @@ class IncidentAdmin(ReadOnlyAdmin):
             "about them (resolution included) until then.",
             messages.SUCCESS,
         )
+
+
+def _detail_value(key: str, value: Any) -> str:
+    if key == "status" and value in Dispatch.Status.values:
+        return str(Dispatch.Status(value).label)
+    return str(value)
 
 
 _DETAIL_LABELS = {

@@ -66,7 +66,9 @@ def _room_item(m: MissingAgent) -> Attention:
         text = f"Room '{m.room_name}' has no {agent}: {m.status_label} (attempt {m.attempt})"
         text += f": {m.last_error}" if m.last_error else ""
     else:
-        text = f"Room '{m.room_name}' is waiting for {agent} ({m.status_label}) for {duration_text(m.waiting_s)}"
+        text = (
+            f"Room '{m.room_name}' is waiting for {agent} ({m.status_label}) for {duration_text(m.waiting_s)}"
+        )
         text += ", past its join deadline" if m.overdue else ""
     return Attention(
         RED if m.overdue else AMBER,
@@ -142,8 +144,8 @@ def glance_get(
 
 def _reason(items: list[Attention], *, missing: list[MissingAgent], live_rooms: int) -> str:
     if not items:
-        rooms = f"all {live_rooms} live room(s) have their expected agents" if live_rooms else "no live room"
-        return f"Healthy: {rooms}, no open incident, no worker offline or full, no failing canary."
+        live = f"all {live_rooms} live room(s) have their expected agents" if live_rooms else "no live room"
+        return f"Healthy: {live}, no open incident, no worker offline or full, no failing canary."
     parts = []
     if any(a.kind == "livekit" for a in items):
         parts.append("LiveKit cannot be asked")
@@ -151,9 +153,17 @@ def _reason(items: list[Attention], *, missing: list[MissingAgent], live_rooms: 
     given_up = {m.room_name for m in missing if m.overdue}
     if rooms:
         part = f"{len(rooms)} live room(s) missing an expected agent"
-        part += f" ({len(given_up)} given up or past the deadline)" if given_up else " (still within the deadline)"
+        part += (
+            f" ({len(given_up)} given up or past the deadline)"
+            if given_up
+            else " (still within the deadline)"
+        )
         parts.append(part)
-    for kind, word in (("incident", "open incident(s)"), ("worker", "agent(s) with workers offline or full"), ("canary", "failing canary(ies)")):
+    for kind, word in (
+        ("incident", "open incident(s)"),
+        ("worker", "agent(s) with workers offline or full"),
+        ("canary", "failing canary(ies)"),
+    ):
         count = sum(1 for a in items if a.kind == kind)
         if count:
             parts.append(f"{count} {word}")

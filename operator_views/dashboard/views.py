@@ -23,15 +23,15 @@ from watch_app.selectors import watch_dashboard
 from ..doctor.views import doctor_url
 from ..helpers import admin_page_context, admin_url, duration_text, view_permission_require
 from .charts import PALETTE, grouped_bar_chart, stacked_hours_chart
+from .glance import glance_get
 from .reads import (
+    JOIN_MEASURE,
     agent_stats_get,
     failures_recent_list,
     hours_since_first_dispatch,
-    JOIN_MEASURE,
     outcomes_by_hour,
     rooms_missing_agents,
 )
-from .glance import glance_get
 
 SECTIONS = ("glance", "per-agent", "per-hour", "waiting", "failures", "watch")
 REFRESH_S = 5

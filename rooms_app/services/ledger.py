@@ -467,9 +467,7 @@ def agent_joined_record(
     )
 
 
-def job_assigned_record(
-    *, dispatch: Dispatch, job_id: str, how: str, at: datetime | None = None
-) -> bool:
+def job_assigned_record(*, dispatch: Dispatch, job_id: str, how: str, at: datetime | None = None) -> bool:
     """LiveKit shows a job for this dispatch (ListDispatch, or the agent's identity). `at`:
     when the job existed by, when that is known to be earlier than now (its agent's join)."""
     return dispatch_transition(

@@ -84,7 +84,11 @@ def test_a_live_room_whose_agent_gave_up_is_missing_it_as_the_room_state_says(hi
     Dispatch.objects.filter(room__name="support-waiting").delete()
 
     [missing] = rooms_missing_agents()
-    assert (missing.room_name, missing.agent_name, missing.ended) == ("support-live-no-agent", "support-agent", True)
+    assert (missing.room_name, missing.agent_name, missing.ended) == (
+        "support-live-no-agent",
+        "support-agent",
+        True,
+    )
     assert [a.joined for a in room_state(room_name="support-live-no-agent").agents] == [False]
     page = admin_client.get("/admin/dispatch-dashboard/").content.decode()
     assert 'data-level="red"' in page and "1 live room(s) missing an expected agent" in page
@@ -97,7 +101,10 @@ def test_the_dashboard_shows_charts_waiting_rooms_and_failures_with_doctor_links
     assert response.status_code == 200
     page = response.content.decode()
     assert page.count('class="dp-chart"') == 3  # success rate, time to join, per hour
-    assert "Dispatch success rate by agent" in page and "Time to join (seconds): LiveKit had the request -&gt; agent joined" in page
+    assert (
+        "Dispatch success rate by agent" in page
+        and "Time to join (seconds): LiveKit had the request -&gt; agent joined" in page
+    )
     assert re.search(r"<td>support-agent</td>\s*<td>5 / 6</td>\s*<td>75%\s*/ 80%</td>", page)
     assert "2.0 s / 9.0 s" in page
     assert "support-waiting" in page and "(past the deadline)" in page
@@ -125,7 +132,9 @@ def test_an_empty_dashboard_says_so(admin_client, lk):
 
     assert "No dispatch in the last day: no chart to draw yet." in page
     assert "No dispatch in the last 24 hours." in page and 'id="hours-chart"' not in page
-    assert "Every live room has the agents the ledger expects there." in page and "No failed dispatch." in page
+    assert (
+        "Every live room has the agents the ledger expects there." in page and "No failed dispatch." in page
+    )
     assert 'data-level="green"' in page
 
 

@@ -22,7 +22,9 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def token_dispatch() -> Dispatch:
     agent = AgentFactory(agent_name="support-agent")
-    room = Room.objects.create(name="support-1", status="active", started_at=timezone.now() - timedelta(seconds=2))
+    room = Room.objects.create(
+        name="support-1", status="active", started_at=timezone.now() - timedelta(seconds=2)
+    )
     row = Dispatch.objects.create(
         room=room,
         agent=agent,
@@ -48,7 +50,9 @@ def _agent(joined_at) -> LkParticipant:
 
 
 def _gaps(dispatch: Dispatch) -> list[float]:
-    return [s.since_previous_s for s in dispatch_timeline(dispatch=dispatch) if s.since_previous_s is not None]
+    return [
+        s.since_previous_s for s in dispatch_timeline(dispatch=dispatch) if s.since_previous_s is not None
+    ]
 
 
 def test_a_join_learned_after_the_request_keeps_the_request_and_job_before_it(token_dispatch):
@@ -74,15 +78,24 @@ def test_a_job_seen_only_through_its_agents_join_is_dated_by_the_join(token_disp
 
     row = Dispatch.objects.get(pk=token_dispatch.pk)
     assert row.job_assigned_at == row.joined_at == joined_at
-    assert [s.key for s in dispatch_timeline(dispatch=row)] == ["trigger", "requested", "job_assigned", "joined"]
+    assert [s.key for s in dispatch_timeline(dispatch=row)] == [
+        "trigger",
+        "requested",
+        "job_assigned",
+        "joined",
+    ]
 
 
 def test_a_tokens_agent_was_requested_when_livekit_created_its_dispatch(token_dispatch):
     created = timezone.now() - timedelta(seconds=1)
-    found = LkDispatch(id="AD_1", room="support-1", agent_name="support-agent", metadata="", created_at=created)
+    found = LkDispatch(
+        id="AD_1", room="support-1", agent_name="support-agent", metadata="", created_at=created
+    )
     token_dispatch.room = Room.objects.get(pk=token_dispatch.room_id)
 
-    assert _livekit_has_it(dispatch=token_dispatch, found=found, detail="LiveKit dispatched it from the token")
+    assert _livekit_has_it(
+        dispatch=token_dispatch, found=found, detail="LiveKit dispatched it from the token"
+    )
 
     assert Dispatch.objects.get(pk=token_dispatch.pk).requested_at == created
 

@@ -53,13 +53,21 @@ def test_a_later_join_resolves_the_incident():
     checks.dispatches_check()
     room = Room.objects.create(name="support-2", status="active")
     Dispatch.objects.create(
-        room=room, agent=agent, agent_name="support-agent", source="rule", status="agent_joined", joined_at=timezone.now()
+        room=room,
+        agent=agent,
+        agent_name="support-agent",
+        source="rule",
+        status="agent_joined",
+        joined_at=timezone.now(),
     )
 
     checks.dispatches_check()
 
     incident = Incident.objects.get()
-    assert incident.status == "resolved" and incident.detail["resolution"] == "agent 'support-agent' joined a room again"
+    assert (
+        incident.status == "resolved"
+        and incident.detail["resolution"] == "agent 'support-agent' joined a room again"
+    )
 
 
 def test_disabling_the_agent_resolves_its_incident():
@@ -84,7 +92,10 @@ def test_a_disabled_canary_resolves_its_incident():
     schedule = CanarySchedule.objects.create(agent=agent, alert_after_failures=2)
     for n in range(3):
         CanaryRun.objects.create(
-            agent_name="flaky", room_name=f"dp-canary-flaky-{n}", status="failed", started_at=timezone.now() + timedelta(seconds=n)
+            agent_name="flaky",
+            room_name=f"dp-canary-flaky-{n}",
+            status="failed",
+            started_at=timezone.now() + timedelta(seconds=n),
         )
     canary.canaries_check()
     incident = Incident.objects.get(key="canary_failing:flaky")
@@ -122,6 +133,23 @@ def test_acknowledged_once_and_muted_incidents_send_nothing(django_capture_on_co
     alerts.incident_mute(incident=incident, until=timezone.now() + timedelta(hours=1))
     with django_capture_on_commit_callbacks(execute=False):
         alerts.incident_resolve(key="livekit", summary="LiveKit answers again")
-        reopened, opened = alerts.incident_raise(key="livekit", kind="livekit_unreachable", summary="down again")
+        reopened, opened = alerts.incident_raise(
+            key="livekit", kind="livekit_unreachable", summary="down again"
+        )
     assert opened and AlertDelivery.objects.count() == 1  # neither the resolution nor the reopening sent
     assert alerts.incident_delivery_state(incident=reopened).startswith("Never sent: muted until")
+
+
+def test_saving_the_agent_disabled_resolves_its_incident_at_once(
+    eager_tasks, django_capture_on_commit_callbacks
+):
+    """No wait for the next beat: the save itself runs the checks (after commit)."""
+    agent = AgentFactory(agent_name="support-agent")
+    gave_up(agent, "support-1", ago_s=30)
+    checks.dispatches_check()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        agent.enabled = False
+        agent.save()
+
+    assert Incident.objects.get().status == "resolved"
