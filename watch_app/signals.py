@@ -18,7 +18,6 @@ from django.db.models.signals import post_save
 from django.dispatch import receiver
 
 from agents_app.models import Agent
-
 from dispatchportal.redis import BROKER_ERRORS
 
 logger = logging.getLogger(__name__)
