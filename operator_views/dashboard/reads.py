@@ -3,8 +3,8 @@ hour and day, dispatches per hour by outcome, live rooms missing an expected age
 failures.
 
 Time to join (`JOIN_MEASURE`) counts from when LiveKit had the request (CreateDispatch answered
-for an explicit dispatch; for an agent carried in a token, LiveKit's dispatch from the token or
-else the room's start: the wait for the first participant to connect is not the agent's) to the
+for an explicit dispatch; the room's start for an agent carried in a token, as LiveKit
+dispatches it then: the wait for the first participant to connect is not the agent's) to the
 agent participant's join time as LiveKit reports it. The canaries measure differently (from
 sending CreateDispatch to the agent seen active, polled), so their figures are labelled apart.
 """
@@ -57,11 +57,16 @@ class _Row:
 
 def _rows(*, since: datetime) -> list[_Row]:
     values = Dispatch.objects.filter(created_at__gte=since).values_list(
-        "agent_name", "status", "created_at", "requested_at", "joined_at", "room__started_at"
+        "agent_name", "status", "delivery", "created_at", "requested_at", "joined_at", "room__started_at"
     )
     rows = []
-    for agent_name, status, created, requested, joined, room_started in values:
-        start = requested or (max(created, room_started) if room_started else created)
+    for agent_name, status, delivery, created, requested, joined, room_started in values:
+        if delivery == Dispatch.Delivery.TOKEN and room_started is not None:
+            # LiveKit dispatches a token's agent as the room starts; the portal may have seen
+            # that dispatch (requested_at) only later, even after the join.
+            start = max(created, room_started)
+        else:
+            start = requested or (max(created, room_started) if room_started else created)
         rows.append(_Row(agent_name, status, created, start, joined))
     return rows
 

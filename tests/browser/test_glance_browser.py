@@ -392,3 +392,34 @@ def test_webhook_events_hide_canary_rooms_unless_asked(admin_page, troubled, scr
     rows = page.locator("#result_list tbody tr")
     assert rows.count() == 8
     assert page.locator("#result_list a.doctor-link").count() == 0  # no "diagnose" for a probe room
+
+
+@both_screens
+def test_a_long_list_of_problems_still_fits_the_first_screen(admin_page, lk, screen, shot):
+    """Fifteen live rooms without their agent, each with a long error: the line and the list
+    (the worst first, the rest counted) are all on the first screen."""
+    page = admin_page
+    support = Agent.objects.create(agent_name="support-agent-eu-west")
+    for i in range(15):
+        room = Room.objects.create(
+            name=f"support-eu-west-2026-12-03-customer-{4700 + i}", status="active", started_at=_ago(100)
+        )
+        Dispatch.objects.create(
+            room=room,
+            agent=support,
+            agent_name=support.agent_name,
+            source="rule",
+            status="no_worker",
+            ended_at=_ago(60),
+            last_error=NO_WORKER + ". Workers registered now: 'support-agent-eu', 'sales-agent'; check "
+            "WorkerOptions(agent_name=...) of the worker you expect and that it runs in this project.",
+        )
+    page.goto("/admin/dispatch-dashboard/")
+    shot(page, f"glance-{screen}-dashboard-many")
+
+    assert "15 live room(s) missing an expected agent" in page.locator("#health-line").inner_text()
+    _on_first_screen(page, page.locator("#health-line"), screen)
+    _on_first_screen(page, page.locator("#attention"), screen)
+    assert page.locator("#attention li.dp-attention-item").count() == 8
+    assert page.locator("#attention-more").inner_text() == "and 7 more: see the tables below."
+    assert page.locator("#rooms-missing tbody tr").count() == 15

@@ -194,3 +194,22 @@ def test_rooms_and_dispatches_in_the_admin_link_to_the_doctor(admin_client, lk):
 
     assert doctor_url(room_name="support-11").replace("&", "&amp;") in rooms
     assert doctor_url(room_name="support-11", agent_name="support-agent").replace("&", "&amp;") in dispatches
+
+
+def test_a_token_agents_time_to_join_counts_from_the_rooms_start(admin_client):
+    """The portal saw LiveKit's dispatch from the token (requested_at) 1.5 s after the room
+    started and 0.2 s before the join: the agent took 1.7 s, not 0.2 s."""
+    started = timezone.now() - timedelta(seconds=60)
+    room = Room.objects.create(name="support-token", status="active", started_at=started)
+    row = Dispatch.objects.create(
+        room=room, agent_name="support-agent", source="token", delivery="token", status="agent_joined"
+    )
+    Dispatch.objects.filter(pk=row.pk).update(
+        created_at=started - timedelta(seconds=5),
+        requested_at=started + timedelta(seconds=1.5),
+        joined_at=started + timedelta(seconds=1.7),
+    )
+
+    hour = agent_stats_get()["support-agent"]["hour"]
+
+    assert hour.p50_s == pytest.approx(1.7)
