@@ -17,7 +17,7 @@ from agents_app.rules import Join
 from agents_app.selectors import EVERYTHING, Scope, config_get
 from dispatchportal.exceptions import Forbidden, NotFound
 
-from .models import Dispatch, Room, WebhookEvent
+from .models import Dispatch, Room, TokenFact, WebhookEvent
 
 
 def dispatch_get(*, dispatch_id: int, scope: Scope) -> Dispatch:
@@ -245,7 +245,7 @@ def dispatch_timeline(*, dispatch: Dispatch) -> list[TimelineStep]:
         TimelineStep(
             "trigger",
             _TRIGGERS.get(dispatch.source, dispatch.source),
-            dispatch.created_at,
+            _triggered_at(dispatch),
             "done",
             trigger_detail,
         ),
@@ -292,6 +292,25 @@ def dispatch_timeline(*, dispatch: Dispatch) -> list[TimelineStep]:
             previous = step.at
         answer.append(step)
     return answer
+
+
+def _triggered_at(dispatch: Dispatch) -> datetime:
+    """When the agent was asked for: for a token's agent, when the token was minted (its fact
+    is applied to the ledger a moment later, by then the agent may have joined); else when the
+    row was created."""
+    if dispatch.source != Dispatch.Source.TOKEN or not dispatch.participant_identity_trigger:
+        return dispatch.created_at
+    minted = (
+        TokenFact.objects.filter(
+            room_name=dispatch.room.name,
+            participant_identity=dispatch.participant_identity_trigger,
+            minted_at__lte=dispatch.created_at,
+        )
+        .order_by("-minted_at")
+        .values_list("minted_at", flat=True)
+        .first()
+    )
+    return minted or dispatch.created_at
 
 
 def _by_the_join(at: datetime | None, joined_at: datetime | None) -> tuple[datetime | None, str]:

@@ -138,3 +138,29 @@ def test_steps_are_sorted_by_time_when_a_later_step_carries_an_earlier_stamp(tok
 
     assert [s.key for s in steps] == ["trigger", "job_assigned", "requested", "joined"]
     assert steps[-1].at is None and steps[-1].state == "waiting"
+
+
+def test_a_tokens_agent_is_asked_for_when_the_token_was_minted(token_dispatch):
+    """The token's fact reaches the ledger a moment after the mint (a drain), by when the agent
+    may have joined: the timeline starts at the mint, not at the row's creation."""
+    from rooms_app.models import TokenFact
+
+    now = timezone.now()
+    minted = now - timedelta(seconds=2)
+    TokenFact.objects.create(
+        minted_at=minted,
+        room_name="support-1",
+        participant_identity="alice",
+        agents=[{"agent_name": "support-agent"}],
+    )
+    Dispatch.objects.filter(pk=token_dispatch.pk).update(
+        status="agent_joined",
+        created_at=now - timedelta(seconds=0.5),  # applied after the join
+        joined_at=now - timedelta(seconds=1),
+    )
+
+    steps = dispatch_timeline(dispatch=Dispatch.objects.select_related("room").get(pk=token_dispatch.pk))
+
+    assert [s.key for s in steps] == ["trigger", "requested", "job_assigned", "joined"]
+    assert steps[0].at == minted
+    assert all(gap >= 0 for gap in (s.since_previous_s for s in steps if s.since_previous_s is not None))
