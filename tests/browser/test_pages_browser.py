@@ -280,6 +280,7 @@ def test_the_dashboard_labels_never_overlap_and_the_figures_refresh(admin_page, 
     )
 
     expect(page.locator("#rooms-missing")).to_contain_text("support-eu-west-new")
+    expect(page.locator("#attention")).to_contain_text("support-eu-west-new")  # the first screen too
     assert page.evaluate("window.notReloaded") is True
     shot(page, f"{screen}-dashboard-refreshed")
 
