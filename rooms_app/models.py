@@ -254,9 +254,8 @@ class Dispatch(models.Model):
         ]
 
     def __str__(self) -> str:
-        return (
-            f"{self.agent_name or '(unnamed)'} in {self.room.name if self.room_id else '?'} #{self.attempt}"
-        )
+        # "#" is kept for ids (dispatch #12); the attempt is spelled out.
+        return f"{self.agent_name or '(unnamed)'} in {self.room.name if self.room_id else '?'}, attempt {self.attempt}"
 
     @property
     def is_live(self) -> bool:

@@ -17,7 +17,7 @@ from agents_app.rules import Join
 from agents_app.selectors import EVERYTHING, Scope, config_get
 from dispatchportal.exceptions import Forbidden, NotFound
 
-from .models import Dispatch, Room, WebhookEvent
+from .models import Dispatch, Room, TokenFact, WebhookEvent
 
 
 def dispatch_get(*, dispatch_id: int, scope: Scope) -> Dispatch:
@@ -47,6 +47,8 @@ class WantedAgent:
     last_error: str
     waiting_for_livekit_since: datetime | None = None
     agents_removed: list[dict[str, str]] = field(default_factory=list)
+    deadline_at: datetime | None = None
+    asked_at: datetime | None = None  # requested, or created for a token's agent not yet seen
 
     @property
     def joined(self) -> bool:
@@ -76,15 +78,37 @@ def room_state(*, room_name: str, scope: Scope = EVERYTHING) -> RoomState:
     room = Room.objects.filter(name=room_name).first()
     if room is None:
         return RoomState(room_name=room_name, status="unknown")
+    agents = rooms_wanted_agents(rooms=[room])[room.pk]
+    return RoomState(
+        room_name=room.name,
+        status=room.status,
+        sid=room.sid,
+        num_participants=room.num_participants,
+        agents=agents,
+    )
+
+
+def rooms_wanted_agents(*, rooms: list[Room]) -> dict[int, list[WantedAgent]]:
+    """Per room id, the agents the portal wants there and where each stands (what
+    `room_state` reports, read for many rooms at once): the latest attempt per agent, leaving
+    out replaced and cancelled ones and, in a live room, leftovers of an earlier session.
+    Sorted by agent name. The rooms list, the dashboard and the API all read this."""
+    by_room: dict[int, list[Dispatch]] = {room.pk: [] for room in rooms}
+    for dispatch in Dispatch.objects.filter(room_id__in=list(by_room)).order_by("id"):
+        by_room[dispatch.room_id].append(dispatch)
+    return {room.pk: _wanted(room=room, dispatches=by_room[room.pk]) for room in rooms}
+
+
+def _wanted(*, room: Room, dispatches: list[Dispatch]) -> list[WantedAgent]:
     latest: dict[str, Dispatch] = {}
     replaced: set[int] = set()
-    for dispatch in Dispatch.objects.filter(room=room).order_by("id"):
+    removed: dict[str, list[dict[str, str]]] = {}
+    for dispatch in dispatches:
         latest[dispatch.agent_name] = dispatch
         if dispatch.previous_id:
             replaced.add(dispatch.previous_id)
-    removed: dict[str, list[dict[str, str]]] = {}
-    for dispatch in Dispatch.objects.filter(room=room).exclude(agents_removed=[]).order_by("id"):
-        removed.setdefault(dispatch.agent_name, []).extend(dispatch.agents_removed)
+        if dispatch.agents_removed:
+            removed.setdefault(dispatch.agent_name, []).extend(dispatch.agents_removed)
     agents = []
     for dispatch in latest.values():
         # An attempt handed over to its fallback agent is that agent's row now.
@@ -104,17 +128,13 @@ def room_state(*, room_name: str, scope: Scope = EVERYTHING) -> RoomState:
                 last_error=dispatch.last_error,
                 waiting_for_livekit_since=dispatch.livekit_waiting_since,
                 agents_removed=removed.get(dispatch.agent_name, []),
+                deadline_at=dispatch.deadline_at,
+                asked_at=dispatch.requested_at or dispatch.created_at,
             )
         )
     agents = _expectations_current(room_name=room.name, agents=agents, latest=latest)
     agents.sort(key=lambda a: a.agent_name)
-    return RoomState(
-        room_name=room.name,
-        status=room.status,
-        sid=room.sid,
-        num_participants=room.num_participants,
-        agents=agents,
-    )
+    return agents
 
 
 def _expectations_current(
@@ -219,29 +239,31 @@ def dispatch_timeline(*, dispatch: Dispatch) -> list[TimelineStep]:
     trigger_detail = details.get(dispatch.source, "")
     in_token = dispatch.delivery == Dispatch.Delivery.TOKEN and dispatch.requested_at is None
     ended = dispatch.status in _ENDED_WITHOUT_AGENT
+    requested_at, requested_note = _by_the_join(dispatch.requested_at, dispatch.joined_at)
+    job_at, job_note = _by_the_join(dispatch.job_assigned_at, dispatch.joined_at)
     steps = [
         TimelineStep(
             "trigger",
             _TRIGGERS.get(dispatch.source, dispatch.source),
-            dispatch.created_at,
+            _triggered_at(dispatch),
             "done",
             trigger_detail,
         ),
         TimelineStep(
             "requested",
             "Dispatch requested",
-            dispatch.requested_at,
+            requested_at,
             "done" if dispatch.requested_at else "skipped" if in_token else "waiting",
             "carried in the participant token; LiveKit dispatches it when the room starts"
             if in_token
-            else dispatch.livekit_dispatch_id,
+            else " ".join(filter(None, (dispatch.livekit_dispatch_id, requested_note))),
         ),
         TimelineStep(
             "job_assigned",
             "Job assigned to a worker",
-            dispatch.job_assigned_at,
+            job_at,
             "done" if dispatch.job_assigned_at else "waiting",
-            dispatch.livekit_job_id,
+            " ".join(filter(None, (dispatch.livekit_job_id, job_note))),
         ),
     ]
     if dispatch.joined_at is not None:
@@ -261,6 +283,7 @@ def dispatch_timeline(*, dispatch: Dispatch) -> list[TimelineStep]:
         steps.append(TimelineStep("joined", "Agent joined", None, "waiting", deadline))
     if ended:  # steps never reached are not waiting any more
         steps = [s if s.state != "waiting" else replace(s, state="skipped") for s in steps]
+    steps = _in_time_order(steps)
     answer, previous = [], None
     for step in steps:
         if step.at is not None:
@@ -269,6 +292,44 @@ def dispatch_timeline(*, dispatch: Dispatch) -> list[TimelineStep]:
             previous = step.at
         answer.append(step)
     return answer
+
+
+def _triggered_at(dispatch: Dispatch) -> datetime:
+    """When the agent was asked for: for a token's agent, when the token was minted (its fact
+    is applied to the ledger a moment later, by then the agent may have joined); else when the
+    row was created."""
+    if dispatch.source != Dispatch.Source.TOKEN or not dispatch.participant_identity_trigger:
+        return dispatch.created_at
+    minted = (
+        TokenFact.objects.filter(
+            room_name=dispatch.room.name,
+            participant_identity=dispatch.participant_identity_trigger,
+            minted_at__lte=dispatch.created_at,
+        )
+        .order_by("-minted_at")
+        .values_list("minted_at", flat=True)
+        .first()
+    )
+    return minted or dispatch.created_at
+
+
+def _by_the_join(at: datetime | None, joined_at: datetime | None) -> tuple[datetime | None, str]:
+    """A step the portal learned of only after LiveKit's join time (older records of the
+    token path) happened by the join at the latest: shown at the join, with when it was seen."""
+    if at is None or joined_at is None or at <= joined_at:
+        return at, ""
+    seen = f"{at:%H:%M:%S}.{at.microsecond // 1000:03d}"
+    return joined_at, f"(seen by the portal at {seen} UTC, after the agent had joined)"
+
+
+def _in_time_order(steps: list[TimelineStep]) -> list[TimelineStep]:
+    """The dated steps in the order they happened (a stable sort: steps stamped at the same
+    moment keep their logical order); an undated step (not yet, not reached) keeps its place
+    in the sequence, so the page reads trigger -> request -> job -> join where nothing
+    says otherwise."""
+    dated = sorted((s for s in steps if s.at is not None), key=lambda s: s.at)  # type: ignore[arg-type, return-value]
+    ordered = iter(dated)
+    return [next(ordered) if s.at is not None else s for s in steps]
 
 
 @dataclass(frozen=True, slots=True)

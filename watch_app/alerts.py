@@ -85,10 +85,13 @@ def incident_raise(
     summary: str,
     subject: str = "",
     detail: dict[str, Any] | None = None,
+    occurrences: int = 1,
     now: datetime | None = None,
 ) -> tuple[Incident, bool]:
-    """Open the incident `key`, or count another occurrence of the open one. Returns it and
-    whether it was opened now (only then are alerts sent)."""
+    """Open the incident `key`, or update the open one. `occurrences`: how many events of the
+    problem the check counts so far (failed dispatches, failed runs, failed probes); checking
+    the same events again does not count them again. Returns the incident and whether it was
+    opened now (only then are alerts sent)."""
     now = now or timezone.now()
     with transaction.atomic():
         open_ = Incident.objects.select_for_update().filter(key=key, status=Incident.Status.OPEN).first()
@@ -103,6 +106,12 @@ def incident_raise(
                         detail=detail or {},
                         opened_at=now,
                         last_seen_at=now,
+                        occurrences=max(1, occurrences),
+                        # A key muted by staff stays muted when its problem comes back.
+                        muted_until=Incident.objects.filter(key=key, muted_until__gt=now)
+                        .order_by("-muted_until")
+                        .values_list("muted_until", flat=True)
+                        .first(),
                     )
             except IntegrityError:  # opened by a concurrent check a moment ago
                 open_ = Incident.objects.get(key=key, status=Incident.Status.OPEN)
@@ -112,7 +121,7 @@ def incident_raise(
                 return incident, True
         Incident.objects.filter(pk=open_.pk).update(
             last_seen_at=now,
-            occurrences=open_.occurrences + 1,
+            occurrences=max(open_.occurrences, occurrences),
             summary=summary,
             detail=detail or open_.detail,
         )
@@ -121,7 +130,8 @@ def incident_raise(
 
 
 def incident_resolve(*, key: str, summary: str = "", now: datetime | None = None) -> Incident | None:
-    """Resolve the open incident `key` and announce it; None when nothing was open."""
+    """Resolve the open incident `key` (its cause went away, or staff resolved it) and
+    announce it; None when nothing was open. `summary` says why, e.g. "agent 'x' was disabled"."""
     now = now or timezone.now()
     with transaction.atomic():
         incident = Incident.objects.select_for_update().filter(key=key, status=Incident.Status.OPEN).first()
@@ -146,19 +156,73 @@ def incident_set(
     resolution: str = "",
     subject: str = "",
     detail: dict[str, Any] | None = None,
+    occurrences: int = 1,
     now: datetime | None = None,
 ) -> None:
     """Raise `key` while `failing`, resolve it otherwise: what every check ends with."""
     if failing:
-        incident_raise(key=key, kind=kind, summary=summary, subject=subject, detail=detail, now=now)
+        incident_raise(
+            key=key,
+            kind=kind,
+            summary=summary,
+            subject=subject,
+            detail=detail,
+            occurrences=occurrences,
+            now=now,
+        )
     else:
         incident_resolve(key=key, summary=resolution, now=now)
+
+
+def incident_acknowledge(*, incident: Incident, by: str, now: datetime | None = None) -> bool:
+    """Staff have seen the open incident and are on it; False when it was not open or was
+    already acknowledged."""
+    return bool(
+        Incident.objects.filter(
+            pk=incident.pk, status=Incident.Status.OPEN, acknowledged_at__isnull=True
+        ).update(acknowledged_at=now or timezone.now(), acknowledged_by=by[:150])
+    )
+
+
+def incident_mute(*, incident: Incident, until: datetime) -> None:
+    """No alert about the incident's key is sent until `until` (resolution and reopening
+    included); the incident itself stays as it is."""
+    Incident.objects.filter(pk=incident.pk).update(muted_until=until)
+
+
+def _muted(*, key: str, now: datetime) -> bool:
+    return Incident.objects.filter(key=key, muted_until__gt=now).exists()
+
+
+def incident_delivery_state(*, incident: Incident) -> str:
+    """Whether the incident's opening was sent anywhere, and if not, why (a person reading an
+    incident must not take silence for delivery)."""
+    opened = [d for d in incident.deliveries.all() if d.event == AlertDelivery.Event.OPENED]
+    if opened:
+        parts = [f"{d.target.name}: {d.get_status_display().lower()}" for d in opened]
+        return "Opening alert: " + "; ".join(parts) + "."
+    if incident.muted_until is not None and incident.muted_until > incident.opened_at:
+        return f"Never sent: muted until {incident.muted_until:%Y-%m-%d %H:%M} UTC."
+    first = AlertTarget.objects.order_by("created_at").first()
+    if first is None:
+        return (
+            "Never sent: no alert target exists. Add one under Alert targets; later incidents are sent to it."
+        )
+    if first.created_at > incident.opened_at:
+        return (
+            f"Never sent: no alert target existed when it opened (the first, '{first.name}', was "
+            f"added at {first.created_at:%Y-%m-%d %H:%M} UTC; its resolution will be sent)."
+        )
+    return "Never sent: no alert target was enabled when it opened."
 
 
 def _deliveries_create(*, incident: Incident, event: str, now: datetime) -> list[AlertDelivery]:
     send = _deliver_send
     if send is None:
         raise RuntimeError("alert deliveries are not bound: WatchAppConfig.ready() binds them")
+    if _muted(key=incident.key, now=now):
+        logger.info("incident %s muted: no alert sent", incident.key, extra={"incident": incident.key})
+        return []
     created = []
     hour_ago = now - timedelta(hours=1)
     for target in AlertTarget.objects.filter(enabled=True):

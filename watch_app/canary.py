@@ -23,12 +23,12 @@ from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
 from agents_app.models import Agent
 from dispatchportal.reserved import CANARY_ROOM_PREFIX
+from dispatchportal.stats import percentile
 from livekit_boundary.client import LiveKit, LiveKitError, livekit_run
 
 from . import metrics
-from .alerts import incident_set
+from .alerts import incident_resolve, incident_set
 from .models import CanaryRun, CanarySchedule
-from .selectors import percentile
 
 logger = logging.getLogger(__name__)
 
@@ -174,8 +174,11 @@ def canary_run(*, agent_id: int, now: datetime | None = None) -> CanaryRun | Non
 
 
 def canaries_check(*, agent_names: list[str] | None = None, now: datetime | None = None) -> None:
-    """Raise or resolve `canary_failing:<agent>` and `canary_slow:<agent>` for each enabled canary."""
-    schedules = CanarySchedule.objects.select_related("agent").filter(enabled=True)
+    """Raise or resolve `canary_failing:<agent>` and `canary_slow:<agent>` for each enabled
+    canary (occurrences: failed runs in a row, slow runs in the window); resolve those of a
+    canary that is disabled or deleted, or whose agent is disabled (its cause went away)."""
+    _canaries_gone_resolve(now=now)
+    schedules = CanarySchedule.objects.select_related("agent").filter(enabled=True, agent__enabled=True)
     if agent_names is not None:
         schedules = schedules.filter(agent__agent_name__in=agent_names)
     for schedule in schedules:
@@ -202,6 +205,7 @@ def canaries_check(*, agent_names: list[str] | None = None, now: datetime | None
                 summary=f"Canary for '{name}' failed {streak} times in a row: {runs[0].error}",
                 resolution=f"the canary for '{name}' succeeded",
                 detail={"room": runs[0].room_name, "run_id": runs[0].pk},
+                occurrences=streak,
                 now=now,
             )
         if schedule.alert_p95_s is not None:
@@ -216,5 +220,25 @@ def canaries_check(*, agent_names: list[str] | None = None, now: datetime | None
                     summary=f"Canary for '{name}' is slow: p95 dispatch-to-join {p95:.2f} s "
                     f"(threshold {schedule.alert_p95_s:g} s, last {len(joins[:P95_WINDOW])} runs)",
                     resolution=f"canary p95 for '{name}' back under {schedule.alert_p95_s:g} s",
+                    occurrences=sum(1 for j in joins[:P95_WINDOW] if j > schedule.alert_p95_s),
                     now=now,
                 )
+
+
+def _canaries_gone_resolve(*, now: datetime | None) -> None:
+    from .models import Incident
+
+    watched = set(
+        CanarySchedule.objects.filter(enabled=True, agent__enabled=True).values_list(
+            "agent__agent_name", flat=True
+        )
+    )
+    for key, subject in Incident.objects.filter(
+        kind__in=("canary_failing", "canary_slow"), status=Incident.Status.OPEN
+    ).values_list("key", "subject"):
+        if subject not in watched:
+            incident_resolve(
+                key=key,
+                summary=f"the canary for '{subject}' was disabled or deleted, or the agent was disabled",
+                now=now,
+            )

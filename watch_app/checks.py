@@ -2,7 +2,9 @@
 the dispatch tasks when a dispatch ends badly (see `signals.py`).
 
 - `dispatch_gave_up:<agent>`: a dispatch ended (no worker, failed, timed out) with no further
-  attempt and no fallback; resolved when a later dispatch of that agent has its agent join.
+  attempt and no fallback; its occurrences count such dispatches since the agent last joined a
+  room. Resolved when a later dispatch of that agent has its agent join, or when the agent is
+  disabled or deleted (nothing dispatches it any more).
 - `livekit`: LiveKit unreachable or refusing the credentials for ALERT_LIVEKIT_DOWN_AFTER_S.
 - `reconcile`: ALERT_RECONCILE_FAILURES passes in a row failed.
 - `canary:<agent>` (canary.py): the agent's canary failing or slow.
@@ -25,7 +27,7 @@ from dispatchportal.reserved import CANARY_ROOM_PREFIX
 from livekit_boundary.client import LiveKit, LiveKitAuthRejected, LiveKitError, livekit_run
 from rooms_app.models import Dispatch
 
-from .alerts import condition_record, deliveries_sweep, incident_set
+from .alerts import condition_record, deliveries_sweep, incident_resolve, incident_set
 
 logger = logging.getLogger(__name__)
 
@@ -66,8 +68,17 @@ def dispatches_check(*, now: datetime | None = None, settled: bool = False) -> N
         .annotate(last=Max("joined_at"))
         .values_list("agent_name", "last")
     )
+    from agents_app.models import Agent
+
+    enabled = set(
+        Agent.objects.filter(agent_name__in=names, enabled=True).values_list("agent_name", flat=True)
+    )
     for name in names:
         failed_at, joined_at = last_gave_up.get(name), last_joined.get(name)
+        key = f"dispatch_gave_up:{name}"
+        if name not in enabled:  # disabled or deleted: no dispatch of it will come, or fail
+            incident_resolve(key=key, summary=f"agent '{name}' was disabled or deleted", now=now)
+            continue
         failing = failed_at is not None and (joined_at is None or failed_at > joined_at)
         recovered = joined_at is not None and (failed_at is None or joined_at > failed_at)
         if not failing and not recovered:
@@ -75,7 +86,7 @@ def dispatches_check(*, now: datetime | None = None, settled: bool = False) -> N
         latest = _latest_gave_up(name) if failing else None
         incident_set(
             failing=failing,
-            key=f"dispatch_gave_up:{name}",
+            key=key,
             kind="dispatch_gave_up",
             subject=name,
             summary=(
@@ -87,8 +98,21 @@ def dispatches_check(*, now: datetime | None = None, settled: bool = False) -> N
             detail={"room": latest.room.name, "dispatch_id": latest.pk, "status": latest.status}
             if latest is not None
             else {},
+            occurrences=_gave_up_count(name, since=joined_at, now=now) if failing else 1,
             now=now,
         )
+
+
+def _gave_up_count(agent_name: str, *, since: datetime | None, now: datetime) -> int:
+    """Dispatches of the agent that gave up (no further attempt) since it last joined a room,
+    within the look-back: the events an open `dispatch_gave_up` incident counts."""
+    rows = Dispatch.objects.filter(
+        agent_name=agent_name,
+        status__in=GAVE_UP_STATUSES,
+        retries__isnull=True,
+        ended_at__gt=max(since, now - LOOKBACK) if since is not None else now - LOOKBACK,
+    ).exclude(room__name__startswith=CANARY_ROOM_PREFIX)
+    return max(1, rows.count())
 
 
 def _latest_gave_up(agent_name: str) -> Dispatch | None:
@@ -124,6 +148,7 @@ def livekit_check(*, now: datetime | None = None) -> None:
         summary=f"LiveKit {'refuses the credentials' if refused else 'unreachable'} for {down_for:.0f} s: {error}",
         resolution="LiveKit answers again",
         detail={"failing_since": condition.failing_since.isoformat() if condition.failing_since else None},
+        occurrences=condition.consecutive_failures,
         now=now,
     )
 
@@ -143,6 +168,7 @@ def reconcile_check(*, now: datetime | None = None) -> None:
         kind="reconcile_failing",
         summary=f"Reconcile failed {condition.consecutive_failures} times in a row: {condition.last_error}",
         resolution="a reconcile pass succeeded",
+        occurrences=condition.consecutive_failures,
         now=now,
     )
 

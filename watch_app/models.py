@@ -90,7 +90,22 @@ class Incident(models.Model):
     opened_at = models.DateTimeField("opened", db_index=True)
     last_seen_at = models.DateTimeField("last seen")
     resolved_at = models.DateTimeField("resolved", null=True, blank=True)
-    occurrences = models.PositiveIntegerField("occurrences", default=1)
+    occurrences = models.PositiveIntegerField(
+        "occurrences",
+        default=1,
+        help_text="How many times the problem happened while open, as its check counts events: "
+        "dispatches that gave up, canary runs that failed, LiveKit probes that failed. Not how "
+        "often the check ran.",
+    )
+    acknowledged_at = models.DateTimeField("acknowledged", null=True, blank=True)
+    acknowledged_by = models.CharField("acknowledged by", max_length=150, blank=True)
+    muted_until = models.DateTimeField(
+        "muted until",
+        null=True,
+        blank=True,
+        help_text="No alert is sent about this incident's key until then (its resolution and a "
+        "reopening included).",
+    )
 
     class Meta:
         ordering = ["-opened_at"]
@@ -102,6 +117,12 @@ class Incident(models.Model):
 
     def __str__(self) -> str:
         return f"{self.key} ({self.status})"
+
+    @property
+    def muted(self) -> bool:
+        from django.utils import timezone
+
+        return self.muted_until is not None and self.muted_until > timezone.now()
 
 
 class AlertDelivery(models.Model):

@@ -11,6 +11,7 @@ from django.conf import settings
 from django.db.models import Max
 from django.utils import timezone
 
+from dispatchportal.stats import percentile
 from rooms_app.models import Dispatch, Room, WebhookEvent
 
 from .models import WorkerEndpoint
@@ -146,14 +147,6 @@ class CanarySummary:
     p50_join_s: float | None
     p95_join_s: float | None
     runs: int
-
-
-def percentile(values: list[float], fraction: float) -> float | None:
-    """The value at `fraction` of the sorted values (rounded index); None for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))]
 
 
 def canaries_summary(*, window: int = 20) -> list[CanarySummary]:

@@ -16,6 +16,7 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import escape, format_html
 from simple_history.admin import SimpleHistoryAdmin
+from simple_history.template_utils import HistoricalRecordContextHelper
 
 from agents_app import services
 from agents_app.models import Agent, ApiClient, DispatchRule
@@ -43,6 +44,40 @@ def near_names_seen(agent_names: list[str]) -> dict[str, list[str]]:
     that are a typo apart, closest first; one read for all of them."""
     seen = agent_names_seen_recorded(timezone.now() - NEAR_NAMES_WINDOW)
     return {name: agent_names_near(name, seen) for name in agent_names if name}
+
+
+class ReadableChanges(HistoricalRecordContextHelper):
+    """A history row's field changes as a person reads them: JSON as JSON (not Python dict
+    text), yes/no, choices by their labels, related rows by name, "(empty)" for nothing."""
+
+    def prepare_delta_change_value(self, change: Any, value: Any) -> Any:
+        field = self.model._meta.get_field(change.field)
+        if value is None or value == "" or value == [] or value == {}:
+            return "(empty)"
+        if isinstance(value, bool):
+            return "yes" if value else "no"
+        if getattr(field, "choices", None):
+            return dict(field.flatchoices).get(value, value)
+        if isinstance(value, dict | list) and not getattr(field, "many_to_many", False):
+            return json.dumps(value, ensure_ascii=False, sort_keys=True)
+        prepared = super().prepare_delta_change_value(change, value)
+        if isinstance(prepared, list):
+            return ", ".join(str(item) for item in prepared) or "(empty)"
+        return prepared
+
+
+class ReadableHistoryMixin:
+    """The History page lists each change's fields readably (`ReadableChanges`); the change
+    reason column appears only when a change has one (templates/simple_history)."""
+
+    def get_historical_record_context_helper(self, request: HttpRequest, historical_record: Any) -> Any:
+        return ReadableChanges(self.model, historical_record)  # type: ignore[attr-defined]
+
+    def history_view(self, request: HttpRequest, object_id: str, extra_context: dict | None = None) -> Any:
+        records = self.model.history.filter(**{self.model._meta.pk.attname: object_id})  # type: ignore[attr-defined]
+        reasons = records.exclude(history_change_reason__isnull=True).exclude(history_change_reason="")
+        context = {**(extra_context or {}), "has_change_reasons": reasons.exists()}
+        return super().history_view(request, object_id, context)  # type: ignore[misc]
 
 
 def sighting_text(sighting: AgentSighting | None) -> str:
@@ -74,14 +109,21 @@ class SightingsMixin:
     def agent_name_of(self, obj: Any) -> str:
         raise NotImplementedError
 
+    def agent_enabled_of(self, obj: Any) -> bool:
+        raise NotImplementedError
+
     def get_changelist_instance(self, request: HttpRequest) -> Any:
         changelist = super().get_changelist_instance(request)  # type: ignore[misc]
         rows = list(changelist.result_list)  # evaluated once; the page iterates the same rows
         seen = agents_last_seen(agent_names=sorted({self.agent_name_of(row) for row in rows}))
         for row in rows:
             row.sighting = seen.get(self.agent_name_of(row))
-        never = sorted({self.agent_name_of(row) for row in rows if row.sighting is None})
-        if never:
+        # Only for a page being read: an action's POST redirects to a GET that says it again.
+        # A disabled agent is not dispatched, so not having seen it is no warning.
+        never = sorted(
+            {self.agent_name_of(row) for row in rows if row.sighting is None and self.agent_enabled_of(row)}
+        )
+        if never and request.method == "GET":
             near = near_names_seen(never)
             names = ", ".join(
                 (f"'{n}'" if n else "(unnamed)")
@@ -97,7 +139,7 @@ class SightingsMixin:
 
 
 @admin.register(Agent)
-class AgentAdmin(SightingsMixin, SimpleHistoryAdmin):
+class AgentAdmin(ReadableHistoryMixin, SightingsMixin, SimpleHistoryAdmin):
     list_display = (
         "__str__",
         "display_name",
@@ -121,6 +163,9 @@ class AgentAdmin(SightingsMixin, SimpleHistoryAdmin):
 
     def agent_name_of(self, obj: Agent) -> str:
         return obj.agent_name
+
+    def agent_enabled_of(self, obj: Agent) -> bool:
+        return obj.enabled
 
     @admin.display(description="deadline", ordering="join_deadline_s")
     def deadline(self, agent: Agent) -> str:
@@ -167,8 +212,8 @@ class AgentAdmin(SightingsMixin, SimpleHistoryAdmin):
 
 
 @admin.register(DispatchRule)
-class DispatchRuleAdmin(SightingsMixin, SimpleHistoryAdmin):
-    list_display = ("name", "priority", "room_match", "agent", "how", "enabled", "stop", "warnings")
+class DispatchRuleAdmin(ReadableHistoryMixin, SightingsMixin, SimpleHistoryAdmin):
+    list_display = ("name", "priority", "room_match", "agent", "how", "enabled", "stops", "warnings")
     list_editable = ("priority", "enabled")
     list_filter = ("enabled", "delivery", "room_match_kind", "agent")
     list_select_related = ("agent",)
@@ -211,6 +256,14 @@ class DispatchRuleAdmin(SightingsMixin, SimpleHistoryAdmin):
 
     def agent_name_of(self, obj: DispatchRule) -> str:
         return obj.agent.agent_name
+
+    def agent_enabled_of(self, obj: DispatchRule) -> bool:
+        return obj.agent.enabled and obj.enabled
+
+    @admin.display(description="stop", ordering="stop")
+    def stops(self, rule: DispatchRule) -> str:
+        """Words, not a red cross: not stopping is the normal case."""
+        return format_html('<span class="dp-stop">{}</span>', "stops here") if rule.stop else ""
 
     @admin.display(description="warnings")
     def warnings(self, rule: DispatchRule) -> str:
@@ -368,7 +421,7 @@ def _draft_from(data: Any) -> RuleSpec | None:
 
 
 @admin.register(ApiClient)
-class ApiClientAdmin(SimpleHistoryAdmin):
+class ApiClientAdmin(ReadableHistoryMixin, SimpleHistoryAdmin):
     list_display = (
         "name",
         "key_prefix",

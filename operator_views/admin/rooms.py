@@ -11,21 +11,39 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin, messages
-from django.db.models import Prefetch, QuerySet
+from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 
+from dispatchportal.reserved import CANARY_ROOM_PREFIX
 from rooms_app.models import Dispatch, DispatchEvent, Room, WebhookEvent
 from rooms_app.reconcile import reconcile_run
-from rooms_app.selectors import dispatch_timeline, livekit_status
+from rooms_app.selectors import dispatch_timeline, livekit_status, rooms_wanted_agents
 from rooms_app.services import dispatch_cancel, dispatch_redispatch
 
 from ..doctor.views import doctor_column, doctor_url
 from ..helpers import NoExamplesMixin, duration_text, precise_time, precise_times
 
 ROOM_TIMELINES = 5  # the room page draws its latest dispatches' timelines
+ROOM_STATUS_MEANING: dict[str, str] = {
+    Room.Status.PENDING: "a token was minted but LiveKit has not reported the room yet",
+    Room.Status.ACTIVE: "LiveKit reports the room: people and agents can be in it",
+    Room.Status.FINISHED: "LiveKit closed the room (or it was found gone)",
+}
+
+
+def _status_label(status: str) -> str:
+    try:
+        return str(Dispatch.Status(status).label)
+    except ValueError:
+        return status
+
+
+def _room_status_text(obj: Room) -> str:
+    return f"{obj.get_status_display()}: {ROOM_STATUS_MEANING[obj.status]}"
 
 
 def timeline_context(dispatch: Dispatch, *, link: bool = False) -> dict[str, Any]:
@@ -138,8 +156,9 @@ class DispatchInline(ReadOnlyMixin, admin.TabularInline):
     ordering = ("-id",)
     show_change_link = False
     verbose_name_plural = "dispatches (newest first)"
+    template = "admin/rooms_app/tabular_no_caption.html"
 
-    @admin.display(description="dispatch")
+    @admin.display(description="dispatch id")
     def link(self, obj: Dispatch) -> str:
         return format_html(
             '<a href="{}">#{}</a>', reverse("admin:rooms_app_dispatch_change", args=[obj.pk]), obj.pk
@@ -159,12 +178,10 @@ class DispatchInline(ReadOnlyMixin, admin.TabularInline):
 class RoomAdmin(NoExamplesMixin, LiveKitBannerMixin, ReadOnlyMixin, admin.ModelAdmin):
     list_display = (
         "name",
-        "live",
-        "agents_present",
+        "room_status",
+        "agents",
         "num_participants",
         "started_at",
-        "finished_at",
-        "last_seen_at",
         doctor_column,
     )
     list_filter = ("status", "existed_before_token")
@@ -173,17 +190,18 @@ class RoomAdmin(NoExamplesMixin, LiveKitBannerMixin, ReadOnlyMixin, admin.ModelA
     actions = ("reconcile_now",)
     inlines = (DispatchInline,)
     fieldsets = (
-        (None, {"fields": ("name", "sid", "status", "num_participants")}),
+        (None, {"fields": ("name", "sid", "status_now", "agents", "num_participants")}),
         ("Times (UTC)", {"fields": ("created", "started", "last_seen", "finished")}),
         (
             "Token path",
-            {"fields": ("first_token", "last_token", "tokens_minted", "existed_before_token")},
+            {"fields": ("first_token", "last_token", "tokens_minted", "existed_before")},
         ),
     )
     readonly_fields = (
         "name",
         "sid",
-        "status",
+        "status_now",
+        "agents",
         "num_participants",
         "created",
         "started",
@@ -192,7 +210,7 @@ class RoomAdmin(NoExamplesMixin, LiveKitBannerMixin, ReadOnlyMixin, admin.ModelA
         "first_token",
         "last_token",
         "tokens_minted",
-        "existed_before_token",
+        "existed_before",
     )
 
     def page_extras(self, object_id: str) -> dict[str, Any]:
@@ -206,19 +224,67 @@ class RoomAdmin(NoExamplesMixin, LiveKitBannerMixin, ReadOnlyMixin, admin.ModelA
             "timelines_title": f"Timelines of the latest {ROOM_TIMELINES} dispatches",
         }
 
-    def get_queryset(self, request: HttpRequest) -> QuerySet[Room]:
-        joined = Dispatch.objects.filter(status=Dispatch.Status.AGENT_JOINED).only("room_id", "agent_name")
-        return (
-            super().get_queryset(request).prefetch_related(Prefetch("dispatches", joined, to_attr="joined"))
+    def get_changelist_instance(self, request: HttpRequest) -> Any:
+        changelist = super().get_changelist_instance(request)
+        rows = list(changelist.result_list)  # evaluated once; the page iterates the same rows
+        wanted = rooms_wanted_agents(rooms=rows)
+        for row in rows:
+            row.wanted = wanted[row.pk]
+        return changelist
+
+    @admin.display(description="status", ordering="status")
+    def room_status(self, obj: Room) -> str:
+        """The status in words with what it means for this room (never a help text about
+        another status under it)."""
+        return format_html(
+            '<span class="dp-room-status dp-room-{}" title="{}">{}</span>',
+            obj.status,
+            ROOM_STATUS_MEANING[obj.status],
+            obj.get_status_display(),
         )
 
-    @admin.display(description="live", boolean=True, ordering="status")
-    def live(self, obj: Room) -> bool | None:
-        return {Room.Status.ACTIVE: True, Room.Status.FINISHED: False}.get(obj.status)  # type: ignore[call-overload]
+    @admin.display(description="status")
+    def status_now(self, obj: Room) -> str:
+        return _room_status_text(obj)
 
-    @admin.display(description="agents present")
-    def agents_present(self, obj: Room) -> str:
-        return ", ".join(sorted(d.agent_name for d in getattr(obj, "joined", []))) or "-"
+    @admin.display(description="agents expected / present")
+    def agents(self, obj: Room) -> str:
+        """Each agent the ledger wants in the room (`rooms_wanted_agents`, as the API's room
+        state and the dashboard read it): present, or missing with where it stands."""
+        wanted = getattr(obj, "wanted", None)
+        if wanted is None:  # the change form: one room
+            wanted = rooms_wanted_agents(rooms=[obj])[obj.pk]
+        if not wanted:
+            return "none expected"
+        parts = []
+        for a in wanted:
+            name = a.agent_name or "(unnamed)"
+            if a.joined:
+                parts.append(format_html('<span class="dp-agent-present">{}: present</span>', name))
+            elif obj.status == Room.Status.FINISHED:
+                parts.append(
+                    format_html('<span class="dp-agent-gone">{}: {}</span>', name, _status_label(a.status))
+                )
+            else:
+                parts.append(
+                    format_html(
+                        '<span class="dp-agent-missing">{}: missing ({})</span>',
+                        name,
+                        _status_label(a.status),
+                    )
+                )
+        return format_html_join(mark_safe("<br>"), "{}", ((p,) for p in parts))  # noqa: S308  a constant
+
+    @admin.display(description="existed before the first token")
+    def existed_before(self, obj: Room) -> str:
+        if obj.existed_before_token is None:
+            return "not known"
+        if obj.existed_before_token:
+            return (
+                "yes: LiveKit already had the room when the portal minted its first token, so it "
+                "ignored the token's agents (livekit/livekit#4390); the portal dispatched them explicitly"
+            )
+        return "no: the first token's join created the room, so LiveKit took the token's agents"
 
     @admin.action(description="Reconcile selected rooms with LiveKit now", permissions=["act"])
     def reconcile_now(self, request: HttpRequest, queryset: QuerySet[Room]) -> None:
@@ -227,12 +293,26 @@ class RoomAdmin(NoExamplesMixin, LiveKitBannerMixin, ReadOnlyMixin, admin.ModelA
 
 @precise_times(DispatchEvent, when="at")
 class DispatchEventInline(ReadOnlyMixin, admin.TabularInline):
+    """The dispatch's events in the order the portal recorded them (the timeline above shows
+    the steps in the order they happened); statuses by their labels in both columns."""
+
     model = DispatchEvent
-    fields = ("when", "previous_status", "status", "detail")
+    fields = ("when", "from_status", "to_status", "detail")
     readonly_fields = fields
     extra = 0
     can_delete = False
-    verbose_name_plural = "events, as recorded"
+    verbose_name_plural = "events, in the order the portal recorded them"
+    template = "admin/rooms_app/tabular_no_caption.html"
+
+    @admin.display(description="from")
+    def from_status(self, event: DispatchEvent) -> str:
+        return _status_label(event.previous_status) if event.previous_status else "(new dispatch)"
+
+    @admin.display(description="to")
+    def to_status(self, event: DispatchEvent) -> str:
+        if event.previous_status == event.status:
+            return f"{_status_label(event.status)} (a note; no change)"
+        return _status_label(event.status)
 
 
 class AgentNameFilter(admin.SimpleListFilter):
@@ -369,6 +449,38 @@ class DispatchAdmin(NoExamplesMixin, LiveKitBannerMixin, ReadOnlyMixin, admin.Mo
         _reconcile_report(self, request, names)
 
 
+class CanaryRoomsFilter(admin.SimpleListFilter):
+    """Canary probe rooms send four webhooks per run: hidden unless asked for."""
+
+    title = "canary probe rooms"
+    parameter_name = "canary"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        return [("shown", "shown too"), ("only", "only canary rooms")]
+
+    def choices(self, changelist: Any) -> Any:
+        for choice in super().choices(changelist):
+            if choice["query_string"] == changelist.get_query_string(remove=[self.parameter_name]):
+                choice["display"] = "hidden"
+            yield choice
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[WebhookEvent]) -> QuerySet[WebhookEvent]:
+        value = self.value()
+        if value == "shown":
+            return queryset
+        if value == "only":
+            return queryset.filter(room_name__startswith=CANARY_ROOM_PREFIX)
+        return queryset.exclude(room_name__startswith=CANARY_ROOM_PREFIX)
+
+
+@admin.display(description="doctor")
+def room_doctor_column(obj: WebhookEvent) -> str:
+    """The doctor's link, but not for a canary's probe room: no dispatch of the ledger is there."""
+    if obj.room_name.startswith(CANARY_ROOM_PREFIX):
+        return "-"
+    return doctor_column(obj)
+
+
 @admin.register(WebhookEvent)
 @precise_times(WebhookEvent, received="received_at")
 class WebhookEventAdmin(NoExamplesMixin, ReadOnlyMixin, admin.ModelAdmin):
@@ -379,9 +491,9 @@ class WebhookEventAdmin(NoExamplesMixin, ReadOnlyMixin, admin.ModelAdmin):
         "participant_identity",
         "agent_name",
         "event_id",
-        doctor_column,
+        room_doctor_column,
     )
-    list_filter = ("event",)
+    list_filter = (CanaryRoomsFilter, "event")
     search_fields = ("room_name", "event_id", "participant_identity", "agent_name")
     date_hierarchy = "received_at"
 

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
+from urllib.parse import urlencode
 
 from django import forms
 from django.contrib import admin, messages
 from django.http import HttpRequest
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
 
+from dispatchportal.reserved import CANARY_ROOM_PREFIX
+from rooms_app.models import Dispatch, Room
 from watch_app import alerts, canary, tasks
 from watch_app.models import AlertDelivery, AlertTarget, CanaryRun, CanarySchedule, Incident, WorkerEndpoint
 from watch_app.net import UrlRefused, safe_host, url_check
 from watch_app.selectors import agents_presence
+
+from ..doctor.views import doctor_url
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -98,7 +107,7 @@ class DeliveryInline(admin.TabularInline):
 @admin.register(AlertTarget)
 class AlertTargetAdmin(admin.ModelAdmin):
     form = AlertTargetForm
-    list_display = ("name", "kind", "host", "enabled", "allow_private", "max_per_hour", "secret_state")
+    list_display = ("name", "kind", "host", "enabled", "private", "max_per_hour", "secret_state")
     list_filter = ("kind", "enabled")
     fieldsets = (
         (None, {"fields": ("name", "kind", "url", "enabled")}),
@@ -107,6 +116,11 @@ class AlertTargetAdmin(admin.ModelAdmin):
     )
     readonly_fields = ("secret_state",)
     inlines = [DeliveryInline]
+
+    @admin.display(description="private addresses", ordering="allow_private")
+    def private(self, target: AlertTarget) -> str:
+        """Words, not a red cross: public-only is the normal, safe case."""
+        return "allowed" if target.allow_private else "public only"
 
     @admin.display(description="URL host")
     def host(self, target: AlertTarget) -> str:
@@ -135,12 +149,169 @@ class IncidentDeliveryInline(DeliveryInline):
     readonly_fields = fields
 
 
+MUTE_FOR = timedelta(hours=24)
+
+
 @admin.register(Incident)
 class IncidentAdmin(ReadOnlyAdmin):
-    list_display = ("opened_at", "status", "kind", "subject", "summary", "occurrences", "resolved_at")
+    """Incidents read as sentences with links (room, dispatch, doctor, canary run), say whether
+    and where they were sent, and are acted on: resolve, acknowledge, mute."""
+
+    list_display = (
+        "opened_at",
+        "status",
+        "kind",
+        "subject",
+        "summary",
+        "occurrences",
+        "handled",
+        "resolved_at",
+    )
     list_filter = ("status", "kind")
     search_fields = ("key", "subject", "summary")
     inlines = [IncidentDeliveryInline]
+    actions = ("resolve", "acknowledge", "mute")
+    shown: tuple[tuple[str | None, tuple[str, ...]], ...] = (
+        (None, ("summary", "status", "kind", "subject", "occurrences")),
+        ("What it is about", ("links", "facts")),
+        ("Alerts", ("sent", "handled")),
+        ("Times (UTC)", ("opened_at", "last_seen_at", "resolved_at")),
+    )
+    fieldsets = tuple((title, {"fields": names}) for title, names in shown)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return [name for _, names in self.shown for name in names]
+
+    def has_act_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("watch_app.change_incident")
+
+    @admin.display(description="links")
+    def links(self, incident: Incident) -> str:
+        """The room (its admin page and the doctor), the dispatch and the canary run named in
+        the incident's detail."""
+        detail = incident.detail if isinstance(incident.detail, dict) else {}
+        parts: list[str] = []
+        room_name = str(detail.get("room") or "")
+        if room_name and not room_name.startswith(CANARY_ROOM_PREFIX):
+            room = Room.objects.filter(name=room_name).first()
+            if room is not None:
+                parts.append(
+                    format_html(
+                        'room <a href="{}" id="incident-room-link">{}</a>',
+                        reverse("admin:rooms_app_room_change", args=[room.pk]),
+                        room_name,
+                    )
+                )
+            else:
+                parts.append(format_html("room {} (no longer in the ledger)", room_name))
+            parts.append(
+                format_html(
+                    '<a href="{}" id="incident-doctor-link">ask the doctor about {}</a>',
+                    doctor_url(room_name=room_name, agent_name=incident.subject or None),
+                    room_name,
+                )
+            )
+        elif incident.subject:
+            parts.append(
+                format_html(
+                    '<a href="{}" id="incident-doctor-link">the doctor, for agent {}</a>',
+                    reverse("dispatch-doctor") + "?" + urlencode({"agent": incident.subject}),
+                    incident.subject,
+                )
+            )
+        dispatch_id = detail.get("dispatch_id")
+        if isinstance(dispatch_id, int) and Dispatch.objects.filter(pk=dispatch_id).exists():
+            parts.append(
+                format_html(
+                    'dispatch <a href="{}" id="incident-dispatch-link">#{}</a>',
+                    reverse("admin:rooms_app_dispatch_change", args=[dispatch_id]),
+                    dispatch_id,
+                )
+            )
+        run_id = detail.get("run_id")
+        if isinstance(run_id, int):
+            parts.append(
+                format_html(
+                    'canary run <a href="{}">#{}</a> (probe room {})',
+                    reverse("admin:watch_app_canaryrun_change", args=[run_id]),
+                    run_id,
+                    room_name or "?",
+                )
+            )
+        return format_html_join(" · ", "{}", ((p,) for p in parts)) if parts else "-"
+
+    @admin.display(description="details")
+    def facts(self, incident: Incident) -> str:
+        """The rest of the detail as labelled lines (no raw JSON)."""
+        detail = incident.detail if isinstance(incident.detail, dict) else {}
+        rows = [
+            (_DETAIL_LABELS.get(key, key.replace("_", " ")), _detail_value(key, value))
+            for key, value in detail.items()
+            if key not in ("room", "dispatch_id", "run_id") and value not in (None, "")
+        ]
+        if not rows:
+            return "-"
+        return format_html(
+            '<dl class="dp-facts">{}</dl>', format_html_join("", "<dt>{}</dt><dd>{}</dd>", rows)
+        )
+
+    @admin.display(description="sent")
+    def sent(self, incident: Incident) -> str:
+        return alerts.incident_delivery_state(incident=incident)
+
+    @admin.display(description="handled")
+    def handled(self, incident: Incident) -> str:
+        notes = []
+        if incident.acknowledged_at is not None:
+            notes.append(
+                f"acknowledged by {incident.acknowledged_by or 'staff'} at {incident.acknowledged_at:%H:%M} UTC"
+            )
+        if incident.muted:
+            notes.append(f"muted until {incident.muted_until:%Y-%m-%d %H:%M} UTC")
+        return "; ".join(notes) or "-"
+
+    @admin.action(description="Resolve selected incidents (the cause is fixed)", permissions=["act"])
+    def resolve(self, request: HttpRequest, queryset: Any) -> None:
+        who = request.user.get_username()
+        done = 0
+        for key in queryset.filter(status=Incident.Status.OPEN).values_list("key", flat=True):
+            done += alerts.incident_resolve(key=key, summary=f"resolved by {who}") is not None
+        self.message_user(
+            request,
+            f"{done} incident(s) resolved; a check that still finds the problem opens a new one.",
+            messages.SUCCESS if done else messages.WARNING,
+        )
+
+    @admin.action(description="Acknowledge selected incidents (someone is on it)", permissions=["act"])
+    def acknowledge(self, request: HttpRequest, queryset: Any) -> None:
+        who = request.user.get_username()
+        done = sum(alerts.incident_acknowledge(incident=i, by=who) for i in queryset)
+        self.message_user(request, f"{done} incident(s) acknowledged by {who}.", messages.SUCCESS)
+
+    @admin.action(description="Mute alerts of selected incidents for 24 hours", permissions=["act"])
+    def mute(self, request: HttpRequest, queryset: Any) -> None:
+        until = timezone.now() + MUTE_FOR
+        for incident in queryset:
+            alerts.incident_mute(incident=incident, until=until)
+        self.message_user(
+            request,
+            f"{queryset.count()} incident(s) muted until {until:%Y-%m-%d %H:%M} UTC: no alert is sent "
+            "about them (resolution included) until then.",
+            messages.SUCCESS,
+        )
+
+
+def _detail_value(key: str, value: Any) -> str:
+    if key == "status" and value in Dispatch.Status.values:
+        return str(Dispatch.Status(value).label)
+    return str(value)
+
+
+_DETAIL_LABELS = {
+    "status": "dispatch status",
+    "failing_since": "failing since",
+    "resolution": "resolved because",
+}
 
 
 @admin.register(AlertDelivery)

@@ -1,14 +1,16 @@
 """The dashboard's reads of the ledger: per-agent success rate and time to join over the last
-hour and day, dispatches per hour by outcome, rooms waiting for an agent now, the last failures.
+hour and day, dispatches per hour by outcome, live rooms missing an expected agent, the last
+failures.
 
-Time to join counts from when the agent was asked for: the CreateDispatch request for an
-explicit dispatch, the room's start for an agent carried in a token (the wait for the first
-participant to connect is not the agent's).
+Time to join (`JOIN_MEASURE`) counts from when LiveKit had the request (CreateDispatch answered
+for an explicit dispatch; the room's start for an agent carried in a token, as LiveKit
+dispatches it then: the wait for the first participant to connect is not the agent's) to the
+agent participant's join time as LiveKit reports it. The canaries measure differently (from
+sending CreateDispatch to the agent seen active, polled), so their figures are labelled apart.
 """
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,9 +18,15 @@ from datetime import datetime, timedelta
 
 from django.utils import timezone
 
+from dispatchportal.stats import percentile
 from rooms_app.models import WAITING_STATUSES, Dispatch, Room
+from rooms_app.selectors import rooms_wanted_agents
 
 FAILED_STATUSES = ("no_worker", "failed", "timed_out")
+JOIN_MEASURE = (
+    "from LiveKit having the request (CreateDispatch answered, or the room started for an agent "
+    "in a token) to the agent's join time as LiveKit reports it"
+)
 HOUR, DAY = timedelta(hours=1), timedelta(days=1)
 
 
@@ -49,22 +57,18 @@ class _Row:
 
 def _rows(*, since: datetime) -> list[_Row]:
     values = Dispatch.objects.filter(created_at__gte=since).values_list(
-        "agent_name", "status", "created_at", "requested_at", "joined_at", "room__started_at"
+        "agent_name", "status", "delivery", "created_at", "requested_at", "joined_at", "room__started_at"
     )
     rows = []
-    for agent_name, status, created, requested, joined, room_started in values:
-        start = requested or (max(created, room_started) if room_started else created)
+    for agent_name, status, delivery, created, requested, joined, room_started in values:
+        if delivery == Dispatch.Delivery.TOKEN and room_started is not None:
+            # LiveKit dispatches a token's agent as the room starts; the portal may have seen
+            # that dispatch (requested_at) only later, even after the join.
+            start = max(created, room_started)
+        else:
+            start = requested or (max(created, room_started) if room_started else created)
         rows.append(_Row(agent_name, status, created, start, joined))
     return rows
-
-
-def percentile(values: Sequence[float], fraction: float) -> float | None:
-    """Nearest-rank percentile: a value that really occurred, never an interpolation."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = max(1, math.ceil(fraction * len(ordered)))
-    return ordered[rank - 1]
 
 
 def _stats(agent_name: str, rows: Sequence[_Row]) -> AgentStats:
@@ -119,39 +123,55 @@ def outcomes_by_hour(*, now: datetime | None = None, hours: int = 24) -> list[Ho
 
 
 @dataclass(frozen=True, slots=True)
-class WaitingRoom:
+class MissingAgent:
+    """A live room without one of the agents the ledger wants there: still on its way
+    (waiting) or given up on (ended)."""
+
     room_name: str
+    room_id: int
     agent_name: str
     status: str
     status_label: str
     dispatch_id: int
+    attempt: int
     waiting_s: float
     overdue: bool
+    ended: bool
+    last_error: str
 
 
-def rooms_waiting_list(*, now: datetime | None = None, limit: int = 50) -> list[WaitingRoom]:
-    """Live rooms whose agent has been asked for but has not joined, longest wait first."""
+def rooms_missing_agents(*, now: datetime | None = None, limit: int = 500) -> list[MissingAgent]:
+    """Live rooms (the `limit` latest started) whose expected agents (`rooms_wanted_agents`,
+    the ledger's own answer, as the API's room state gives it) are not all present: given-up
+    ones first, then the longest waits."""
     now = now or timezone.now()
-    waiting = (
-        Dispatch.objects.filter(status__in=WAITING_STATUSES, room__status=Room.Status.ACTIVE)
-        .select_related("room")
-        .order_by("created_at")[:limit]
-    )
+    rooms = list(Room.objects.filter(status=Room.Status.ACTIVE).order_by("-started_at", "-id")[:limit])
     answer = []
-    for d in waiting:
-        start = d.requested_at or max(d.created_at, d.room.started_at or d.created_at)
-        answer.append(
-            WaitingRoom(
-                room_name=d.room.name,
-                agent_name=d.agent_name,
-                status=d.status,
-                status_label=d.get_status_display(),
-                dispatch_id=d.pk,
-                waiting_s=max(0.0, (now - start).total_seconds()),
-                overdue=bool(d.deadline_at and d.deadline_at < now),
+    wanted_by_room = rooms_wanted_agents(rooms=rooms)
+    for room in rooms:
+        for wanted in wanted_by_room[room.pk]:
+            if wanted.joined:
+                continue
+            ended = wanted.status not in WAITING_STATUSES
+            start = wanted.asked_at or room.started_at or now
+            if room.started_at and wanted.status == Dispatch.Status.PENDING:
+                start = max(start, room.started_at)  # a token's agent waits from the room's start
+            answer.append(
+                MissingAgent(
+                    room_name=room.name,
+                    room_id=room.pk,
+                    agent_name=wanted.agent_name,
+                    status=wanted.status,
+                    status_label=Dispatch.Status(wanted.status).label,
+                    dispatch_id=wanted.dispatch_id,
+                    attempt=wanted.attempt,
+                    waiting_s=max(0.0, (now - start).total_seconds()),
+                    overdue=ended or bool(wanted.deadline_at and wanted.deadline_at < now),
+                    ended=ended,
+                    last_error=wanted.last_error,
+                )
             )
-        )
-    answer.sort(key=lambda w: w.waiting_s, reverse=True)
+    answer.sort(key=lambda m: (not m.ended, not m.overdue, -m.waiting_s))
     return answer
 
 

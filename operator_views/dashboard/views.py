@@ -1,7 +1,7 @@
 """The dashboard page in the admin, and the small JSON the open dashboard polls.
 
-The dashboard is drawn from named sections (per agent, per hour, rooms waiting, last
-failures); the page renders them once, and `dashboard_live_view` renders the same templates
+The dashboard is drawn from named sections (the health line and what needs attention, per
+agent, per hour, live rooms missing an agent, last failures); the page renders them once, and `dashboard_live_view` renders the same templates
 again as JSON so the page can swap them in while it is open, without a full reload.
 """
 
@@ -17,20 +17,23 @@ from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
 
+from rooms_app.models import Room
 from watch_app.selectors import watch_dashboard
 
 from ..doctor.views import doctor_url
 from ..helpers import admin_page_context, admin_url, duration_text, view_permission_require
 from .charts import PALETTE, grouped_bar_chart, stacked_hours_chart
+from .glance import glance_get
 from .reads import (
+    JOIN_MEASURE,
     agent_stats_get,
     failures_recent_list,
     hours_since_first_dispatch,
     outcomes_by_hour,
-    rooms_waiting_list,
+    rooms_missing_agents,
 )
 
-SECTIONS = ("per-agent", "per-hour", "waiting", "failures", "watch")
+SECTIONS = ("glance", "per-agent", "per-hour", "waiting", "failures", "watch")
 REFRESH_S = 5
 
 
@@ -49,13 +52,25 @@ def _sections(now: datetime) -> dict[str, Any]:
         ("p95 last day", "#f2cf8a", [stats[a]["day"].p95_s for a in agents]),
     ]
     hours = hours_since_first_dispatch(outcomes_by_hour(now=now))
-    # "Waiting now" per agent counts the very rooms listed under "Rooms waiting for an agent".
-    waiting = rooms_waiting_list(now=now)
-    waiting_by_agent = Counter(w.agent_name for w in waiting)
+    # "Missing now" per agent counts the very rooms listed under "Live rooms missing an
+    # expected agent" and in the attention list: one read of the ledger for all three.
+    missing = rooms_missing_agents(now=now)
+    missing_by_agent = Counter(m.agent_name for m in missing)
+    watch = watch_dashboard(now=now)
+    glance = glance_get(
+        missing=missing,
+        live_rooms=Room.objects.filter(status=Room.Status.ACTIVE).count(),
+        incidents=watch["incidents"],
+        presence=watch["presence"],
+        canaries=watch["canaries"],
+        now=now,
+    )
     return {
         "now": now,
+        "glance": glance,
+        "join_measure": JOIN_MEASURE,
         "agents": [
-            {"name": a, "hour": stats[a]["hour"], "day": stats[a]["day"], "waiting": waiting_by_agent[a]}
+            {"name": a, "hour": stats[a]["hour"], "day": stats[a]["day"], "missing": missing_by_agent[a]}
             for a in agents
         ],
         "rate_chart": grouped_bar_chart(
@@ -64,7 +79,7 @@ def _sections(now: datetime) -> dict[str, Any]:
         if agents
         else "",
         "join_chart": grouped_bar_chart(
-            title="Time from dispatch to agent joined (seconds)",
+            title="Time to join (seconds): LiveKit had the request -> agent joined",
             groups=agents,
             series=join,
             unit=" s",
@@ -77,14 +92,15 @@ def _sections(now: datetime) -> dict[str, Any]:
         )
         if hours
         else "",
-        "waiting": [
+        "missing": [
             {
-                "room": w,
-                "doctor_url": doctor_url(room_name=w.room_name, agent_name=w.agent_name),
-                "admin_url": admin_url("admin:rooms_app_dispatch_change", w.dispatch_id),
-                "waiting": duration_text(w.waiting_s),
+                "room": m,
+                "doctor_url": doctor_url(room_name=m.room_name, agent_name=m.agent_name),
+                "admin_url": admin_url("admin:rooms_app_dispatch_change", m.dispatch_id),
+                "room_url": admin_url("admin:rooms_app_room_change", m.room_id),
+                "waiting": duration_text(m.waiting_s),
             }
-            for w in waiting
+            for m in missing
         ],
         "failures": [
             {
@@ -94,7 +110,7 @@ def _sections(now: datetime) -> dict[str, Any]:
             }
             for d in failures_recent_list()
         ],
-        "watch": watch_dashboard(now=now),
+        "watch": watch,
     }
 
 

@@ -436,8 +436,16 @@ def agent_joined_record(
     """The agent's participant is in the room. Its job (the identity `agent-AJ_…` names it,
     or ListDispatch shows it) is recorded first if the ledger had not seen it."""
     fields: dict[str, Any] = {"participant_identity": participant.identity, "last_error": ""}
-    if participant.joined_at is not None:
-        fields["joined_at"] = participant.joined_at
+    joined = participant.joined_at
+    if joined is not None:
+        fields["joined_at"] = joined
+        # The portal may learn of the request and the job only after LiveKit's join time (the
+        # token path: a join check or ListDispatch read after the agent was in): they happened
+        # by the join at the latest, so their stamps never come after it.
+        if dispatch.requested_at is not None and dispatch.requested_at > joined:
+            fields["requested_at"] = joined
+        if dispatch.job_assigned_at is not None and dispatch.job_assigned_at > joined:
+            fields["job_assigned_at"] = joined
     if livekit is not None and not dispatch.livekit_dispatch_id:
         fields["livekit_dispatch_id"] = livekit.id
     job_id = (
@@ -448,7 +456,10 @@ def agent_joined_record(
     if job_id:
         fields["livekit_job_id"] = job_id
         job_assigned_record(
-            dispatch=dispatch, job_id=job_id, how=f"its agent '{participant.identity}' joined"
+            dispatch=dispatch,
+            job_id=job_id,
+            how=f"its agent '{participant.identity}' joined",
+            at=min(joined, timezone.now()) if joined is not None else None,
         )
     detail = f"agent participant '{participant.identity}' joined" + (f" ({how})" if how else "")
     return dispatch_transition(
@@ -456,14 +467,16 @@ def agent_joined_record(
     )
 
 
-def job_assigned_record(*, dispatch: Dispatch, job_id: str, how: str) -> bool:
-    """LiveKit shows a job for this dispatch (ListDispatch, or the agent's identity)."""
+def job_assigned_record(*, dispatch: Dispatch, job_id: str, how: str, at: datetime | None = None) -> bool:
+    """LiveKit shows a job for this dispatch (ListDispatch, or the agent's identity). `at`:
+    when the job existed by, when that is known to be earlier than now (its agent's join)."""
     return dispatch_transition(
         dispatch=dispatch,
         to=Dispatch.Status.JOB_ASSIGNED,
         expect=(Dispatch.Status.PENDING, Dispatch.Status.REQUESTED),
         detail=f"job {job_id} assigned to a worker ({how})",
         livekit_job_id=job_id,
+        **({"job_assigned_at": at} if at is not None else {}),
     )
 
 

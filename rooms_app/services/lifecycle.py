@@ -263,7 +263,18 @@ def _request_send(
 
 def _livekit_has_it(*, dispatch: Dispatch, found: LkDispatch, detail: str, **fields: Any) -> bool:
     """pending -> requested with LiveKit's dispatch id, then the job if ListDispatch shows one
-    (only ListDispatch shows a job: no webhook does)."""
+    (only ListDispatch shows a job: no webhook does). A token's agent was requested when
+    LiveKit created its dispatch from the token (found.created_at), not when the portal saw it."""
+    if (
+        dispatch.delivery == Dispatch.Delivery.TOKEN
+        and found.created_at is not None
+        and "requested_at" not in fields
+    ):
+        room = dispatch._state.fields_cache.get("room")
+        started = room.started_at if room is not None else None
+        # Never before the session began: sessions are told apart by when LiveKit took a dispatch.
+        at = max(found.created_at, started) if started is not None else found.created_at
+        fields["requested_at"] = min(at, timezone.now())
     moved = dispatch_transition(
         dispatch=dispatch,
         to=Dispatch.Status.REQUESTED,

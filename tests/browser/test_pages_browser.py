@@ -130,11 +130,11 @@ def test_every_admin_page_fits_the_screen(admin_page, ledger, screen, shot):
             "/admin/rooms_app/dispatch/",
             ("id", "room_link", "agent_name", "status", "age", "doctor_column"),
         ),
-        ("rooms", "/admin/rooms_app/room/", ("name", "live", "doctor_column")),
+        ("rooms", "/admin/rooms_app/room/", ("name", "room_status", "agents", "doctor_column")),
         ("agents", "/admin/agents_app/agent/", ("__str__", "enabled", "deadline", "fallback", "last_seen")),
         ("rules", "/admin/agents_app/dispatchrule/", ("name", "agent", "how", "warnings")),
         ("clients", "/admin/agents_app/apiclient/", ("name", "enabled")),
-        ("webhooks", "/admin/rooms_app/webhookevent/", ("event", "room_name", "doctor_column")),
+        ("webhooks", "/admin/rooms_app/webhookevent/", ("event", "room_name", "room_doctor_column")),
         ("dispatch-detail", f"/admin/rooms_app/dispatch/{dispatch.pk}/change/", ()),
         ("room-detail", f"/admin/rooms_app/room/{dispatch.room_id}/change/", ()),
         ("agent-detail", f"/admin/agents_app/agent/{ledger.pk}/change/", ()),
@@ -279,7 +279,8 @@ def test_the_dashboard_labels_never_overlap_and_the_figures_refresh(admin_page, 
         room=room, agent=ledger, agent_name=ledger.agent_name, source="rule", status="pending"
     )
 
-    expect(page.locator("#rooms-waiting")).to_contain_text("support-eu-west-new")
+    expect(page.locator("#rooms-missing")).to_contain_text("support-eu-west-new")
+    expect(page.locator("#attention")).to_contain_text("support-eu-west-new")  # the first screen too
     assert page.evaluate("window.notReloaded") is True
     shot(page, f"{screen}-dashboard-refreshed")
 
@@ -288,7 +289,7 @@ def test_a_new_install_dashboard_says_what_is_missing(admin_page, shot):
     page = admin_page
     page.goto("/admin/dispatch-dashboard/")
 
-    for empty in ("#no-dispatches", "#no-hours", "#no-rooms-waiting", "#no-failures"):
+    for empty in ("#no-dispatches", "#no-hours", "#no-rooms-missing", "#no-failures"):
         expect(page.locator(empty)).to_be_visible()
     assert page.locator("svg.dp-chart").count() == 0
     assert page.locator("#refresh-problem").is_hidden()

@@ -8,7 +8,8 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from operator_views.dashboard import agent_stats_get, percentile, rooms_waiting_list
+from dispatchportal.stats import percentile
+from operator_views.dashboard import agent_stats_get, rooms_missing_agents
 from operator_views.doctor.views import doctor_url
 from rooms_app.models import Dispatch, Room
 from tests.factories import AgentFactory, RuleFactory
@@ -66,10 +67,32 @@ def test_success_rate_and_time_to_join_per_agent(history):
 
 
 def test_rooms_waiting_longest_first_with_overdue_flag(history):
-    [waiting] = rooms_waiting_list()
+    [waiting] = rooms_missing_agents()
 
-    assert waiting.room_name == "support-waiting" and waiting.overdue
+    assert waiting.room_name == "support-waiting" and waiting.overdue and not waiting.ended
     assert 40 <= waiting.waiting_s < 60
+
+
+def test_a_live_room_whose_agent_gave_up_is_missing_it_as_the_room_state_says(history, admin_client):
+    """The case the dashboard once called "No room is waiting for an agent": live rooms whose
+    dispatch ended without the agent. The dashboard's list, its health line, the rooms list and
+    the API's room state all read the same answer."""
+    from rooms_app.selectors import room_state
+
+    live = Room.objects.create(name="support-live-no-agent", status="active", started_at=timezone.now())
+    _dispatch(live, "support-agent", "no_worker", ago_s=30, ended_at=timezone.now(), last_error="no worker")
+    Dispatch.objects.filter(room__name="support-waiting").delete()
+
+    [missing] = rooms_missing_agents()
+    assert (missing.room_name, missing.agent_name, missing.ended) == (
+        "support-live-no-agent",
+        "support-agent",
+        True,
+    )
+    assert [a.joined for a in room_state(room_name="support-live-no-agent").agents] == [False]
+    page = admin_client.get("/admin/dispatch-dashboard/").content.decode()
+    assert 'data-level="red"' in page and "1 live room(s) missing an expected agent" in page
+    assert "Every live room has" not in page
 
 
 def test_the_dashboard_shows_charts_waiting_rooms_and_failures_with_doctor_links(admin_client, history):
@@ -78,7 +101,10 @@ def test_the_dashboard_shows_charts_waiting_rooms_and_failures_with_doctor_links
     assert response.status_code == 200
     page = response.content.decode()
     assert page.count('class="dp-chart"') == 3  # success rate, time to join, per hour
-    assert "Dispatch success rate by agent" in page and "Time from dispatch to agent joined" in page
+    assert (
+        "Dispatch success rate by agent" in page
+        and "Time to join (seconds): LiveKit had the request -&gt; agent joined" in page
+    )
     assert re.search(r"<td>support-agent</td>\s*<td>5 / 6</td>\s*<td>75%\s*/ 80%</td>", page)
     assert "2.0 s / 9.0 s" in page
     assert "support-waiting" in page and "(past the deadline)" in page
@@ -98,21 +124,24 @@ def test_waiting_now_counts_the_rooms_listed_as_waiting(history, admin_client):
     row = per_agent[per_agent.index("<td>support-agent</td>") :]
     cells = re.findall(r"<td>(.*?)</td>", row[: row.index("</tr>")], re.S)
     assert cells[-1] == "1"  # support-waiting only
-    assert [w.room_name for w in rooms_waiting_list()] == ["support-waiting"]
+    assert [w.room_name for w in rooms_missing_agents()] == ["support-waiting"]
 
 
-def test_an_empty_dashboard_says_so(admin_client):
+def test_an_empty_dashboard_says_so(admin_client, lk):
     page = admin_client.get("/admin/dispatch-dashboard/").content.decode()
 
     assert "No dispatch in the last day: no chart to draw yet." in page
     assert "No dispatch in the last 24 hours." in page and 'id="hours-chart"' not in page
-    assert "No room is waiting for an agent." in page and "No failed dispatch." in page
+    assert (
+        "Every live room has the agents the ledger expects there." in page and "No failed dispatch." in page
+    )
+    assert 'data-level="green"' in page
 
 
 def test_the_open_dashboard_polls_its_sections_as_json(admin_client, history):
     body = admin_client.get("/admin/dispatch-dashboard/live.json").json()
 
-    assert set(body["sections"]) == {"per-agent", "per-hour", "waiting", "failures", "watch"}
+    assert set(body["sections"]) == {"glance", "per-agent", "per-hour", "waiting", "failures", "watch"}
     assert "Open alerts" in body["sections"]["watch"]
     assert "support-waiting" in body["sections"]["waiting"]
     assert "75%" in body["sections"]["per-agent"] and "<svg" in body["sections"]["per-hour"]
@@ -165,3 +194,22 @@ def test_rooms_and_dispatches_in_the_admin_link_to_the_doctor(admin_client, lk):
 
     assert doctor_url(room_name="support-11").replace("&", "&amp;") in rooms
     assert doctor_url(room_name="support-11", agent_name="support-agent").replace("&", "&amp;") in dispatches
+
+
+def test_a_token_agents_time_to_join_counts_from_the_rooms_start(admin_client):
+    """The portal saw LiveKit's dispatch from the token (requested_at) 1.5 s after the room
+    started and 0.2 s before the join: the agent took 1.7 s, not 0.2 s."""
+    started = timezone.now() - timedelta(seconds=60)
+    room = Room.objects.create(name="support-token", status="active", started_at=started)
+    row = Dispatch.objects.create(
+        room=room, agent_name="support-agent", source="token", delivery="token", status="agent_joined"
+    )
+    Dispatch.objects.filter(pk=row.pk).update(
+        created_at=started - timedelta(seconds=5),
+        requested_at=started + timedelta(seconds=1.5),
+        joined_at=started + timedelta(seconds=1.7),
+    )
+
+    hour = agent_stats_get()["support-agent"]["hour"]
+
+    assert hour.p50_s == pytest.approx(1.7)

@@ -13,6 +13,7 @@ import pytest
 from livekit import api
 
 from rooms_app.models import Dispatch, Room
+from rooms_app.selectors import dispatch_timeline
 from tests.factories import AgentFactory, RuleFactory, make_client
 from tests.support import eventually
 
@@ -67,6 +68,13 @@ def test_a_named_worker_gets_nothing_automatically_but_a_token_rule_brings_it(st
         what="the joined agent credited to the token",
     )
     assert row.delivery == "token"
+    # In the order it happened: nothing the portal learned late is dated after the join, and
+    # the timeline reads token -> request -> job -> join with no negative gap.
+    for stamp in (row.requested_at, row.job_assigned_at):
+        assert stamp is None or stamp <= row.joined_at, (stamp, row.joined_at)
+    steps = [s for s in dispatch_timeline(dispatch=row) if s.at is not None]
+    assert [s.at for s in steps] == sorted(s.at for s in steps)
+    assert steps[0].key == "trigger" and steps[-1].key == "joined", [s.key for s in steps]
     [agent] = stack.agents("support-1", "support-agent")
     assert row.participant_identity == agent.identity
     eventually(lambda: agent.identity in alice.agents(), what="alice sees the agent")
