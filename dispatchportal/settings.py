@@ -71,6 +71,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "dispatchportal.logging.RequestIdMiddleware",
+    "dispatchportal.health.ProbeMiddleware",  # /healthz, /readyz: before anything reads the Host
     "dispatchportal.exceptions.ApiJsonErrorsMiddleware",  # inside the request id: 500s name it
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -120,10 +121,14 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["OPTIONS"]["init_command"] = "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-db.sqlite3")}
 else:
-    # Let psycopg prepare the statements that ask for it (the token path's INSERT, see
-    # rooms_app/services/facts.py); Django's default of None turns preparing off even then.
-    # Django's own cursors bind client-side and never prepare, whatever this says.
-    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("prepare_threshold", 5)
+    # Django's documented server-side binding: parameters travel apart from the SQL, and
+    # psycopg prepares a statement once a connection has run it `prepare_threshold` times
+    # (the token path's INSERT, the ledger's repeated look-ups), so PostgreSQL stops parsing
+    # and planning them anew. Behind a transaction-mode pooler this needs PgBouncer 1.21+
+    # with `max_prepared_statements`, or `?server_side_binding=false` is not an option: set
+    # prepare_threshold to None in that case.
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("server_side_binding", True)
+    DATABASES["default"]["OPTIONS"].setdefault("prepare_threshold", 5)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Redis, when given, carries the Celery broker and the shared cache (rate limits, rule-set

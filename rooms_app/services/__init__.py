@@ -30,9 +30,8 @@ from .facts import (
     agents_seen_in,
     agents_seen_record,
     token_fact_apply,
-    token_fact_record,
+    token_fact_intake,
     token_facts_apply,
-    token_facts_apply_schedule,
     worker_heartbeat,
 )
 from .ledger import (
@@ -130,8 +129,7 @@ __all__ = [
     "session_close_previous",
     "token_deadlines_arm",
     "token_fact_apply",
-    "token_fact_record",
+    "token_fact_intake",
     "token_facts_apply",
-    "token_facts_apply_schedule",
     "worker_heartbeat",
 ]
