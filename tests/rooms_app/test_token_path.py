@@ -43,7 +43,7 @@ def test_the_delivery_follows_the_ledgers_room(api, key, django_capture_on_commi
         return mint(api, key, "support-1").json()["dispatch"]["agents"][0]["delivery"]
 
     assert delivery() == "token"
-    services.room_started(name="support-1", sid="RM_1", started_at=timezone.now())
+    services.room_observe(name="support-1", sid="RM_1", started_at=timezone.now())
     assert delivery() == "explicit"
     services.room_finished(name="support-1", sid="RM_1")
     assert delivery() == "token"
@@ -54,7 +54,7 @@ def test_a_token_with_agents_is_recorded_before_its_answer_in_one_insert(
     api, key, django_assert_num_queries, django_capture_on_commit_callbacks
 ):
     with django_capture_on_commit_callbacks(execute=True):
-        services.room_started(name="support-1", sid="RM_1", started_at=timezone.now())
+        services.room_observe(name="support-1", sid="RM_1", started_at=timezone.now())
     mint(api, key, "other-0")  # warm (no agent: nothing recorded)
     with django_assert_num_queries(0):
         assert mint(api, key, "other-1").status_code == 201
