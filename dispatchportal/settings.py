@@ -103,11 +103,15 @@ TEMPLATES = [
 ]
 
 DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}")}
-# Keep connections across requests and tasks (checked before reuse): opening a PostgreSQL
-# connection costs more than a whole webhook's work. `?conn_max_age=` in the URL overrides.
+# Keep connections across requests and tasks: opening a PostgreSQL connection costs more than
+# a whole webhook's work. `?conn_max_age=` in the URL overrides. Connections are not checked
+# before each request (Django's default, CONN_HEALTH_CHECKS off: a SELECT 1 per request would
+# be a third of a token's database time); after a database restart the first use of a stale
+# connection fails and Django closes it at the request's end. Every caller that matters tries
+# again: the token path itself (`token_fact_intake`), LiveKit (it retries a webhook that got a
+# 5xx), Celery tasks (transient database errors are retried).
 if not DATABASES["default"].get("CONN_MAX_AGE"):
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=60)
-DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Several processes (gunicorn, worker, beat) share the file: wait for locks.
     DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20

@@ -88,9 +88,8 @@ def test_other_paths_keep_the_full_stack():
 @pytest.mark.needs_postgres
 @pytest.mark.django_db(transaction=True)
 def test_a_dead_database_connection_costs_no_token(settings):
-    """A database restart between two tokens: Django's per-request health check (at the
-    request's first query) finds the dropped connection and opens a new one, so the next
-    token is recorded, not answered 500."""
+    """A database restart between two tokens: the next token's INSERT finds the dropped
+    connection, and the token path sends it again on a new one: recorded, not answered 500."""
     import psycopg
     from django.db import connection
 

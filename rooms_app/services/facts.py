@@ -19,19 +19,17 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
+import time
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.conf import settings
-from django.core.cache import cache
 from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
 from agents_app.models import Agent
-from dispatchportal.redis import REDIS_ERRORS, redis_available, redis_client, redis_down_mark, redis_key
+from dispatchportal.redis import redis_available
 from livekit_boundary.client import LkDispatch, LkParticipant
 
 from ..models import AgentSeen, Dispatch, Room, TokenFact, WorkerHeartbeat
@@ -58,9 +56,19 @@ def token_fact_intake(
     and make sure they are applied within about `APPLY_WINDOW_S`. Returns whether the ledger
     knows the room is live (then LiveKit would ignore the token's agents, so the fact records
     them, and the caller mints them, as explicit dispatches)."""
-    live = _token_fact_insert(
-        room_name=room_name, participant_identity=participant_identity, agents=agents, client=client
-    )
+    for attempt in (1, 2):
+        try:
+            live = _token_fact_insert(
+                room_name=room_name, participant_identity=participant_identity, agents=agents, client=client
+            )
+            break
+        except OperationalError:
+            # A connection the database dropped since its last use (a restart, a failover):
+            # connections are not checked before each request (settings.py), so the first
+            # use finds out. Once more, on a new connection.
+            if attempt == 2 or connection.in_atomic_block:
+                raise
+            connection.close()
     _token_facts_apply_soon()
     return live
 
@@ -112,32 +120,31 @@ def _agent_json(agent: Any, delivery: str) -> dict[str, str]:
     }
 
 
-APPLY_SCHEDULED_KEY = ("rooms", "token-facts-scheduled")
+class _Window:
+    """True at most once per `seconds` in this process (monotonic clock)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.next_open = 0.0
+
+    def open(self) -> bool:
+        now = time.monotonic()
+        if now < self.next_open:
+            return False
+        self.next_open = now + self.seconds
+        return True
+
+
+_apply_window = _Window(APPLY_WINDOW_S)
 
 
 def _token_facts_apply_soon() -> None:
-    """One application task per `APPLY_WINDOW_S` across processes, running after every fact
-    recorded in its window: the first token of a window sets a flag that lives for the window
-    and publishes the task for the window's end; tokens that find the flag set are covered by
-    that task. Without Redis the embedded file cache holds the flag (its windows are whole
-    seconds). Skipped while Redis is down: the broker is down with it, and reconcile's sweep
-    applies the facts once it is back."""
-    client = redis_client()
-    if client is None:
-        if settings.REDIS_URL:  # configured but unreachable (redis_client said so)
-            return
-        if cache.add(":".join(APPLY_SCHEDULED_KEY), "1", timeout=max(1, math.ceil(APPLY_WINDOW_S))):
-            token_facts_apply_enqueue(countdown=APPLY_WINDOW_S)
-        return
-    if not redis_available():
-        return
-    try:
-        first = client.set(redis_key(*APPLY_SCHEDULED_KEY), "1", nx=True, px=int(APPLY_WINDOW_S * 1000))
-    except REDIS_ERRORS:
-        redis_down_mark()
-        logger.warning("could not schedule the token facts' application; reconcile will", exc_info=True)
-        return
-    if first:
+    """The first token of each `APPLY_WINDOW_S` in this process publishes an application task
+    for the window's end; it applies every fact recorded before it runs, so the tokens that
+    follow in the window are covered. Several processes publish one each per window (the
+    application is idempotent: a fact is applied by one run). Skipped while Redis is known to
+    be down (the broker is down with it): reconcile's sweep applies the facts once it is back."""
+    if redis_available() and _apply_window.open():
         token_facts_apply_enqueue(countdown=APPLY_WINDOW_S)
 
 
