@@ -8,7 +8,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from django.http import HttpRequest, HttpResponse
 from drf_spectacular.utils import extend_schema, extend_schema_field, extend_schema_serializer
 from rest_framework import exceptions, serializers
 from rest_framework.negotiation import BaseContentNegotiation
@@ -153,53 +152,12 @@ class TokenApi(APIView):
     renderer_classes = [JSONRenderer]
     content_negotiation_class = JsonOnly
 
-    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        """POST, the hot path, is served here without DRF's per-request machinery (its Request
-        wrapper, negotiation, a template response rendered late), which cost a fifth of the
-        endpoint's throughput; it runs the same authentication, `post` and exception handler,
-        and renders with the same renderer. DRF's permission classes are not run on it: the
-        authentication itself answers 401 to anything but a valid API key, which is all
-        `IsApiClient` would check. Other methods (OPTIONS, the 405s) go through DRF."""
-        # The `type: ignore`s below are where this path hands DRF's code a Django HttpRequest
-        # instead of DRF's Request (the bypass issue 19 item 3 replaces).
-        if request.method != "POST":
-            return super().dispatch(request, *args, **kwargs)  # type: ignore[return-value]
-        self.args, self.kwargs, self.request, self.headers = args, kwargs, request, {}  # type: ignore[assignment]
-        try:
-            request.user, request.auth = self._authenticate(request)  # type: ignore[attr-defined]
-            response = self.post(request)
-        except Exception as exc:
-            response = self._exception_response(exc)
-        return self._answer(request, response)
-
-    def _authenticate(self, request: HttpRequest) -> tuple[Any, Any]:
-        [authenticator] = self.get_authenticators()
-        found = authenticator.authenticate(request)  # type: ignore[arg-type]  # see dispatch
-        if found is None:
-            raise exceptions.NotAuthenticated()
-        return found
-
-    def _exception_response(self, exc: Exception) -> Response:
-        """What DRF's `handle_exception` answers (401s say how to authenticate)."""
-        if isinstance(exc, exceptions.NotAuthenticated | exceptions.AuthenticationFailed):
-            # The attribute DRF's own handle_exception sets (its stubs do not declare it).
-            exc.auth_header = self.get_authenticate_header(self.request)  # type: ignore[union-attr]
-        response = self.get_exception_handler()(exc, self.get_exception_handler_context())
-        if response is None:
-            raise exc
-        return response
-
-    def _answer(self, request: HttpRequest, response: Response) -> HttpResponse:
-        # Every answer, errors included, is counted by client and outcome (no database write).
-        client = getattr(getattr(request, "auth", None), "name", "")
-        metrics.token_response_record(client=client, status=response.status_code, body=response.data)
-        answer = HttpResponse(
-            JSONRenderer().render(response.data), status=response.status_code, content_type="application/json"
-        )
-        for name, value in response.items():
-            if name != "Content-Type":  # an unrendered Response's is a placeholder
-                answer[name] = value
-        return answer
+    def finalize_response(self, request: Any, response: Any, *args: Any, **kwargs: Any) -> Any:
+        """Every answer, errors included, is counted by client and outcome (no database write)."""
+        if request.method == "POST":
+            client = getattr(getattr(request, "auth", None), "name", "")
+            metrics.token_response_record(client=client, status=response.status_code, body=response.data)
+        return super().finalize_response(request, response, *args, **kwargs)
 
     # The body as the schema shows it; `token_request_parse` validates it (a test keeps the two
     # in step).
@@ -269,7 +227,8 @@ class TokenApi(APIView):
         examples=call_examples(*api_docs.TOKEN_CALLS),
     )
     def post(self, request: Any) -> Response:
-        """Mint one token: `dispatch` calls it for every POST, with the key's principal."""
+        """Mint one token, with the key's principal (DRF authenticated it and checked
+        `IsApiClient`)."""
         token_request = token_request_from_body(_json_body(request))
         try:
             minted = token_mint(client=request.auth, request=token_request, config=request.user.config)

@@ -1,7 +1,7 @@
 """Where the token path hands a token's agents to the ledger.
 
-`services.token_mint` records which agents a token carries before it answers, and asks for
-those facts to be applied soon. The ledger that keeps them is rooms_app, the layer above
+`services.token_mint` records which agents a token carries before it answers, in one call that
+also schedules those facts' application. The ledger that keeps them is rooms_app, the layer above
 agents_app, which agents_app does not import. So this module declares what the token path needs
 of it (`RoomFacts`), and `RoomsAppConfig.ready()` binds rooms_app's services into it once the
 apps are loaded, the way `rooms_app.services.jobs` receives the Celery tasks.
@@ -18,14 +18,11 @@ from .rules import AppliedAgent
 class RoomFacts(Protocol):
     """What the token path needs of the ledger (`rooms_app.services` provides it)."""
 
-    def token_fact_record(
+    def token_fact_intake(
         self, *, room_name: str, participant_identity: str, agents: Sequence[AppliedAgent], client: str
     ) -> bool:
-        """Record the token's agents; True when the ledger knows the room is live."""
-        ...
-
-    def token_facts_apply_schedule(self) -> None:
-        """Make sure the facts just recorded are applied within about a window."""
+        """Record the token's agents and schedule their application; True when the ledger
+        knows the room is live."""
         ...
 
 

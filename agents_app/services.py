@@ -182,10 +182,10 @@ def token_mint(*, client: ClientScope, request: TokenRequest, config: Config | N
     `config` is the configuration the caller authenticated against (saves a second look-up).
 
     The rate limit is counted in this process (with a Redis round trip about once per lease);
-    a token that carries agents is one statement (its fact's INSERT, which reads whether the
-    room is live). Besides those it reads the configuration (cached in the process, checked
-    against the database every CONFIG_CHECK_INTERVAL_S) and schedules the facts' application
-    (a Redis flag, at most about once per APPLY_WINDOW_S per process)."""
+    a token that carries agents makes one call into the ledger (its fact's INSERT, which reads
+    whether the room is live, and one Redis SET that schedules the facts' application). Besides
+    those it reads the configuration (cached in the process, checked against the database every
+    CONFIG_CHECK_INTERVAL_S)."""
     identity = request.participant_identity or f"user-{secrets.token_hex(6)}"
     room = request.room_name
     if not room:
@@ -224,7 +224,7 @@ def token_mint(*, client: ClientScope, request: TokenRequest, config: Config | N
         # LiveKit applies a token's agents only when that join creates the room
         # (livekit/livekit#4390): for a room the ledger knows is live, they are dispatched
         # explicitly instead.
-        room_exists = room_facts().token_fact_record(
+        room_exists = room_facts().token_fact_intake(
             room_name=room, participant_identity=identity, agents=agents, client=client.name
         )
     if room_exists:
@@ -250,8 +250,6 @@ def token_mint(*, client: ClientScope, request: TokenRequest, config: Config | N
         agents=agents,
         room_exists=room_exists,
     )
-    if agents:
-        room_facts().token_facts_apply_schedule()
     return minted
 
 

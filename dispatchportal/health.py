@@ -10,9 +10,9 @@
   carry no host, URL or secret.
 
 Both answer without authentication and are never rate-limited: they reveal nothing but the
-names of the checks. They are served by the token path's lean handler (`wsgi.py`), which never
-reads the Host header, so a probe addressing the pod's IP is answered whatever ALLOWED_HOSTS
-says.
+names of the checks. `ProbeMiddleware`, first in MIDDLEWARE, answers them before any
+middleware reads the Host header, so a probe addressing the pod's IP is answered whatever
+ALLOWED_HOSTS says.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any
 from django.conf import settings
 from django.db import DatabaseError, connections
 from django.db.migrations.loader import MigrationLoader
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_safe
 
 from .reserved import CANARY_ROOM_PREFIX
@@ -184,3 +184,17 @@ def readyz(request: HttpRequest) -> JsonResponse:
     response = JsonResponse(report, status=503 if report["failed"] else 200)
     response["Cache-Control"] = NO_STORE
     return response
+
+
+class ProbeMiddleware:
+    """Answers `/healthz` and `/readyz` itself, ahead of the rest of the stack: probes come
+    often, address the pod's IP (which ALLOWED_HOSTS need not list) and need no session."""
+
+    PROBES: dict[str, Callable[[HttpRequest], HttpResponse]] = {"/healthz": healthz, "/readyz": readyz}
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        probe = self.PROBES.get(request.path_info)
+        return probe(request) if probe is not None else self.get_response(request)

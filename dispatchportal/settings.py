@@ -73,6 +73,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "dispatchportal.logging.RequestIdMiddleware",
+    "dispatchportal.health.ProbeMiddleware",  # /healthz, /readyz: before anything reads the Host
     "dispatchportal.exceptions.ApiJsonErrorsMiddleware",  # inside the request id: 500s name it
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -104,11 +105,15 @@ TEMPLATES = [
 ]
 
 DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}")}
-# Keep connections across requests and tasks (checked before reuse): opening a PostgreSQL
-# connection costs more than a whole webhook's work. `?conn_max_age=` in the URL overrides.
+# Keep connections across requests and tasks: opening a PostgreSQL connection costs more than
+# a whole webhook's work. `?conn_max_age=` in the URL overrides. Connections are not checked
+# before each request (Django's default, CONN_HEALTH_CHECKS off: a SELECT 1 per request would
+# be a third of a token's database time); after a database restart the first use of a stale
+# connection fails and Django closes it at the request's end. Every caller that matters tries
+# again: the token path itself (`token_fact_intake`), LiveKit (it retries a webhook that got a
+# 5xx), Celery tasks (transient database errors are retried).
 if not DATABASES["default"].get("CONN_MAX_AGE"):
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=60)
-DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Several processes (gunicorn, worker, beat) share the file: wait for locks.
     DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
@@ -122,10 +127,14 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["OPTIONS"]["init_command"] = "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-db.sqlite3")}
 else:
-    # Let psycopg prepare the statements that ask for it (the token path's INSERT, see
-    # rooms_app/services/facts.py); Django's default of None turns preparing off even then.
-    # Django's own cursors bind client-side and never prepare, whatever this says.
-    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("prepare_threshold", 5)
+    # Django's documented server-side binding: parameters travel apart from the SQL, and
+    # psycopg prepares a statement once a connection has run it `prepare_threshold` times
+    # (the token path's INSERT, the ledger's repeated look-ups), so PostgreSQL stops parsing
+    # and planning them anew. Behind a transaction-mode pooler this needs PgBouncer 1.21+
+    # with `max_prepared_statements`, or `?server_side_binding=false` is not an option: set
+    # prepare_threshold to None in that case.
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("server_side_binding", True)
+    DATABASES["default"]["OPTIONS"].setdefault("prepare_threshold", 5)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Redis, when given, carries the Celery broker and the shared cache (rate limits, rule-set

@@ -1,5 +1,6 @@
 """Top-level routes: `/` (to the dashboard), admin (with the dashboard and doctor pages), the
-versioned API, the LiveKit webhook, Prometheus metrics, the health endpoints and the schema."""
+versioned API, the LiveKit webhook, Prometheus metrics and the schema (the health endpoints are
+answered by `health.ProbeMiddleware`)."""
 
 from django.contrib import admin
 from django.templatetags.static import static
@@ -8,7 +9,6 @@ from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from .admin_urls import admin_urlpatterns
-from .health import healthz, readyz
 from .metrics import metrics_view
 
 urlpatterns = [
@@ -20,8 +20,6 @@ urlpatterns = [
     path("", include("operator_views.doctor.urls")),
     path("", include("rooms_app.urls")),
     path("metrics", metrics_view, name="metrics"),
-    path("healthz", healthz, name="healthz"),
-    path("readyz", readyz, name="readyz"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("favicon.ico", RedirectView.as_view(url=static("dispatchportal/favicon.svg")), name="favicon"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),

@@ -266,58 +266,22 @@ class ReconcilePass:
         self, in_livekit: dict[str, LkRoom], ledger: dict[str, Room], live_by_room: dict[int, list[Dispatch]]
     ) -> dict[str, Room]:
         now = self.now
-        created: list[Room] = []
-        changed: list[Room] = []
-        new_sessions: list[Room] = []
-        for name, lk_room in in_livekit.items():
-            room = ledger.get(name)
-            if room is None:
-                room = Room(
-                    name=name,
-                    sid=lk_room.sid,
-                    status=Room.Status.ACTIVE,
-                    started_at=lk_room.created_at or now,
-                    last_seen_at=now,
-                    num_participants=lk_room.num_participants,
+        observed = services.rooms_observe(
+            seen=[
+                services.RoomSeen(
+                    name=name, sid=lk.sid, started_at=lk.created_at, num_participants=lk.num_participants
                 )
-                created.append(room)
-                ledger[name] = room
-                self.marks[name] = True
-                continue
-            dirty = False
-            if room.status != Room.Status.ACTIVE or (lk_room.sid and room.sid != lk_room.sid):
-                if room.sid and lk_room.sid and room.sid != lk_room.sid:
-                    new_sessions.append(room)
-                room.status = Room.Status.ACTIVE
-                room.sid = lk_room.sid or room.sid
-                room.started_at = lk_room.created_at or room.started_at or now
-                room.finished_at = None
-                self.marks[name] = True
-                dirty = True
-            if room.num_participants != lk_room.num_participants:
-                room.num_participants = lk_room.num_participants
-                dirty = True
-            if dirty:
-                changed.append(room)
-        if created:
-            # The room_started webhook (or the token path) may record one of these rooms while
-            # this pass runs: keep that row instead of failing the whole pass on the name.
-            Room.objects.bulk_create(created, batch_size=BULK_BATCH, ignore_conflicts=True)
-            names = [room.name for room in created]
-            for start in range(0, len(names), NAME_CHUNK):
-                ledger.update(
-                    {r.name: r for r in Room.objects.filter(name__in=names[start : start + NAME_CHUNK])}
-                )
-            self.report.rooms_recorded += len(created)
-        if changed:
-            Room.objects.bulk_update(
-                changed,
-                ["status", "sid", "started_at", "finished_at", "num_participants"],
-                batch_size=BULK_BATCH,
-            )
-            self.report.rooms_recorded += sum(1 for r in changed if self.marks.get(r.name))
-        for room in new_sessions:
-            services.session_close_previous(room=room, started_at=room.started_at or now)
+                for name, lk in in_livekit.items()
+            ],
+            known=ledger,
+            now=now,
+        )
+        ledger.update(observed.rooms)
+        self.report.rooms_recorded += len(observed.started)
+        for room in observed.started:
+            self.marks[room.name] = True
+        for room in observed.new_sessions:
+            # The old session's dispatches were closed; only this one's stay live.
             began = room.started_at or now
             live_by_room[room.pk] = [
                 d
@@ -354,10 +318,6 @@ class ReconcilePass:
                 detail="no participant ever joined with the token (reconcile)",
             )
             self.report.tokens_expired += len(expired)
-        seen = Room.objects.filter(status=Room.Status.ACTIVE)
-        if self.scope is not None:
-            seen = seen.filter(name__in=self.scope)
-        seen.update(last_seen_at=now)
         return {name: room for name, room in ledger.items() if name in in_livekit}
 
     def _rooms_close(

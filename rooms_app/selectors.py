@@ -1,7 +1,7 @@
 """Reads of the dispatch ledger: what the token path, the REST API and admin ask.
 
 (The token path reads whether a room is live in the same statement that records its token:
-`services.token_fact_record`.)
+`services.token_fact_intake`.)
 """
 
 from __future__ import annotations

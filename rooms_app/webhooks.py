@@ -35,9 +35,9 @@ from .services import (
     agents_seen_in,
     person_joined,
     room_finished,
+    room_observe,
     room_participants_observe,
     room_rules_apply,
-    room_started,
     token_facts_apply,
 )
 
@@ -132,7 +132,7 @@ def webhook_event_handle(*, event: Any) -> WebhookOutcome:
     kind = event.event
     room: Room | None
     if kind == "room_started":
-        room = room_started(
+        room = room_observe(
             name=name,
             sid=event.room.sid,
             started_at=_room_started_at(event.room),
@@ -172,7 +172,7 @@ def _room_for_participant_event(event: Any) -> Room | None:
     was_active = (
         existing is not None and existing.status == Room.Status.ACTIVE and existing.sid == event.room.sid
     )
-    room = room_started(
+    room = room_observe(
         name=event.room.name,
         sid=event.room.sid,
         started_at=_room_started_at(event.room),

@@ -3,9 +3,9 @@ arrived first. The ledger (`ledger`) takes them in, beside what webhooks, tasks 
 report: a dispatch's status is not recomputed from facts alone.
 
 - A token that carries agents is a `TokenFact`, written on the request path before the
-  answer (one INSERT, which also reads whether the room is live). `token_facts_apply` turns
-  unapplied facts into ledger rows: a task that the first token of each `APPLY_WINDOW_S`
-  schedules for the window's end, every participant_joined webhook for its room (so the
+  answer by `token_fact_intake` (one INSERT, which also reads whether the room is live).
+  `token_facts_apply` turns unapplied facts into ledger rows: a task that the first token of
+  each `APPLY_WINDOW_S` schedules for the window's end, every participant_joined webhook for its room (so the
   ledger knows the token before it judges who joined), and every reconcile pass
   (the sweep that catches up after a broker outage). Each fact is applied in its own
   savepoint: a record that cannot be applied is marked with its error and skipped.
@@ -24,13 +24,12 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-import psycopg
 from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
 from agents_app.models import Agent
-from dispatchportal.redis import REDIS_ERRORS, redis_available, redis_client, redis_down_mark, redis_key
+from dispatchportal.redis import redis_available
 from livekit_boundary.client import LkDispatch, LkParticipant
 
 from ..models import AgentSeen, Dispatch, Room, TokenFact, WorkerHeartbeat
@@ -50,16 +49,38 @@ _TRANSIENT_DB_ERRORS = (OperationalError, InterfaceError)
 # --- token facts ------------------------------------------------------------------------------
 
 
-def token_fact_record(
+def token_fact_intake(
     *, room_name: str, participant_identity: str, agents: Sequence[Any], client: str
 ) -> bool:
-    """Record a token's agents before its answer, in one statement that also reads whether
-    the ledger knows the room is live: then LiveKit would ignore the token's agents, so they
-    are recorded (and minted) as explicit dispatches. Returns whether the room is live."""
+    """The token path's one call into the ledger: record a token's agents before its answer
+    and make sure they are applied within about `APPLY_WINDOW_S`. Returns whether the ledger
+    knows the room is live (then LiveKit would ignore the token's agents, so the fact records
+    them, and the caller mints them, as explicit dispatches)."""
+    for attempt in (1, 2):
+        try:
+            live = _token_fact_insert(
+                room_name=room_name, participant_identity=participant_identity, agents=agents, client=client
+            )
+            break
+        except OperationalError:
+            # A connection the database dropped since its last use (a restart, a failover):
+            # connections are not checked before each request (settings.py), so the first
+            # use finds out. Once more, on a new connection.
+            if attempt == 2 or connection.in_atomic_block:
+                raise
+            connection.close()
+    _token_facts_apply_soon()
+    return live
+
+
+def _token_fact_insert(
+    *, room_name: str, participant_identity: str, agents: Sequence[Any], client: str
+) -> bool:
+    """One statement: INSERT the fact, choosing its agents' delivery by whether the room is
+    live in the ledger, and return that."""
     as_token = [_agent_json(a, a.delivery) for a in agents]
     as_explicit = [_agent_json(a, "explicit") for a in agents]
     field = TokenFact._meta.get_field("agents")
-    sql = _token_fact_sql(connection.vendor)
     params = [
         timezone.now(),
         room_name,
@@ -70,20 +91,10 @@ def token_fact_record(
         room_name,
         Room.Status.ACTIVE,
     ]
-    # The token path's only query: skip Django's per-request health check (a SELECT 1, one
-    # more round trip on every token) and instead, if the connection turns out dead (the
-    # database restarted), reconnect and send the statement once more.
-    for attempt in (1, 2):
-        # Django's per-request health-check flag has no type in django-stubs: it is private.
-        connection.health_check_done = True  # type: ignore[attr-defined]
-        try:
-            (live,) = _fetchone_prepared(sql, params)
-            return bool(live)
-        except OperationalError:
-            if attempt == 2 or connection.in_atomic_block:
-                raise
-            connection.close()
-    raise AssertionError("unreachable")
+    with connection.cursor() as cursor:
+        cursor.execute(_token_fact_sql(connection.vendor), params)
+        (live,) = cursor.fetchone()
+    return bool(live)
 
 
 @functools.cache
@@ -100,39 +111,6 @@ def _token_fact_sql(vendor: str) -> str:
     )
 
 
-class _PreparedCursor(psycopg.Cursor):
-    """psycopg's server-side binding cursor, preparing each statement it runs."""
-
-    def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
-        return super().execute(query, params, **{**kwargs, "prepare": True})
-
-
-def _fetchone_prepared(sql: str, params: list[Any]) -> tuple[Any, ...]:
-    """Run a statement the token path sends on every request. On PostgreSQL its parameters
-    are bound server-side and it is prepared once per connection: Django's default cursor
-    quotes every parameter into the SQL text, which PostgreSQL then parses and plans anew,
-    and together that was most of a token's cost. Django's cursor wrapper still logs it and
-    turns its errors into Django's. (Behind a transaction-mode pooler this needs PgBouncer
-    1.21+ with `max_prepared_statements`.)"""
-    if connection.vendor != "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute(sql, params)
-            row: tuple[Any, ...] = cursor.fetchone()
-            return row
-    connection.ensure_connection()
-    raw = _PreparedCursor(connection.connection)
-    # django-stubs type these wrappers' argument as Django's CursorWrapper; Django itself hands
-    # them the database driver's cursor, as here.
-    with (
-        connection.make_debug_cursor(raw)  # type: ignore[arg-type]
-        if connection.queries_logged
-        else connection.make_cursor(raw) as cursor  # type: ignore[arg-type]
-    ):
-        cursor.execute(sql, params)
-        prepared: tuple[Any, ...] = cursor.fetchone()
-        return prepared
-
-
 def _agent_json(agent: Any, delivery: str) -> dict[str, str]:
     return {
         "agent_name": agent.agent_name,
@@ -142,39 +120,32 @@ def _agent_json(agent: Any, delivery: str) -> dict[str, str]:
     }
 
 
-# Until when this process knows a scheduled application will take in the facts it records.
-_covered_until = 0.0
+class _Window:
+    """True at most once per `seconds` in this process (monotonic clock)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.next_open = 0.0
+
+    def open(self) -> bool:
+        now = time.monotonic()
+        if now < self.next_open:
+            return False
+        self.next_open = now + self.seconds
+        return True
 
 
-def token_facts_apply_schedule() -> None:
-    """Make sure the ledger takes in the token fact just recorded within about a window:
-    one Celery publish per `APPLY_WINDOW_S` across processes. With Redis, the first process
-    to set the window's flag publishes, and the others, seeing the flag, know that task runs
-    after their fact and skip asking until the flag expires; without Redis each process
-    publishes its own. Skipped while Redis is down: the broker is down with it, and
-    reconcile's sweep applies the facts once it is back."""
-    global _covered_until
-    now = time.monotonic()
-    if now < _covered_until or not redis_available():
-        return
-    window_ms = int(APPLY_WINDOW_S * 1000)
-    key = redis_key("rooms", "token-facts-scheduled")
-    try:
-        client = redis_client()
-        if client is not None:
-            with client.pipeline(transaction=False) as pipe:
-                pipe.set(key, "1", nx=True, px=window_ms)
-                pipe.pttl(key)
-                first, left_ms = pipe.execute()
-            if not first:  # another process's task runs when the flag expires
-                _covered_until = now + max(left_ms, 0) / 1000
-                return
-    except REDIS_ERRORS:
-        redis_down_mark()
-        logger.warning("could not schedule the token facts' application; reconcile will", exc_info=True)
-        return
-    token_facts_apply_enqueue(countdown=APPLY_WINDOW_S)
-    _covered_until = now + APPLY_WINDOW_S
+_apply_window = _Window(APPLY_WINDOW_S)
+
+
+def _token_facts_apply_soon() -> None:
+    """The first token of each `APPLY_WINDOW_S` in this process publishes an application task
+    for the window's end; it applies every fact recorded before it runs, so the tokens that
+    follow in the window are covered. Several processes publish one each per window (the
+    application is idempotent: a fact is applied by one run). Skipped while Redis is known to
+    be down (the broker is down with it): reconcile's sweep applies the facts once it is back."""
+    if redis_available() and _apply_window.open():
+        token_facts_apply_enqueue(countdown=APPLY_WINDOW_S)
 
 
 def token_facts_apply(*, room_name: str | None = None) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -76,40 +77,136 @@ def _room_get_or_create(*, name: str, **defaults: Any) -> tuple[Room, bool]:
         return Room.objects.get(name=name), False
 
 
-def room_started(
+@dataclass(frozen=True)
+class RoomSeen:
+    """LiveKit shows a room: a room_started or participant webhook, or a ListRooms entry.
+    `num_participants` None: the report does not say."""
+
+    name: str
+    sid: str
+    started_at: datetime | None
+    num_participants: int | None = None
+
+
+@dataclass
+class RoomsObserved:
+    """What `rooms_observe` did: every room seen (as the ledger now holds it), those that went
+    live with this report (new, back from pending or finished, or a new LiveKit session) and
+    which of them are a new LiveKit session of a room the ledger had, and how many rows it
+    created."""
+
+    rooms: dict[str, Room] = field(default_factory=dict)
+    started: list[Room] = field(default_factory=list)
+    new_sessions: list[Room] = field(default_factory=list)
+    created: int = 0
+
+
+ROOM_WRITE_BATCH = 500
+
+
+def rooms_observe(
+    *, seen: Sequence[RoomSeen], known: Mapping[str, Room] | None = None, now: datetime | None = None
+) -> RoomsObserved:
+    """The one writer of a room's start, for the webhooks (one room) and reconcile (in bulk):
+    each room LiveKit shows is recorded live with its session id and participant count. A
+    room the ledger lacks is created; a pending or finished room, or one with a new LiveKit
+    session, goes live (the old session's dispatches are closed); every room seen gets
+    `last_seen_at`. `known`: the ledger's rows for these names when the caller has read them."""
+    now = now or timezone.now()
+    if known is None:
+        known = {r.name: r for r in _rooms_named([s.name for s in seen])}
+    observed = RoomsObserved()
+    changed: dict[int, Room] = {}
+    new_sessions = observed.new_sessions
+
+    def observe(room: Room, report: RoomSeen) -> None:
+        observed.rooms[report.name] = room
+        new_session = bool(report.sid) and bool(room.sid) and room.sid != report.sid
+        went_live = room.status != Room.Status.ACTIVE or new_session
+        if went_live:
+            room.status, room.finished_at = Room.Status.ACTIVE, None
+            room.started_at = report.started_at or (None if new_session else room.started_at) or now
+            observed.started.append(room)
+            if new_session:
+                new_sessions.append(room)
+        if went_live or (report.sid and not room.sid):
+            room.sid = report.sid or room.sid
+            changed[room.pk] = room
+        if report.num_participants is not None and room.num_participants != report.num_participants:
+            room.num_participants = report.num_participants
+            changed[room.pk] = room
+        room.last_seen_at = now
+
+    missing: list[RoomSeen] = []
+    fresh: set[int] = set()
+    for report in seen:
+        room = known.get(report.name)
+        if room is None:
+            missing.append(report)
+        else:
+            observe(room, report)
+    if missing:
+        Room.objects.bulk_create(
+            [
+                Room(
+                    name=r.name,
+                    sid=r.sid,
+                    status=Room.Status.ACTIVE,
+                    started_at=r.started_at or now,
+                    last_seen_at=now,
+                    num_participants=r.num_participants or 0,
+                )
+                for r in missing
+            ],
+            batch_size=ROOM_WRITE_BATCH,
+            # The token path or another report may record one of these rooms meanwhile: keep
+            # that row and observe it like any other instead of failing on the name.
+            ignore_conflicts=True,
+        )
+        reports = {r.name: r for r in missing}
+        for room in _rooms_named(list(reports)):
+            if (
+                room.status == Room.Status.ACTIVE
+                and room.last_seen_at == now
+                and room.sid == reports[room.name].sid
+            ):
+                observed.rooms[room.name] = room
+                observed.started.append(room)
+                observed.created += 1
+                fresh.add(room.pk)
+            else:
+                observe(room, reports[room.name])
+    if changed:
+        Room.objects.bulk_update(
+            list(changed.values()),
+            ["status", "sid", "started_at", "finished_at", "num_participants", "last_seen_at"],
+            batch_size=ROOM_WRITE_BATCH,
+        )
+    touched = [room.pk for room in observed.rooms.values() if room.pk not in changed and room.pk not in fresh]
+    for start in range(0, len(touched), ROOM_CHUNK):
+        Room.objects.filter(pk__in=touched[start : start + ROOM_CHUNK]).update(last_seen_at=now)
+    for room in new_sessions:
+        session_close_previous(room=room, started_at=room.started_at or now)
+    return observed
+
+
+def _rooms_named(names: Sequence[str]) -> list[Room]:
+    rooms: list[Room] = []
+    for start in range(0, len(names), ROOM_CHUNK):
+        rooms += Room.objects.filter(name__in=names[start : start + ROOM_CHUNK])
+    return rooms
+
+
+def room_observe(
     *, name: str, sid: str, started_at: datetime | None, num_participants: int | None = None
 ) -> Room:
-    """LiveKit reports the room (room_started, a participant event, or reconcile). A new sid
-    is a new session: dispatches of the old session that LiveKit had taken are closed."""
-    now = timezone.now()
-    fields: dict[str, Any] = {
-        "last_seen_at": now,
-        "status": Room.Status.ACTIVE,
-        "sid": sid,
-        "started_at": started_at or now,
-    }
-    if num_participants is not None:
-        fields["num_participants"] = num_participants
-    room, created = _room_get_or_create(name=name, **fields)
-    if created:
-        return room  # first news of the room (the webhook path's common case): nothing else to update
-    new_session = bool(sid) and room.sid != sid
-    fields = {"last_seen_at": now}
-    if num_participants is not None:
-        fields["num_participants"] = num_participants
-    if new_session or room.status != Room.Status.ACTIVE:
-        fields.update(status=Room.Status.ACTIVE, finished_at=None)
-        if sid:
-            fields["sid"] = sid
-        if new_session or room.started_at is None:
-            fields["started_at"] = started_at or now
-    Room.objects.filter(pk=room.pk).update(**fields)
-    old_sid = room.sid
-    for key, value in fields.items():
-        setattr(room, key, value)
-    if new_session and old_sid:
-        session_close_previous(room=room, started_at=room.started_at or now)
-    if fields.get("status") == Room.Status.ACTIVE:
+    """One room LiveKit reports (room_started or a participant event): `rooms_observe` for it;
+    a room that went live with this report arms its token-delivered agents' join deadlines."""
+    observed = rooms_observe(
+        seen=[RoomSeen(name=name, sid=sid, started_at=started_at, num_participants=num_participants)]
+    )
+    room = observed.rooms[name]
+    if observed.started:
         token_deadlines_arm(room=room)
     return room
 

@@ -206,7 +206,7 @@ def test_a_refused_create_dispatch_is_quoted_from_the_ledger(lk):
 
 def _portal_dispatches(room: str) -> Dispatch:
     """The portal's own path: room started, explicit rules applied, CreateDispatch sent."""
-    ledger_room = room_services.room_started(name=room, sid="", started_at=timezone.now())
+    ledger_room = room_services.room_observe(name=room, sid="", started_at=timezone.now())
     [row] = room_services.room_rules_apply(room=ledger_room)
     room_services.dispatch_request(dispatch_id=row.pk)
     row.refresh_from_db()

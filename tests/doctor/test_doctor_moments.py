@@ -29,7 +29,7 @@ def waiting_dispatch(lk):
     agent = AgentFactory(agent_name="support-agent")
     RuleFactory(name="support rooms", agent=agent, room_match_value="support-*", delivery="explicit")
     person_joins(lk, "support-1", "ann")
-    room = room_services.room_started(name="support-1", sid="", started_at=timezone.now())
+    room = room_services.room_observe(name="support-1", sid="", started_at=timezone.now())
     row, _ = room_services.dispatch_create(room=room, agent=agent, source=Dispatch.Source.RULE)
     return row
 

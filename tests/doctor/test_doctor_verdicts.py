@@ -34,7 +34,7 @@ def _explicit(agent_name: str = "support-agent", **fields):
 def _joined(lk, room: str) -> Dispatch:
     """The portal dispatched the agent and it joined (as the webhook would record it)."""
     person_joins(lk, room, "ann")
-    ledger_room = room_services.room_started(name=room, sid="", started_at=timezone.now())
+    ledger_room = room_services.room_observe(name=room, sid="", started_at=timezone.now())
     [row] = room_services.room_rules_apply(room=ledger_room)
     room_services.dispatch_request(dispatch_id=row.pk)
     [agent] = eventually(lambda: agents_in(lk, room))
@@ -137,7 +137,7 @@ def test_a_timed_out_attempt_is_broken_and_retrying_like_a_no_worker_one(lk):
     agent = _explicit(max_attempts=3)
     lk.control.add_worker("support-agent", delay_ms=60_000)  # takes jobs, never in time
     person_joins(lk, "support-4", "ann")
-    ledger_room = room_services.room_started(name="support-4", sid="", started_at=timezone.now())
+    ledger_room = room_services.room_observe(name="support-4", sid="", started_at=timezone.now())
     [first] = room_services.room_rules_apply(room=ledger_room)
     room_services.dispatch_request(dispatch_id=first.pk)
     first.refresh_from_db()
@@ -161,7 +161,7 @@ def test_a_timed_out_attempt_is_broken_and_retrying_like_a_no_worker_one(lk):
 def test_a_no_worker_attempt_being_retried_says_retrying_too(lk):
     _explicit(max_attempts=2)
     person_joins(lk, "support-5", "ann")
-    ledger_room = room_services.room_started(name="support-5", sid="", started_at=timezone.now())
+    ledger_room = room_services.room_observe(name="support-5", sid="", started_at=timezone.now())
     [first] = room_services.room_rules_apply(room=ledger_room)
     room_services.dispatch_request(dispatch_id=first.pk)
     first.refresh_from_db()
@@ -187,7 +187,7 @@ def test_an_expectation_the_fixed_rule_no_longer_produces_does_not_keep_the_room
     rule = RuleFactory(name="docs", agent=typo, room_match_value="docs-*", delivery="token")
     [old] = token_recorded("docs-1", "ann", "doc-agnet")
     person_joins(lk, "docs-1", "ann")
-    ledger_room = room_services.room_started(name="docs-1", sid="", started_at=timezone.now())
+    ledger_room = room_services.room_observe(name="docs-1", sid="", started_at=timezone.now())
     room_services.dispatch_transition(
         dispatch=old, to=S.NO_WORKER, expect=(S.PENDING,), detail="no worker", last_error="no worker"
     )
@@ -218,7 +218,7 @@ def test_an_expectation_stays_while_no_agent_the_rules_give_is_present(lk):
     rule = RuleFactory(name="docs", agent=typo, room_match_value="docs-*", delivery="token")
     [old] = token_recorded("docs-2", "ann", "doc-agnet")
     person_joins(lk, "docs-2", "ann")
-    room_services.room_started(name="docs-2", sid="", started_at=timezone.now())
+    room_services.room_observe(name="docs-2", sid="", started_at=timezone.now())
     room_services.dispatch_transition(
         dispatch=old, to=S.NO_WORKER, expect=(S.PENDING,), detail="no worker", last_error="no worker"
     )
@@ -234,7 +234,7 @@ def test_an_agent_that_fell_back_is_told_as_fallen_back_not_given_up(lk):
     backup = AgentFactory(agent_name="backup-agent")
     _explicit(max_attempts=1, fallback=backup)
     person_joins(lk, "support-6", "ann")
-    ledger_room = room_services.room_started(name="support-6", sid="", started_at=timezone.now())
+    ledger_room = room_services.room_observe(name="support-6", sid="", started_at=timezone.now())
     [first] = room_services.room_rules_apply(room=ledger_room)
     room_services.dispatch_request(dispatch_id=first.pk)
     first.refresh_from_db()

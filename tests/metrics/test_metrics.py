@@ -93,7 +93,7 @@ def test_only_get(client):
 def test_tokens_are_counted_by_client_and_outcome_and_rules_by_name(client, api, monkeypatch, settings):
     settings.LIVEKIT_API_SECRET = "metrics-test-secret-long-enough-for-hs256-0123456789"
     # Applying the token's fact is a Celery task; this test is about the counters only.
-    monkeypatch.setattr("rooms_app.services.token_facts_apply_schedule", lambda **kwargs: None)
+    monkeypatch.setattr("rooms_app.services.facts._token_facts_apply_soon", lambda: None)
     agent = AgentFactory(agent_name="support-agent")
     RuleFactory(name="support rooms", agent=agent, room_match_value="support-*")
     _, key = make_client("metrics-web", rooms=["support-*"])

@@ -20,11 +20,11 @@ def ledger(lk):
     agent = AgentFactory(agent_name="support-agent", max_attempts=1)
     lk.control.create_rooms([{"name": "support-1"}])
     sid = lk.control.state("support-1")["rooms"][0]["sid"]
-    room = services.room_started(name="support-1", sid=sid, started_at=timezone.now())
+    room = services.room_observe(name="support-1", sid=sid, started_at=timezone.now())
     joined, _ = services.dispatch_create(
         room=room, agent=agent, source="rule", status="agent_joined", participant_identity="agent-AJ_1"
     )
-    other = services.room_started(name="support-2", sid="RM_2", started_at=timezone.now())
+    other = services.room_observe(name="support-2", sid="RM_2", started_at=timezone.now())
     failed, _ = services.dispatch_create(room=other, agent=agent, source="api")
     services.dispatch_transition(
         dispatch=failed,

@@ -173,7 +173,7 @@ def test_room_state_lists_wanted_agents_and_ready(api, key, agents):
         "ready": False,
         "agents": [],
     }
-    room = services.room_started(name="support-5", sid="RM_5", started_at=timezone.now())
+    room = services.room_observe(name="support-5", sid="RM_5", started_at=timezone.now())
     dispatch, _ = services.dispatch_create(room=room, agent=agents[0], source="rule")
     body = api.get("/api/v1/rooms/support-5", **auth(key)).json()
     assert body["status"] == "active" and body["ready"] is False
@@ -197,7 +197,7 @@ def test_room_state_lists_wanted_agents_and_ready(api, key, agents):
 
 
 def test_room_state_follows_a_fallback(api, key, agents):
-    room = services.room_started(name="support-6", sid="RM_6", started_at=timezone.now())
+    room = services.room_observe(name="support-6", sid="RM_6", started_at=timezone.now())
     failed, _ = services.dispatch_create(room=room, agent=agents[0], source="rule")
     Dispatch.objects.filter(pk=failed.pk).update(status="no_worker")
     services.dispatch_create(

@@ -20,7 +20,7 @@ S = Dispatch.Status
 
 
 def _room(name: str = "support-1") -> Room:
-    return services.room_started(name=name, sid="RM_test", started_at=timezone.now())
+    return services.room_observe(name=name, sid="RM_test", started_at=timezone.now())
 
 
 def _pending(room: Room, agent_name: str = "support-agent", **agent_fields) -> Dispatch:
@@ -204,7 +204,7 @@ def test_token_agents_ignored_because_the_room_existed_are_dispatched_explicitly
         minted_at=timezone.now().timestamp(),
     )
     assert dispatch.status == S.PENDING and dispatch.delivery == "token"
-    services.room_started(name="support-2", sid="RM_x", started_at=timezone.now())
+    services.room_observe(name="support-2", sid="RM_x", started_at=timezone.now())
     dispatch.refresh_from_db()
     assert dispatch.deadline_at is not None
     _expire_deadline(dispatch)

@@ -51,7 +51,7 @@ def test_rooms_made_elsewhere_get_their_explicit_rule_agents(
 
 def test_agents_seen_joined_and_left(lk, support_agent):
     lk.control.create_rooms([{"name": "support-1", "participants": [agent("agent-AJ_a", "support-agent")]}])
-    room = services.room_started(
+    room = services.room_observe(
         name="support-1", sid=lk.control.state("support-1")["rooms"][0]["sid"], started_at=None
     )
     dispatch, _ = services.dispatch_create(room=room, agent=support_agent, source="rule", status=S.REQUESTED)
@@ -72,7 +72,7 @@ def test_agents_seen_joined_and_left(lk, support_agent):
 
 
 def test_rooms_gone_are_closed(lk, support_agent):
-    room = services.room_started(name="support-2", sid="RM_gone", started_at=timezone.now())
+    room = services.room_observe(name="support-2", sid="RM_gone", started_at=timezone.now())
     services.dispatch_create(room=room, agent=support_agent, source="rule", status=S.AGENT_JOINED)
     report = reconcile_run()
     assert report.rooms_closed == 1
@@ -94,7 +94,7 @@ def test_unrecorded_managed_agents_are_adopted_and_others_ignored(lk, support_ag
         ]
     )
     # The room has a live dispatch, so its participants are looked at.
-    room = services.room_started(
+    room = services.room_observe(
         name="support-3", sid=lk.control.state("support-3")["rooms"][0]["sid"], started_at=None
     )
     services.dispatch_create(
@@ -112,7 +112,7 @@ def test_overdue_deadlines_and_stuck_pending_dispatches_are_requeued(
     lk, support_agent, django_capture_on_commit_callbacks
 ):
     lk.control.create_rooms([{"name": "support-4", "participants": [{"identity": "u"}]}])
-    room = services.room_started(
+    room = services.room_observe(
         name="support-4", sid=lk.control.state("support-4")["rooms"][0]["sid"], started_at=None
     )
     overdue, _ = services.dispatch_create(room=room, agent=support_agent, source="api", status=S.REQUESTED)

@@ -26,7 +26,7 @@ def own_redis(settings, monkeypatch) -> Iterator[RedisServer]:
     settings.CACHES = {"default": {"BACKEND": "dispatchportal.cache.RedisCache", "LOCATION": server.url}}
     monkeypatch.setattr(portal_redis, "REDIS_RETRY_AFTER_S", 0.2)
     # The broker stays the test settings' own: only the hot path's Redis goes away here.
-    monkeypatch.setattr(services, "token_facts_apply_schedule", lambda **kwargs: None)
+    monkeypatch.setattr("rooms_app.services.facts._token_facts_apply_soon", lambda: None)
     yield server
     server.stop()
     portal_redis._down_until = 0.0

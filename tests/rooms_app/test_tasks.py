@@ -21,7 +21,7 @@ pytestmark = pytest.mark.django_db
 
 
 def _room(name: str = "support-1") -> Room:
-    return services.room_started(name=name, sid="RM_test", started_at=timezone.now())
+    return services.room_observe(name=name, sid="RM_test", started_at=timezone.now())
 
 
 def _pending(room: Room) -> Dispatch:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 from django.utils import timezone
 
+from agents_app.rules import AppliedAgent
 from rooms_app import services
 from rooms_app.models import Dispatch, Room, TokenFact
 from tests.factories import AgentFactory, RuleFactory, make_client, token_dispatches_record
@@ -42,7 +43,7 @@ def test_the_delivery_follows_the_ledgers_room(api, key, django_capture_on_commi
         return mint(api, key, "support-1").json()["dispatch"]["agents"][0]["delivery"]
 
     assert delivery() == "token"
-    services.room_started(name="support-1", sid="RM_1", started_at=timezone.now())
+    services.room_observe(name="support-1", sid="RM_1", started_at=timezone.now())
     assert delivery() == "explicit"
     services.room_finished(name="support-1", sid="RM_1")
     assert delivery() == "token"
@@ -53,7 +54,7 @@ def test_a_token_with_agents_is_recorded_before_its_answer_in_one_insert(
     api, key, django_assert_num_queries, django_capture_on_commit_callbacks
 ):
     with django_capture_on_commit_callbacks(execute=True):
-        services.room_started(name="support-1", sid="RM_1", started_at=timezone.now())
+        services.room_observe(name="support-1", sid="RM_1", started_at=timezone.now())
     mint(api, key, "other-0")  # warm (no agent: nothing recorded)
     with django_assert_num_queries(0):
         assert mint(api, key, "other-1").status_code == 201
@@ -193,54 +194,38 @@ def test_a_request_whose_record_fails_leaves_the_next_ones_whole(api, key):
         assert redis_client().ping() is True
 
 
-@pytest.mark.needs_postgres
-@pytest.mark.django_db(transaction=True)
-def test_a_dead_database_connection_costs_no_token(api, key):
-    """The token path skips Django's per-request health check (one round trip fewer); a
-    connection the database dropped (a restart) is replaced and the record sent again."""
-    import psycopg
-    from django.db import connection
-
-    assert mint(api, key, "support-1", "ann").status_code == 201
-    pid = connection.connection.info.backend_pid
-    dsn = connection.connection.info.dsn
-    with psycopg.connect(dsn, autocommit=True) as admin:
-        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
-    assert mint(api, key, "support-1", "bob").status_code == 201
-    assert sorted(TokenFact.objects.values_list("participant_identity", flat=True)) == ["ann", "bob"]
-
-
 @pytest.mark.needs_redis
-def test_one_application_is_scheduled_per_window_across_processes(monkeypatch):
-    """Every recorded token must be followed by an application task that runs after it. Each
-    process asks at most once per window, and only the first of several processes to set the
-    window's flag publishes; the others are covered by its task until the flag expires."""
+@pytest.mark.django_db
+def test_every_recorded_token_is_followed_by_an_application_task(monkeypatch):
+    """The first token of a window publishes one application task (for the window's end, so
+    it runs after every fact of the window); the tokens that follow in that window are covered
+    by it; once the window has passed the next token publishes again."""
     from dispatchportal.celery import app as celery_app
-    from dispatchportal.redis import redis_client, redis_key
     from rooms_app.services import facts
     from tests.rooms_app.conftest import QUEUE, queue_purge
+
+    clock = [1000.0]
+    monkeypatch.setattr(facts.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(facts, "_apply_window", facts._Window(facts.APPLY_WINDOW_S))
 
     def queued() -> int:
         with celery_app.connection_for_write() as conn:
             return conn.default_channel.client.llen(QUEUE)
 
-    def as_a_new_process() -> None:
-        monkeypatch.setattr(facts, "_covered_until", 0.0)
+    def intake(identity: str) -> None:
+        agents = [AppliedAgent(agent_name="support-agent", metadata="{}", rule="r", delivery="token")]
+        facts.token_fact_intake(
+            room_name="support-1", participant_identity=identity, agents=agents, client="web"
+        )
 
     queue_purge()
-    as_a_new_process()
-    facts.token_facts_apply_schedule()
+    intake("ann")
     assert queued() == 1
-    facts.token_facts_apply_schedule()  # the same process, the same window: no second ask
+    clock[0] += facts.APPLY_WINDOW_S / 2
+    intake("bob")  # the same window: the task already queued runs after this fact
     assert queued() == 1
-
-    as_a_new_process()
-    facts.token_facts_apply_schedule()
-    assert queued() == 1  # the flag says the first process's task is on its way
-    assert facts._covered_until > 0.0
-
-    redis_client().delete(redis_key("rooms", "token-facts-scheduled"))  # the window ended
-    as_a_new_process()
-    facts.token_facts_apply_schedule()
+    assert TokenFact.objects.count() == 2
+    clock[0] += facts.APPLY_WINDOW_S
+    intake("cy")
     assert queued() == 2
     queue_purge()
