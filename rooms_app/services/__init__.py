@@ -1,6 +1,6 @@
 """Writes to the dispatch ledger and the dispatch lifecycle's calls to LiveKit.
 
-- `facts`: the tokens minted (append-only) and their application to the ledger; the agent
+- `facts`: the tokens minted (one row each, marked when applied) and their application to the ledger; the agent
   names seen and the worker's heartbeat (one row each, kept current);
 - `ledger`: rooms, dispatch rows, compare-and-set transitions, re-dispatch and fallback;
 - `triggers`: what asks for an agent (rules, Dispatch API, admin) and what the

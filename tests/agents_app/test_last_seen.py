@@ -115,13 +115,15 @@ def test_an_agent_created_under_a_name_never_seen_is_asked_did_you_mean_the_near
 
     response = admin_client.post(
         "/admin/agents_app/agent/add/",
-        {"agent_name": "demo-agnet", "display_name": "Demo", "join_deadline_s": 15, "max_attempts": 1},
+        {"agent_name": "demo-agnet", "display_name": "Demo", "enabled": "on", "join_deadline_s": 15, "max_attempts": 1},
         follow=True,
     )
 
     assert response.status_code == 200
-    warnings = [str(m) for m in get_messages(response.wsgi_request)]
-    assert any("did you mean 'demo-agent'?" in m and "billing-bot" not in m for m in warnings), warnings
+    # What the admin reads on the page the save leads to.
+    page = response.content.decode()
+    assert "did you mean &#x27;demo-agent&#x27;?" in page or "did you mean 'demo-agent'?" in page, page
+    assert "billing-bot" not in page
     listing = [str(m) for m in get_messages(admin_client.get("/admin/agents_app/agent/").wsgi_request)]
     assert any(m.startswith("Never seen: 'demo-agnet' (did you mean 'demo-agent'?).") for m in listing), (
         listing
