@@ -10,6 +10,7 @@ rtc SDK connecting over WebRTC (loopback) with a token, as a browser or phone ap
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -251,3 +252,55 @@ def stack(
     real_livekit.relay.delay_s = 0.0
     queue_purge(QUEUE)
     wait_database_quiet(django_db_blocker)  # the worker's last tasks end before the flush
+
+
+@dataclass
+class ClusterStack(Stack):
+    """A Stack whose LiveKit is a two-node cluster (tests/livekit_cluster.py): the portal, its
+    Celery worker and the people it mints tokens for talk to node a's address, as they would
+    to one node behind a load balancer; both nodes post their webhooks to the portal."""
+
+    cluster: Any = None
+
+
+@pytest.fixture
+def cluster_stack(
+    livekit_cluster, live_server, django_db_setup, settings, monkeypatch, django_db_blocker, tmp_path_factory
+) -> Iterator[ClusterStack]:
+    from tests.livekit_cluster import LiveKitCluster
+
+    cluster: LiveKitCluster = livekit_cluster
+    queue = f"cluster-{uuid.uuid4().hex[:10]}"
+    entry = cluster.a.server
+    # LIVEKIT_TIMEOUT_S as in production (5 s): longer than the 3 s in which LiveKit answers
+    # 503 for a room whose node is gone, so the portal hears LiveKit's own answer.
+    celery = worker_start(
+        entry,
+        tmp_path_factory,
+        queue=queue,
+        LIVEKIT_TIMEOUT_S="5",
+        DISPATCH_MAX_RETRIES="3",
+        DISPATCH_ASSIGNMENT_WINDOW_S="10",
+    )
+    monkeypatch.setitem(celery_app.conf, "task_default_queue", queue)
+    settings.OUTBOUND_QUEUE = outbound_queue(queue)
+    _share_worker_cache(settings, celery)
+    point_portal_at(settings, entry, timeout_s=5.0)
+    settings.PUBLIC_LIVEKIT_URL = entry.ws_url
+    settings.DISPATCH_RETRY_BACKOFF_S = 0.2
+    for node in cluster.nodes.values():
+        node.server.relay.target = f"{live_server.url}/livekit/webhook"
+    stack = ClusterStack(
+        server=entry, portal_url=live_server.url, celery=celery, participants=[], cluster=cluster
+    )
+    yield stack
+    for participant in stack.participants:
+        with contextlib.suppress(Exception):
+            participant.leave()
+    for node in cluster.nodes.values():
+        node.server.relay.target = None
+    celery.stop()
+    queue_purge(queue)
+    queue_purge(outbound_queue(queue))
+    wait_database_quiet(django_db_blocker)
+    wait_database_sessions_end(django_db_blocker)

@@ -1,0 +1,104 @@
+"""Scale-out stories (issue 21): the portal against a two-node LiveKit cluster (two real
+livekit-server processes sharing one Redis, tests/livekit_cluster.py) with real livekit-agents
+workers registered to each node; and two portal instances (gunicorn) with two Celery workers
+and one beat on one database.
+
+What LiveKit does with a killed node is written in tests/livekit_cluster.py's docstring."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from agents_app.models import Agent
+from operator_views.doctor import room_diagnose
+from rooms_app.models import Dispatch, Room
+from rooms_app.reconcile import reconcile_run
+from tests.factories import AgentFactory, RuleFactory, make_client
+from tests.support import eventually
+
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.needs_livekit_server,
+    pytest.mark.needs_redis,
+    pytest.mark.needs_postgres,
+]
+S = Dispatch.Status
+AGENT = "cluster-agent"
+
+
+def workers_on_both_nodes(cluster, agent_name: str = AGENT) -> dict:
+    """One worker of `agent_name` registered with each node, started side by side."""
+    started: dict = {}
+
+    def start(node: str) -> None:
+        started[node] = cluster.worker(node, agent_name=agent_name)
+
+    threads = [threading.Thread(target=start, args=(node,)) for node in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert set(started) == {"a", "b"}, "a worker failed to register (see the worker logs)"
+    return started
+
+
+def explicit_rule(rooms: str = "cluster-*"):
+    agent = AgentFactory(agent_name=AGENT, join_deadline_s=15)
+    return RuleFactory(name="cluster rooms", agent=agent, room_match_value=rooms, delivery="explicit")
+
+
+def webhooks_from(node, room: str) -> set[str]:
+    """Events about `room` that this node posted (its own relay)."""
+    import json
+
+    return {
+        json.loads(body)["event"]
+        for body, _headers in node.server.relay.received
+        if json.loads(body).get("room", {}).get("name") == room
+    }
+
+
+def test_rooms_on_both_nodes_get_their_agent_and_the_portal_agrees_with_the_cluster(cluster_stack):
+    cluster = cluster_stack.cluster
+    explicit_rule()
+    _, key = make_client("web", rooms=["cluster-*"])
+    workers = workers_on_both_nodes(cluster)
+    assert workers["a"].worker_id != workers["b"].worker_id
+
+    # One room hosted by each node; people join through node a's address either way.
+    cluster.create_room("cluster-on-a", "a")
+    cluster.create_room("cluster-on-b", "b")
+    assert (cluster.room_node("cluster-on-a"), cluster.room_node("cluster-on-b")) == ("a", "b")
+    for room in ("cluster-on-a", "cluster-on-b"):
+        cluster_stack.join(cluster_stack.token(key, room, "caller"))
+
+    for room in ("cluster-on-a", "cluster-on-b"):
+        row = cluster_stack.wait_joined(room, AGENT, timeout=30)
+        [agent] = cluster_stack.agents(room, AGENT)
+        assert row.participant_identity == agent.identity
+        assert Dispatch.objects.filter(room__name=room, agent_name=AGENT).count() == 1
+    # Each room's webhooks come from the node that hosts it, and only from it.
+    assert {"room_started", "participant_joined"} <= webhooks_from(cluster.b, "cluster-on-b")
+    assert webhooks_from(cluster.a, "cluster-on-b") == set()
+    assert {"room_started", "participant_joined"} <= webhooks_from(cluster.a, "cluster-on-a")
+
+    report = reconcile_run()
+    assert report.error == "" and report.livekit_errors == 0
+    assert report.rooms_in_livekit == 2 and report.rooms_checked == 2
+    assert report.repaired == 0, report.as_dict()  # webhooks from both nodes left nothing to repair
+
+    for room in ("cluster-on-a", "cluster-on-b"):
+        diagnosis = room_diagnose(room_name=room, agent_name=AGENT).as_dict()
+        assert diagnosis["status"] == "healthy", diagnosis
+
+    from watch_app.canary import canary_run
+    from watch_app.models import CanaryRun
+
+    # Canary probe rooms land on either node (LiveKit's default selector picks at random).
+    agent = Agent.objects.get(agent_name=AGENT)
+    runs = [canary_run(agent_id=agent.pk) for _ in range(2)]
+    assert [r.status for r in runs] == [CanaryRun.Status.SUCCESS] * 2, [r.error for r in runs]
+    assert all(r.join_s is not None for r in runs)
+    assert not Room.objects.filter(name__startswith="canary").exists()
