@@ -137,6 +137,18 @@ def _check_livekit(link: Link, facts: Facts) -> None:
             fix="Set LIVEKIT_API_KEY and LIVEKIT_API_SECRET to a key pair of this server (the `keys:` "
             "of livekit.yaml, or the project's API keys in LiveKit Cloud), then restart the portal.",
         )
+    elif error is not None and facts.lk.room_node_silent:
+        link.set(
+            BROKEN,
+            f"LiveKit at {url} answered, but the LiveKit node hosting room '{facts.room_name}' does not",
+            cause=f"LiveKit lists the room and its last participants (read from the cluster's Redis), but "
+            f"the call that goes to the node hosting it failed ({error.message}). "
+            "That node is down or cut off: its people and agents lost their connection, and the "
+            "participants LiveKit still lists may be gone.",
+            fix="Restart or replace the LiveKit node. About 5 s after the node's last heartbeat, a join "
+            "or a CreateDispatch moves the room to a live node (LiveKit keeps its sid); the portal's "
+            "reconcile re-dispatches the room's agents once LiveKit shows them gone.",
+        )
     elif error is not None:
         link.set(
             BROKEN,

@@ -17,6 +17,7 @@ from livekit_boundary.client import (
     LiveKit,
     LiveKitError,
     LiveKitNotFound,
+    LiveKitUnavailable,
     LkDispatch,
     LkParticipant,
     LkRoom,
@@ -139,6 +140,10 @@ class Diagnosis:
 @dataclass(slots=True)
 class LiveKitFacts:
     error: LiveKitError | None = None
+    # LiveKit listed the room (ListRooms and ListParticipants read its shared store) but the
+    # node hosting it did not answer ListDispatch (routed to that node): in a multi-node
+    # cluster, that node is down. `error` is then ListDispatch's error.
+    room_node_silent: bool = False
     room: LkRoom | None = None
     participants: list[LkParticipant] = field(default_factory=list)
     dispatches: list[LkDispatch] = field(default_factory=list)
@@ -155,8 +160,14 @@ def _livekit_facts(room_name: str) -> LiveKitFacts:
         if room is None:
             return LiveKitFacts()
         participants, dispatches = await asyncio.gather(
-            lk.list_participants(room_name), _dispatches_or_none(lk, room_name)
+            lk.list_participants(room_name), _dispatches_or_none(lk, room_name), return_exceptions=True
         )
+        if isinstance(participants, BaseException):
+            raise participants
+        if isinstance(dispatches, LiveKitUnavailable):
+            return LiveKitFacts(error=dispatches, room=room, participants=participants, room_node_silent=True)
+        if isinstance(dispatches, BaseException):
+            raise dispatches
         return LiveKitFacts(room=room, participants=participants, dispatches=dispatches)
 
     try:

@@ -25,6 +25,7 @@ pytestmark = [
     pytest.mark.needs_postgres,
 ]
 S = Dispatch.Status
+LIVE = (S.PENDING, S.REQUESTED, S.JOB_ASSIGNED, S.AGENT_JOINED)
 AGENT = "cluster-agent"
 
 
@@ -102,3 +103,54 @@ def test_rooms_on_both_nodes_get_their_agent_and_the_portal_agrees_with_the_clus
     assert [r.status for r in runs] == [CanaryRun.Status.SUCCESS] * 2, [r.error for r in runs]
     assert all(r.join_s is not None for r in runs)
     assert not Room.objects.filter(name__startswith="canary").exists()
+
+
+def test_a_node_killed_with_rooms_on_it(cluster_stack):
+    """SIGKILL node b while it hosts a room and a worker. The doctor names the dead node, not
+    LiveKit as a whole; the room on node a keeps its agent: if the job was node b's worker's,
+    node a's webhook says the agent left, the ledger records why, and the portal dispatches
+    again (the webhook or the scheduled reconcile) to the worker still registered (node a's)."""
+    cluster = cluster_stack.cluster
+    explicit_rule()
+    _, key = make_client("web", rooms=["cluster-*"])
+    workers_on_both_nodes(cluster)
+    cluster.create_room("cluster-on-a", "a")
+    cluster.create_room("cluster-on-b", "b")
+    people = {
+        room: cluster_stack.join(cluster_stack.token(key, room, "caller"))
+        for room in ("cluster-on-a", "cluster-on-b")
+    }
+    for room in people:
+        cluster_stack.wait_joined(room, AGENT, timeout=30)
+
+    cluster.kill("b")
+
+    # Within LiveKit's 5 s before node b counts as unavailable, the room is still placed on it.
+    diagnosis = room_diagnose(room_name="cluster-on-b", agent_name=AGENT).as_dict()
+    assert cluster.room_node("cluster-on-b") == "b"
+    [livekit_link] = [link for link in diagnosis["links"] if link["key"] == "livekit"]
+    assert diagnosis["first_broken_link"] == livekit_link["number"]
+    assert livekit_link["summary"] == (
+        f"LiveKit at {cluster.a.server.url} answered, but the LiveKit node hosting room 'cluster-on-b' does not"
+    )
+    assert "no response from servers" in livekit_link["cause"]
+    # A room on the live node is still diagnosed from LiveKit as usual.
+    assert room_diagnose(room_name="cluster-on-a", agent_name=AGENT).as_dict()["links"][0]["state"] == "ok"
+
+    # The person in node a's room ends up with an agent the ledger names, and every attempt
+    # that ended says why.
+    on_a = people["cluster-on-a"]
+
+    def agent_with_the_ledger() -> bool:
+        reconcile_run()  # what the schedule does every 30 s
+        row = (
+            Dispatch.objects.filter(room__name="cluster-on-a", status=S.AGENT_JOINED).order_by("-id").first()
+        )
+        return row is not None and on_a.agents() == [row.participant_identity]
+
+    eventually(
+        agent_with_the_ledger, timeout=40, interval=0.5, what="an agent in cluster-on-a, as the ledger says"
+    )
+    ended = Dispatch.objects.filter(room__name="cluster-on-a").exclude(status=S.AGENT_JOINED)
+    assert all(d.last_error for d in ended), [(d.status, d.last_error) for d in ended]
+    assert Dispatch.objects.filter(room__name="cluster-on-a", status__in=LIVE).count() == 1
