@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -303,4 +304,94 @@ def cluster_stack(
     queue_purge(queue)
     queue_purge(outbound_queue(queue))
     wait_database_quiet(django_db_blocker)
+    wait_database_sessions_end(django_db_blocker)
+
+
+@dataclass
+class Portals:
+    """Two portal instances (gunicorn, two workers each) on one database and one Redis, two
+    Celery workers on one queue, and one beat: `urls`, `celery`, `beat`."""
+
+    urls: list[str]
+    celery: list[Worker]
+    beat: subprocess.Popen
+    gunicorns: list[subprocess.Popen]
+
+
+def _beat_start(env: dict[str, str], log_path: Any) -> subprocess.Popen:
+    from tests.rooms_app.conftest import ROOT
+
+    log = open(log_path, "wb")  # noqa: SIM115  closed with the process
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "dispatchportal",
+            "beat",
+            "--loglevel",
+            "INFO",
+            "-s",
+            str(log_path.parent / "beat-schedule"),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    log.close()
+    return process
+
+
+@pytest.fixture
+def two_portals(
+    real_livekit, django_db_setup, settings, monkeypatch, django_db_blocker, tmp_path_factory, tmp_path
+) -> Iterator[Portals]:
+    """Start the canary schedules (or other beat entries) before asking for this: the beat
+    reads its schedule at start."""
+    from tests.support import free_port, gunicorn
+
+    queue = f"portals-{uuid.uuid4().hex[:10]}"
+    settings_env = {"DISPATCH_ASSIGNMENT_WINDOW_S": "10", "DISPATCH_MAX_RETRIES": "3"}
+    workers = [worker_start(real_livekit, tmp_path_factory, queue=queue, **settings_env)]
+    workers.append(Worker(workers[0].env, tmp_path_factory.mktemp("celery-2"), queue=workers[0].queue))
+    workers[1].start()
+    monkeypatch.setitem(celery_app.conf, "task_default_queue", queue)
+    settings.OUTBOUND_QUEUE = outbound_queue(queue)
+    _share_worker_cache(settings, workers[0])
+    point_portal_at(settings, real_livekit, timeout_s=2.0)
+    env = {
+        **workers[0].env,
+        "PUBLIC_LIVEKIT_URL": real_livekit.ws_url,
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prometheus"),
+    }
+    (tmp_path / "prometheus").mkdir()
+    ports = [free_port(), free_port()]
+    gunicorns = [
+        gunicorn(port=port, env=env, stderr=open(tmp_path / f"gunicorn-{port}.log", "wb")) for port in ports
+    ]  # noqa: SIM115
+    urls = [f"http://127.0.0.1:{port}" for port in ports]
+    for url in urls:
+
+        def answers(url: str = url) -> bool:
+            try:
+                return http_get(url + "/healthz")[0] == 200
+            except OSError:
+                return False
+
+        eventually(answers, timeout=60, interval=0.1, what=f"gunicorn at {url}")
+    beat = _beat_start(env, tmp_path / "beat.log")
+    yield Portals(urls=urls, celery=workers, beat=beat, gunicorns=gunicorns)
+    for process in [beat, *gunicorns]:
+        process.terminate()
+    for process in [beat, *gunicorns]:
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    for worker in workers:
+        worker.stop()
+    queue_purge(queue)
+    queue_purge(outbound_queue(queue))
     wait_database_sessions_end(django_db_blocker)

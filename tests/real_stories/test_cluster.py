@@ -154,3 +154,84 @@ def test_a_node_killed_with_rooms_on_it(cluster_stack):
     ended = Dispatch.objects.filter(room__name="cluster-on-a").exclude(status=S.AGENT_JOINED)
     assert all(d.last_error for d in ended), [(d.status, d.last_error) for d in ended]
     assert Dispatch.objects.filter(room__name="cluster-on-a", status__in=LIVE).count() == 1
+
+
+def test_two_portals_two_celery_workers_one_beat(real_livekit, request):
+    """Tokens for the same rooms asked of both portals at once: one dispatch per room in the
+    ledger and in LiveKit, every token's fact kept and applied; one beat and two workers run
+    one canary per tick of its schedule."""
+    import json
+    import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rooms_app.models import TokenFact
+    from watch_app.canary import canary_schedule_save
+    from watch_app.models import CanaryRun, CanarySchedule
+
+    # No worker named 'portals-agent': each dispatch stays in LiveKit's list (nothing joins).
+    agent = AgentFactory(agent_name="portals-agent", join_deadline_s=30)
+    RuleFactory(name="portal rooms", agent=agent, room_match_value="portals-*", delivery="explicit")
+    _, key = make_client("web", rooms=["portals-*"])
+    canary_agent = AgentFactory(agent_name="portals-canary")
+    real_livekit.shared_worker("portals-canary")
+    canary_schedule_save(schedule=CanarySchedule(agent=canary_agent, every_s=2, join_timeout_s=10))
+    portals = request.getfixturevalue("two_portals")  # after the schedule: beat reads it at start
+
+    rooms = [f"portals-{n}" for n in range(8)]
+    asks = [
+        (portals.urls[i % 2], room, f"person-{i}") for room in rooms for i in range(2)
+    ]  # each room on both
+
+    def mint(ask: tuple[str, str, str]) -> int:
+        url, room, identity = ask
+        body = json.dumps({"room_name": room, "participant_identity": identity}).encode()
+        req = urllib.request.Request(
+            f"{url}/api/v1/token",
+            data=body,
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"},
+            method="POST",
+        )
+        with urllib.request.urlopen(req, timeout=30) as answer:
+            return answer.status
+
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(mint, asks)) == [201] * len(asks)
+
+    facts = eventually(
+        lambda: (n := TokenFact.objects.filter(applied_at__isnull=False).count()) == len(asks) and n,
+        timeout=30,
+        what="every token fact applied",
+    )
+    assert facts == TokenFact.objects.count() and not TokenFact.objects.exclude(apply_error="").exists()
+
+    def one_dispatch_per_room() -> bool:
+        per_room = {room: len(stack_dispatches(real_livekit, room)) for room in rooms}
+        return all(count == 1 for count in per_room.values()) and per_room
+
+    eventually(one_dispatch_per_room, timeout=30, interval=0.5, what="each room dispatched in LiveKit")
+    for room in rooms:
+        assert Dispatch.objects.filter(room__name=room, agent_name="portals-agent").count() == 1, room
+
+    # One canary per tick: over four ticks, runs are a tick apart, never two at once.
+    eventually(lambda: CanaryRun.objects.count() >= 4, timeout=30, interval=0.2, what="four canary runs")
+    started = sorted(CanaryRun.objects.values_list("started_at", flat=True))
+    gaps = [(b - a).total_seconds() for a, b in zip(started, started[1:], strict=False)]
+    assert min(gaps) > 1.0, gaps
+    assert CanaryRun.objects.filter(status=CanaryRun.Status.SUCCESS).count() >= 3
+
+
+def stack_dispatches(server, room: str) -> list:
+    import asyncio
+
+    from livekit import api
+
+    async def ask() -> list:
+        async with api.LiveKitAPI(server.url, server.api_key, server.api_secret) as lk:
+            try:
+                return [
+                    d for d in await lk.agent_dispatch.list_dispatch(room) if d.agent_name == "portals-agent"
+                ]
+            except api.TwirpError:
+                return []
+
+    return asyncio.run(ask())
