@@ -368,9 +368,10 @@ def two_portals(
     }
     (tmp_path / "prometheus").mkdir()
     ports = [free_port(), free_port()]
-    gunicorns = [
-        gunicorn(port=port, env=env, stderr=open(tmp_path / f"gunicorn-{port}.log", "wb")) for port in ports
-    ]  # noqa: SIM115
+    logs = [open(tmp_path / f"gunicorn-{port}.log", "wb") for port in ports]  # noqa: SIM115  closed below
+    gunicorns = [gunicorn(port=port, env=env, stderr=log) for port, log in zip(ports, logs, strict=True)]
+    for log in logs:
+        log.close()  # the processes keep their own descriptors
     urls = [f"http://127.0.0.1:{port}" for port in ports]
     for url in urls:
 
