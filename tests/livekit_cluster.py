@@ -12,9 +12,10 @@ Redis, which is all LiveKit's multi-node routing needs (pkg/routing/redisrouter.
 
 What LiveKit does with a dead node (read in v1.13.5's pkg/routing and pkg/service, and seen
 against these servers): the node's entry in `nodes` stops being refreshed (every 2 s) and
-counts as unavailable after 5 s (selector.AvailableSeconds); its rooms stay in ListRooms and
-ListParticipants (both read Redis) with the participants they had, while every call that goes
-to the room's node (ListDispatch, DeleteRoom, UpdateRoomMetadata) answers 503 `unavailable`
+counts as unavailable after 5 s (selector.AvailableSeconds); its rooms stay in ListRooms (read
+from Redis), and by default in ListParticipants with the participants they had, while every
+call that goes to the room's node (ListDispatch, DeleteRoom, UpdateRoomMetadata, and
+ListParticipants with `enable_psrpc_for_get_list_participants`) answers 503 `unavailable`
 "no response from servers" after psrpc's 3 s. A join or CreateDispatch for such a room, once
 the node is unavailable, moves it to a live node with the same room sid (roomallocator.go
 SelectRoomNode); DeleteRoom never does, so until then the room cannot be deleted.
@@ -35,6 +36,17 @@ from tests.real_livekit import AgentWorker, RealLiveKit, require_binary, start_s
 from tests.support import RedisServer, eventually
 
 NODE_NAMES = ("a", "b")
+# What each node adds to tests/real_livekit.py's config. `enable_psrpc_for_get_list_participants`
+# sends ListParticipants and GetParticipant to the node hosting the room, as ListDispatch and
+# DeleteRoom always go (LiveKit's config says it will become the default): without it they
+# read the room store in Redis, where a dead node's participants stay listed, so an agent
+# whose job died with the node would still look present after the room moved to a live node.
+CLUSTER_CONFIG = """\
+redis:
+  address: 127.0.0.1:{redis_port}
+api:
+  enable_psrpc_for_get_list_participants: true
+"""
 
 
 @dataclass
@@ -145,9 +157,8 @@ def cluster_start(workdir: Path) -> LiveKitCluster:
         for name in NODE_NAMES:
             node_dir = workdir / f"node-{name}"
             node_dir.mkdir(parents=True, exist_ok=True)
-            server = start_server(
-                binary, node_dir, extra_config=f"redis:\n  address: 127.0.0.1:{redis_server.port}\n"
-            )
+            config = CLUSTER_CONFIG.format(redis_port=redis_server.port)
+            server = start_server(binary, node_dir, extra_config=config)
             nodes[name] = ClusterNode(name=name, server=server, node_id=_node_id(server))
         cluster = LiveKitCluster(redis=redis_server, nodes=nodes, workdir=workdir)
         wanted = {n.node_id for n in nodes.values()}

@@ -141,13 +141,14 @@ def _check_livekit(link: Link, facts: Facts) -> None:
         link.set(
             BROKEN,
             f"LiveKit at {url} answered, but the LiveKit node hosting room '{facts.room_name}' does not",
-            cause=f"LiveKit lists the room and its last participants (read from the cluster's Redis), but "
-            f"the call that goes to the node hosting it failed ({error.message}). "
-            "That node is down or cut off: its people and agents lost their connection, and the "
-            "participants LiveKit still lists may be gone.",
+            cause=f"LiveKit lists the room (from the cluster's Redis), but a call that goes to the node "
+            f"hosting it failed ({error.message}). That node is down or cut off: the people and agents "
+            "in this room lost their connection to it.",
             fix="Restart or replace the LiveKit node. About 5 s after the node's last heartbeat, a join "
-            "or a CreateDispatch moves the room to a live node (LiveKit keeps its sid); the portal's "
-            "reconcile re-dispatches the room's agents once LiveKit shows them gone.",
+            "(a person's SDK reconnecting) or a CreateDispatch moves the room to a live node, which "
+            "keeps its sid; the portal's reconcile then re-dispatches agents that did not come back. "
+            "Set `api.enable_psrpc_for_get_list_participants: true` on every node, or LiveKit keeps "
+            "listing a dead node's participants in the moved room.",
         )
     elif error is not None:
         link.set(

@@ -140,9 +140,10 @@ class Diagnosis:
 @dataclass(slots=True)
 class LiveKitFacts:
     error: LiveKitError | None = None
-    # LiveKit listed the room (ListRooms and ListParticipants read its shared store) but the
-    # node hosting it did not answer ListDispatch (routed to that node): in a multi-node
-    # cluster, that node is down. `error` is then ListDispatch's error.
+    # LiveKit listed the room (ListRooms reads the cluster's shared store) but a call routed
+    # to the node hosting it (ListDispatch; ListParticipants too when LiveKit is set to route
+    # it) could not get through: in a multi-node cluster, that node is down. `error` is then
+    # that call's error.
     room_node_silent: bool = False
     room: LkRoom | None = None
     participants: list[LkParticipant] = field(default_factory=list)
@@ -162,12 +163,15 @@ def _livekit_facts(room_name: str) -> LiveKitFacts:
         participants, dispatches = await asyncio.gather(
             lk.list_participants(room_name), _dispatches_or_none(lk, room_name), return_exceptions=True
         )
-        if isinstance(participants, BaseException):
-            raise participants
-        if isinstance(dispatches, LiveKitUnavailable):
-            return LiveKitFacts(error=dispatches, room=room, participants=participants, room_node_silent=True)
-        if isinstance(dispatches, BaseException):
-            raise dispatches
+        for answer in (participants, dispatches):
+            # ListRooms answered and lists the room: a call routed to its node that cannot
+            # get through means that node, not LiveKit, is gone.
+            if isinstance(answer, LiveKitUnavailable):
+                return LiveKitFacts(error=answer, room=room, room_node_silent=True)
+        for answer in (participants, dispatches):
+            if isinstance(answer, BaseException):
+                raise answer
+        assert isinstance(participants, list) and isinstance(dispatches, list)
         return LiveKitFacts(room=room, participants=participants, dispatches=dispatches)
 
     try:
