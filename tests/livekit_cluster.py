@@ -127,13 +127,15 @@ class LiveKitCluster:
         return sections
 
     def stop(self) -> None:
+        """Everything killed at once: the cluster and its Redis are this test's alone."""
         for worker in self.workers:
             worker.kill()
         for node in self.nodes.values():
-            for participant_worker in node.server.workers:
-                participant_worker.kill()
-            node.server.stop()
-        self.redis.stop()
+            node.server.participants.leave_all()
+            if node.alive:
+                self.kill(node.name)
+            node.server.relay.close()
+        self.redis.stop(crash=True)
 
 
 def _node_id(server: RealLiveKit) -> str:
