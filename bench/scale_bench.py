@@ -4,9 +4,11 @@ the rate LiveKit would produce, for the closing note.
 
 1. Webhook intake: gunicorn (two workers, as `bin/run-portal`) taking signed LiveKit webhooks
    as fast as 16 concurrent senders post them, for the events a room of one person and one
-   agent produces (room_started, participant_joined x2, participant_left x2, room_finished).
-   Printed: the sustained rate, and how many joins per second that keeps up with (LiveKit
-   sends about 3 webhooks per join when each room has one person and one agent).
+   agent produces (room_started, participant_joined x2, participant_left x2, room_finished):
+   the request verifies, dedupes and records. Then their application to the ledger, as the
+   Celery task does it (one application at a time, in recorded order), timed here in
+   process. Printed: both sustained rates, and how many joins per second each keeps up with
+   (LiveKit sends about 3 webhooks per join when each room has one person and one agent).
 2. Reconcile at 10,000 and 100,000 rooms (each with its agent, in the LiveKit emulator): the
    time of a pass and its memory (tracemalloc's peak during a second, traced pass, and the
    process's peak RSS), per room at both sizes, so bounded growth shows as a flat per-room figure.
@@ -87,7 +89,8 @@ def room_events(n: int) -> list[bytes]:
     return bodies
 
 
-def webhook_intake(services: lb.Services, *, count: int) -> tuple[float, int]:
+def webhook_intake(services: lb.Services, *, count: int) -> tuple[float, int, float, int]:
+    """(recorded per second, answers not 200, applied per second, events applied)."""
     services.start(
         "gunicorn",
         [
@@ -138,7 +141,12 @@ def webhook_intake(services: lb.Services, *, count: int) -> tuple[float, int]:
         elapsed = time.monotonic() - started
     services.stop("gunicorn")
     bad = sum(1 for s in statuses if s != 200)
-    return len(statuses) / elapsed, bad
+    from rooms_app.services import webhook_events_apply
+
+    started = time.monotonic()
+    applied = webhook_events_apply()
+    apply_s = time.monotonic() - started
+    return len(statuses) / elapsed, bad, applied / apply_s if apply_s else 0.0, applied
 
 
 def reconcile_sized(control: object, sizes: list[int]) -> list[tuple[int, float, float, int]]:
@@ -201,15 +209,19 @@ def main() -> int:
             with lb.redis_flushed():
                 lb.ledger_empty()
                 lb.agent_and_rule(join_deadline_s=600)
-                rate, bad = webhook_intake(services, count=args.webhooks)
+                rate, bad, apply_rate, applied = webhook_intake(services, count=args.webhooks)
                 print(
-                    f"webhook intake: {rate:.0f} webhooks/s sustained ({SENDERS} senders, gunicorn 2x4), "
-                    f"{bad} not answered 200"
+                    f"webhook intake (verify, dedupe, record): {rate:.0f} webhooks/s sustained "
+                    f"({SENDERS} senders, gunicorn 2x4), {bad} not answered 200; "
+                    f"keeps up with {rate / WEBHOOKS_PER_JOIN:.0f} joins/s"
                 )
                 print(
-                    f"webhook intake keeps up with {rate / WEBHOOKS_PER_JOIN:.0f} joins/s "
-                    f"(LiveKit sends about {WEBHOOKS_PER_JOIN} webhooks per join with one agent per person: "
-                    f"1,000 joins/s need {1000 * WEBHOOKS_PER_JOIN:,} webhooks/s)"
+                    f"webhook application (off the request, one at a time): {apply_rate:.0f} events/s "
+                    f"({applied} events); keeps up with {apply_rate / WEBHOOKS_PER_JOIN:.0f} joins/s"
+                )
+                print(
+                    f"LiveKit sends about {WEBHOOKS_PER_JOIN} webhooks per join with one agent per person: "
+                    f"1,000 joins/s need {1000 * WEBHOOKS_PER_JOIN:,} webhooks/s"
                 )
                 lb.ledger_empty()
                 sizes = sorted({max(1, args.rooms // 10), args.rooms})
