@@ -179,6 +179,8 @@ def main() -> int:
     print(f"services: {lb.DATABASE_URL.rsplit('@', 1)[-1]}, {lb.REDIS_URL.rsplit('@', 1)[-1]}")
     with tempfile.TemporaryDirectory(prefix="scale-bench-") as tmp:
         services = lb.Services(Path(tmp))
+        # One ListRooms answers with every room: at 100,000 rooms, longer than the default 5 s.
+        services.env["LIVEKIT_TIMEOUT_S"] = "120"
         try:
             lb.database_prepare(services.env)
         except Exception as exc:  # noqa: BLE001  report a missing service plainly
