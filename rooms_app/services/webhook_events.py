@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from datetime import UTC, datetime
 from typing import Any
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.core.cache import cache
 from django.db import IntegrityError, InterfaceError, OperationalError, transaction
 from django.utils import timezone
@@ -44,6 +46,8 @@ logger = logging.getLogger(__name__)
 PARTICIPANT_LEFT_EVENTS = ("participant_left", "participant_connection_aborted")
 APPLY_BATCH = 200
 LOCK_TIMEOUT_S = 120
+# Inside the Celery task's 30 s soft time limit, and well inside the lock's expiry.
+APPLY_BUDGET_S = 20.0
 # While an application is queued, later events do not queue another (it will find them).
 QUEUED_KEY = "rooms:webhook-events-apply-queued"
 QUEUED_TTL_S = 30
@@ -79,11 +83,15 @@ def _apply_queue() -> None:
         webhook_events_apply_enqueue()
 
 
-def webhook_events_apply() -> int:
-    """Apply every recorded event not applied yet, oldest first; returns how many. Does
-    nothing while another process applies them (that one takes these too)."""
+def webhook_events_apply(*, budget_s: float = APPLY_BUDGET_S) -> int:
+    """Apply the recorded events not applied yet, oldest first, for about `budget_s` (inside
+    the task's time limit, and shorter than the lock's expiry so no second application can
+    start meanwhile); returns how many. Events still pending then are left to another
+    application, queued here. Does nothing while another process applies them (that one
+    takes these too)."""
     with contextlib.suppress(*REDIS_ERRORS):
         cache.delete(QUEUED_KEY)  # events recorded from now on queue another application
+    deadline = time.monotonic() + budget_s
     applied = 0
     while True:
         with lock_try("rooms:webhook-events-apply", timeout_s=LOCK_TIMEOUT_S) as held:
@@ -92,16 +100,20 @@ def webhook_events_apply() -> int:
             # The events were recorded in other processes, perhaps just after a rule change
             # made there: apply them with the rules as they are now.
             config_get(fresh=True)
-            while batch := list(
-                WebhookEvent.objects.filter(applied_at__isnull=True)
-                .order_by("id")
-                .values_list("id", flat=True)[:APPLY_BATCH]
+            pending = WebhookEvent.objects.filter(applied_at__isnull=True).order_by("id")
+            while time.monotonic() < deadline and (
+                batch := list(pending.values_list("id", flat=True)[:APPLY_BATCH])
             ):
                 for pk in batch:
                     applied += _apply_one(pk)
-        # An event recorded between the last empty read and the release found the lock
-        # held and queued no one: look once more.
+                    if time.monotonic() > deadline:
+                        break
+        # Out of time, or an event recorded between the last empty read and the release
+        # found the lock held and queued no one: look once more.
         if not WebhookEvent.objects.filter(applied_at__isnull=True).exists():
+            return applied
+        if time.monotonic() > deadline:
+            webhook_events_apply_enqueue()
             return applied
 
 
@@ -113,8 +125,8 @@ def _apply_one(pk: int) -> int:
         try:
             with transaction.atomic():
                 webhook_event_apply(event=_event_of(row))
-        except (OperationalError, InterfaceError):
-            raise  # the database went away: the event stays pending for the next application
+        except (OperationalError, InterfaceError, SoftTimeLimitExceeded):
+            raise  # the database went away, or the task's time is up: the event stays pending
         except Exception as exc:  # noqa: BLE001  one bad event must not hold up the others
             logger.exception("webhook event %s could not be applied", row.event_id)
             row.apply_error = f"{type(exc).__name__}: {exc}"[:2000]

@@ -264,6 +264,16 @@ def test_an_event_that_cannot_be_applied_is_kept_with_its_error_and_holds_up_no_
     assert Room.objects.get(name="support-good").status == "active"
 
 
+def test_an_application_out_of_time_leaves_the_rest_pending_for_the_next(client, explicit_rule):
+    for room in ("support-1", "support-2"):
+        body = event_body("room_started", room)
+        post(client, body, sign(body), apply=False)
+    assert webhook_events_apply(budget_s=0) == 0
+    assert WebhookEvent.objects.filter(applied_at__isnull=True).count() == 2
+    assert webhook_events_apply() == 2
+    assert set(Room.objects.values_list("name", flat=True)) == {"support-1", "support-2"}
+
+
 def test_applying_room_started_costs_a_bounded_number_of_queries(
     client, explicit_rule, django_assert_max_num_queries
 ):
