@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench lint browser-deps services livekit-server vendor-js clean
+.PHONY: run test bench soak lint browser-deps services livekit-server vendor-js clean
 
 # The real LiveKit server, built from source through the Go module proxy (pinned here only).
 LIVEKIT_SERVER_VERSION := v1.13.5
@@ -27,6 +27,11 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py
+
+# Ten minutes of steady load on gunicorn and Celery; prints their RSS at start and end (opt-in:
+# not part of `make bench`).
+soak: $(STAMP)
+	$(PY) bench/soak.py
 
 # Debian's Chromium for the browser tests (Playwright drives /usr/bin/chromium; it never
 # downloads a browser). Needs root or sudo; does nothing when Chromium is already there.

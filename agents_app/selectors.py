@@ -175,16 +175,17 @@ def change_marker_get() -> str:
     return marker
 
 
-def config_get() -> Config:
+def config_get(*, fresh: bool = False) -> Config:
     """The current configuration, compiled once per change of the rule set.
 
     The shared change marker is read at most every CONFIG_CHECK_INTERVAL_S per process (one
-    cache round trip saved on almost every token request); changes made in this process
-    apply at once (`config_invalidate`), other processes see them within the interval."""
+    cache round trip saved on almost every token request), or now with `fresh`; changes made
+    in this process apply at once (`config_invalidate`), other processes see them within the
+    interval."""
     global _current, _checked_at
     current = _current
     now = time.monotonic()
-    if current is not None and now - _checked_at < settings.CONFIG_CHECK_INTERVAL_S:
+    if not fresh and current is not None and now - _checked_at < settings.CONFIG_CHECK_INTERVAL_S:
         return current
     marker = change_marker_get()
     _checked_at = now

@@ -93,6 +93,7 @@ TABLES: tuple[Table, ...] = (
         "received_at",
         "RETENTION_WEBHOOK_EVENTS_DAYS",
         "received_at",
+        deletable=lambda: Q(applied_at__isnull=False),
     ),
     Table(
         "token_facts",

@@ -22,6 +22,7 @@ class RoomsAppConfig(AppConfig):
                 dispatch_token_check=tasks.dispatch_token_check,
                 token_facts_apply=tasks.token_facts_apply,
                 participant_remove=tasks.participant_remove,
+                webhook_events_apply=tasks.webhook_events_apply,
             )
         )
         # The token path (agents_app, the layer below) records its facts in the ledger through

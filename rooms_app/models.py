@@ -282,7 +282,8 @@ class DispatchEvent(models.Model):
 
 
 class WebhookEvent(models.Model):
-    """A LiveKit webhook already handled; its unique id makes redeliveries harmless."""
+    """A verified LiveKit webhook, recorded as it arrived (its unique id makes redeliveries
+    harmless); `applied_at` says the ledger has taken it in (`apply_error`: it could not)."""
 
     event_id = models.CharField("event id", max_length=64, unique=True, help_text="e.g. 'EV_x1y2z3'.")
     event = models.CharField("event", max_length=48, help_text="e.g. 'room_started'.")
@@ -298,10 +299,30 @@ class WebhookEvent(models.Model):
     )
     created_at = models.DateTimeField("sent", null=True, blank=True, help_text="LiveKit's createdAt.")
     received_at = models.DateTimeField("received", auto_now_add=True, db_index=True)
+    payload = models.JSONField(
+        "event",
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="The verified event as LiveKit sent it (protojson), e.g. {'event': 'room_started', ...}.",
+    )
+    applied_at = models.DateTimeField(
+        "applied", null=True, blank=True, help_text="When the ledger took the event in; empty: not yet."
+    )
+    apply_error = models.TextField(
+        "apply error",
+        blank=True,
+        help_text="Why the event could not be applied, e.g. a ledger bug; kept, not retried.",
+    )
 
     class Meta:
         ordering = ["-received_at"]
         verbose_name = "webhook event"
+        indexes = [
+            models.Index(
+                fields=["id"], condition=models.Q(applied_at__isnull=True), name="webhook_event_pending"
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.event} {self.room_name} ({self.event_id})"

@@ -25,14 +25,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -43,6 +41,7 @@ from agents_app.models import Agent
 from agents_app.rules import Join
 from agents_app.selectors import config_get
 from dispatchportal import metrics
+from dispatchportal.locks import lock_try
 from dispatchportal.reserved import is_canary_room
 from livekit_boundary.client import LiveKit, LiveKitError, LkParticipant, LkRoom, livekit_run
 
@@ -82,6 +81,7 @@ class ReconcileReport:
     agents_removed: int = 0
     tokens_expired: int = 0
     token_facts_applied: int = 0
+    webhook_events_applied: int = 0
     livekit_errors: int = 0
     skipped: bool = False
     error: str = ""
@@ -108,35 +108,9 @@ class ReconcileReport:
         )
 
 
-@contextlib.contextmanager
-def reconcile_lock() -> Iterator[bool]:
+def reconcile_lock() -> contextlib.AbstractContextManager[bool]:
     """One pass at a time across processes: yields whether this caller holds the lock."""
-    if settings.REDIS_URL:
-        import redis
-
-        client = redis.Redis.from_url(settings.REDIS_URL)
-        lock = client.lock(f"{settings.CACHE_KEY_PREFIX}:rooms:reconcile-lock", timeout=LOCK_TIMEOUT_S)
-        acquired = bool(lock.acquire(blocking=False))
-        try:
-            yield acquired
-        finally:
-            if acquired:
-                with contextlib.suppress(Exception):  # expired meanwhile: nothing to release
-                    lock.release()
-            client.close()
-        return
-    path = Path(settings.VAR_DIR) / "reconcile.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    return lock_try("rooms:reconcile-lock", timeout_s=LOCK_TIMEOUT_S)
 
 
 def reconcile_run(*, room_names: Sequence[str] | None = None) -> ReconcileReport:
@@ -149,8 +123,9 @@ def reconcile_run(*, room_names: Sequence[str] | None = None) -> ReconcileReport
             report.skipped = True
             return report
         try:
-            # Token facts not applied yet (the broker was down, say) first: the pass then
-            # sees their dispatches.
+            # Webhook events and token facts not applied yet (the broker was down, say)
+            # first: the pass then sees what they did.
+            report.webhook_events_applied = services.webhook_events_apply()
             if room_names is None:
                 report.token_facts_applied = services.token_facts_apply()
             else:

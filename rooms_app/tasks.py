@@ -134,6 +134,13 @@ def token_facts_apply() -> int:
     return services.token_facts_apply()
 
 
+@shared_task(base=LifecycleTask, name="rooms.webhook_events_apply", autoretry_for=(OperationalError,))
+def webhook_events_apply() -> int:
+    """Apply the webhook events the webhook endpoint recorded (sent by it; every reconcile
+    pass sweeps as well)."""
+    return services.webhook_events_apply()
+
+
 @shared_task(bind=True, base=LifecycleTask, name="rooms.reconcile", soft_time_limit=240, time_limit=300)
 def reconcile_run(self: Task) -> dict[str, Any]:
     """The periodic pass (django-celery-beat, editable in admin). No retry: the next pass

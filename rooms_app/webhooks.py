@@ -1,13 +1,13 @@
-"""LiveKit webhooks: what each verified event changes in the ledger.
+"""LiveKit webhooks: verified, checked and recorded on the request; applied off it.
 
 A webhook is trusted only if `livekit_boundary.webhooks.webhook_verify` accepts it: a JWT
-signed with our API secret whose `sha256` claim is the hash of the exact body. Anything else is refused before a single
-row is written. Delivery is at-least-once and unordered across retries, so each event id is
-recorded in the same transaction as its effects: a redelivery finds the id and does nothing,
-and a failure rolls both back so LiveKit's retry is processed.
-
-The request path only writes the ledger; every LiveKit call it causes is a task enqueued on
-commit, so the answer is fast whatever LiveKit is doing.
+signed with our API secret whose `sha256` claim is the hash of the exact body. Anything else
+is refused before a single row is written. A trusted event is recorded in one short
+statement whose unique event id makes LiveKit's redeliveries harmless (delivery is
+at-least-once); LiveKit hears 200 once the event is durable. What the event changes in the
+ledger (and the LiveKit calls that causes) is applied by a Celery task the record queues, in
+the order events were recorded (`rooms_app.services.webhook_events`), so the answer stays
+fast whatever the ledger or LiveKit is doing.
 """
 
 from __future__ import annotations
@@ -15,35 +15,18 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
-
-from django.db import IntegrityError, transaction
 
 from dispatchportal import metrics
 from dispatchportal.exceptions import ApplicationError
 from dispatchportal.limits import MAX_NAME_LENGTH
-from dispatchportal.reserved import is_canary_room
 from dispatchportal.serializers import name_problem
-from livekit_boundary.client import participant_from_proto
 from livekit_boundary.webhooks import webhook_verify
 
+from . import services
 from .models import Room, WebhookEvent
-from .services import (
-    agent_participant_joined,
-    agent_participant_left,
-    agents_seen_in,
-    person_joined,
-    room_finished,
-    room_observe,
-    room_participants_observe,
-    room_rules_apply,
-    token_facts_apply,
-)
 
 logger = logging.getLogger(__name__)
-
-PARTICIPANT_LEFT_EVENTS = ("participant_left", "participant_connection_aborted")
 
 
 class Field:
@@ -97,87 +80,9 @@ def webhook_event_problems(*, event: Any) -> dict[str, list[str]]:
     return problems
 
 
-def _created(event: Any) -> datetime | None:
-    return datetime.fromtimestamp(event.created_at, tz=UTC) if event.created_at else None
-
-
-def _room_started_at(room: Any) -> datetime | None:
-    seconds = room.creation_time_ms / 1000 if room.creation_time_ms else room.creation_time
-    return datetime.fromtimestamp(seconds, tz=UTC) if seconds else None
-
-
-@transaction.atomic
 def webhook_event_handle(*, event: Any) -> WebhookOutcome:
-    """Apply one verified event to the ledger, once per event id."""
-    outcome = WebhookOutcome(event=event.event, event_id=event.id)
+    """Record one verified event, once per event id; the ledger takes it in off the request
+    (`services.webhook_events_apply`)."""
     metrics.webhook_event_record(event=event.event)
-    name = event.room.name
-    participant = participant_from_proto(event.participant) if event.HasField("participant") else None
-    if event.id:
-        try:
-            with transaction.atomic():
-                WebhookEvent.objects.create(
-                    event_id=event.id,
-                    event=event.event,
-                    room_name=name,
-                    participant_identity=participant.identity if participant else "",
-                    agent_name=(participant.agent_name or "") if participant else "",
-                    created_at=_created(event),
-                )
-        except IntegrityError:
-            outcome.duplicate = True
-            return outcome
-    if not name or is_canary_room(name):
-        return outcome  # canary probe rooms never enter the ledger
-    kind = event.event
-    room: Room | None
-    if kind == "room_started":
-        room = room_observe(
-            name=name,
-            sid=event.room.sid,
-            started_at=_room_started_at(event.room),
-            num_participants=event.room.num_participants,
-        )
-        room_rules_apply(room=room)
-    elif kind == "room_finished":
-        room_finished(name=name, sid=event.room.sid)
-    elif kind == "participant_joined" and participant is not None:
-        room = _room_for_participant_event(event)
-        if room is not None:
-            # The ledger takes in this room's token facts before it judges who joined: an
-            # agent that LiveKit dispatched from a token is the token's, whichever came first.
-            token_facts_apply(room_name=name)
-            if participant.is_agent:
-                agent_participant_joined(room=room, participant=participant)
-                agents_seen_in(room_name=name, how="webhook", participants=[participant])
-            else:
-                person_joined(room=room, participant=participant)
-    elif kind in PARTICIPANT_LEFT_EVENTS and participant is not None:
-        room = Room.objects.filter(name=name).first()
-        if room is not None:
-            room_participants_observe(
-                room=room, sid=event.room.sid, num_participants=event.room.num_participants
-            )
-            if participant.is_agent:
-                agent_participant_left(room=room, participant=participant)
-    return outcome
-
-
-def _room_for_participant_event(event: Any) -> Room | None:
-    """A participant event proves the room is live, even if room_started was lost; but a
-    late event about a session already finished must not bring it back."""
-    existing = Room.objects.filter(name=event.room.name).first()
-    if existing is not None and existing.status == Room.Status.FINISHED and existing.sid == event.room.sid:
-        return None
-    was_active = (
-        existing is not None and existing.status == Room.Status.ACTIVE and existing.sid == event.room.sid
-    )
-    room = room_observe(
-        name=event.room.name,
-        sid=event.room.sid,
-        started_at=_room_started_at(event.room),
-        num_participants=event.room.num_participants,
-    )
-    if not was_active:
-        room_rules_apply(room=room)
-    return room
+    recorded = services.webhook_event_record(event=event)
+    return WebhookOutcome(event=event.event, event_id=event.id, duplicate=not recorded)

@@ -10,7 +10,7 @@ from rest_framework.test import APIClient
 
 from tests.support import point_portal_at
 
-pytest_plugins = ["livekit_emulator.pytest_plugin", "tests.real_livekit"]
+pytest_plugins = ["livekit_emulator.pytest_plugin", "tests.real_livekit", "tests.livekit_cluster"]
 
 REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES") == "1"
 

@@ -343,7 +343,9 @@ class RealLiveKit:
         self.relay.close()
 
 
-def start_server(binary: str, workdir: Path) -> RealLiveKit:
+def start_server(binary: str, workdir: Path, *, extra_config: str = "") -> RealLiveKit:
+    """A livekit-server on free ports in `workdir`; `extra_config` is appended to its YAML
+    (e.g. a `redis:` section for a multi-node cluster, see tests/livekit_cluster.py)."""
     relay = WebhookRelay()
     http_port = free_port()
     config = _config(
@@ -353,6 +355,7 @@ def start_server(binary: str, workdir: Path) -> RealLiveKit:
         stun_port=free_port(socket.SOCK_DGRAM),
         webhook_url=relay.url,
     )
+    config += extra_config
     config_path = workdir / "livekit.yaml"
     config_path.write_text(config)
     log_path = workdir / "livekit-server.log"

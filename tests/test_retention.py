@@ -56,9 +56,12 @@ def dispatch(in_room: Room, *, status: str = "agent_joined", ended_days_ago: flo
     return d
 
 
-def webhook_event(event_id: str, *, days: float) -> WebhookEvent:
+def webhook_event(event_id: str, *, days: float, applied: bool = True) -> WebhookEvent:
+    """A webhook event received `days` ago, applied to the ledger then unless `applied` is False."""
     e = WebhookEvent.objects.create(event_id=event_id, event="room_started", room_name="r")
-    WebhookEvent.objects.filter(pk=e.pk).update(received_at=days_ago(days))
+    WebhookEvent.objects.filter(pk=e.pk).update(
+        received_at=days_ago(days), applied_at=days_ago(days) if applied else None
+    )
     return e
 
 
@@ -118,6 +121,7 @@ def test_rows_past_their_retention_go_newer_and_live_rows_stay(settings):
     odd_live = dispatch(odd_room, status="requested")
 
     old_event, new_event = webhook_event("EV_old", days=3), webhook_event("EV_new", days=1)
+    unapplied_event = webhook_event("EV_unapplied", days=3, applied=False)  # its effects not in yet
     old_fact, new_fact = fact(days=8, applied=True), fact(days=6, applied=True)
     unapplied_fact = fact(days=30, applied=False)
     old_run, new_run = canary_run(days=31, status="success"), canary_run(days=29, status="failed")
@@ -139,6 +143,7 @@ def test_rows_past_their_retention_go_newer_and_live_rows_stay(settings):
         new_event,
         new_fact,
         unapplied_fact,
+        unapplied_event,
         new_run,
         running,
         new_delivery,

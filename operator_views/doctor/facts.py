@@ -22,6 +22,7 @@ from livekit_boundary.client import (
     LiveKitAuthRejected,
     LiveKitError,
     LiveKitNotFound,
+    LiveKitUnavailable,
     LkDispatch,
     LkParticipant,
     LkRoom,
@@ -50,6 +51,10 @@ class LiveKitFacts:
 
     error: LiveKitError | None = None
     error_message: str = ""  # the error's words as the caller may read them
+    # LiveKit listed the room (ListRooms reads the cluster's shared store) but a call routed
+    # to the node hosting it (ListDispatch; ListParticipants too when LiveKit routes it) could
+    # not get through: in a multi-node cluster, that node is down. `error` is that call's.
+    room_node_silent: bool = False
     room: LkRoom | None = None
     participants: tuple[LkParticipant, ...] = ()
     dispatches: tuple[LkDispatch, ...] = ()
@@ -296,8 +301,17 @@ def _livekit_facts(room_name: str) -> LiveKitFacts:
         if room is None:
             return LiveKitFacts()
         participants, dispatches = await asyncio.gather(
-            lk.list_participants(room_name), _dispatches_or_none(lk, room_name)
+            lk.list_participants(room_name), _dispatches_or_none(lk, room_name), return_exceptions=True
         )
+        for answer in (participants, dispatches):
+            if isinstance(answer, LiveKitUnavailable):  # the room's node, not LiveKit, is gone
+                return LiveKitFacts(
+                    error=answer, error_message=answer.message, room=room, room_node_silent=True
+                )
+        for answer in (participants, dispatches):
+            if isinstance(answer, BaseException):
+                raise answer
+        assert isinstance(participants, list) and isinstance(dispatches, list)
         return LiveKitFacts(room=room, participants=tuple(participants), dispatches=tuple(dispatches))
 
     try:

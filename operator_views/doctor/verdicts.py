@@ -118,6 +118,15 @@ class LiveKitUnreachable:
 
 
 @dataclass(frozen=True, slots=True)
+class RoomNodeSilent:
+    """LiveKit lists the room, but its node does not answer (a multi-node cluster, node down)."""
+
+    url: str
+    room_name: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
 class LiveKitAnswered:
     url: str
     room_name: str
@@ -569,6 +578,7 @@ class CauseOf:
 Finding = (
     LiveKitRefused
     | LiveKitUnreachable
+    | RoomNodeSilent
     | LiveKitAnswered
     | RoomLive
     | AgentWanted
@@ -713,6 +723,8 @@ def livekit_verdict(snap: Snapshot) -> LinkVerdict:
     url, error = snap.livekit_url, snap.lk.error
     if error is not None and snap.lk.auth_rejected:
         return _set("livekit", BROKEN, LiveKitRefused(url, snap.api_key, error.method, error.status or 0))
+    if error is not None and snap.lk.room_node_silent:
+        return _set("livekit", BROKEN, RoomNodeSilent(url, snap.room_name, snap.lk.error_message))
     if error is not None:
         return _set("livekit", BROKEN, LiveKitUnreachable(url, snap.lk.error_message))
     room = snap.lk.room

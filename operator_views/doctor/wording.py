@@ -71,6 +71,7 @@ from .verdicts import (
     PortalRemoved,
     Retry,
     RoomLive,
+    RoomNodeSilent,
     RoomNotLive,
     RuleAgentDisabled,
     RuleNotApplied,
@@ -303,6 +304,10 @@ class _Words:
                 return f"LiveKit at {f.url} refused the portal's API key"
             case LiveKitUnreachable():
                 return f"cannot reach LiveKit at {f.url}"
+            case RoomNodeSilent():
+                return (
+                    f"LiveKit at {f.url} answered, but the LiveKit node hosting room '{f.room_name}' does not"
+                )
             case LiveKitAnswered():
                 return f"LiveKit at {f.url} answered; room '{f.room_name}' is not live there"
             case RoomLive():
@@ -482,6 +487,12 @@ class _Words:
                 return f"LiveKit at {f.url} refused {key} or its secret ({f.method} answered {f.status})."
             case LiveKitUnreachable():
                 return f"{f.message}."
+            case RoomNodeSilent():
+                return (
+                    "LiveKit lists the room (from the cluster's Redis), but a call that goes to the node "
+                    f"hosting it failed ({f.message}). That node is down or cut off: the people and agents "
+                    "in this room lost their connection to it."
+                )
             case NoSuchAgent():
                 close = (
                     f"; configured agents with close names: {agent_names_quoted(f.close)}" if f.close else ""
@@ -649,6 +660,14 @@ class _Words:
                 return (
                     "Set LIVEKIT_API_KEY and LIVEKIT_API_SECRET to a key pair of this server (the `keys:` of "
                     "livekit.yaml, or the project's API keys in LiveKit Cloud), then restart the portal."
+                )
+            case RoomNodeSilent():
+                return (
+                    "Restart or replace the LiveKit node. About 5 s after the node's last heartbeat, a join "
+                    "(a person's SDK reconnecting) or a CreateDispatch moves the room to a live node, which "
+                    "keeps its sid; the portal's reconcile then re-dispatches agents that did not come back. "
+                    "Set `api.enable_psrpc_for_get_list_participants: true` on every node, or LiveKit keeps "
+                    "listing a dead node's participants in the moved room."
                 )
             case LiveKitUnreachable():
                 return (

@@ -7,6 +7,7 @@
   webhooks report (agents joining and leaving);
 - `lifecycle`: the calls to LiveKit the Celery tasks make (CreateDispatch exactly once,
   DeleteDispatch, the join-deadline check, the token's join check);
+- `webhook_events`: LiveKit's verified webhooks, recorded on the request and applied off it;
 - `dead`: an agent whose worker stopped answering, recorded before LiveKit notices;
 - `jobs`: how the services ask for those tasks without importing them.
 
@@ -82,8 +83,12 @@ from .triggers import (
     room_explicit_agents,
     room_rules_apply,
 )
+from .webhook_events import webhook_event_apply, webhook_event_record, webhook_events_apply
 
 __all__ = [
+    "webhook_event_apply",
+    "webhook_event_record",
+    "webhook_events_apply",
     "APPLY_WINDOW_S",
     "HEARTBEAT_FRESH",
     "HEARTBEAT_INTERVAL_S",

@@ -10,7 +10,8 @@ Every function sends its job once the current transaction commits (at once outsi
 the worker always finds the rows it is given, except `token_facts_apply_enqueue`, which is
 sent at once (it carries no row). A broker failure is logged, not raised. The reconcile pass
 re-sends some of what was lost: a CreateDispatch for an explicit dispatch left `pending`
-(`STALE_PENDING_S`), an overdue join-deadline check, and the token facts' application. A lost
+(`STALE_PENDING_S`), an overdue join-deadline check, and the application of token facts and
+webhook events. A lost
 `dispatch_remove`, `dispatch_token_check` or `participant_remove` is not re-sent: the join
 deadline still converts a token dispatch LiveKit ignored, but a cancelled dispatch's LiveKit
 dispatch stays until its room ends, and a second agent stays until reconcile finds it again.
@@ -47,6 +48,7 @@ class Tasks:
     dispatch_token_check: Sendable
     token_facts_apply: Sendable
     participant_remove: Sendable
+    webhook_events_apply: Sendable
 
 
 _tasks: Tasks | None = None
@@ -100,6 +102,12 @@ def dispatch_token_check_enqueue(*, dispatch_id: int, identity: str) -> None:
 def participant_remove_enqueue(*, dispatch_id: int, identity: str) -> None:
     """RemoveParticipant for an agent that must not stay (a duplicate, a cancelled attempt's)."""
     _send_on_commit(_bound().participant_remove, dispatch_id, identity)
+
+
+def webhook_events_apply_enqueue() -> None:
+    """Apply the recorded webhook events (sent by the request that recorded one, after its
+    commit)."""
+    _send(_bound().webhook_events_apply)
 
 
 def token_facts_apply_enqueue(*, countdown: float) -> None:

@@ -10,9 +10,11 @@ rtc SDK connecting over WebRTC (loopback) with a token, as a browser or phone ap
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -251,3 +253,146 @@ def stack(
     real_livekit.relay.delay_s = 0.0
     queue_purge(QUEUE)
     wait_database_quiet(django_db_blocker)  # the worker's last tasks end before the flush
+
+
+@dataclass
+class ClusterStack(Stack):
+    """A Stack whose LiveKit is a two-node cluster (tests/livekit_cluster.py): the portal, its
+    Celery worker and the people it mints tokens for talk to node a's address, as they would
+    to one node behind a load balancer; both nodes post their webhooks to the portal."""
+
+    cluster: Any = None
+
+
+@pytest.fixture
+def cluster_stack(
+    livekit_cluster, live_server, django_db_setup, settings, monkeypatch, django_db_blocker, tmp_path_factory
+) -> Iterator[ClusterStack]:
+    from tests.livekit_cluster import LiveKitCluster
+
+    cluster: LiveKitCluster = livekit_cluster
+    queue = f"cluster-{uuid.uuid4().hex[:10]}"
+    entry = cluster.a.server
+    # LIVEKIT_TIMEOUT_S as in production (5 s): longer than the 3 s in which LiveKit answers
+    # 503 for a room whose node is gone, so the portal hears LiveKit's own answer.
+    celery = worker_start(
+        entry,
+        tmp_path_factory,
+        queue=queue,
+        LIVEKIT_TIMEOUT_S="5",
+        DISPATCH_MAX_RETRIES="3",
+        DISPATCH_ASSIGNMENT_WINDOW_S="10",
+    )
+    monkeypatch.setitem(celery_app.conf, "task_default_queue", queue)
+    settings.OUTBOUND_QUEUE = outbound_queue(queue)
+    _share_worker_cache(settings, celery)
+    point_portal_at(settings, entry, timeout_s=5.0)
+    settings.PUBLIC_LIVEKIT_URL = entry.ws_url
+    settings.DISPATCH_RETRY_BACKOFF_S = 0.2
+    for node in cluster.nodes.values():
+        node.server.relay.target = f"{live_server.url}/livekit/webhook"
+    stack = ClusterStack(
+        server=entry, portal_url=live_server.url, celery=celery, participants=[], cluster=cluster
+    )
+    yield stack
+    for participant in stack.participants:
+        with contextlib.suppress(Exception):
+            participant.leave()
+    for node in cluster.nodes.values():
+        node.server.relay.target = None
+    celery.stop()
+    queue_purge(queue)
+    queue_purge(outbound_queue(queue))
+    wait_database_quiet(django_db_blocker)
+    wait_database_sessions_end(django_db_blocker)
+
+
+@dataclass
+class Portals:
+    """Two portal instances (gunicorn, two workers each) on one database and one Redis, two
+    Celery workers on one queue, and one beat: `urls`, `celery`, `beat`."""
+
+    urls: list[str]
+    celery: list[Worker]
+    beat: subprocess.Popen
+    gunicorns: list[subprocess.Popen]
+
+
+def _beat_start(env: dict[str, str], log_path: Any) -> subprocess.Popen:
+    from tests.rooms_app.conftest import ROOT
+
+    log = open(log_path, "wb")  # noqa: SIM115  closed with the process
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "dispatchportal",
+            "beat",
+            "--loglevel",
+            "INFO",
+            "-s",
+            str(log_path.parent / "beat-schedule"),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    log.close()
+    return process
+
+
+@pytest.fixture
+def two_portals(
+    real_livekit, django_db_setup, settings, monkeypatch, django_db_blocker, tmp_path_factory, tmp_path
+) -> Iterator[Portals]:
+    """Start the canary schedules (or other beat entries) before asking for this: the beat
+    reads its schedule at start."""
+    from tests.support import free_port, gunicorn
+
+    queue = f"portals-{uuid.uuid4().hex[:10]}"
+    settings_env = {"DISPATCH_ASSIGNMENT_WINDOW_S": "10", "DISPATCH_MAX_RETRIES": "3"}
+    workers = [worker_start(real_livekit, tmp_path_factory, queue=queue, **settings_env)]
+    workers.append(Worker(workers[0].env, tmp_path_factory.mktemp("celery-2"), queue=workers[0].queue))
+    workers[1].start()
+    monkeypatch.setitem(celery_app.conf, "task_default_queue", queue)
+    settings.OUTBOUND_QUEUE = outbound_queue(queue)
+    _share_worker_cache(settings, workers[0])
+    point_portal_at(settings, real_livekit, timeout_s=2.0)
+    env = {
+        **workers[0].env,
+        "PUBLIC_LIVEKIT_URL": real_livekit.ws_url,
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prometheus"),
+    }
+    (tmp_path / "prometheus").mkdir()
+    ports = [free_port(), free_port()]
+    logs = [open(tmp_path / f"gunicorn-{port}.log", "wb") for port in ports]  # noqa: SIM115  closed below
+    gunicorns = [gunicorn(port=port, env=env, stderr=log) for port, log in zip(ports, logs, strict=True)]
+    for log in logs:
+        log.close()  # the processes keep their own descriptors
+    urls = [f"http://127.0.0.1:{port}" for port in ports]
+    for url in urls:
+
+        def answers(url: str = url) -> bool:
+            try:
+                return http_get(url + "/healthz")[0] == 200
+            except OSError:
+                return False
+
+        eventually(answers, timeout=60, interval=0.1, what=f"gunicorn at {url}")
+    beat = _beat_start(env, tmp_path / "beat.log")
+    yield Portals(urls=urls, celery=workers, beat=beat, gunicorns=gunicorns)
+    for process in [beat, *gunicorns]:
+        process.terminate()
+    for process in [beat, *gunicorns]:
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    for worker in workers:
+        worker.stop()
+    queue_purge(queue)
+    queue_purge(outbound_queue(queue))
+    wait_database_sessions_end(django_db_blocker)

@@ -1,5 +1,6 @@
 """POST /livekit/webhook: only LiveKit's signed events are accepted, each event id once, and
-each event moves the ledger (no worker here: the LiveKit work they cause is only enqueued)."""
+each event moves the ledger once applied (no worker here: `post` applies the recorded events
+as the queued task would, and the LiveKit work they cause is only enqueued)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from google.protobuf import json_format
 from livekit.protocol import models, webhook
 
 from rooms_app.models import Dispatch, Room, WebhookEvent
+from rooms_app.services import webhook_events_apply
 from tests.factories import AgentFactory, RuleFactory
 
 pytestmark = pytest.mark.django_db
@@ -58,9 +60,13 @@ def sign(body: bytes, *, key: str = KEY, secret: str = SECRET) -> str:
     return jwt.encode({"iss": key, "nbf": now, "exp": now + 300, "sha256": digest}, secret, algorithm="HS256")
 
 
-def post(client, body: bytes, authorization: str | None = None):
+def post(client, body: bytes, authorization: str | None = None, *, apply: bool = True):
+    """POST the event; with `apply`, then apply what was recorded (what the queued task does)."""
     headers = {} if authorization is None else {"HTTP_AUTHORIZATION": authorization}
-    return client.post(URL, data=body, content_type="application/webhook+json", **headers)
+    answer = client.post(URL, data=body, content_type="application/webhook+json", **headers)
+    if apply:
+        webhook_events_apply()
+    return answer
 
 
 @pytest.fixture
@@ -203,14 +209,82 @@ def test_a_late_event_does_not_reopen_a_finished_room(client, explicit_rule):
     assert not Dispatch.objects.filter(status__in=("pending", "requested", "agent_joined")).exists()
 
 
-def test_room_started_costs_a_bounded_number_of_queries(client, explicit_rule, django_assert_max_num_queries):
+def test_the_request_records_the_event_and_queues_its_application(
+    client, explicit_rule, django_capture_on_commit_callbacks, django_assert_max_num_queries
+):
     warm = event_body("room_started", "support-0")
     post(client, warm, sign(warm))  # compiles the rules once per process
     body = event_body("room_started")
-    # 12 in production (event id, room, agent, dispatch and its event, with their savepoints)
-    # plus the savepoint pair of the test's own transaction.
-    with django_assert_max_num_queries(14):
-        assert post(client, body, sign(body)).status_code == 200
+    # The event's row inside a savepoint, plus the savepoint pair of the test's own transaction.
+    with django_capture_on_commit_callbacks() as sent, django_assert_max_num_queries(3):
+        assert post(client, body, sign(body), apply=False).status_code == 200
+    assert len(sent) == 1  # the application's task, once the row is committed
+    row = WebhookEvent.objects.get(event_id="EV_room_started_support-1")
+    assert row.applied_at is None and row.payload["event"] == "room_started"
+    assert not Room.objects.filter(name="support-1").exists()  # nothing applied on the request
+
+    assert webhook_events_apply() == 1
+    row.refresh_from_db()
+    assert row.applied_at is not None and row.apply_error == ""
+    assert Room.objects.get(name="support-1").status == "active"
+    assert Dispatch.objects.filter(room__name="support-1", status="pending").count() == 1
+    assert webhook_events_apply() == 0  # applied once
+
+
+def test_events_are_applied_in_the_order_they_were_recorded(client, explicit_rule):
+    for kind in ("room_started", "participant_joined", "participant_left"):
+        participant = agent_participant(reason=16) if kind != "room_started" else None
+        body = event_body(kind, participant=participant)
+        post(client, body, sign(body), apply=False)
+    assert webhook_events_apply() == 3
+    first = Dispatch.objects.get(attempt=1)
+    assert first.status == "failed" and first.participant_identity == "agent-AJ_one"
+
+
+def test_an_event_that_cannot_be_applied_is_kept_with_its_error_and_holds_up_no_other(
+    client, explicit_rule, monkeypatch
+):
+    from rooms_app.services import webhook_events
+
+    real_apply = webhook_events.webhook_event_apply
+
+    def broken_for_one_room(*, event):
+        if event.room.name == "support-bad":
+            raise ValueError("a ledger bug")
+        real_apply(event=event)
+
+    monkeypatch.setattr(webhook_events, "webhook_event_apply", broken_for_one_room)
+    for room in ("support-bad", "support-good"):
+        body = event_body("room_started", room)
+        post(client, body, sign(body), apply=False)
+    assert webhook_events_apply() == 2
+    bad = WebhookEvent.objects.get(room_name="support-bad")
+    assert bad.applied_at is not None and bad.apply_error == "ValueError: a ledger bug"
+    assert not Room.objects.filter(name="support-bad").exists()
+    assert Room.objects.get(name="support-good").status == "active"
+
+
+def test_an_application_out_of_time_leaves_the_rest_pending_for_the_next(client, explicit_rule):
+    for room in ("support-1", "support-2"):
+        body = event_body("room_started", room)
+        post(client, body, sign(body), apply=False)
+    assert webhook_events_apply(budget_s=0) == 0
+    assert WebhookEvent.objects.filter(applied_at__isnull=True).count() == 2
+    assert webhook_events_apply() == 2
+    assert set(Room.objects.values_list("name", flat=True)) == {"support-1", "support-2"}
+
+
+def test_applying_room_started_costs_a_bounded_number_of_queries(
+    client, explicit_rule, django_assert_max_num_queries
+):
+    warm = event_body("room_started", "support-0")
+    post(client, warm, sign(warm))  # compiles the rules once per process
+    body = event_body("room_started")
+    post(client, body, sign(body), apply=False)
+    # The lock-free read of pending events, the row locked, room, agent, dispatch and its
+    # event with their savepoints, the row marked applied, the final check.
+    with django_assert_max_num_queries(20):
+        assert webhook_events_apply() == 1
 
 
 def test_agent_names_seen_joining_are_kept(client):

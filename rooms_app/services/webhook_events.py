@@ -1,0 +1,206 @@
+"""LiveKit webhooks after verification: recorded on the request, applied to the ledger off it.
+
+The request (`rooms_app.webhooks`) verifies the event and records it here in one short
+statement: the event's unique id makes a redelivery a no-op, and the recorded row is durable
+before LiveKit hears 200. Its effects on the ledger (rooms started and finished, agents joined
+and left, the explicit rules a new room gets, the LiveKit calls those enqueue) are applied by
+`webhook_events_apply`: a Celery task sent once the event is recorded, and every reconcile
+pass, so an event whose task was lost (a broker outage) is applied by the next pass.
+
+One application runs at a time (a lock across processes) and takes the events in the order
+they were recorded, so one room's events are applied in the order LiveKit's node sent them.
+Each event is applied in its own transaction with its `applied_at`: a crash applies it again
+from the start, never half. An event whose application raises (a ledger bug, an event no
+LiveKit sends) is kept with its error and not retried, so it never holds up the others.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from celery.exceptions import SoftTimeLimitExceeded
+from django.core.cache import cache
+from django.db import IntegrityError, InterfaceError, OperationalError, transaction
+from django.utils import timezone
+from google.protobuf import json_format
+from livekit.protocol import webhook as webhook_proto
+
+from agents_app.selectors import config_get
+from dispatchportal.locks import lock_try
+from dispatchportal.redis import REDIS_ERRORS
+from dispatchportal.reserved import is_canary_room
+from livekit_boundary.client import participant_from_proto
+
+from ..models import Room, WebhookEvent
+from .facts import agents_seen_in, token_facts_apply
+from .jobs import webhook_events_apply_enqueue
+from .ledger import room_finished, room_observe, room_participants_observe
+from .triggers import agent_participant_joined, agent_participant_left, person_joined, room_rules_apply
+
+logger = logging.getLogger(__name__)
+
+PARTICIPANT_LEFT_EVENTS = ("participant_left", "participant_connection_aborted")
+APPLY_BATCH = 200
+LOCK_TIMEOUT_S = 120
+# Inside the Celery task's 30 s soft time limit, and well inside the lock's expiry.
+APPLY_BUDGET_S = 20.0
+# While an application is queued, later events do not queue another (it will find them).
+QUEUED_KEY = "rooms:webhook-events-apply-queued"
+QUEUED_TTL_S = 30
+
+
+def webhook_event_record(*, event: Any) -> bool:
+    """Record one verified event (`livekit.protocol.webhook.WebhookEvent`) with its id; False
+    if that id was recorded already. Its application is queued once this commits."""
+    participant = participant_from_proto(event.participant) if event.HasField("participant") else None
+    try:
+        with transaction.atomic():
+            WebhookEvent.objects.create(
+                event_id=event.id,
+                event=event.event,
+                room_name=event.room.name,
+                participant_identity=participant.identity if participant else "",
+                agent_name=(participant.agent_name or "") if participant else "",
+                created_at=datetime.fromtimestamp(event.created_at, tz=UTC) if event.created_at else None,
+                payload=json_format.MessageToDict(event),
+            )
+    except IntegrityError:
+        return False
+    transaction.on_commit(_apply_queue)
+    return True
+
+
+def _apply_queue() -> None:
+    try:
+        first = cache.add(QUEUED_KEY, 1, timeout=QUEUED_TTL_S)
+    except REDIS_ERRORS:  # Redis down: the broker is too; sending logs it, reconcile catches up
+        first = True
+    if first:
+        webhook_events_apply_enqueue()
+
+
+def webhook_events_apply(*, budget_s: float = APPLY_BUDGET_S) -> int:
+    """Apply the recorded events not applied yet, oldest first, for about `budget_s` (inside
+    the task's time limit, and shorter than the lock's expiry so no second application can
+    start meanwhile); returns how many. Events still pending then are left to another
+    application, queued here. Does nothing while another process applies them (that one
+    takes these too)."""
+    with contextlib.suppress(*REDIS_ERRORS):
+        cache.delete(QUEUED_KEY)  # events recorded from now on queue another application
+    deadline = time.monotonic() + budget_s
+    applied = 0
+    while True:
+        with lock_try("rooms:webhook-events-apply", timeout_s=LOCK_TIMEOUT_S) as held:
+            if not held:
+                return applied
+            # The events were recorded in other processes, perhaps just after a rule change
+            # made there: apply them with the rules as they are now.
+            config_get(fresh=True)
+            pending = WebhookEvent.objects.filter(applied_at__isnull=True).order_by("id")
+            while time.monotonic() < deadline and (
+                batch := list(pending.values_list("id", flat=True)[:APPLY_BATCH])
+            ):
+                for pk in batch:
+                    applied += _apply_one(pk)
+                    if time.monotonic() > deadline:
+                        break
+        # Out of time, or an event recorded between the last empty read and the release
+        # found the lock held and queued no one: look once more.
+        if not WebhookEvent.objects.filter(applied_at__isnull=True).exists():
+            return applied
+        if time.monotonic() > deadline:
+            webhook_events_apply_enqueue()
+            return applied
+
+
+def _apply_one(pk: int) -> int:
+    with transaction.atomic():
+        row = WebhookEvent.objects.select_for_update().filter(pk=pk, applied_at__isnull=True).first()
+        if row is None:
+            return 0
+        try:
+            with transaction.atomic():
+                webhook_event_apply(event=_event_of(row))
+        except (OperationalError, InterfaceError, SoftTimeLimitExceeded):
+            raise  # the database went away, or the task's time is up: the event stays pending
+        except Exception as exc:  # noqa: BLE001  one bad event must not hold up the others
+            logger.exception("webhook event %s could not be applied", row.event_id)
+            row.apply_error = f"{type(exc).__name__}: {exc}"[:2000]
+        row.applied_at = timezone.now()
+        row.save(update_fields=["applied_at", "apply_error"])
+        return 1
+
+
+def _event_of(row: WebhookEvent) -> Any:
+    event = webhook_proto.WebhookEvent()
+    json_format.ParseDict(row.payload or {}, event, ignore_unknown_fields=True)
+    event.id = row.event_id
+    return event
+
+
+def _room_started_at(room: Any) -> datetime | None:
+    seconds = room.creation_time_ms / 1000 if room.creation_time_ms else room.creation_time
+    return datetime.fromtimestamp(seconds, tz=UTC) if seconds else None
+
+
+def webhook_event_apply(*, event: Any) -> None:
+    """What one event changes in the ledger (inside the caller's transaction)."""
+    name = event.room.name
+    if not name or is_canary_room(name):
+        return  # canary probe rooms never enter the ledger
+    participant = participant_from_proto(event.participant) if event.HasField("participant") else None
+    kind = event.event
+    room: Room | None
+    if kind == "room_started":
+        room = room_observe(
+            name=name,
+            sid=event.room.sid,
+            started_at=_room_started_at(event.room),
+            num_participants=event.room.num_participants,
+        )
+        room_rules_apply(room=room)
+    elif kind == "room_finished":
+        room_finished(name=name, sid=event.room.sid)
+    elif kind == "participant_joined" and participant is not None:
+        room = _room_for_participant_event(event)
+        if room is not None:
+            # The ledger takes in this room's token facts before it judges who joined: an
+            # agent that LiveKit dispatched from a token is the token's, whichever came first.
+            token_facts_apply(room_name=name)
+            if participant.is_agent:
+                agent_participant_joined(room=room, participant=participant)
+                agents_seen_in(room_name=name, how="webhook", participants=[participant])
+            else:
+                person_joined(room=room, participant=participant)
+    elif kind in PARTICIPANT_LEFT_EVENTS and participant is not None:
+        room = Room.objects.filter(name=name).first()
+        if room is not None:
+            room_participants_observe(
+                room=room, sid=event.room.sid, num_participants=event.room.num_participants
+            )
+            if participant.is_agent:
+                agent_participant_left(room=room, participant=participant)
+
+
+def _room_for_participant_event(event: Any) -> Room | None:
+    """A participant event proves the room is live, even if room_started was lost; but a
+    late event about a session already finished must not bring it back."""
+    existing = Room.objects.filter(name=event.room.name).first()
+    if existing is not None and existing.status == Room.Status.FINISHED and existing.sid == event.room.sid:
+        return None
+    was_active = (
+        existing is not None and existing.status == Room.Status.ACTIVE and existing.sid == event.room.sid
+    )
+    room = room_observe(
+        name=event.room.name,
+        sid=event.room.sid,
+        started_at=_room_started_at(event.room),
+        num_participants=event.room.num_participants,
+    )
+    if not was_active:
+        room_rules_apply(room=room)
+    return room
