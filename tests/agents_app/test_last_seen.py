@@ -115,7 +115,13 @@ def test_an_agent_created_under_a_name_never_seen_is_asked_did_you_mean_the_near
 
     response = admin_client.post(
         "/admin/agents_app/agent/add/",
-        {"agent_name": "demo-agnet", "display_name": "Demo", "enabled": "on", "join_deadline_s": 15, "max_attempts": 1},
+        {
+            "agent_name": "demo-agnet",
+            "display_name": "Demo",
+            "enabled": "on",
+            "join_deadline_s": 15,
+            "max_attempts": 1,
+        },
         follow=True,
     )
 
