@@ -127,6 +127,9 @@ class TestCallTokenApi(APIView):
         body = dict(body)
         client = _client_scope(body.pop("client", None))
         # The token endpoint's own validation and request: the same fields, limits and messages.
+        # The page anchors the ledger's times at this moment: taken before the mint, so what the
+        # mint records (the token's fact) is never shown before "token minted".
+        mint_started = timezone.now()
         minted = token_mint(client=client, request=token_request_from_body(body))
         deadlines = agents_join_deadline(agent_names=[a.agent_name for a in minted.agents])
         room, identity = minted.room_name, minted.participant_identity
@@ -137,7 +140,7 @@ class TestCallTokenApi(APIView):
                 "room_name": room,
                 "participant_identity": identity,
                 "client": {"id": client.id, "name": client.name},
-                "minted_at": timezone.now(),
+                "minted_at": mint_started,
                 "room_exists": minted.room_exists,
                 "agents": [
                     {
