@@ -155,6 +155,34 @@ def django_setup(env: dict[str, str]) -> None:
     django.setup()
 
 
+def django_and_emulator_start(services: Services) -> bool:
+    """The benchmark database migrated, Django set up in this process and the emulator started
+    (with `services.env`); False, said on stderr, when the database cannot be prepared."""
+    try:
+        database_prepare(services.env)
+    except Exception as exc:  # noqa: BLE001  report a missing service plainly
+        print(f"cannot prepare the benchmark database {DATABASE_URL}: {exc}", file=sys.stderr)
+        return False
+    django_setup(services.env)
+    services.start(
+        "emulator",
+        [
+            PYTHON,
+            "-m",
+            "livekit_emulator",
+            "--port",
+            str(services.emulator_port),
+            "--control-port",
+            str(services.control_port),
+            "--keys",
+            f"{API_KEY}:{API_SECRET}",
+            "--log-level",
+            "WARNING",
+        ],
+    )
+    return True
+
+
 def ledger_empty() -> None:
     from django.db import connection
 
@@ -394,28 +422,8 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="lifecycle-bench-") as tmp:
         services = Services(Path(tmp))
-        try:
-            database_prepare(services.env)
-        except Exception as exc:  # noqa: BLE001  report a missing service plainly
-            print(f"cannot prepare the benchmark database {DATABASE_URL}: {exc}", file=sys.stderr)
+        if not django_and_emulator_start(services):
             return 2
-        django_setup(services.env)
-        services.start(
-            "emulator",
-            [
-                PYTHON,
-                "-m",
-                "livekit_emulator",
-                "--port",
-                str(services.emulator_port),
-                "--control-port",
-                str(services.control_port),
-                "--keys",
-                f"{API_KEY}:{API_SECRET}",
-                "--log-level",
-                "WARNING",
-            ],
-        )
         from livekit_emulator.client import ControlClient
 
         control = ControlClient(f"http://127.0.0.1:{services.control_port}", timeout=60)

@@ -186,28 +186,8 @@ def main() -> int:
         services = lb.Services(Path(tmp))
         # One ListRooms answers with every room: at 100,000 rooms, longer than the default 5 s.
         services.env["LIVEKIT_TIMEOUT_S"] = "120"
-        try:
-            lb.database_prepare(services.env)
-        except Exception as exc:  # noqa: BLE001  report a missing service plainly
-            print(f"cannot prepare the benchmark database {lb.DATABASE_URL}: {exc}", file=sys.stderr)
+        if not lb.django_and_emulator_start(services):
             return 2
-        lb.django_setup(services.env)
-        services.start(
-            "emulator",
-            [
-                lb.PYTHON,
-                "-m",
-                "livekit_emulator",
-                "--port",
-                str(services.emulator_port),
-                "--control-port",
-                str(services.control_port),
-                "--keys",
-                f"{lb.API_KEY}:{lb.API_SECRET}",
-                "--log-level",
-                "WARNING",
-            ],
-        )
         from livekit_emulator.client import ControlClient
 
         control = ControlClient(f"http://127.0.0.1:{services.control_port}", timeout=120)

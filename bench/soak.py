@@ -53,28 +53,8 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         services = lb.Services(Path(tmp))
-        try:
-            lb.database_prepare(services.env)
-        except Exception as exc:  # noqa: BLE001
-            print(f"cannot prepare the benchmark database {lb.DATABASE_URL}: {exc}", file=sys.stderr)
+        if not lb.django_and_emulator_start(services):
             return 2
-        lb.django_setup(services.env)
-        services.start(
-            "emulator",
-            [
-                lb.PYTHON,
-                "-m",
-                "livekit_emulator",
-                "--port",
-                str(services.emulator_port),
-                "--control-port",
-                str(services.control_port),
-                "--keys",
-                f"{lb.API_KEY}:{lb.API_SECRET}",
-                "--log-level",
-                "WARNING",
-            ],
-        )
         services.start(
             "gunicorn",
             [
