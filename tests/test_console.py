@@ -9,6 +9,7 @@ import io
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -26,12 +27,22 @@ MOST_CONSOLE_LINES = 25  # one line per step and two 7-line boxes
 
 
 def _ports() -> tuple[int, int]:
-    """The portal's port and the emulator's (whose control API takes the next one)."""
+    """The portal's port and the emulator's, whose control API takes the next one: that one
+    must be free too (seen in CI: another test's server held it)."""
     for _ in range(50):
         portal, livekit = free_port(), free_port()
-        if len({portal, livekit, livekit + 1}) == 3:
+        if len({portal, livekit, livekit + 1}) == 3 and _bindable(livekit + 1):
             return portal, livekit
     raise AssertionError("no free ports")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def _environment(var: Path, portal: int, livekit: int) -> dict[str, str]:
