@@ -183,6 +183,53 @@ def django_and_emulator_start(services: Services) -> bool:
     return True
 
 
+def portal_start(services: Services, *, threads: int = 1) -> None:
+    """The portal under gunicorn (2 sync workers, `threads` each) on `services.web_port`."""
+    argv = [
+        str(BIN / "gunicorn"),
+        "-c",
+        "dispatchportal/gunicorn_conf.py",
+        "dispatchportal.wsgi",
+        "--bind",
+        f"127.0.0.1:{services.web_port}",
+        "--workers",
+        "2",
+        "--log-level",
+        "warning",
+    ]
+    if threads > 1:
+        argv += ["--threads", str(threads)]
+    services.start("gunicorn", argv)
+
+
+def worker_start(services: Services) -> None:
+    """One Celery worker on the benchmark's queue."""
+    services.start(
+        "worker",
+        [
+            PYTHON,
+            "-m",
+            "celery",
+            "-A",
+            "dispatchportal",
+            "worker",
+            "-Q",
+            QUEUE,
+            "-n",
+            f"{QUEUE}@%h",
+            "--pool",
+            "threads",
+            "--concurrency",
+            "4",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "--loglevel",
+            "WARNING",
+        ],
+    )
+
+
 def ledger_empty() -> None:
     from django.db import connection
 
@@ -238,45 +285,8 @@ def redis_flushed() -> Iterator[None]:
 def webhook_latency(
     services: Services, control: Any, *, rooms: int, warmup: int
 ) -> tuple[float, float, int, tuple[float, float]]:
-    services.start(
-        "gunicorn",
-        [
-            str(BIN / "gunicorn"),
-            "-c",
-            "dispatchportal/gunicorn_conf.py",
-            "dispatchportal.wsgi",
-            "--bind",
-            f"127.0.0.1:{services.web_port}",
-            "--workers",
-            "2",
-            "--log-level",
-            "warning",
-        ],
-    )
-    services.start(
-        "worker",
-        [
-            PYTHON,
-            "-m",
-            "celery",
-            "-A",
-            "dispatchportal",
-            "worker",
-            "-Q",
-            QUEUE,
-            "-n",
-            f"{QUEUE}@%h",
-            "--pool",
-            "threads",
-            "--concurrency",
-            "4",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-            "--loglevel",
-            "WARNING",
-        ],
-    )
+    portal_start(services)
+    worker_start(services)
     web = f"http://127.0.0.1:{services.web_port}"
     wait_until(
         lambda: urllib.request.urlopen(f"{web}/api/schema/", timeout=2).status == 200,

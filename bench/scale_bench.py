@@ -92,23 +92,7 @@ def room_events(n: int) -> list[bytes]:
 
 def webhook_intake(services: lb.Services, *, count: int) -> tuple[float, int, float, int]:
     """(recorded per second, answers not 200, applied per second, events applied)."""
-    services.start(
-        "gunicorn",
-        [
-            str(lb.BIN / "gunicorn"),
-            "-c",
-            "dispatchportal/gunicorn_conf.py",
-            "dispatchportal.wsgi",
-            "--bind",
-            f"127.0.0.1:{services.web_port}",
-            "--workers",
-            "2",
-            "--threads",
-            "4",
-            "--log-level",
-            "warning",
-        ],
-    )
+    lb.portal_start(services, threads=4)
     url = f"http://127.0.0.1:{services.web_port}/livekit/webhook"
     lb.wait_until(
         lambda: _no_proxy.open(url.replace("/livekit/webhook", "/healthz"), timeout=2).status == 200,

@@ -55,47 +55,8 @@ def main() -> int:
         services = lb.Services(Path(tmp))
         if not lb.django_and_emulator_start(services):
             return 2
-        services.start(
-            "gunicorn",
-            [
-                str(lb.BIN / "gunicorn"),
-                "-c",
-                "dispatchportal/gunicorn_conf.py",
-                "dispatchportal.wsgi",
-                "--bind",
-                f"127.0.0.1:{services.web_port}",
-                "--workers",
-                "2",
-                "--threads",
-                "4",
-                "--log-level",
-                "warning",
-            ],
-        )
-        services.start(
-            "worker",
-            [
-                lb.PYTHON,
-                "-m",
-                "celery",
-                "-A",
-                "dispatchportal",
-                "worker",
-                "-Q",
-                lb.QUEUE,
-                "-n",
-                f"{lb.QUEUE}@%h",
-                "--pool",
-                "threads",
-                "--concurrency",
-                "4",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-                "--loglevel",
-                "WARNING",
-            ],
-        )
+        lb.portal_start(services, threads=4)
+        lb.worker_start(services)
         web = f"http://127.0.0.1:{services.web_port}"
         lb.wait_until(
             lambda: sb._no_proxy.open(f"{web}/healthz", timeout=2).status == 200, timeout=60, what="gunicorn"
