@@ -62,6 +62,7 @@ class DisconnectReason(enum.IntEnum):
     DUPLICATE_IDENTITY = 2
     PARTICIPANT_REMOVED = 4
     ROOM_DELETED = 5
+    SIGNAL_CLOSE = 9
     ROOM_CLOSED = 10
     AGENT_ERROR = 16
 

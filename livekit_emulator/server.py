@@ -28,7 +28,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import agents, protos
+from . import agents, protos, rtc
 from .auth import KeyRing
 from .client import ControlClient
 from .control import PREFIX as CONTROL_PREFIX
@@ -91,6 +91,8 @@ class EmulatorServer:
         self._api_site: web.TCPSite | None = None
         self._control_runner: web.AppRunner | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        # Participants connected over /rtc, by participant sid.
+        self.rtc_sessions: dict[str, rtc.SignalSession] = {}
 
     @property
     def url(self) -> str:
@@ -112,7 +114,10 @@ class EmulatorServer:
         api_app.add_routes(control.routes())
         api_app.router.add_get("/", self._health)
         api_app.router.add_get("/agent", self._agent)
-        api_app.router.add_get("/rtc{tail:(/.*)?}", self._rtc)
+        api_app.router.add_get("/rtc/validate", self._rtc_validate)
+        api_app.router.add_get("/rtc/v1/validate", self._rtc_validate)
+        api_app.router.add_get("/rtc", self._rtc)
+        api_app.router.add_get("/rtc/v1", self._rtc)
         api_app.router.add_route(
             "*",
             TWIRP_PREFIX + "{route:.*}",
@@ -130,6 +135,7 @@ class EmulatorServer:
         self.port = self._api_runner.addresses[0][1]
         await web.TCPSite(self._control_runner, self.host, self.control_port).start()
         self.control_port = self._control_runner.addresses[0][1]
+        rtc.use_host_candidates(self.host)
         await self.webhooks.start()
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="livekit-emulator-sweeper")
 
@@ -176,6 +182,7 @@ class EmulatorServer:
     def _on_event(self, event: str, room: Room, participant: Participant | None) -> None:
         if self.webhooks.settings.url:
             self.webhooks.enqueue(protos.webhook_event(event, room, participant, now=time.time()))
+        rtc.on_room_event(self, event, room, participant)
 
     async def _sweep_forever(self) -> None:
         while True:
@@ -189,7 +196,10 @@ class EmulatorServer:
         return await agents.handle(self, request)
 
     async def _rtc(self, request: web.Request) -> web.StreamResponse:
-        return await agents.refuse_rtc(self, request)
+        return await rtc.handle(self, request)
+
+    async def _rtc_validate(self, request: web.Request) -> web.Response:
+        return await rtc.validate(self, request)
 
     @staticmethod
     async def _health(request: web.Request) -> web.Response:
