@@ -7,9 +7,7 @@ marked. The agent of a real livekit-agents worker joining is in test_real_worker
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,63 +16,9 @@ from livekit import api, rtc
 
 from tests.support import eventually
 
-from .support import call, http, join_token, participants, token
+from .support import Callers, call, http, join_token, participants, token
 
 pytestmark = pytest.mark.timeout(60)
-
-
-class Callers:
-    """rtc SDK participants on one event loop of their own (the SDK needs a running loop for as
-    long as a participant stays connected); each records what its room tells it."""
-
-    def __init__(self, server: Any) -> None:
-        self.server = server
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self._thread.start()
-        self.rooms: dict[str, rtc.Room] = {}
-        self.events: dict[str, list[tuple[str, str]]] = {}
-
-    def _run(self, coroutine: Any, timeout: float = 30.0) -> Any:
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
-
-    def join(self, room_name: str, identity: str) -> rtc.Room:
-        events: list[tuple[str, str]] = []
-
-        async def connect() -> rtc.Room:
-            room = rtc.Room(loop=self.loop)
-            room.on("participant_connected", lambda p: events.append(("joined", p.identity)))
-            room.on("participant_disconnected", lambda p: events.append(("left", p.identity)))
-            room.on("disconnected", lambda reason: events.append(("disconnected", rtc.DisconnectReason.Name(reason))))
-            await room.connect(self.server.ws_url, join_token(self.server, room_name, identity))
-            return room
-
-        room = self._run(connect())
-        self.rooms[identity], self.events[identity] = room, events
-        return room
-
-    def remote(self, identity: str) -> dict[str, rtc.RemoteParticipant]:
-        return dict(self.rooms[identity].remote_participants)
-
-    def publish_silence(self, identity: str) -> Any:
-        async def publish() -> Any:
-            source = rtc.AudioSource(48000, 1)
-            track = rtc.LocalAudioTrack.create_audio_track("mic", source)
-            return await self.rooms[identity].local_participant.publish_track(track)
-
-        return self._run(publish())
-
-    def leave(self, identity: str) -> None:
-        self._run(self.rooms.pop(identity).disconnect())
-
-    def close(self) -> None:
-        for identity in list(self.rooms):
-            try:
-                self.leave(identity)
-            except Exception:  # noqa: BLE001 - already gone; the loop must stop regardless
-                pass
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=5)
 
 
 @pytest.fixture
@@ -118,7 +62,9 @@ def test_a_participant_joins_sees_the_others_and_leaves_with_the_webhooks(
 
     eventually(lambda: ("left", "bob") in callers.events["alice"], timeout=10)
     assert [p.identity for p in participants(livekit_server, "rtc-call")] == ["alice"]
-    eventually(lambda: ("participant_left", "bob") in _joins_and_leaves(webhook_receiver, "rtc-call"), timeout=10)
+    eventually(
+        lambda: ("participant_left", "bob") in _joins_and_leaves(webhook_receiver, "rtc-call"), timeout=10
+    )
     assert _joins_and_leaves(webhook_receiver, "rtc-call") == [
         ("participant_joined", "alice"),
         ("participant_joined", "bob"),
@@ -135,7 +81,9 @@ def test_a_participant_removed_by_the_server_is_told_and_the_others_see_it_go(li
 
     call(
         livekit_server,
-        lambda lk: lk.room.remove_participant(api.RoomParticipantIdentity(room="rtc-removal", identity="bob")),
+        lambda lk: lk.room.remove_participant(
+            api.RoomParticipantIdentity(room="rtc-removal", identity="bob")
+        ),
     )
 
     eventually(lambda: ("disconnected", "PARTICIPANT_REMOVED") in callers.events["bob"], timeout=10)
