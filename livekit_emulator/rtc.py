@@ -110,8 +110,8 @@ def _claims(server: EmulatorServer, request: web.Request) -> auth.Claims:
 
 
 async def validate(server: EmulatorServer, request: web.Request) -> web.Response:
-    """`/rtc/validate` and `/rtc/v1/validate`: what a client calls after a failed connection to
-    learn why. 200 "success" for a token that may join; 401 with LiveKit's wording otherwise."""
+    """`/rtc/validate`: what a client calls after a failed connection to learn why. 200
+    "success" for a token that may join; 401 with LiveKit's wording otherwise."""
     try:
         _claims(server, request)
     except (auth.AuthError, auth.PermissionDenied) as exc:
@@ -120,9 +120,11 @@ async def validate(server: EmulatorServer, request: web.Request) -> web.Response
 
 
 async def handle(server: EmulatorServer, request: web.Request) -> web.StreamResponse:
-    """`GET /rtc` (and `/rtc/v1`, refused with 404 so that clients fall back to `/rtc`)."""
-    if request.path.rstrip("/") == "/rtc/v1":
-        server.emulator.note("a client asked for /rtc/v1 (one peer connection): 404, it falls back to /rtc")
+    """`GET /rtc`. `/rtc/v1` and `/rtc/v1/validate` answer 404, as a server without the
+    one-connection path does: the rtc SDK and livekit-client then fall back to `/rtc`."""
+    if request.path.startswith("/rtc/v1"):
+        if request.path == "/rtc/v1":
+            server.emulator.note("a client asked for /rtc/v1 (one peer connection): 404, it falls back to /rtc")
         return web.Response(status=404, text=NO_SINGLE_PC)
     ws = web.WebSocketResponse(autoping=True, max_msg_size=0)
     if not ws.can_prepare(request).ok:

@@ -110,12 +110,12 @@ class EmulatorServer:
 
     async def start(self) -> None:
         control = ControlAPI(self)
-        api_app = web.Application(middlewares=[self._guard])
+        api_app = web.Application(middlewares=[self._cors, self._guard])
         api_app.add_routes(control.routes())
         api_app.router.add_get("/", self._health)
         api_app.router.add_get("/agent", self._agent)
         api_app.router.add_get("/rtc/validate", self._rtc_validate)
-        api_app.router.add_get("/rtc/v1/validate", self._rtc_validate)
+        api_app.router.add_get("/rtc/v1/validate", self._rtc)
         api_app.router.add_get("/rtc", self._rtc)
         api_app.router.add_get("/rtc/v1", self._rtc)
         api_app.router.add_route(
@@ -204,6 +204,17 @@ class EmulatorServer:
     @staticmethod
     async def _health(request: web.Request) -> web.Response:
         return web.Response(text="OK")
+
+    @web.middleware
+    async def _cors(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """Any origin may call, as livekit-server's CORS policy allows (tokens are the guard): a
+        browser's livekit-client reads /rtc/validate from the page's own origin."""
+        response = await handler(request)
+        origin = request.headers.get("Origin")
+        if origin and not request.path.startswith(CONTROL_PREFIX) and not response.prepared:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Vary"] = "Origin"
+        return response
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
