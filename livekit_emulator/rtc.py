@@ -124,7 +124,9 @@ async def handle(server: EmulatorServer, request: web.Request) -> web.StreamResp
     one-connection path does: the rtc SDK and livekit-client then fall back to `/rtc`."""
     if request.path.startswith("/rtc/v1"):
         if request.path == "/rtc/v1":
-            server.emulator.note("a client asked for /rtc/v1 (one peer connection): 404, it falls back to /rtc")
+            server.emulator.note(
+                "a client asked for /rtc/v1 (one peer connection): 404, it falls back to /rtc"
+            )
         return web.Response(status=404, text=NO_SINGLE_PC)
     ws = web.WebSocketResponse(autoping=True, max_msg_size=0)
     if not ws.can_prepare(request).ok:
