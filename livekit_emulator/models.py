@@ -60,6 +60,7 @@ class DisconnectReason(enum.IntEnum):
     UNKNOWN_REASON = 0
     CLIENT_INITIATED = 1
     DUPLICATE_IDENTITY = 2
+    SERVER_SHUTDOWN = 3
     PARTICIPANT_REMOVED = 4
     ROOM_DELETED = 5
     SIGNAL_CLOSE = 9

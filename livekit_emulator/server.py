@@ -33,7 +33,7 @@ from .auth import KeyRing
 from .client import ControlClient
 from .control import PREFIX as CONTROL_PREFIX
 from .control import ControlAPI
-from .models import Faults, Participant, Room
+from .models import DisconnectReason, Faults, Participant, Room
 from .state import Emulator
 from .twirp import NO_RESPONSE_AFTER, TwirpAPI, error_response
 from .twirp import PREFIX as TWIRP_PREFIX
@@ -145,6 +145,7 @@ class EmulatorServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
         self.emulator.reset()
+        self._drop_participants()
         self._faults_changed.set()
         await self.webhooks.stop()
         for runner in (self._api_runner, self._control_runner):
@@ -152,8 +153,10 @@ class EmulatorServer:
                 await runner.cleanup()
 
     async def reset(self) -> None:
-        """Back to a freshly started server: no rooms, workers, faults or queued webhooks."""
+        """Back to a freshly started server: no rooms, workers, faults or queued webhooks; the
+        participants connected over /rtc are told the server shut down, and disconnected."""
         self.emulator.reset()
+        self._drop_participants()
         await self.set_faults(Faults())
         await self.webhooks.reset()
 
@@ -175,6 +178,11 @@ class EmulatorServer:
             site = web.TCPSite(self._api_runner, self.host, self.port)
             await site.start()
             self._api_site = site
+
+    def _drop_participants(self) -> None:
+        for session in list(self.rtc_sessions.values()):
+            session.removed(DisconnectReason.SERVER_SHUTDOWN)
+        self.rtc_sessions.clear()
 
     def _call_later(self, delay: float, callback: Any) -> asyncio.TimerHandle:
         return asyncio.get_running_loop().call_later(delay, callback)

@@ -117,3 +117,13 @@ def test_publishing_a_track_is_refused_in_a_way_the_client_reports(livekit_serve
     assert callers.rooms["alice"].connection_state == rtc.ConnectionState.CONN_CONNECTED
     log = "\n".join(livekit_server.control.state()["log"])
     assert "'alice' asked to publish a track in room 'rtc-publish': refused, no media" in log
+
+
+@pytest.mark.emulator_only("the control API's reset")
+def test_a_reset_disconnects_the_participants_as_a_server_shutting_down_would(livekit_server, callers):
+    callers.join("rtc-reset", "alice")
+
+    livekit_server.control.reset()
+
+    eventually(lambda: ("disconnected", "SERVER_SHUTDOWN") in callers.events["alice"], timeout=10)
+    assert callers.rooms["alice"].connection_state == rtc.ConnectionState.CONN_DISCONNECTED
