@@ -246,29 +246,3 @@ async def handle(server: EmulatorServer, request: web.Request) -> web.StreamResp
 
 def node_id() -> str:
     return new_id("ND_")
-
-
-# What a participant (a job's agent included) is told when it tries to join: the emulator has
-# no media server, so there is no signal connection to offer.
-NO_RTC = (
-    "livekit_emulator has no media server: /rtc (joining a room over WebRTC) is not emulated; "
-    "join through the control API (POST /_emulator/join) instead"
-)
-
-
-async def refuse_rtc(server: EmulatorServer, request: web.Request) -> web.Response:
-    """`/rtc`, `/rtc/v1` and `/rtc/validate`: the token is checked as LiveKit checks it (401 with
-    its wording); a valid one gets 501 with NO_RTC, which the rtc SDK puts in its error
-    ("client error: 501 Not Implemented - livekit_emulator has no media server ...")."""
-    token = request.query.get("access_token") or ""
-    header = request.headers.get("Authorization") or (f"{auth.BEARER}{token}" if token else None)
-    try:
-        claims = server.keys.verify_header(header)
-    except auth.AuthError as exc:
-        return web.Response(status=401, text=str(exc))
-    if claims is None or not claims.grant("roomJoin"):
-        return web.Response(status=401, text="permissions denied")
-    server.emulator.note(
-        f"{claims.identity!r} tried to join room {claims.room!r} over /rtc: refused, no media"
-    )
-    return web.Response(status=501, text=NO_RTC)

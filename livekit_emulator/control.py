@@ -9,10 +9,8 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from google.protobuf import json_format
-from livekit.protocol.room import RoomConfiguration
 
-from . import auth, protos
+from . import auth, rtc
 from .models import (
     AgentSpec,
     DisconnectReason,
@@ -33,16 +31,6 @@ if TYPE_CHECKING:
     from .server import EmulatorServer
 
 PREFIX = "/_emulator/"
-
-# The `kind` claim of an access token.
-_TOKEN_KINDS = {
-    "standard": ParticipantKind.STANDARD,
-    "ingress": ParticipantKind.INGRESS,
-    "egress": ParticipantKind.EGRESS,
-    "sip": ParticipantKind.SIP,
-    "agent": ParticipantKind.AGENT,
-}
-
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 
@@ -225,37 +213,10 @@ class ControlAPI:
             raise BadRequest("token is required")
         try:
             claims = self.server.keys.verify(token)
-            room_name = auth.ensure_join(claims)
-        except (auth.AuthError, auth.PermissionDenied) as exc:
+            participant, created = rtc.token_join(self.server, claims)
+        except (auth.AuthError, auth.PermissionDenied, rtc.BadRoomConfig) as exc:
             return _error(401, str(exc))
-        config = None
-        if claims.room_config:
-            try:
-                parsed = json_format.ParseDict(
-                    claims.room_config, RoomConfiguration(), ignore_unknown_fields=True
-                )
-            except json_format.ParseError as exc:
-                return _error(401, f"invalid token: error: bad roomConfig: {exc}")
-            config = protos.room_config(parsed)
-        video = claims.video
-        participant, created = self.server.emulator.join(
-            room_name,
-            claims.identity,
-            name=claims.name,
-            metadata=claims.metadata,
-            attributes=claims.attributes,
-            kind=_TOKEN_KINDS.get(claims.kind, ParticipantKind.STANDARD),
-            permission={
-                # canPublish, canSubscribe and canPublishData default to true in LiveKit.
-                "can_publish": bool(video.get("canPublish", True)),
-                "can_subscribe": bool(video.get("canSubscribe", True)),
-                "can_publish_data": bool(video.get("canPublishData", True)),
-                "hidden": bool(video.get("hidden", False)),
-                "can_update_metadata": bool(video.get("canUpdateOwnMetadata", False)),
-                "agent": claims.kind == "agent" or bool(video.get("agent", False)),
-            },
-            config=config,
-        )
+        room_name = claims.room
         return web.json_response(
             {**participant_json(participant), "room": room_name, "room_created": created}
         )

@@ -28,12 +28,12 @@ from typing import Any
 
 from aiohttp import web
 
-from . import agents, protos
+from . import agents, protos, rtc
 from .auth import KeyRing
 from .client import ControlClient
 from .control import PREFIX as CONTROL_PREFIX
 from .control import ControlAPI
-from .models import Faults, Participant, Room
+from .models import DisconnectReason, Faults, Participant, Room
 from .state import Emulator
 from .twirp import NO_RESPONSE_AFTER, TwirpAPI, error_response
 from .twirp import PREFIX as TWIRP_PREFIX
@@ -91,6 +91,8 @@ class EmulatorServer:
         self._api_site: web.TCPSite | None = None
         self._control_runner: web.AppRunner | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        # Participants connected over /rtc, by participant sid.
+        self.rtc_sessions: dict[str, rtc.SignalSession] = {}
 
     @property
     def url(self) -> str:
@@ -108,11 +110,14 @@ class EmulatorServer:
 
     async def start(self) -> None:
         control = ControlAPI(self)
-        api_app = web.Application(middlewares=[self._guard])
+        api_app = web.Application(middlewares=[self._cors, self._guard])
         api_app.add_routes(control.routes())
         api_app.router.add_get("/", self._health)
         api_app.router.add_get("/agent", self._agent)
-        api_app.router.add_get("/rtc{tail:(/.*)?}", self._rtc)
+        api_app.router.add_get("/rtc/validate", self._rtc_validate)
+        api_app.router.add_get("/rtc/v1/validate", self._rtc)
+        api_app.router.add_get("/rtc", self._rtc)
+        api_app.router.add_get("/rtc/v1", self._rtc)
         api_app.router.add_route(
             "*",
             TWIRP_PREFIX + "{route:.*}",
@@ -130,6 +135,7 @@ class EmulatorServer:
         self.port = self._api_runner.addresses[0][1]
         await web.TCPSite(self._control_runner, self.host, self.control_port).start()
         self.control_port = self._control_runner.addresses[0][1]
+        rtc.use_host_candidates(self.host)
         await self.webhooks.start()
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="livekit-emulator-sweeper")
 
@@ -139,6 +145,7 @@ class EmulatorServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
         self.emulator.reset()
+        self._drop_participants()
         self._faults_changed.set()
         await self.webhooks.stop()
         for runner in (self._api_runner, self._control_runner):
@@ -146,8 +153,10 @@ class EmulatorServer:
                 await runner.cleanup()
 
     async def reset(self) -> None:
-        """Back to a freshly started server: no rooms, workers, faults or queued webhooks."""
+        """Back to a freshly started server: no rooms, workers, faults or queued webhooks; the
+        participants connected over /rtc are told the server shut down, and disconnected."""
         self.emulator.reset()
+        self._drop_participants()
         await self.set_faults(Faults())
         await self.webhooks.reset()
 
@@ -170,12 +179,18 @@ class EmulatorServer:
             await site.start()
             self._api_site = site
 
+    def _drop_participants(self) -> None:
+        for session in list(self.rtc_sessions.values()):
+            session.removed(DisconnectReason.SERVER_SHUTDOWN)
+        self.rtc_sessions.clear()
+
     def _call_later(self, delay: float, callback: Any) -> asyncio.TimerHandle:
         return asyncio.get_running_loop().call_later(delay, callback)
 
     def _on_event(self, event: str, room: Room, participant: Participant | None) -> None:
         if self.webhooks.settings.url:
             self.webhooks.enqueue(protos.webhook_event(event, room, participant, now=time.time()))
+        rtc.on_room_event(self, event, room, participant)
 
     async def _sweep_forever(self) -> None:
         while True:
@@ -189,11 +204,25 @@ class EmulatorServer:
         return await agents.handle(self, request)
 
     async def _rtc(self, request: web.Request) -> web.StreamResponse:
-        return await agents.refuse_rtc(self, request)
+        return await rtc.handle(self, request)
+
+    async def _rtc_validate(self, request: web.Request) -> web.Response:
+        return await rtc.validate(self, request)
 
     @staticmethod
     async def _health(request: web.Request) -> web.Response:
         return web.Response(text="OK")
+
+    @web.middleware
+    async def _cors(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """Any origin may call, as livekit-server's CORS policy allows (tokens are the guard): a
+        browser's livekit-client reads /rtc/validate from the page's own origin."""
+        response = await handler(request)
+        origin = request.headers.get("Origin")
+        if origin and not request.path.startswith(CONTROL_PREFIX) and not response.prepared:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Vary"] = "Origin"
+        return response
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Any) -> web.StreamResponse:

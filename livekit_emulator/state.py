@@ -223,9 +223,18 @@ class Emulator:
             kind=kind,
             joined_at=self.clock(),
             permission=dict(permission or {}),
+            job=self._job_of(room_name, identity) if kind == ParticipantKind.AGENT else None,
         )
         self._add_participant(room, participant)
         return participant, created
+
+    def _job_of(self, room_name: str, identity: str) -> Job | None:
+        """The running job whose agent this is: a real worker's job process joining with the
+        token of its assignment. Its leaving then ends the job, as a simulated agent's does."""
+        for job in self._active_jobs.values():
+            if job.room == room_name and job.participant_identity == identity:
+                return job
+        return None
 
     def participants(self, room_name: str) -> list[Participant]:
         room = self.rooms.get(room_name)

@@ -1,7 +1,7 @@
 """A real livekit-agents 1.8.9 worker whose jobs hold without joining their room, for the
 emulator's worker-protocol tests: a job stays running until the server terminates it or the
-worker goes, which `tests/agent_worker.py` jobs cannot do on the emulator (their
-`ctx.connect()` fails at once: the emulator has no media server).
+worker goes, with no agent participant (whose leaving would end the job) and no WebRTC
+connection to set up, which keeps the module's many jobs cheap.
 
 Configured like tests/agent_worker.py (LIVEKIT_URL, LIVEKIT_API_KEY, LIVEKIT_API_SECRET,
 AGENT_NAME) and started by the same `tests.real_livekit.start_worker`; prints the same

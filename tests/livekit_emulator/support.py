@@ -4,6 +4,7 @@ polling with a deadline, raw HTTP, and a webhook receiver."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
@@ -15,7 +16,7 @@ from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TypeVar
 
-from livekit import api
+from livekit import api, rtc
 
 from livekit_emulator import ControlError, ServerHandle
 from tests.real_livekit import JoinRefused
@@ -200,3 +201,58 @@ def start_receiver() -> tuple[WebhookReceiver, ThreadingHTTPServer]:
     receiver.url = f"http://127.0.0.1:{httpd.server_address[1]}/livekit/webhook"
     threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
     return receiver, httpd
+
+
+class Callers:
+    """rtc SDK participants on one event loop of their own (the SDK needs a running loop for as
+    long as a participant stays connected); each records what its room tells it."""
+
+    def __init__(self, server: Any) -> None:
+        self.server = server
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        self.rooms: dict[str, rtc.Room] = {}
+        self.events: dict[str, list[tuple[str, str]]] = {}
+
+    def _run(self, coroutine: Any, timeout: float = 30.0) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def join(self, room_name: str, identity: str) -> rtc.Room:
+        events: list[tuple[str, str]] = []
+
+        async def connect() -> rtc.Room:
+            room = rtc.Room(loop=self.loop)
+            room.on("participant_connected", lambda p: events.append(("joined", p.identity)))
+            room.on("participant_disconnected", lambda p: events.append(("left", p.identity)))
+            room.on(
+                "disconnected",
+                lambda reason: events.append(("disconnected", rtc.DisconnectReason.Name(reason))),
+            )
+            await room.connect(self.server.ws_url, join_token(self.server, room_name, identity))
+            return room
+
+        room = self._run(connect())
+        self.rooms[identity], self.events[identity] = room, events
+        return room
+
+    def remote(self, identity: str) -> dict[str, rtc.RemoteParticipant]:
+        return dict(self.rooms[identity].remote_participants)
+
+    def publish_silence(self, identity: str) -> Any:
+        async def publish() -> Any:
+            source = rtc.AudioSource(48000, 1)
+            track = rtc.LocalAudioTrack.create_audio_track("mic", source)
+            return await self.rooms[identity].local_participant.publish_track(track)
+
+        return self._run(publish())
+
+    def leave(self, identity: str) -> None:
+        self._run(self.rooms.pop(identity).disconnect())
+
+    def close(self) -> None:
+        for identity in list(self.rooms):
+            with contextlib.suppress(Exception):  # already gone; the loop must stop regardless
+                self.leave(identity)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=5)

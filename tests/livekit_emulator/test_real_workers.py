@@ -16,12 +16,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from livekit import api
+from livekit import api, rtc
 
 import tests.real_livekit as real_livekit
 from tests.real_livekit import AgentWorker, start_worker
 
-from .support import call, eventually, join, join_token
+from .support import Callers, call, eventually, participants, start_receiver
 
 HOLDING = "real-holder"
 HOLDING_PROGRAM = Path(__file__).with_name("holding_worker.py")
@@ -183,33 +183,41 @@ def test_killing_the_worker_socket_fails_its_job_and_the_worker_registers_again(
     assert again["id"] != holder["id"]
 
 
-def test_an_unnamed_real_worker_gets_every_new_room_and_its_job_cannot_join(livekit_emulator_reset, tmp_path):
+def test_an_unnamed_real_worker_gets_every_new_room_and_its_agent_joins_a_real_caller(
+    livekit_emulator_reset, tmp_path
+):
+    receiver, httpd = start_receiver()
+    livekit_emulator_reset.control.webhooks(url=receiver.url, retry_backoff_ms=20)
     worker = _start(livekit_emulator_reset, tmp_path, agent_name="")
+    callers = Callers(livekit_emulator_reset)
     try:
-        join(livekit_emulator_reset, join_token(livekit_emulator_reset, "walk-in", "caller"))
+        callers.join("walk-in", "caller")  # LiveKit's rtc SDK, over WebRTC
 
         [job] = eventually(lambda: _jobs(livekit_emulator_reset, "walk-in"), timeout=15)
-
         assert job.agent_name == "" and job.state.worker_id == worker.worker_id
-        # Its process tries /rtc, is told there is no media server, and its entrypoint fails;
-        # livekit-agents 1.8.9 then reports the job as a success (its process exited cleanly).
-        eventually(
-            lambda: "501 Not Implemented - livekit_emulator has no media server" in worker.log(), timeout=20
-        )
-        ended = eventually(
-            lambda: [
-                j
-                for j in _jobs(livekit_emulator_reset, "walk-in")
-                if j.state.status == api.JobStatus.JS_SUCCESS
-            ],
-            timeout=20,
-        )
-        assert [j.id for j in ended] == [job.id]
-        participants = call(
-            livekit_emulator_reset,
-            lambda lk: lk.room.list_participants(api.ListParticipantsRequest(room="walk-in")),
-        )
-        assert [p.identity for p in participants.participants] == ["caller"]  # no agent joined
-        assert f"'agent-{job.id}' tried to join room 'walk-in' over /rtc" in _log(livekit_emulator_reset)
+        # The job's process joins with the rtc SDK too (ctx.connect()), and the caller sees it.
+        agent = eventually(lambda: callers.remote("caller").get(f"agent-{job.id}"), timeout=20)
+        assert agent.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
+        assert ("joined", agent.identity) in callers.events["caller"]
+        eventually(lambda: f"job {job.id} joined room walk-in as agent-{job.id}" in worker.log(), timeout=10)
+        listed = participants(livekit_emulator_reset, "walk-in")
+        assert sorted(p.identity for p in listed) == sorted(["caller", agent.identity])
+        eventually(lambda: "participant_joined" in receiver.events("walk-in")[2:], timeout=10)
+        assert receiver.events("walk-in")[:3] == ["room_started", "participant_joined", "participant_joined"]
+
+        callers.leave("caller")
+        call(livekit_emulator_reset, lambda lk: lk.room.delete_room(api.DeleteRoomRequest(room="walk-in")))
+
+        # The room's end reaches the job: its agent is told to leave, and leaves.
+        eventually(lambda: receiver.events("walk-in")[-1:] == ["room_finished"], timeout=10)
+        left = [
+            r.json["participant"]["identity"]
+            for r in receiver.received
+            if r.json["event"] == "participant_left"
+        ]
+        assert sorted(left) == sorted(["caller", agent.identity])
     finally:
+        callers.close()
         worker.kill()
+        httpd.shutdown()
+        httpd.server_close()
