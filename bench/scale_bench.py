@@ -233,7 +233,10 @@ def token_facts_sustained(services: lb.Services, *, rate: int, seconds: float) -
                     time.sleep(wait)
                 n = i * threads + offset
                 token_fact_intake(
-                    room_name=f"live-{n // 2}", participant_identity=f"user-{n % 2}", agents=agents, client="bench"
+                    room_name=f"live-{n // 2}",
+                    participant_identity=f"user-{n % 2}",
+                    agents=agents,
+                    client="bench",
                 )
         finally:
             connection.close()
@@ -246,7 +249,9 @@ def token_facts_sustained(services: lb.Services, *, rate: int, seconds: float) -
     recorded_s = time.monotonic() - started
     total = per_thread * threads
     lb.wait_until(
-        lambda: not TokenFact.objects.filter(applied_at__isnull=True).exists(), timeout=120, what="facts applied"
+        lambda: not TokenFact.objects.filter(applied_at__isnull=True).exists(),
+        timeout=120,
+        what="facts applied",
     )
     services.stop("worker")
     rows = list(TokenFact.objects.values_list("minted_at", "applied_at", "apply_error"))

@@ -7,8 +7,10 @@ report: a dispatch's status is not recomputed from facts alone.
   `token_facts_apply` turns unapplied facts into ledger rows: a task that the first token of
   each `APPLY_WINDOW_S` schedules for the window's end, every participant_joined webhook for its room (so the
   ledger knows the token before it judges who joined), and every reconcile pass
-  (the sweep that catches up after a broker outage). Each fact is applied in its own
-  savepoint: a record that cannot be applied is marked with its error and skipped.
+  (the sweep that catches up after a broker outage). Facts are applied in batches, a few
+  set-based statements per batch (`_facts_apply`; one fact alone is a batch of one): a record
+  that cannot be applied is marked with its error and skipped, and a batch the database
+  refuses is applied again fact by fact, so one bad record never holds up the others.
 - `AgentSeen`: agent names workers really register with, from every place they show (one row
   per name, updated with the latest sighting).
 - `WorkerHeartbeat`: the Celery worker's sign of life, read by the doctor (one row per worker,
@@ -163,7 +165,9 @@ def token_facts_apply(*, room_name: str | None = None) -> int:
     deferred = 0
     after = 0
     while True:
-        with transaction.atomic():
+        # No savepoint of its own inside the caller's transaction (the webhook path calls this
+        # for every join): each batch below has one.
+        with transaction.atomic(savepoint=False):
             query = TokenFact.objects.filter(applied_at__isnull=True, id__gt=after).order_by("id")
             if room_name is not None:
                 query = query.filter(room_name=room_name).select_for_update()
