@@ -7,7 +7,7 @@ the rate LiveKit would produce, for the closing note.
    agent produces (room_started, participant_joined x2, participant_left x2, room_finished):
    the request verifies, dedupes and records. Then their application to the ledger, as the
    Celery task does it (one application at a time, in recorded order), timed here in
-   process. Printed: both sustained rates, and how many joins per second each keeps up with
+   process (batches of events, one transaction each). Printed: both sustained rates, and how many joins per second each keeps up with
    (LiveKit sends about 3 webhooks per join when each room has one person and one agent).
 2. Reconcile at 10,000 and 100,000 rooms (each with its agent, in the LiveKit emulator): the
    time of a pass and its memory (tracemalloc's peak during a second, traced pass, and the
@@ -341,7 +341,7 @@ def main() -> int:
                     f"keeps up with {rate / WEBHOOKS_PER_JOIN:.0f} joins/s; load {_load()}"
                 )
                 print(
-                    f"webhook application (off the request, one at a time): {apply_rate:.0f} events/s "
+                    f"webhook application (off the request, in recorded order, batches of 50 per transaction): {apply_rate:.0f} events/s "
                     f"({applied} events); keeps up with {apply_rate / WEBHOOKS_PER_JOIN:.0f} joins/s; load {_load()}"
                 )
                 print(
