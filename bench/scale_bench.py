@@ -7,7 +7,7 @@ the rate LiveKit would produce, for the closing note.
    agent produces (room_started, participant_joined x2, participant_left x2, room_finished):
    the request verifies, dedupes and records. Then their application to the ledger, as the
    Celery task does it (one application at a time, in recorded order), timed here in
-   process. Printed: both sustained rates, and how many joins per second each keeps up with
+   process (batches of events, one transaction each). Printed: both sustained rates, and how many joins per second each keeps up with
    (LiveKit sends about 3 webhooks per join when each room has one person and one agent).
 2. Reconcile at 10,000 and 100,000 rooms (each with its agent, in the LiveKit emulator): the
    time of a pass and its memory (tracemalloc's peak during a second, traced pass, and the
@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import resource
+import socket
 import sys
 import tempfile
 import time
@@ -138,6 +139,136 @@ def webhook_intake(services: lb.Services, *, count: int) -> tuple[float, int, fl
     return len(statuses) / elapsed, bad, applied / apply_s if apply_s else 0.0, applied
 
 
+# --- token facts ---------------------------------------------------------------------------------
+
+FACT_AGENTS = (lb.AGENT, "bench-agent-2", "bench-agent-3")
+
+
+def _fact_agents(count: int) -> list[dict[str, str]]:
+    return [
+        {"agent_name": name, "rule": "bench token", "metadata": "{}", "delivery": "token"}
+        for name in FACT_AGENTS[:count]
+    ]
+
+
+def token_facts_clean() -> int:
+    """Start from a known state: no token facts (leftovers of an earlier run would be applied
+    with the measured ones), and the agents the facts name. Returns how many were deleted."""
+    from agents_app.models import Agent
+    from rooms_app.models import TokenFact
+
+    for name in FACT_AGENTS:
+        Agent.objects.update_or_create(agent_name=name, defaults={"join_deadline_s": 600, "enabled": True})
+    deleted, _ = TokenFact.objects.all().delete()
+    return deleted
+
+
+def token_facts_throughput(*, facts: int, agents: int, per_room: int = 2) -> float:
+    """Facts recorded as the token path writes them (`per_room` tokens per room, each carrying
+    `agents` agents, for rooms LiveKit has not reported yet), then applied by
+    `token_facts_apply` as the Celery task runs it, timed in this process. Facts per second."""
+    from django.utils import timezone
+
+    from rooms_app.models import TokenFact
+    from rooms_app.services import token_facts_apply
+
+    lb.ledger_empty()
+    token_facts_clean()
+    now = timezone.now()
+    TokenFact.objects.bulk_create(
+        [
+            TokenFact(
+                minted_at=now,
+                room_name=f"facts-{n // per_room}",
+                participant_identity=f"user-{n % per_room}",
+                client="bench",
+                agents=_fact_agents(agents),
+            )
+            for n in range(facts)
+        ],
+        batch_size=1000,
+    )
+    started = time.monotonic()
+    applied = token_facts_apply()
+    elapsed = time.monotonic() - started
+    if applied != facts:
+        raise SystemExit(f"token facts: {applied} of {facts} applied")
+    return facts / elapsed
+
+
+def token_facts_sustained(services: lb.Services, *, rate: int, seconds: float) -> dict[str, float]:
+    """Tokens recorded by `token_fact_intake` (the token path's call) at `rate` per second for
+    `seconds`, from 4 threads, while a real Celery worker applies them as scheduled. Returns
+    the rate recorded, the rate applied (first token to last ledger row), and the lag from a
+    token's record to its ledger rows (the fact's `applied_at`, written in the transaction
+    that writes them) at p50 and p99, in ms."""
+    import threading
+
+    from django.db import connection
+
+    from agents_app.rules import AppliedAgent
+    from rooms_app.models import TokenFact
+    from rooms_app.services import token_fact_intake
+
+    lb.ledger_empty()
+    token_facts_clean()
+    lb.worker_start(services)
+    from dispatchportal.celery import app
+
+    lb.wait_until(
+        lambda: app.control.ping(destination=[f"{lb.QUEUE}@{socket.gethostname()}"], timeout=0.5),
+        timeout=60,
+        what="celery worker",
+    )
+    agents = [AppliedAgent(agent_name=lb.AGENT, rule="bench token", metadata="{}", delivery="token")]
+    threads = 4
+    per_thread = int(rate * seconds) // threads
+    started = time.monotonic()
+
+    def produce(offset: int) -> None:
+        try:
+            for i in range(per_thread):
+                due = started + (i * threads + offset) / rate
+                if (wait := due - time.monotonic()) > 0:
+                    time.sleep(wait)
+                n = i * threads + offset
+                token_fact_intake(
+                    room_name=f"live-{n // 2}",
+                    participant_identity=f"user-{n % 2}",
+                    agents=agents,
+                    client="bench",
+                )
+        finally:
+            connection.close()
+
+    workers = [threading.Thread(target=produce, args=(k,)) for k in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    recorded_s = time.monotonic() - started
+    total = per_thread * threads
+    lb.wait_until(
+        lambda: not TokenFact.objects.filter(applied_at__isnull=True).exists(),
+        timeout=120,
+        what="facts applied",
+    )
+    services.stop("worker")
+    rows = list(TokenFact.objects.values_list("minted_at", "applied_at", "apply_error"))
+    if len(rows) != total or any(error for _, _, error in rows):
+        raise SystemExit(f"token facts: {len(rows)} of {total} recorded, some with errors")
+    lags = [(applied - minted).total_seconds() * 1000 for minted, applied, _ in rows]
+    first = min(m for m, _, _ in rows)
+    last = max(a for _, a, _ in rows)
+    return {
+        "recorded_per_s": total / recorded_s,
+        "applied_per_s": total / (last - first).total_seconds(),
+        "p50_ms": lb.percentile(lags, 0.5),
+        "p99_ms": lb.percentile(lags, 0.99),
+        "facts": total,
+    }
+
+
 def reconcile_sized(control: object, sizes: list[int]) -> list[tuple[int, float, float, int]]:
     """(rooms, pass seconds, tracemalloc peak MiB, peak RSS MiB) per size, growing the seed."""
     lb.reconcile_pass()  # warm-up on no rooms
@@ -159,10 +290,17 @@ def reconcile_sized(control: object, sizes: list[int]) -> list[tuple[int, float,
     return results
 
 
+def _load() -> str:
+    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rooms", type=int, default=100_000, help="rooms in the largest reconcile pass")
     parser.add_argument("--webhooks", type=int, default=3000, help="webhooks posted in the intake benchmark")
+    parser.add_argument("--facts", type=int, default=6000, help="token facts applied in the throughput run")
+    parser.add_argument("--facts-rate", type=int, default=1000, help="tokens per second in the sustained run")
+    parser.add_argument("--facts-seconds", type=float, default=10.0, help="length of the sustained run")
     args = parser.parse_args()
     print(f"machine: {os.cpu_count()} cores, /proc/loadavg {Path('/proc/loadavg').read_text().strip()}")
     print(f"services: {lb.DATABASE_URL.rsplit('@', 1)[-1]}, {lb.REDIS_URL.rsplit('@', 1)[-1]}")
@@ -180,21 +318,39 @@ def main() -> int:
             with lb.redis_flushed():
                 lb.ledger_empty()
                 lb.agent_and_rule(join_deadline_s=600)
+                print(f"token facts: {token_facts_clean()} left over from earlier runs deleted first")
+                for agents in (1, 3):
+                    per_s = token_facts_throughput(facts=args.facts, agents=agents)
+                    print(
+                        f"token facts applied ({args.facts} facts, {agents} agent(s) each, 2 tokens per room, "
+                        f"one process): {per_s:.0f} facts/s (target >= 1,000); load {_load()}"
+                    )
+                sustained = token_facts_sustained(services, rate=args.facts_rate, seconds=args.facts_seconds)
+                print(
+                    f"token facts sustained ({sustained['facts']:.0f} tokens, one agent each, asked at "
+                    f"{args.facts_rate}/s by 4 threads, applied by a Celery worker): recorded "
+                    f"{sustained['recorded_per_s']:.0f}/s, applied {sustained['applied_per_s']:.0f}/s; "
+                    f"token -> ledger row p50 {sustained['p50_ms']:.0f} ms, p99 {sustained['p99_ms']:.0f} ms; "
+                    f"load {_load()}"
+                )
+                lb.ledger_empty()
                 rate, bad, apply_rate, applied = webhook_intake(services, count=args.webhooks)
                 print(
                     f"webhook intake (verify, dedupe, record): {rate:.0f} webhooks/s sustained "
                     f"({SENDERS} senders, gunicorn 2x4), {bad} not answered 200; "
-                    f"keeps up with {rate / WEBHOOKS_PER_JOIN:.0f} joins/s"
+                    f"keeps up with {rate / WEBHOOKS_PER_JOIN:.0f} joins/s; load {_load()}"
                 )
                 print(
-                    f"webhook application (off the request, one at a time): {apply_rate:.0f} events/s "
-                    f"({applied} events); keeps up with {apply_rate / WEBHOOKS_PER_JOIN:.0f} joins/s"
+                    f"webhook application (off the request, in recorded order, batches of 50 per transaction): {apply_rate:.0f} events/s "
+                    f"({applied} events); keeps up with {apply_rate / WEBHOOKS_PER_JOIN:.0f} joins/s; load {_load()}"
                 )
                 print(
                     f"LiveKit sends about {WEBHOOKS_PER_JOIN} webhooks per join with one agent per person: "
                     f"1,000 joins/s need {1000 * WEBHOOKS_PER_JOIN:,} webhooks/s"
                 )
                 lb.ledger_empty()
+                if args.rooms <= 0:
+                    return 0
                 sizes = sorted({max(1, args.rooms // 10), args.rooms})
                 for size, elapsed, peak, rss in reconcile_sized(control, sizes):
                     print(

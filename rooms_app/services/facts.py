@@ -7,8 +7,10 @@ report: a dispatch's status is not recomputed from facts alone.
   `token_facts_apply` turns unapplied facts into ledger rows: a task that the first token of
   each `APPLY_WINDOW_S` schedules for the window's end, every participant_joined webhook for its room (so the
   ledger knows the token before it judges who joined), and every reconcile pass
-  (the sweep that catches up after a broker outage). Each fact is applied in its own
-  savepoint: a record that cannot be applied is marked with its error and skipped.
+  (the sweep that catches up after a broker outage). Facts are applied in batches, a few
+  set-based statements per batch (`_facts_apply`; one fact alone is a batch of one): a record
+  that cannot be applied is marked with its error and skipped, and a batch the database
+  refuses is applied again fact by fact, so one bad record never holds up the others.
 - `AgentSeen`: agent names workers really register with, from every place they show (one row
   per name, updated with the latest sighting).
 - `WorkerHeartbeat`: the Celery worker's sign of life, read by the doctor (one row per worker,
@@ -21,25 +23,25 @@ import functools
 import logging
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
-from django.db.models import F
+from django.db import DatabaseError, IntegrityError, InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 
 from agents_app.models import Agent
 from dispatchportal.redis import redis_available
 from livekit_boundary.client import LkDispatch, LkParticipant
 
-from ..models import AgentSeen, Dispatch, Room, TokenFact, WorkerHeartbeat
+from ..models import LIVE_STATUSES, AgentSeen, Dispatch, Room, TokenFact, WorkerHeartbeat
 from .jobs import token_facts_apply_enqueue
-from .ledger import dispatch_create, dispatch_note, room_get_or_create
+from .ledger import default_metadata, dispatches_record
 
 logger = logging.getLogger(__name__)
 
 APPLY_WINDOW_S = 0.5
-APPLY_BATCH = 200
+APPLY_BATCH = 500
 HEARTBEAT_INTERVAL_S = 5.0
 HEARTBEAT_FRESH = timedelta(seconds=20)
 # A database that is down or failing over: the facts stay unapplied and are tried again.
@@ -149,108 +151,292 @@ def _token_facts_apply_soon() -> None:
 
 
 def token_facts_apply(*, room_name: str | None = None) -> int:
-    """Apply every token fact not yet in the ledger (of one room, or all), oldest first.
-    Returns how many were applied. A fact that fails is marked and skipped; a database
-    outage stops the run and leaves the rest for the next."""
+    """Apply every token fact not yet in the ledger (of one room, or all), oldest first, in
+    batches of `APPLY_BATCH` (one transaction each). Returns how many were applied. A fact
+    that fails is marked with its error and skipped; a database outage stops the run and
+    leaves the rest for the next.
+
+    The sweep (all rooms) takes facts no other run holds (SKIP LOCKED), so two workers never
+    apply one fact; a fact whose room another transaction holds, or whose room has an older
+    fact another run is applying, is left for a run scheduled here (a room's facts are applied
+    in order). One room's facts (the webhook path) wait for a run applying them, so the
+    ledger has them when this returns."""
     applied = 0
-    last_id = 0
+    deferred = 0
+    after = 0
     while True:
-        query = TokenFact.objects.filter(applied_at__isnull=True, id__gt=last_id).order_by("id")
-        if room_name is not None:
-            query = query.filter(room_name=room_name)
-        batch = list(query[:APPLY_BATCH])
-        for fact in batch:
-            applied += _token_fact_apply_safely(fact)
+        # No savepoint of its own inside the caller's transaction (the webhook path calls this
+        # for every join): each batch below has one.
+        with transaction.atomic(savepoint=False):
+            query = TokenFact.objects.filter(applied_at__isnull=True, id__gt=after).order_by("id")
+            if room_name is not None:
+                query = query.filter(room_name=room_name).select_for_update()
+            else:
+                query = query.select_for_update(skip_locked=True)
+            batch = list(query[:APPLY_BATCH])
+            if batch:
+                done, left = _facts_apply_safely(batch, wait=room_name is not None)
+                applied += done
+                deferred += left
         if len(batch) < APPLY_BATCH:
-            return applied
-        last_id = batch[-1].pk
+            break
+        after = batch[-1].pk
+    if deferred and redis_available():
+        token_facts_apply_enqueue(countdown=APPLY_WINDOW_S)
+    return applied
 
 
-def _token_fact_apply_safely(fact: TokenFact) -> int:
+def token_fact_apply(*, fact: TokenFact) -> list[Dispatch]:
+    """One fact's effect on the ledger, as a batch of one (the caller marks it applied):
+    the dispatches it recorded or found standing. Raises if the record cannot be applied."""
+    with transaction.atomic():
+        outcome = _facts_apply([fact], wait=True)
+    if fact.pk in outcome.errors:
+        raise ValueError(outcome.errors[fact.pk])
+    return outcome.recorded[fact.pk]
+
+
+def _facts_apply_safely(facts: list[TokenFact], *, wait: bool) -> tuple[int, int]:
+    """Apply `facts` (locked by the caller) as one batch and mark them; if the batch fails,
+    each fact alone, so one bad record never holds up the others. (applied, deferred)."""
     try:
         with transaction.atomic():
-            # Compare-and-set: of two runs racing for a fact, one applies it.
-            if not TokenFact.objects.filter(pk=fact.pk, applied_at__isnull=True).update(
-                applied_at=timezone.now()
-            ):
-                return 0
-            token_fact_apply(fact=fact)
-        return 1
+            outcome = _facts_apply(facts, wait=wait)
+            now = timezone.now()
+            TokenFact.objects.filter(pk__in=outcome.applied).update(applied_at=now)
+            for pk, error in outcome.errors.items():
+                TokenFact.objects.filter(pk=pk).update(applied_at=now, apply_error=error[:500])
+        return len(outcome.applied), len(outcome.deferred)
     except _TRANSIENT_DB_ERRORS:
         raise
     except Exception as exc:  # noqa: BLE001  one bad record must never hold up the others
+        if len(facts) > 1:
+            logger.warning("a batch of %d token facts failed (%s); applying them one by one", len(facts), exc)
+            applied = deferred = 0
+            for fact in facts:
+                done, left = _facts_apply_safely([fact], wait=wait)
+                applied, deferred = applied + done, deferred + left
+            return applied, deferred
+        [fact] = facts
         logger.exception(
             "token fact %s could not be applied; skipped", fact.pk, extra={"room": fact.room_name}
         )
         error = f"{type(exc).__name__}: {exc}"[:500]
         try:
-            TokenFact.objects.filter(pk=fact.pk, applied_at__isnull=True).update(
-                applied_at=timezone.now(), apply_error=error
-            )
+            with transaction.atomic():
+                TokenFact.objects.filter(pk=fact.pk).update(applied_at=timezone.now(), apply_error=error)
         except DatabaseError:  # even the mark failed (the record's room name, say): keep going
             logger.exception("token fact %s could not be marked", fact.pk)
-        return 0
+        return 0, 0
 
 
-def token_fact_apply(*, fact: TokenFact) -> list[Dispatch]:
-    """A token fact's effect on the ledger: token-delivered agents as `pending` (LiveKit
-    dispatches them when the join creates the room), explicit ones dispatched now. An agent
-    already live in the room keeps its dispatch; the token is noted on its timeline."""
-    minted = fact.minted_at
-    room = room_get_or_create(name=fact.room_name)
-    updates: dict[str, Any] = {"last_token_at": minted, "tokens_minted": F("tokens_minted") + 1}
-    if room.first_token_at is None or room.first_token_at > minted:
-        updates["first_token_at"] = minted
-        updates["existed_before_token"] = bool(
-            fact.room_live
-            or (
-                room.status == Room.Status.ACTIVE and room.started_at is not None and room.started_at < minted
-            )
+@dataclass
+class _Outcome:
+    """What a batch did: facts applied (with the dispatches each recorded or found standing),
+    facts that cannot be applied (with why), facts left for a later run."""
+
+    applied: list[int] = field(default_factory=list)
+    recorded: dict[int, list[Dispatch]] = field(default_factory=dict)
+    errors: dict[int, str] = field(default_factory=dict)
+    deferred: list[int] = field(default_factory=list)
+
+
+def _fact_items(fact: TokenFact, agents: dict[str, Agent]) -> list[tuple[Agent | None, dict[str, Any]]]:
+    """The fact's agents, read before anything is written (a malformed record raises here)."""
+    items = []
+    for raw in fact.agents:
+        item = dict(raw)
+        agent = agents.get(item["agent_name"])
+        if agent is not None:
+            item = {key: item[key] for key in ("agent_name", "delivery", "metadata", "rule")}
+        items.append((agent, item))
+    return items
+
+
+def _facts_apply(facts: Sequence[TokenFact], *, wait: bool) -> _Outcome:
+    """The effect of `facts` (oldest first, locked by the caller) on the ledger, in a few
+    statements whatever their number. Per fact, as if applied alone in that order: its room is
+    recorded (pending until LiveKit reports it) with the token counted; each agent it carries
+    gets a `pending` dispatch (token-delivered: LiveKit dispatches it when the join creates the
+    room, with its deadline armed if the room is live already; explicit: sent to LiveKit after
+    commit), unless the agent already has a live dispatch in the room (the token is noted on
+    that one's timeline) or a cancel after the token (final: noted, not dispatched again).
+    `wait`: wait for rooms another transaction holds instead of leaving their facts."""
+    outcome = _Outcome()
+    names: set[str] = set()
+    for fact in facts:
+        try:
+            names.update(dict(item)["agent_name"] for item in fact.agents)
+        except Exception:  # noqa: BLE001, S112  reported by `_fact_items` below
+            continue
+    agents = {a.agent_name: a for a in Agent.objects.filter(agent_name__in=names)}
+    parsed: list[tuple[TokenFact, list[tuple[Agent | None, dict[str, Any]]]]] = []
+    for fact in facts:
+        try:
+            parsed.append((fact, _fact_items(fact, agents)))
+        except Exception as exc:  # noqa: BLE001  a record the token path never writes
+            logger.error("token fact %s cannot be applied: %r", fact.pk, exc, extra={"room": fact.room_name})
+            outcome.errors[fact.pk] = f"{type(exc).__name__}: {exc}"
+    rooms = _rooms_lock(names={fact.room_name for fact, _ in parsed}, wait=wait)
+    if not wait:
+        rooms = _rooms_in_order(rooms=rooms, facts=[fact for fact, _ in parsed])
+    ready = [(fact, items) for fact, items in parsed if fact.room_name in rooms]
+    outcome.deferred = [fact.pk for fact, _ in parsed if fact.room_name not in rooms]
+    for attempt in (1, 2, 3):
+        try:
+            with transaction.atomic():
+                outcome.recorded = _facts_write(facts=ready, rooms=rooms)
+            break
+        except IntegrityError:
+            # A trigger recorded one of these agents in its room meanwhile: read again.
+            if attempt == 3:
+                raise
+            for room in rooms.values():
+                room.refresh_from_db()
+    outcome.applied = [fact.pk for fact, _ in ready]
+    return outcome
+
+
+def _rooms_lock(*, names: set[str], wait: bool) -> dict[str, Room]:
+    """The rooms named, created pending where the ledger has none, locked for this
+    transaction; without `wait`, rooms another transaction holds are left out."""
+    rooms = _rooms_locked(names=names, wait=wait)
+    missing = names - rooms.keys()
+    if missing:
+        Room.objects.bulk_create([Room(name=name) for name in sorted(missing)], ignore_conflicts=True)
+        rooms.update(_rooms_locked(names=missing, wait=wait))
+    return rooms
+
+
+def _rooms_locked(*, names: set[str], wait: bool) -> dict[str, Room]:
+    query = Room.objects.filter(name__in=names).order_by("pk")
+    query = query.select_for_update() if wait else query.select_for_update(skip_locked=True)
+    return {room.name: room for room in query}
+
+
+def _rooms_in_order(*, rooms: dict[str, Room], facts: Sequence[TokenFact]) -> dict[str, Room]:
+    """Leave out rooms with an older fact not in this batch (another run holds it): a room's
+    facts are applied in the order they were recorded."""
+    ids = [fact.pk for fact in facts if fact.room_name in rooms]
+    if not ids:
+        return rooms
+    behind = set(
+        TokenFact.objects.filter(applied_at__isnull=True, room_name__in=list(rooms), id__lt=max(ids))
+        .exclude(id__in=ids)
+        .values_list("room_name", flat=True)
+    )
+    return {name: room for name, room in rooms.items() if name not in behind}
+
+
+_COUNTED = ("first_token_at", "existed_before_token", "last_token_at", "tokens_minted")
+
+
+def _rooms_count_tokens(rooms: list[Room]) -> None:
+    """Write the rooms' token fields (one UPDATE; on PostgreSQL from arrays, since Django's
+    `bulk_update` spends milliseconds per row building its CASE expressions)."""
+    if connection.vendor != "postgresql":
+        Room.objects.bulk_update(rooms, _COUNTED)
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _rooms_count_sql(), [[r.pk for r in rooms], *([getattr(r, f) for r in rooms] for f in _COUNTED)]
         )
-    Room.objects.filter(pk=room.pk).update(**updates)
-    room.refresh_from_db()
-    wanted = [dict(item) for item in fact.agents]
-    by_name = {
-        a.agent_name: a for a in Agent.objects.filter(agent_name__in=[w["agent_name"] for w in wanted])
+
+
+@functools.cache
+def _rooms_count_sql() -> str:
+    table = connection.ops.quote_name(Room._meta.db_table)
+    return (
+        f"UPDATE {table} AS r SET first_token_at = v.f, existed_before_token = v.e, last_token_at = v.l, "
+        "tokens_minted = v.n FROM unnest(%s::bigint[], %s::timestamptz[], %s::boolean[], %s::timestamptz[], "
+        "%s::integer[]) AS v(id, f, e, l, n) WHERE r.id = v.id"
+    )
+
+
+def _facts_write(
+    *, facts: Sequence[tuple[TokenFact, list[tuple[Agent | None, dict[str, Any]]]]], rooms: dict[str, Room]
+) -> dict[int, list[Dispatch]]:
+    room_ids = [room.pk for room in rooms.values()]
+    names = {item["agent_name"] for _, items in facts for agent, item in items if agent is not None}
+    live: dict[tuple[int, str], Dispatch] = {
+        (d.room_id, d.agent_name): d
+        for d in Dispatch.objects.filter(room_id__in=room_ids, agent_name__in=names, status__in=LIVE_STATUSES)
     }
-    recorded = []
-    for item in wanted:
-        agent = by_name.get(item["agent_name"])
-        if agent is None:
-            logger.warning("token named unknown agent %r", item["agent_name"], extra={"room": fact.room_name})
-            continue
-        cancelled = (
-            Dispatch.objects.filter(
-                room=room, agent_name=agent.agent_name, status=Dispatch.Status.CANCELLED, ended_at__gte=minted
+    cancelled: dict[tuple[int, str], list[Dispatch]] = {}
+    if facts:
+        earliest = min(fact.minted_at for fact, _ in facts)
+        for d in Dispatch.objects.filter(
+            room_id__in=room_ids,
+            agent_name__in=names,
+            status=Dispatch.Status.CANCELLED,
+            ended_at__gte=earliest,
+        ).order_by("-id"):
+            cancelled.setdefault((d.room_id, d.agent_name), []).append(d)
+    new: list[Dispatch] = []
+    notes: list[tuple[Dispatch, str]] = []
+    recorded: dict[int, list[Dispatch]] = {}
+    counted: dict[int, Room] = {}
+    for fact, items in facts:
+        room = rooms[fact.room_name]
+        minted = fact.minted_at
+        if room.first_token_at is None or room.first_token_at > minted:
+            room.first_token_at = minted
+            room.existed_before_token = bool(
+                fact.room_live
+                or (
+                    room.status == Room.Status.ACTIVE
+                    and room.started_at is not None
+                    and room.started_at < minted
+                )
             )
-            .order_by("-id")
-            .first()
-        )
-        if cancelled is not None:
-            # A cancel is final: a token minted before it (applied late) does not bring it back.
-            dispatch_note(
-                dispatch=cancelled,
-                detail=f"token minted for '{fact.participant_identity}' before this cancel also carried "
-                f"'{agent.agent_name}'; not dispatched again",
-            )
-            continue
-        dispatch, created = dispatch_create(
-            room=room,
-            agent=agent,
-            source=Dispatch.Source.TOKEN,
-            delivery=item["delivery"],
-            metadata=item["metadata"],
-            rule_name=item["rule"],
-            requested_by=fact.client,
-            identity_trigger=fact.participant_identity,
-        )
-        if not created:
-            dispatch_note(
-                dispatch=dispatch,
-                detail=f"token minted for '{fact.participant_identity}' by {fact.client or 'staff'} also "
-                f"carried '{agent.agent_name}' ({item['delivery']} delivery); this dispatch stands",
-            )
-        recorded.append(dispatch)
+        room.last_token_at = minted
+        room.tokens_minted += 1
+        counted[room.pk] = room
+        recorded[fact.pk] = []
+        for agent, item in items:
+            if agent is None:
+                logger.warning(
+                    "token named unknown agent %r", item["agent_name"], extra={"room": fact.room_name}
+                )
+                continue
+            key = (room.pk, agent.agent_name)
+            cancel = next((d for d in cancelled.get(key, ()) if d.ended_at and d.ended_at >= minted), None)
+            if cancel is not None:
+                # A cancel is final: a token minted before it (applied late) does not bring it back.
+                notes.append(
+                    (
+                        cancel,
+                        f"token minted for '{fact.participant_identity}' before this cancel also carried "
+                        f"'{agent.agent_name}'; not dispatched again",
+                    )
+                )
+                continue
+            dispatch = live.get(key)
+            if dispatch is None:
+                dispatch = Dispatch(
+                    room=room,
+                    agent=agent,
+                    agent_name=agent.agent_name,
+                    source=Dispatch.Source.TOKEN,
+                    delivery=item["delivery"],
+                    metadata=default_metadata(agent) if item["metadata"] is None else item["metadata"],
+                    rule_name=item["rule"],
+                    requested_by=fact.client,
+                    participant_identity_trigger=fact.participant_identity,
+                )
+                live[key] = dispatch
+                new.append(dispatch)
+            else:
+                notes.append(
+                    (
+                        dispatch,
+                        f"token minted for '{fact.participant_identity}' by {fact.client or 'staff'} also "
+                        f"carried '{agent.agent_name}' ({item['delivery']} delivery); this dispatch stands",
+                    )
+                )
+            recorded[fact.pk].append(dispatch)
+    _rooms_count_tokens(list(counted.values()))
+    dispatches_record(dispatches=new, notes=notes)
     return recorded
 
 

@@ -407,13 +407,63 @@ def dispatch_create(
             if existing is not None:
                 return existing, False
             continue  # the live one ended between our insert and this read: try again
-        _log(logging.INFO, f"dispatch recorded: {dispatch.get_source_display()}", dispatch, status=status)
-        if status == Dispatch.Status.PENDING and delivery == Dispatch.Delivery.EXPLICIT:
-            dispatch_request_enqueue(dispatch_id=dispatch.pk, countdown=request_countdown)
-        elif status == Dispatch.Status.PENDING and room.status == Room.Status.ACTIVE:
-            dispatch_deadline_arm(dispatch=dispatch, agent=agent)
+        _created_follow(dispatch=dispatch, room=room, agent=agent, request_countdown=request_countdown)
         return dispatch, True
     raise IntegrityError(f"could not record a dispatch of {agent.agent_name!r} in {room.name!r}")
+
+
+def _created_follow(
+    *, dispatch: Dispatch, room: Room, agent: Agent, request_countdown: float | None = None
+) -> None:
+    """What follows a new dispatch row: an explicit one is sent to LiveKit after commit; a
+    token-delivered one in a live room gets its join deadline (unless its row has it)."""
+    _log(
+        logging.INFO, f"dispatch recorded: {dispatch.get_source_display()}", dispatch, status=dispatch.status
+    )
+    if dispatch.status != Dispatch.Status.PENDING:
+        return
+    if dispatch.delivery == Dispatch.Delivery.EXPLICIT:
+        dispatch_request_enqueue(dispatch_id=dispatch.pk, countdown=request_countdown)
+    elif room.status == Room.Status.ACTIVE:
+        if dispatch.deadline_at is None:
+            dispatch_deadline_arm(dispatch=dispatch, agent=agent)
+        else:
+            _deadline_check_schedule(dispatch=dispatch)
+
+
+def dispatches_record(*, dispatches: Sequence[Dispatch], notes: Sequence[tuple[Dispatch, str]] = ()) -> None:
+    """`dispatch_create` for many new `pending` rows at once (the token facts' application):
+    the rows in one INSERT, their creation events and then `notes` (timeline entries on these
+    or existing rows) in another, and what follows each new row as `dispatch_create` does it.
+    `dispatches` carry `room` and `agent`; a token-delivered one in a live room gets its
+    deadline in the INSERT itself. All or nothing: IntegrityError when one would be a second
+    live dispatch of its agent in its room (a concurrent trigger recorded it first)."""
+    now = timezone.now()
+    for dispatch in dispatches:
+        if (
+            dispatch.delivery == Dispatch.Delivery.TOKEN
+            and dispatch.room.status == Room.Status.ACTIVE
+            and dispatch.agent is not None
+        ):
+            dispatch.deadline_at = now + timedelta(seconds=dispatch.agent.join_deadline_s)
+    with transaction.atomic():
+        Dispatch.objects.bulk_create(dispatches)
+        events = [
+            DispatchEvent(
+                dispatch_id=d.pk, at=now, previous_status="", status=d.status, detail=_created_detail(d)
+            )
+            for d in dispatches
+        ]
+        events += [
+            DispatchEvent(dispatch_id=d.pk, at=now, previous_status=d.status, status=d.status, detail=detail)
+            for d, detail in notes
+        ]
+        DispatchEvent.objects.bulk_create(events)
+    for dispatch in dispatches:
+        assert dispatch.agent is not None
+        _created_follow(dispatch=dispatch, room=dispatch.room, agent=dispatch.agent)
+    for dispatch, detail in notes:
+        _log(logging.INFO, detail, dispatch)
 
 
 def _created_detail(dispatch: Dispatch) -> str:
@@ -439,7 +489,12 @@ def dispatch_deadline_arm(
     deadline = (start or timezone.now()) + timedelta(seconds=seconds)
     Dispatch.objects.filter(pk=dispatch.pk).update(deadline_at=deadline)
     dispatch.deadline_at = deadline
-    countdown = max(0.0, (deadline - timezone.now()).total_seconds()) + DEADLINE_GRACE_S
+    _deadline_check_schedule(dispatch=dispatch)
+
+
+def _deadline_check_schedule(*, dispatch: Dispatch) -> None:
+    assert dispatch.deadline_at is not None
+    countdown = max(0.0, (dispatch.deadline_at - timezone.now()).total_seconds()) + DEADLINE_GRACE_S
     dispatch_deadline_enqueue(dispatch_id=dispatch.pk, countdown=countdown)
 
 

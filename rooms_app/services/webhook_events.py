@@ -9,9 +9,11 @@ pass, so an event whose task was lost (a broker outage) is applied by the next p
 
 One application runs at a time (a lock across processes) and takes the events in the order
 they were recorded, so one room's events are applied in the order LiveKit's node sent them.
-Each event is applied in its own transaction with its `applied_at`: a crash applies it again
-from the start, never half. An event whose application raises (a ledger bug, an event no
-LiveKit sends) is kept with its error and not retried, so it never holds up the others.
+Events are applied in batches of `APPLY_BATCH`, one transaction each with their `applied_at`
+(one commit per batch, not per event): a crash applies the batch again from the start, never
+half. Each event has its own savepoint: one whose application raises (a ledger bug, an event
+no LiveKit sends) is rolled back alone, kept with its error and not retried, so it never holds
+up the others.
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ from .triggers import agent_participant_joined, agent_participant_left, person_j
 logger = logging.getLogger(__name__)
 
 PARTICIPANT_LEFT_EVENTS = ("participant_left", "participant_connection_aborted")
-APPLY_BATCH = 200
+# Events per transaction: one commit per batch; a transient error re-applies the batch.
+APPLY_BATCH = 50
 LOCK_TIMEOUT_S = 120
 # Inside the Celery task's 30 s soft time limit, and well inside the lock's expiry.
 APPLY_BUDGET_S = 20.0
@@ -104,10 +107,7 @@ def webhook_events_apply(*, budget_s: float = APPLY_BUDGET_S) -> int:
             while time.monotonic() < deadline and (
                 batch := list(pending.values_list("id", flat=True)[:APPLY_BATCH])
             ):
-                for pk in batch:
-                    applied += _apply_one(pk)
-                    if time.monotonic() > deadline:
-                        break
+                applied += _apply_batch(batch, deadline=deadline)
         # Out of time, or an event recorded between the last empty read and the release
         # found the lock held and queued no one: look once more.
         if not WebhookEvent.objects.filter(applied_at__isnull=True).exists():
@@ -117,22 +117,36 @@ def webhook_events_apply(*, budget_s: float = APPLY_BUDGET_S) -> int:
             return applied
 
 
-def _apply_one(pk: int) -> int:
+def _apply_batch(pks: list[int], *, deadline: float) -> int:
+    """Apply these events in recorded order, in one transaction with their `applied_at`
+    (one commit per batch instead of one per event), each in its own savepoint: an event that
+    raises is rolled back alone and kept with its error. Stops early past `deadline`; returns
+    how many it took in."""
     with transaction.atomic():
-        row = WebhookEvent.objects.select_for_update().filter(pk=pk, applied_at__isnull=True).first()
-        if row is None:
-            return 0
-        try:
-            with transaction.atomic():
-                webhook_event_apply(event=_event_of(row))
-        except (OperationalError, InterfaceError, SoftTimeLimitExceeded):
-            raise  # the database went away, or the task's time is up: the event stays pending
-        except Exception as exc:  # noqa: BLE001  one bad event must not hold up the others
-            logger.exception("webhook event %s could not be applied", row.event_id)
-            row.apply_error = f"{type(exc).__name__}: {exc}"[:2000]
-        row.applied_at = timezone.now()
-        row.save(update_fields=["applied_at", "apply_error"])
-        return 1
+        rows = list(
+            WebhookEvent.objects.select_for_update()
+            .filter(pk__in=pks, applied_at__isnull=True)
+            .order_by("id")
+        )
+        taken: list[int] = []
+        errors: dict[int, str] = {}
+        for row in rows:
+            try:
+                with transaction.atomic():
+                    webhook_event_apply(event=_event_of(row))
+            except (OperationalError, InterfaceError, SoftTimeLimitExceeded):
+                raise  # the database went away, or the task's time is up: the batch stays pending
+            except Exception as exc:  # noqa: BLE001  one bad event must not hold up the others
+                logger.exception("webhook event %s could not be applied", row.event_id)
+                errors[row.pk] = f"{type(exc).__name__}: {exc}"[:2000]
+            taken.append(row.pk)
+            if time.monotonic() > deadline:
+                break
+        now = timezone.now()
+        WebhookEvent.objects.filter(pk__in=[pk for pk in taken if pk not in errors]).update(applied_at=now)
+        for pk, error in errors.items():
+            WebhookEvent.objects.filter(pk=pk).update(applied_at=now, apply_error=error)
+    return len(taken)
 
 
 def _event_of(row: WebhookEvent) -> Any:

@@ -264,6 +264,35 @@ def test_an_event_that_cannot_be_applied_is_kept_with_its_error_and_holds_up_no_
     assert Room.objects.get(name="support-good").status == "active"
 
 
+def test_a_database_outage_mid_batch_leaves_the_whole_batch_pending(client, explicit_rule, monkeypatch):
+    """Events are applied in batches, one transaction each: the database failing on the
+    batch's second event leaves the first unapplied too (never half a batch); the next
+    application takes both, in order."""
+    from django.db import OperationalError
+
+    from rooms_app.services import webhook_events
+
+    real_apply = webhook_events.webhook_event_apply
+
+    def outage_on_the_second(*, event):
+        if event.room.name == "support-2":
+            raise OperationalError("the connection was lost")
+        real_apply(event=event)
+
+    for room in ("support-1", "support-2"):
+        body = event_body("room_started", room)
+        post(client, body, sign(body), apply=False)
+    monkeypatch.setattr(webhook_events, "webhook_event_apply", outage_on_the_second)
+    with pytest.raises(OperationalError):
+        webhook_events_apply()
+    assert WebhookEvent.objects.filter(applied_at__isnull=True).count() == 2
+    assert not Room.objects.exists() and not Dispatch.objects.exists()
+    monkeypatch.setattr(webhook_events, "webhook_event_apply", real_apply)
+    assert webhook_events_apply() == 2
+    assert set(Room.objects.values_list("name", flat=True)) == {"support-1", "support-2"}
+    assert Dispatch.objects.count() == 2  # the explicit rule's agent, once per room
+
+
 def test_an_application_out_of_time_leaves_the_rest_pending_for_the_next(client, explicit_rule):
     for room in ("support-1", "support-2"):
         body = event_body("room_started", room)
