@@ -1,7 +1,7 @@
 """REST endpoints: the LiveKit-standard token endpoint and rule explain.
 
-Each view validates its input, calls one service and serializes the answer. The token
-endpoint's POST is served without DRF's per-request machinery (`TokenApi.dispatch`)."""
+Each view validates its input, calls one service and serializes the answer. Both run DRF's own
+`dispatch`: authentication, permission checks, the exception handler and the renderer."""
 
 from __future__ import annotations
 

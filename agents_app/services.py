@@ -182,9 +182,10 @@ def token_mint(*, client: ClientScope, request: TokenRequest, config: Config | N
     `config` is the configuration the caller authenticated against (saves a second look-up).
 
     The rate limit is counted in this process (with a Redis round trip about once per lease);
-    a token that carries agents makes one call into the ledger (its fact's INSERT, which reads
-    whether the room is live, and one Redis SET that schedules the facts' application). Besides
-    those it reads the configuration (cached in the process, checked against the database every
+    a token that carries agents makes one call into the ledger, `token_fact_intake` (its fact's
+    INSERT, which reads whether the room is live; the first token of each half second in the
+    process also publishes the task that applies the facts). Besides those it reads the
+    configuration (cached in the process, checked against the database every
     CONFIG_CHECK_INTERVAL_S)."""
     identity = request.participant_identity or f"user-{secrets.token_hex(6)}"
     room = request.room_name

@@ -48,7 +48,7 @@ def _token_view_caller(key: str):  # type: ignore[no-untyped-def]
             "/api/v1/token", data=body, content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {key}"
         )
         start = time.perf_counter_ns()
-        response = view(request)  # POST answers a rendered response (TokenApi.dispatch)
+        response = view(request)  # DRF dispatch renders the response
         elapsed = time.perf_counter_ns() - start
         if response.status_code != 201:
             raise SystemExit(f"token request failed: {response.status_code} {response.content[:300]!r}")
