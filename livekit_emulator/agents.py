@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
 from google.protobuf.message import DecodeError
@@ -181,15 +181,7 @@ class WorkerSocket:
                 return None
 
     async def _send_forever(self) -> None:
-        while True:
-            message = await self._outbox.get()
-            if message is None:
-                await self.ws.close()
-                return
-            try:
-                await self.ws.send_bytes(message.SerializeToString())
-            except (ConnectionError, RuntimeError):  # the worker went; the reader unregisters it
-                return
+        await send_until_closed(self.ws, self._outbox)  # the worker went: the reader unregisters it
 
     def _send(self, message: agent.ServerMessage) -> None:
         self._outbox.put_nowait(message)
@@ -246,3 +238,17 @@ async def handle(server: EmulatorServer, request: web.Request) -> web.StreamResp
 
 def node_id() -> str:
     return new_id("ND_")
+
+
+async def send_until_closed(ws: web.WebSocketResponse, outbox: asyncio.Queue[Any]) -> None:
+    """Send each protobuf message queued in `outbox` as a binary frame, in order, until a
+    `None` closes the socket or the peer has gone (the socket's reader handles the leaving)."""
+    while True:
+        message = await outbox.get()
+        if message is None:
+            await ws.close()
+            return
+        try:
+            await ws.send_bytes(message.SerializeToString())
+        except (ConnectionError, RuntimeError):
+            return

@@ -31,7 +31,7 @@ from livekit.protocol import models, rtc
 from livekit.protocol.room import RoomConfiguration
 
 from . import auth, protos
-from .agents import SERVER_VERSION, SIGNAL_PROTOCOL
+from .agents import SERVER_VERSION, SIGNAL_PROTOCOL, send_until_closed
 from .models import DisconnectReason, EmulatorError, Participant, ParticipantKind, Room
 
 if TYPE_CHECKING:
@@ -312,15 +312,7 @@ class SignalSession:
         self.send(rtc.SignalResponse(request_response=refusal))
 
     async def _send_forever(self) -> None:
-        while True:
-            message = await self._outbox.get()
-            if message is None:
-                await self.ws.close()
-                return
-            try:
-                await self.ws.send_bytes(message.SerializeToString())
-            except (ConnectionError, RuntimeError):
-                return
+        await send_until_closed(self.ws, self._outbox)
 
 
 def on_room_event(server: EmulatorServer, event: str, room: Room, participant: Participant | None) -> None:
