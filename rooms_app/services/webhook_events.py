@@ -9,11 +9,12 @@ pass, so an event whose task was lost (a broker outage) is applied by the next p
 
 One application runs at a time (a lock across processes) and takes the events in the order
 they were recorded, so one room's events are applied in the order LiveKit's node sent them.
-Events are applied in batches of `APPLY_BATCH`, one transaction each with their `applied_at`
-(one commit per batch, not per event): a crash applies the batch again from the start, never
-half. Each event has its own savepoint: one whose application raises (a ledger bug, an event
-no LiveKit sends) is rolled back alone, kept with its error and not retried, so it never holds
-up the others.
+Events are applied in batches, one transaction each with their `applied_at` (one commit per
+batch, not per event): a crash applies the batch again from the start, never half. A batch
+is a quarter of the events waiting, from one event (a quiet portal: a new room's dispatches
+leave on its own commit) up to `APPLY_BATCH` (a backlog). Each event has its own savepoint:
+one whose application raises (a ledger bug, an event no LiveKit sends) is rolled back alone,
+kept with its error and not retried, so it never holds up the others.
 """
 
 from __future__ import annotations
@@ -46,8 +47,10 @@ from .triggers import agent_participant_joined, agent_participant_left, person_j
 logger = logging.getLogger(__name__)
 
 PARTICIPANT_LEFT_EVENTS = ("participant_left", "participant_connection_aborted")
-# Events per transaction: one commit per batch; a transient error re-applies the batch.
+# Events per transaction, at most: one commit per batch; a transient error re-applies the
+# batch. A transaction takes 1/BACKLOG_SHARE of the events waiting (`_batch_size`).
 APPLY_BATCH = 50
+BACKLOG_SHARE = 4
 LOCK_TIMEOUT_S = 120
 # Inside the Celery task's 30 s soft time limit, and well inside the lock's expiry.
 APPLY_BUDGET_S = 20.0
@@ -105,9 +108,9 @@ def webhook_events_apply(*, budget_s: float = APPLY_BUDGET_S) -> int:
             config_get(fresh=True)
             pending = WebhookEvent.objects.filter(applied_at__isnull=True).order_by("id")
             while time.monotonic() < deadline and (
-                batch := list(pending.values_list("id", flat=True)[:APPLY_BATCH])
+                waiting := list(pending.values_list("id", flat=True)[: APPLY_BATCH * BACKLOG_SHARE])
             ):
-                applied += _apply_batch(batch, deadline=deadline)
+                applied += _apply_batch(waiting[: _batch_size(len(waiting))], deadline=deadline)
         # Out of time, or an event recorded between the last empty read and the release
         # found the lock held and queued no one: look once more.
         if not WebhookEvent.objects.filter(applied_at__isnull=True).exists():
@@ -115,6 +118,13 @@ def webhook_events_apply(*, budget_s: float = APPLY_BUDGET_S) -> int:
         if time.monotonic() > deadline:
             webhook_events_apply_enqueue()
             return applied
+
+
+def _batch_size(waiting: int) -> int:
+    """Events for the next transaction: a share of those waiting, at least one and at most
+    `APPLY_BATCH`. A quiet portal commits each event on its own, so the dispatches a
+    room_started enqueues on commit leave at once; a backlog is taken in batches."""
+    return max(1, min(APPLY_BATCH, waiting // BACKLOG_SHARE))
 
 
 def _apply_batch(pks: list[int], *, deadline: float) -> int:

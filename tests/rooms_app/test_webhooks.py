@@ -265,9 +265,41 @@ def test_an_event_that_cannot_be_applied_is_kept_with_its_error_and_holds_up_no_
 
 
 def test_a_database_outage_mid_batch_leaves_the_whole_batch_pending(client, explicit_rule, monkeypatch):
-    """Events are applied in batches, one transaction each: the database failing on the
-    batch's second event leaves the first unapplied too (never half a batch); the next
-    application takes both, in order."""
+    """A backlog is applied in batches, one transaction each: with eight events waiting a
+    batch is two, and the database failing on the batch's second event leaves the first
+    unapplied too (never half a batch); the next application takes them all, in order."""
+    from django.db import OperationalError
+
+    from rooms_app.services import webhook_events
+
+    real_apply = webhook_events.webhook_event_apply
+
+    def outage_on_the_second(*, event):
+        if event.room.name == "support-2":
+            raise OperationalError("the connection was lost")
+        real_apply(event=event)
+
+    rooms = [f"support-{n}" for n in range(1, 9)]
+    for room in rooms:
+        body = event_body("room_started", room)
+        post(client, body, sign(body), apply=False)
+    monkeypatch.setattr(webhook_events, "webhook_event_apply", outage_on_the_second)
+    with pytest.raises(OperationalError):
+        webhook_events_apply()
+    assert WebhookEvent.objects.filter(applied_at__isnull=True).count() == 8
+    assert not Room.objects.exists() and not Dispatch.objects.exists()
+    monkeypatch.setattr(webhook_events, "webhook_event_apply", real_apply)
+    assert webhook_events_apply() == 8
+    assert set(Room.objects.values_list("name", flat=True)) == set(rooms)
+    assert Dispatch.objects.count() == 8  # the explicit rule's agent, once per room
+
+
+def test_a_quiet_portal_commits_each_event_so_its_dispatch_leaves_at_once(
+    client, explicit_rule, monkeypatch, django_capture_on_commit_callbacks
+):
+    """With only a few events waiting each is its own transaction: the first room's dispatch
+    is committed (and its CreateDispatch task sent) before the next event is applied, even
+    when the database fails on that next one."""
     from django.db import OperationalError
 
     from rooms_app.services import webhook_events
@@ -283,14 +315,14 @@ def test_a_database_outage_mid_batch_leaves_the_whole_batch_pending(client, expl
         body = event_body("room_started", room)
         post(client, body, sign(body), apply=False)
     monkeypatch.setattr(webhook_events, "webhook_event_apply", outage_on_the_second)
-    with pytest.raises(OperationalError):
+    with django_capture_on_commit_callbacks() as sent, pytest.raises(OperationalError):
         webhook_events_apply()
-    assert WebhookEvent.objects.filter(applied_at__isnull=True).count() == 2
-    assert not Room.objects.exists() and not Dispatch.objects.exists()
-    monkeypatch.setattr(webhook_events, "webhook_event_apply", real_apply)
-    assert webhook_events_apply() == 2
-    assert set(Room.objects.values_list("name", flat=True)) == {"support-1", "support-2"}
-    assert Dispatch.objects.count() == 2  # the explicit rule's agent, once per room
+    assert list(Room.objects.values_list("name", flat=True)) == ["support-1"]
+    assert Dispatch.objects.filter(room__name="support-1").count() == 1
+    assert sent, "support-1's dispatch was committed with its own event"
+    assert list(WebhookEvent.objects.filter(applied_at__isnull=True).values_list("room_name", flat=True)) == [
+        "support-2"
+    ]
 
 
 def test_an_application_out_of_time_leaves_the_rest_pending_for_the_next(client, explicit_rule):
