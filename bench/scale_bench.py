@@ -9,9 +9,11 @@ the rate LiveKit would produce, for the closing note.
    Celery task does it (one application at a time, in recorded order), timed here in
    process. Printed: both sustained rates, and how many joins per second each keeps up with
    (LiveKit sends about 3 webhooks per join when each room has one person and one agent).
-2. Reconcile at 10,000 and 100,000 rooms (each with its agent, in the LiveKit emulator): the
-   time of a pass and its memory (tracemalloc's peak during a second, traced pass, and the
-   process's peak RSS), per room at both sizes, so bounded growth shows as a flat per-room figure.
+2. Reconcile at 10,000 and 100,000 rooms (each with its agent, in the LiveKit emulator), with
+   the portal's default settings (RECONCILE_CHUNK_ROOMS, RECONCILE_LIST_ROOMS_TIMEOUT_S): the
+   time of a pass; tracemalloc's peak during a second, traced pass, split into the pass's one
+   ListRooms answer (LiveKit has no paging: it grows with the rooms) and the rest (the chunked
+   pass: flat); and the peak RSS of a pass run as `manage.py reconcile` in a process of its own.
 
 Runs on its own PostgreSQL database and Redis database (it empties both):
 SCALE_BENCH_DATABASE_URL (default postgres://dispatchportal@127.0.0.1:5432/dispatchportal_scale_bench)
@@ -28,13 +30,14 @@ import hashlib
 import json
 import logging
 import os
-import resource
+import subprocess
 import sys
 import tempfile
 import time
 import tracemalloc
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault(
@@ -138,9 +141,48 @@ def webhook_intake(services: lb.Services, *, count: int) -> tuple[float, int, fl
     return len(statuses) / elapsed, bad, applied / apply_s if apply_s else 0.0, applied
 
 
-def reconcile_sized(control: object, sizes: list[int]) -> list[tuple[int, float, float, int]]:
-    """(rooms, pass seconds, tracemalloc peak MiB, peak RSS MiB) per size, growing the seed."""
+def reconcile_fresh(services: lb.Services) -> tuple[float, int, dict]:
+    """One pass as `manage.py reconcile` in a process of its own: (seconds, its peak RSS in
+    MiB, its report). The peak is the pass's alone, not this process's seeding."""
+    started = time.monotonic()
+    process = subprocess.Popen(
+        [lb.PYTHON, "manage.py", "reconcile", "--json"],
+        cwd=lb.ROOT,
+        env=services.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    assert process.stdout is not None
+    output = process.stdout.read()
+    _pid, status, usage = os.wait4(process.pid, 0)
+    elapsed = time.monotonic() - started
+    if status:
+        raise SystemExit(f"manage.py reconcile failed: {output[-2000:]!r}")
+    return elapsed, usage.ru_maxrss // 1024, json.loads(output)
+
+
+@dataclass
+class ReconcileSized:
+    rooms: int
+    seconds: float  # one pass, in this process
+    traced_peak_mib: float  # tracemalloc's peak over a second pass
+    list_rooms_peak_mib: float  # ... over the pass's ListRooms alone (its answer, parsed)
+    list_rooms_held_mib: float  # what the pass keeps of that answer while it works
+    fresh_seconds: float  # one pass in a process of its own (Django's start-up included)
+    fresh_rss_mib: int  # that process's peak RSS
+    livekit_errors: int
+
+
+def reconcile_sized(
+    services: lb.Services, control: object, sizes: list[int]
+) -> tuple[int, list[ReconcileSized]]:
+    """(peak RSS of a pass over no rooms in a process of its own, one row per size), growing
+    the seed: the timed pass, a traced pass (tracemalloc's peak), its ListRooms alone, traced,
+    and a pass in a process of its own (its peak RSS)."""
+    from rooms_app.reconcile import ReconcilePass, ReconcileReport
+
     lb.reconcile_pass()  # warm-up on no rooms
+    _seconds, empty_rss, _report = reconcile_fresh(services)
     seeded = 0
     results = []
     for size in sizes:
@@ -153,10 +195,39 @@ def reconcile_sized(control: object, sizes: list[int]) -> list[tuple[int, float,
         tracemalloc.reset_peak()
         lb.reconcile_pass()
         peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        rooms = ReconcilePass(ReconcileReport(), None)._livekit_rooms()
+        held, list_peak = tracemalloc.get_traced_memory()
+        del rooms
         tracemalloc.stop()
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        results.append((size, elapsed, peak / 2**20, int(rss)))
-    return results
+        fresh_seconds, fresh_rss, fresh_report = reconcile_fresh(services)
+        results.append(
+            ReconcileSized(
+                rooms=size,
+                seconds=elapsed,
+                traced_peak_mib=peak / 2**20,
+                list_rooms_peak_mib=(list_peak - base) / 2**20,
+                list_rooms_held_mib=(held - base) / 2**20,
+                fresh_seconds=fresh_seconds,
+                fresh_rss_mib=fresh_rss,
+                livekit_errors=report.livekit_errors + fresh_report["livekit_errors"],
+            )
+        )
+    return empty_rss, results
+
+
+def reconcile_print(row: ReconcileSized, *, empty_rss: int) -> None:
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    rest = row.traced_peak_mib - row.list_rooms_peak_mib
+    print(
+        f"reconcile {row.rooms} rooms: {row.seconds:.2f} s ({row.seconds / row.rooms * 1e6:.0f} us/room); "
+        f"tracemalloc peak {row.traced_peak_mib:.1f} MiB = ListRooms's answer {row.list_rooms_peak_mib:.1f} MiB "
+        f"({row.list_rooms_peak_mib * 1024 / row.rooms:.2f} KiB/room, {row.list_rooms_held_mib:.1f} MiB of it "
+        f"kept through the pass) + the chunked pass {rest:.1f} MiB; in a process of its own "
+        f"{row.fresh_seconds:.2f} s, peak RSS {row.fresh_rss_mib} MiB ({empty_rss} MiB over no rooms); "
+        f"{row.livekit_errors} LiveKit call(s) failed; load average {load}"
+    )
 
 
 def main() -> int:
@@ -168,8 +239,6 @@ def main() -> int:
     print(f"services: {lb.DATABASE_URL.rsplit('@', 1)[-1]}, {lb.REDIS_URL.rsplit('@', 1)[-1]}")
     with tempfile.TemporaryDirectory(prefix="scale-bench-") as tmp:
         services = lb.Services(Path(tmp))
-        # One ListRooms answers with every room: at 100,000 rooms, longer than the default 5 s.
-        services.env["LIVEKIT_TIMEOUT_S"] = "120"
         if not lb.django_and_emulator_start(services):
             return 2
         from livekit_emulator.client import ControlClient
@@ -196,11 +265,9 @@ def main() -> int:
                 )
                 lb.ledger_empty()
                 sizes = sorted({max(1, args.rooms // 10), args.rooms})
-                for size, elapsed, peak, rss in reconcile_sized(control, sizes):
-                    print(
-                        f"reconcile {size} rooms: {elapsed:.2f} s, tracemalloc peak {peak:.0f} MiB "
-                        f"({peak * 2**20 / size / 1024:.1f} KiB/room), peak RSS so far {rss} MiB"
-                    )
+                empty_rss, rows = reconcile_sized(services, control, sizes)
+                for row in rows:
+                    reconcile_print(row, empty_rss=empty_rss)
         finally:
             services.stop_all()
     print(f"after: /proc/loadavg {Path('/proc/loadavg').read_text().strip()}")
