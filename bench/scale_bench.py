@@ -11,9 +11,10 @@ the rate LiveKit would produce, for the closing note.
    (LiveKit sends about 3 webhooks per join when each room has one person and one agent).
 2. Reconcile at 10,000 and 100,000 rooms (each with its agent, in the LiveKit emulator), with
    the portal's default settings (RECONCILE_CHUNK_ROOMS, RECONCILE_LIST_ROOMS_TIMEOUT_S): the
-   time of a pass; tracemalloc's peak during a second, traced pass, split into the pass's one
-   ListRooms answer (LiveKit has no paging: it grows with the rooms) and the rest (the chunked
-   pass: flat); and the peak RSS of a pass run as `manage.py reconcile` in a process of its own.
+   time of a pass; tracemalloc's peak during a second, traced pass, while it reads its one
+   ListRooms answer (LiveKit has no paging: that grows with the rooms) and then while it works
+   the chunks (flat but for what it keeps of LiveKit's list); and the RSS of a pass in a
+   process of its own, before the pass and at its peak.
 
 Runs on its own PostgreSQL database and Redis database (it empties both):
 SCALE_BENCH_DATABASE_URL (default postgres://dispatchportal@127.0.0.1:5432/dispatchportal_scale_bench)
@@ -141,48 +142,77 @@ def webhook_intake(services: lb.Services, *, count: int) -> tuple[float, int, fl
     return len(statuses) / elapsed, bad, applied / apply_s if apply_s else 0.0, applied
 
 
-def reconcile_fresh(services: lb.Services) -> tuple[float, int, dict]:
-    """One pass as `manage.py reconcile` in a process of its own: (seconds, its peak RSS in
-    MiB, its report). The peak is the pass's alone, not this process's seeding."""
+# A pass in a process of its own, reporting its RSS before the pass and its peak. (The peak
+# is read inside: a child's ru_maxrss on Linux counts the parent's pages it was forked with.)
+FRESH_PASS = """
+import json, django
+django.setup()
+from rooms_app.reconcile import reconcile_run
+def rss(field):
+    return next(int(l.split()[1]) // 1024 for l in open("/proc/self/status") if l.startswith(field + ":"))
+before = rss("VmRSS")
+report = reconcile_run().as_dict()
+print(json.dumps({"report": report, "before": before, "peak": rss("VmHWM")}))
+"""
+
+
+def reconcile_fresh(services: lb.Services) -> tuple[float, int, int, dict]:
+    """One pass in a process of its own: (seconds, RSS before the pass and its peak in MiB,
+    the report)."""
     started = time.monotonic()
-    process = subprocess.Popen(
-        [lb.PYTHON, "manage.py", "reconcile", "--json"],
-        cwd=lb.ROOT,
-        env=services.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+    answer = subprocess.run(
+        [lb.PYTHON, "-c", FRESH_PASS], cwd=lb.ROOT, env=services.env, capture_output=True, check=False
     )
-    assert process.stdout is not None
-    output = process.stdout.read()
-    _pid, status, usage = os.wait4(process.pid, 0)
     elapsed = time.monotonic() - started
-    if status:
-        raise SystemExit(f"manage.py reconcile failed: {output[-2000:]!r}")
-    return elapsed, usage.ru_maxrss // 1024, json.loads(output)
+    if answer.returncode:
+        raise SystemExit(f"the reconcile pass in its own process failed: {answer.stderr[-2000:]!r}")
+    out = json.loads(answer.stdout.splitlines()[-1])
+    return elapsed, out["before"], out["peak"], out["report"]
 
 
 @dataclass
 class ReconcileSized:
     rooms: int
     seconds: float  # one pass, in this process
-    traced_peak_mib: float  # tracemalloc's peak over a second pass
-    list_rooms_peak_mib: float  # ... over the pass's ListRooms alone (its answer, parsed)
-    list_rooms_held_mib: float  # what the pass keeps of that answer while it works
+    list_rooms_peak_mib: float  # tracemalloc's peak while the pass reads ListRooms's answer
+    chunks_peak_mib: float  # ... while it works the chunks (what it keeps of that answer included)
+    list_rooms_held_mib: float  # what it keeps of that answer
     fresh_seconds: float  # one pass in a process of its own (Django's start-up included)
-    fresh_rss_mib: int  # that process's peak RSS
+    fresh_rss_before_mib: int
+    fresh_rss_peak_mib: int
     livekit_errors: int
 
 
-def reconcile_sized(
-    services: lb.Services, control: object, sizes: list[int]
-) -> tuple[int, list[ReconcileSized]]:
-    """(peak RSS of a pass over no rooms in a process of its own, one row per size), growing
-    the seed: the timed pass, a traced pass (tracemalloc's peak), its ListRooms alone, traced,
-    and a pass in a process of its own (its peak RSS)."""
+def _traced_pass() -> tuple[float, float]:
+    """A pass under tracemalloc: (peak up to the end of its ListRooms, peak after it)."""
+    from rooms_app.reconcile import ReconcilePass
+
+    peaks: list[int] = []
+    read = ReconcilePass._livekit_rooms
+
+    def read_and_mark(self: ReconcilePass) -> dict:
+        rooms = read(self)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.reset_peak()
+        return rooms
+
+    ReconcilePass._livekit_rooms = read_and_mark  # type: ignore[method-assign]
+    tracemalloc.start()
+    try:
+        lb.reconcile_pass()
+        after = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        ReconcilePass._livekit_rooms = read  # type: ignore[method-assign]
+    return peaks[0] / 2**20, after / 2**20
+
+
+def reconcile_sized(services: lb.Services, control: object, sizes: list[int]) -> list[ReconcileSized]:
+    """One row per size, growing the seed: a timed pass, a traced pass, its ListRooms alone
+    (traced: what the pass keeps of it), and a pass in a process of its own (its RSS)."""
     from rooms_app.reconcile import ReconcilePass, ReconcileReport
 
     lb.reconcile_pass()  # warm-up on no rooms
-    _seconds, empty_rss, _report = reconcile_fresh(services)
     seeded = 0
     results = []
     for size in sizes:
@@ -191,42 +221,38 @@ def reconcile_sized(
         elapsed, _queries, report = lb.reconcile_pass()
         if report.repaired:
             raise SystemExit(f"reconcile at {size} rooms repaired {report.repaired}: the seed is wrong")
+        list_peak, chunks_peak = _traced_pass()
         tracemalloc.start()
-        tracemalloc.reset_peak()
-        lb.reconcile_pass()
-        peak = tracemalloc.get_traced_memory()[1]
-        tracemalloc.reset_peak()
-        base = tracemalloc.get_traced_memory()[0]
         rooms = ReconcilePass(ReconcileReport(), None)._livekit_rooms()
-        held, list_peak = tracemalloc.get_traced_memory()
+        held = tracemalloc.get_traced_memory()[0]
         del rooms
         tracemalloc.stop()
-        fresh_seconds, fresh_rss, fresh_report = reconcile_fresh(services)
+        fresh_seconds, before, peak, fresh_report = reconcile_fresh(services)
         results.append(
             ReconcileSized(
                 rooms=size,
                 seconds=elapsed,
-                traced_peak_mib=peak / 2**20,
-                list_rooms_peak_mib=(list_peak - base) / 2**20,
-                list_rooms_held_mib=(held - base) / 2**20,
+                list_rooms_peak_mib=list_peak,
+                chunks_peak_mib=chunks_peak,
+                list_rooms_held_mib=held / 2**20,
                 fresh_seconds=fresh_seconds,
-                fresh_rss_mib=fresh_rss,
+                fresh_rss_before_mib=before,
+                fresh_rss_peak_mib=peak,
                 livekit_errors=report.livekit_errors + fresh_report["livekit_errors"],
             )
         )
-    return empty_rss, results
+    return results
 
 
-def reconcile_print(row: ReconcileSized, *, empty_rss: int) -> None:
+def reconcile_print(row: ReconcileSized) -> None:
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    rest = row.traced_peak_mib - row.list_rooms_peak_mib
     print(
         f"reconcile {row.rooms} rooms: {row.seconds:.2f} s ({row.seconds / row.rooms * 1e6:.0f} us/room); "
-        f"tracemalloc peak {row.traced_peak_mib:.1f} MiB = ListRooms's answer {row.list_rooms_peak_mib:.1f} MiB "
-        f"({row.list_rooms_peak_mib * 1024 / row.rooms:.2f} KiB/room, {row.list_rooms_held_mib:.1f} MiB of it "
-        f"kept through the pass) + the chunked pass {rest:.1f} MiB; in a process of its own "
-        f"{row.fresh_seconds:.2f} s, peak RSS {row.fresh_rss_mib} MiB ({empty_rss} MiB over no rooms); "
-        f"{row.livekit_errors} LiveKit call(s) failed; load average {load}"
+        f"tracemalloc peak {row.list_rooms_peak_mib:.1f} MiB reading ListRooms's answer "
+        f"({row.list_rooms_peak_mib * 1024 / row.rooms:.2f} KiB/room), then {row.chunks_peak_mib:.1f} MiB "
+        f"working the chunks ({row.list_rooms_held_mib:.1f} MiB of it LiveKit's list, kept through the pass); "
+        f"in a process of its own {row.fresh_seconds:.2f} s, RSS {row.fresh_rss_before_mib} MiB before the pass, "
+        f"peak {row.fresh_rss_peak_mib} MiB; {row.livekit_errors} LiveKit call(s) failed; load average {load}"
     )
 
 
@@ -265,9 +291,8 @@ def main() -> int:
                 )
                 lb.ledger_empty()
                 sizes = sorted({max(1, args.rooms // 10), args.rooms})
-                empty_rss, rows = reconcile_sized(services, control, sizes)
-                for row in rows:
-                    reconcile_print(row, empty_rss=empty_rss)
+                for row in reconcile_sized(services, control, sizes):
+                    reconcile_print(row)
         finally:
             services.stop_all()
     print(f"after: /proc/loadavg {Path('/proc/loadavg').read_text().strip()}")
