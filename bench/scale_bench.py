@@ -7,11 +7,18 @@ the rate LiveKit would produce, for the closing note.
    agent produces (room_started, participant_joined x2, participant_left x2, room_finished):
    the request verifies, dedupes and records. Then their application to the ledger, as the
    Celery task does it (one application at a time, in recorded order), timed here in
-   process (batches of events, one transaction each). Printed: both sustained rates, and how many joins per second each keeps up with
-   (LiveKit sends about 3 webhooks per join when each room has one person and one agent).
-2. Reconcile at 10,000 and 100,000 rooms (each with its agent, in the LiveKit emulator): the
-   time of a pass and its memory (tracemalloc's peak during a second, traced pass, and the
-   process's peak RSS), per room at both sizes, so bounded growth shows as a flat per-room figure.
+   process (batches of events, one transaction each). Printed: both sustained rates, and how
+   many joins per second each keeps up with (LiveKit sends about 3 webhooks per join when each
+   room has one person and one agent).
+2. Token facts: applied in process (1 and 3 agents per fact, target 1,000 facts/s), then a
+   sustained run (`--facts-rate` tokens/s for `--facts-seconds`) with a real Celery worker,
+   with the lag from a token to its ledger row at p50 and p99. Leftover facts are deleted first.
+3. Reconcile at 10,000 and 100,000 rooms (each with its agent, in the LiveKit emulator), with
+   the portal's default settings (RECONCILE_CHUNK_ROOMS, RECONCILE_LIST_ROOMS_TIMEOUT_S): the
+   time of a pass; tracemalloc's peak during a second, traced pass, while it reads its one
+   ListRooms answer (LiveKit has no paging: that grows with the rooms) and then while it works
+   the chunks (flat but for what it keeps of LiveKit's list); and the RSS of a pass in a
+   process of its own, before the pass and at its peak.
 
 Runs on its own PostgreSQL database and Redis database (it empties both):
 SCALE_BENCH_DATABASE_URL (default postgres://dispatchportal@127.0.0.1:5432/dispatchportal_scale_bench)
@@ -28,14 +35,15 @@ import hashlib
 import json
 import logging
 import os
-import resource
 import socket
+import subprocess
 import sys
 import tempfile
 import time
 import tracemalloc
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault(
@@ -269,8 +277,76 @@ def token_facts_sustained(services: lb.Services, *, rate: int, seconds: float) -
     }
 
 
-def reconcile_sized(control: object, sizes: list[int]) -> list[tuple[int, float, float, int]]:
-    """(rooms, pass seconds, tracemalloc peak MiB, peak RSS MiB) per size, growing the seed."""
+# A pass in a process of its own, reporting its RSS before the pass and its peak. (The peak
+# is read inside: a child's ru_maxrss on Linux counts the parent's pages it was forked with.)
+FRESH_PASS = """
+import json, django
+django.setup()
+from rooms_app.reconcile import reconcile_run
+def rss(field):
+    return next(int(l.split()[1]) // 1024 for l in open("/proc/self/status") if l.startswith(field + ":"))
+before = rss("VmRSS")
+report = reconcile_run().as_dict()
+print(json.dumps({"report": report, "before": before, "peak": rss("VmHWM")}))
+"""
+
+
+def reconcile_fresh(services: lb.Services) -> tuple[float, int, int, dict]:
+    """One pass in a process of its own: (seconds, RSS before the pass and its peak in MiB,
+    the report)."""
+    started = time.monotonic()
+    answer = subprocess.run(
+        [lb.PYTHON, "-c", FRESH_PASS], cwd=lb.ROOT, env=services.env, capture_output=True, check=False
+    )
+    elapsed = time.monotonic() - started
+    if answer.returncode:
+        raise SystemExit(f"the reconcile pass in its own process failed: {answer.stderr[-2000:]!r}")
+    out = json.loads(answer.stdout.splitlines()[-1])
+    return elapsed, out["before"], out["peak"], out["report"]
+
+
+@dataclass
+class ReconcileSized:
+    rooms: int
+    seconds: float  # one pass, in this process
+    list_rooms_peak_mib: float  # tracemalloc's peak while the pass reads ListRooms's answer
+    chunks_peak_mib: float  # ... while it works the chunks (what it keeps of that answer included)
+    list_rooms_held_mib: float  # what it keeps of that answer
+    fresh_seconds: float  # one pass in a process of its own (Django's start-up included)
+    fresh_rss_before_mib: int
+    fresh_rss_peak_mib: int
+    livekit_errors: int
+
+
+def _traced_pass() -> tuple[float, float]:
+    """A pass under tracemalloc: (peak up to the end of its ListRooms, peak after it)."""
+    from rooms_app.reconcile import ReconcilePass
+
+    peaks: list[int] = []
+    read = ReconcilePass._livekit_rooms
+
+    def read_and_mark(self: ReconcilePass) -> dict:
+        rooms = read(self)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.reset_peak()
+        return rooms
+
+    ReconcilePass._livekit_rooms = read_and_mark  # type: ignore[method-assign]
+    tracemalloc.start()
+    try:
+        lb.reconcile_pass()
+        after = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        ReconcilePass._livekit_rooms = read  # type: ignore[method-assign]
+    return peaks[0] / 2**20, after / 2**20
+
+
+def reconcile_sized(services: lb.Services, control: object, sizes: list[int]) -> list[ReconcileSized]:
+    """One row per size, growing the seed: a timed pass, a traced pass, its ListRooms alone
+    (traced: what the pass keeps of it), and a pass in a process of its own (its RSS)."""
+    from rooms_app.reconcile import ReconcilePass, ReconcileReport
+
     lb.reconcile_pass()  # warm-up on no rooms
     seeded = 0
     results = []
@@ -280,14 +356,38 @@ def reconcile_sized(control: object, sizes: list[int]) -> list[tuple[int, float,
         elapsed, _queries, report = lb.reconcile_pass()
         if report.repaired:
             raise SystemExit(f"reconcile at {size} rooms repaired {report.repaired}: the seed is wrong")
+        list_peak, chunks_peak = _traced_pass()
         tracemalloc.start()
-        tracemalloc.reset_peak()
-        lb.reconcile_pass()
-        peak = tracemalloc.get_traced_memory()[1]
+        rooms = ReconcilePass(ReconcileReport(), None)._livekit_rooms()
+        held = tracemalloc.get_traced_memory()[0]
+        del rooms
         tracemalloc.stop()
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        results.append((size, elapsed, peak / 2**20, int(rss)))
+        fresh_seconds, before, peak, fresh_report = reconcile_fresh(services)
+        results.append(
+            ReconcileSized(
+                rooms=size,
+                seconds=elapsed,
+                list_rooms_peak_mib=list_peak,
+                chunks_peak_mib=chunks_peak,
+                list_rooms_held_mib=held / 2**20,
+                fresh_seconds=fresh_seconds,
+                fresh_rss_before_mib=before,
+                fresh_rss_peak_mib=peak,
+                livekit_errors=report.livekit_errors + fresh_report["livekit_errors"],
+            )
+        )
     return results
+
+
+def reconcile_print(row: ReconcileSized) -> None:
+    print(
+        f"reconcile {row.rooms} rooms: {row.seconds:.2f} s ({row.seconds / row.rooms * 1e6:.0f} us/room); "
+        f"tracemalloc peak {row.list_rooms_peak_mib:.1f} MiB reading ListRooms's answer "
+        f"({row.list_rooms_peak_mib * 1024 / row.rooms:.2f} KiB/room), then {row.chunks_peak_mib:.1f} MiB "
+        f"working the chunks ({row.list_rooms_held_mib:.1f} MiB of it LiveKit's list, kept through the pass); "
+        f"in a process of its own {row.fresh_seconds:.2f} s, RSS {row.fresh_rss_before_mib} MiB before the pass, "
+        f"peak {row.fresh_rss_peak_mib} MiB; {row.livekit_errors} LiveKit call(s) failed; load average {_load()}"
+    )
 
 
 def _load() -> str:
@@ -306,8 +406,6 @@ def main() -> int:
     print(f"services: {lb.DATABASE_URL.rsplit('@', 1)[-1]}, {lb.REDIS_URL.rsplit('@', 1)[-1]}")
     with tempfile.TemporaryDirectory(prefix="scale-bench-") as tmp:
         services = lb.Services(Path(tmp))
-        # One ListRooms answers with every room: at 100,000 rooms, longer than the default 5 s.
-        services.env["LIVEKIT_TIMEOUT_S"] = "120"
         if not lb.django_and_emulator_start(services):
             return 2
         from livekit_emulator.client import ControlClient
@@ -352,11 +450,8 @@ def main() -> int:
                 if args.rooms <= 0:
                     return 0
                 sizes = sorted({max(1, args.rooms // 10), args.rooms})
-                for size, elapsed, peak, rss in reconcile_sized(control, sizes):
-                    print(
-                        f"reconcile {size} rooms: {elapsed:.2f} s, tracemalloc peak {peak:.0f} MiB "
-                        f"({peak * 2**20 / size / 1024:.1f} KiB/room), peak RSS so far {rss} MiB"
-                    )
+                for row in reconcile_sized(services, control, sizes):
+                    reconcile_print(row)
         finally:
             services.stop_all()
     print(f"after: /proc/loadavg {Path('/proc/loadavg').read_text().strip()}")

@@ -201,6 +201,10 @@ DISPATCH_ASSIGNMENT_WINDOW_S = env.float("DISPATCH_ASSIGNMENT_WINDOW_S", default
 # The Dispatch API's own CreateDispatch try (the queued task retries past it).
 DISPATCH_INLINE_TIMEOUT_S = env.float("DISPATCH_INLINE_TIMEOUT_S", default=1.0)
 RECONCILE_CONCURRENCY = env.int("RECONCILE_CONCURRENCY", default=16)
+# Rooms a reconcile pass handles at a time (its memory beyond LiveKit's room list), and the
+# deadline of its one ListRooms, whose answer carries every room (about 23 MB at 100,000).
+RECONCILE_CHUNK_ROOMS = env.int("RECONCILE_CHUNK_ROOMS", default=1000)
+RECONCILE_LIST_ROOMS_TIMEOUT_S = env.float("RECONCILE_LIST_ROOMS_TIMEOUT_S", default=60.0)
 
 # Retention, in days (0 keeps forever): the "Delete rows past their retention" periodic task
 # (dispatchportal/retention.py) deletes older rows every RETENTION_INTERVAL_S seconds, in

@@ -4,18 +4,26 @@ Webhooks can be lost, workers die, self-hosted LiveKit never re-dispatches: this
 safety net. Periodic (django-celery-beat, default every 30 s), `manage.py reconcile`, and the
 admin's "reconcile now". One pass:
 
-1. asks LiveKit for its rooms (one ListRooms), then the participants of every room where the
-   portal wants an agent (ListParticipants, concurrently, bounded by a semaphore);
-2. reads the ledger in a fixed number of queries, whatever the number of rooms;
-3. in one transaction: records new and restarted rooms (bulk inserts and updates), closes rows
-   of rooms that are gone (each dispatch through the transition function, as every other
-   change of a dispatch's status), marks agents joined or left, re-dispatches agents that left a live room,
+1. asks LiveKit for its rooms: one ListRooms (LiveKit has no paging), with its own deadline
+   (`RECONCILE_LIST_ROOMS_TIMEOUT_S`); a pass whose ListRooms fails or times out changes
+   nothing and reports the error (the task's result: metrics and the `reconcile` alert);
+2. then goes through the rooms a chunk at a time (`RECONCILE_CHUNK_ROOMS`): the rooms the
+   ledger holds live, read in pages by key; then the rooms LiveKit has that the ledger does
+   not hold live; then finished rooms whose dispatches are still live. Per chunk it reads the
+   ledger in a fixed number of queries, asks for the participants of every room where the
+   portal wants an agent (ListParticipants, concurrently, bounded by a semaphore), and in one
+   transaction: records new and restarted rooms (`services.rooms_observe`), closes rows of
+   rooms that are gone (`services.rooms_close`, each dispatch through the transition
+   function), marks agents joined or left, re-dispatches agents that left a live room,
    applies explicit-delivery rules to rooms that lack their agents (rooms made by other apps,
    SIP, the token path on an existing room), records managed agents it finds unrecorded, and
    removes a second agent of one name or a cancelled dispatch's agent (the shared matcher,
-   `services.matching`);
-4. after commit, enqueues the LiveKit work: CreateDispatch for new rows, join-deadline checks
-   whose task was lost, dispatches stuck in `pending`.
+   `services.matching`); after that commit it enqueues the LiveKit work: CreateDispatch for
+   new rows, join-deadline checks whose task was lost, dispatches stuck in `pending`.
+
+What a pass holds is LiveKit's room list (a few hundred bytes a room) and one chunk's rows
+and participants. Every decision is about one room, so chunking changes no outcome; a pass
+that fails half-way leaves the chunks it finished written, and the next pass does the rest.
 
 The implicit agent_name="" dispatch and agents the portal does not manage are ignored. Only
 one pass runs at a time: a Redis lock with REDIS_URL, else a file lock.
@@ -28,13 +36,14 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from agents_app.models import Agent
@@ -60,8 +69,9 @@ STALE_PENDING_S = 90
 OVERDUE_GRACE_S = 5
 # A token minted for a room that never started is forgotten after the longest token TTL.
 PENDING_ROOM_EXPIRY_S = 6 * 3600
-BULK_BATCH = 500
 NAME_CHUNK = 5000
+# The ledger's columns the pass reads of each room.
+ROOM_FIELDS = ("id", "name", "sid", "status", "num_participants", "started_at", "created_at")
 
 
 @dataclass(slots=True)
@@ -141,15 +151,28 @@ def reconcile_run(*, room_names: Sequence[str] | None = None) -> ReconcileReport
 
 
 class ReconcilePass:
+    """One pass, a chunk of rooms at a time (`RECONCILE_CHUNK_ROOMS`): what the pass holds
+    besides LiveKit's room list is bounded by the chunk, whatever the number of rooms."""
+
     def __init__(self, report: ReconcileReport, scope: list[str] | None) -> None:
         self.report = report
         self.scope = scope
         self.now = timezone.now()
+        self.chunk_size = max(1, int(getattr(settings, "RECONCILE_CHUNK_ROOMS", 1000)))
+        self.agents: dict[str, Agent] = {}
+        self.rules: Any = None
         self.enqueue_request: list[int] = []
         self.enqueue_deadline: list[int] = []
-        self.marks: dict[str, bool] = {}
 
     # -- LiveKit ---------------------------------------------------------------------------
+
+    def _livekit_rooms(self) -> dict[str, LkRoom]:
+        """LiveKit's rooms by name, probe rooms left out. One ListRooms: LiveKit's RoomService
+        has no paging, and a `names` filter cannot show the rooms the ledger lacks. Its answer
+        carries every room (about 230 bytes each on the wire), so its deadline is its own."""
+        timeout = float(getattr(settings, "RECONCILE_LIST_ROOMS_TIMEOUT_S", 60.0))
+        listed = livekit_run(lambda client: client.list_rooms(self.scope or ()), timeout_s=timeout)
+        return {r.name: r for r in listed if not is_canary_room(r.name)}
 
     def _participants(self, names: list[str]) -> dict[str, list[LkParticipant]]:
         concurrency = max(1, int(getattr(settings, "RECONCILE_CONCURRENCY", 16)))
@@ -176,18 +199,56 @@ class ReconcilePass:
     # -- the pass --------------------------------------------------------------------------
 
     def run(self) -> None:
-        lk_rooms = livekit_run(lambda client: client.list_rooms(self.scope or ()))
-        in_livekit = {r.name: r for r in lk_rooms if not is_canary_room(r.name)}  # probes stay out
+        in_livekit = self._livekit_rooms()
         self.report.rooms_in_livekit = len(in_livekit)
+        self.agents = {a.agent_name: a for a in Agent.objects.all()}
+        self.rules = config_get().rules
+        # 1. The rooms the ledger holds live (or the scope's rooms), a page at a time by key,
+        #    each with what LiveKit shows of it.
+        if self.scope is not None:
+            held = Room.objects.filter(name__in=self.scope)
+        else:
+            held = Room.objects.filter(status__in=(Room.Status.PENDING, Room.Status.ACTIVE))
+        for page in self._pages(held):
+            self._chunk(page, {r.name: lk for r in page if (lk := in_livekit.pop(r.name, None))})
+        # 2. Rooms LiveKit has that the ledger does not hold live: new to it, or finished there
+        #    (a new session).
+        while in_livekit:
+            shown = dict(in_livekit.popitem() for _ in range(min(self.chunk_size, len(in_livekit))))
+            self._chunk(list(Room.objects.filter(name__in=list(shown)).only(*ROOM_FIELDS)), shown)
+        # 3. Rooms finished in the ledger and gone from LiveKit that still have live dispatches
+        #    (the Dispatch API's, whose CreateDispatch will make the room): a lost task is re-sent.
+        if self.scope is None:
+            waiting = Room.objects.filter(
+                pk__in=Dispatch.objects.filter(status__in=LIVE_STATUSES).values("room_id")
+            ).exclude(status__in=(Room.Status.PENDING, Room.Status.ACTIVE))
+            for page in self._pages(waiting):
+                self._chunk(page, {})
 
-        ledger = self._ledger_rooms(in_livekit)
-        live = self._live_dispatches(ledger)
-        agents = {a.agent_name: a for a in Agent.objects.all()}
-        rules = config_get().rules
+    def _pages(self, query: QuerySet[Room]) -> Iterator[list[Room]]:
+        """`query`'s rooms in pages of the chunk size, by key: each page is read after the
+        previous one was written, and a room is never read twice."""
+        after = 0
+        while True:
+            page = list(query.filter(pk__gt=after).order_by("pk").only(*ROOM_FIELDS)[: self.chunk_size])
+            if not page:
+                return
+            yield page
+            if len(page) < self.chunk_size:
+                return
+            after = page[-1].pk
 
+    def _chunk(self, held: list[Room], in_livekit: dict[str, LkRoom]) -> None:
+        """One chunk: `held`, the ledger's rows of these rooms, and `in_livekit`, LiveKit's
+        view of those of them it has (rooms it has that the ledger lacks among them)."""
+        ledger = {room.name: room for room in held}
         live_by_room: dict[int, list[Dispatch]] = defaultdict(list)
-        for dispatch in live:
-            live_by_room[dispatch.room_id].append(dispatch)
+        ids = [room.pk for room in held]
+        if ids:
+            for dispatch in Dispatch.objects.filter(room_id__in=ids, status__in=LIVE_STATUSES).select_related(
+                "agent"
+            ):
+                live_by_room[dispatch.room_id].append(dispatch)
 
         # Which rooms need their participants: those where the portal wants an agent.
         wanted_by_rule: dict[str, list[Any]] = {}
@@ -195,45 +256,27 @@ class ReconcilePass:
         for name in in_livekit:
             explicit = [
                 a
-                for a in rules.evaluate(Join(room_name=name)).agents
-                if a.delivery == "explicit" and a.agent_name and a.agent_name in agents
+                for a in self.rules.evaluate(Join(room_name=name)).agents
+                if a.delivery == "explicit" and a.agent_name and a.agent_name in self.agents
             ]
             if explicit:
                 wanted_by_rule[name] = explicit
             room = ledger.get(name)
-            has_live = room is not None and room.pk is not None and bool(live_by_room.get(room.pk))
-            if explicit or has_live:
+            if explicit or (room is not None and live_by_room.get(room.pk)):
                 to_check.append(name)
         participants = self._participants(to_check)
-        self.report.rooms_checked = len(participants)
+        self.report.rooms_checked += len(participants)
 
+        # One transaction per chunk: a chunk's writes stand together, and no lock is held
+        # across the whole pass.
         with transaction.atomic():
+            self.enqueue_request, self.enqueue_deadline = [], []
             rooms = self._rooms_write(in_livekit, ledger, live_by_room)
-            self._compare(rooms, participants, live_by_room, wanted_by_rule, agents)
+            self._compare(rooms, participants, live_by_room, wanted_by_rule, self.agents)
             for dispatch_id in self.enqueue_request:
                 dispatch_request_enqueue(dispatch_id=dispatch_id)
             for dispatch_id in self.enqueue_deadline:
                 dispatch_deadline_enqueue(dispatch_id=dispatch_id)
-
-    def _ledger_rooms(self, in_livekit: dict[str, LkRoom]) -> dict[str, Room]:
-        fields = ("id", "name", "sid", "status", "num_participants", "started_at", "created_at")
-        if self.scope is not None:
-            query = Room.objects.filter(name__in=self.scope)
-        else:
-            query = Room.objects.filter(status__in=(Room.Status.PENDING, Room.Status.ACTIVE))
-        ledger = {room.name: room for room in query.only(*fields)}
-        # Rooms LiveKit has that the ledger holds as finished (restarted) or never saw.
-        missing = [name for name in in_livekit if name not in ledger]
-        for start in range(0, len(missing), NAME_CHUNK):
-            chunk = missing[start : start + NAME_CHUNK]
-            ledger.update({room.name: room for room in Room.objects.filter(name__in=chunk).only(*fields)})
-        return ledger
-
-    def _live_dispatches(self, ledger: dict[str, Room]) -> list[Dispatch]:
-        query = Dispatch.objects.filter(status__in=LIVE_STATUSES).select_related("agent")
-        if self.scope is not None:
-            query = query.filter(room__name__in=self.scope)
-        return list(query)
 
     # -- rooms -----------------------------------------------------------------------------
 
@@ -253,8 +296,6 @@ class ReconcilePass:
         )
         ledger.update(observed.rooms)
         self.report.rooms_recorded += len(observed.started)
-        for room in observed.started:
-            self.marks[room.name] = True
         for room in observed.new_sessions:
             # The old session's dispatches were closed; only this one's stay live.
             began = room.started_at or now
@@ -300,8 +341,6 @@ class ReconcilePass:
     ) -> None:
         live = {room.pk: live_by_room.pop(room.pk, []) for room in rooms}
         services.rooms_close(rooms=rooms, to=to, detail=detail, live=live, now=self.now)
-        for room in rooms:
-            self.marks[room.name] = False
 
     # -- agents ----------------------------------------------------------------------------
 

@@ -170,6 +170,120 @@ def test_queries_per_pass_do_not_grow_with_rooms(lk, support_agent):
     assert count() == small
 
 
+def _drift(lk, support_agent) -> None:
+    """Every kind of room a pass meets, each needing its own repair."""
+    notes_agent = AgentFactory(agent_name="notes-agent")
+    RuleFactory(agent=support_agent, room_match_value="sip-*", delivery="explicit")
+    caller = {"identity": "caller"}
+    lk.control.create_rooms(
+        [
+            {"name": "sip-new", "participants": [caller]},  # only in LiveKit; a rule wants an agent
+            {"name": "other-new", "participants": [caller]},  # only in LiveKit
+            {"name": "joined-1", "participants": [caller, agent("agent-AJ_1", "support-agent")]},
+            {"name": "left-1", "participants": [caller]},
+            {"name": "restarted", "participants": [caller]},
+            {"name": "adopt-1", "participants": [agent("agent-AJ_3", "support-agent")]},
+        ]
+    )
+    sids = {r["name"]: r["sid"] for r in lk.control.state()["rooms"]}
+    joined = services.room_observe(name="joined-1", sid=sids["joined-1"], started_at=None)
+    services.dispatch_create(room=joined, agent=support_agent, source="rule", status=S.REQUESTED)
+    left = services.room_observe(name="left-1", sid=sids["left-1"], started_at=None)
+    services.dispatch_create(
+        room=left,
+        agent=support_agent,
+        source="rule",
+        status=S.AGENT_JOINED,
+        participant_identity="agent-AJ_2",
+    )
+    services.room_observe(name="restarted", sid="RM_old", started_at=None)
+    services.room_finished(name="restarted", sid="RM_old")
+    adopt = services.room_observe(name="adopt-1", sid=sids["adopt-1"], started_at=None)
+    services.dispatch_create(room=adopt, agent=notes_agent, source="api", status=S.REQUESTED)
+    # Only in the ledger: a room gone from LiveKit, a token never used, a room LiveKit does
+    # not have yet, and a finished room, the last two with a dispatch whose task was lost.
+    gone = services.room_observe(name="gone-1", sid="RM_gone", started_at=None)
+    services.dispatch_create(room=gone, agent=support_agent, source="rule", status=S.AGENT_JOINED)
+    expired = services.room_get_or_create(name="expired-1")
+    services.dispatch_create(room=expired, agent=support_agent, source="token", delivery="token")
+    Room.objects.filter(pk=expired.pk).update(created_at=timezone.now() - timezone.timedelta(hours=7))
+    waiting = services.room_get_or_create(name="waiting-1")
+    services.dispatch_create(room=waiting, agent=notes_agent, source="api")
+    services.room_observe(name="finished-1", sid="RM_f", started_at=None)
+    finished = services.room_finished(name="finished-1", sid="RM_f")
+    assert finished is not None
+    services.dispatch_create(room=finished, agent=notes_agent, source="api")
+    long_ago = timezone.now() - timezone.timedelta(minutes=5)
+    Dispatch.objects.filter(status=S.PENDING, delivery="explicit").update(updated_at=long_ago)
+
+
+def _ledger(lk) -> tuple[list[tuple], list[tuple]]:
+    sids = {r["name"]: r["sid"] for r in lk.control.state()["rooms"]}
+    rooms = sorted(
+        (r.name, r.status, r.sid == sids.get(r.name, r.sid), r.num_participants, r.finished_at is None)
+        for r in Room.objects.all()
+    )
+    dispatches = sorted(
+        (d.room.name, d.agent_name, d.status, d.source, d.attempt, d.participant_identity)
+        for d in Dispatch.objects.select_related("room")
+    )
+    return rooms, dispatches
+
+
+@pytest.mark.parametrize("chunk", [1000, 3, 2, 1])
+def test_a_pass_in_chunks_leaves_the_ledger_a_single_chunk_leaves(
+    lk, support_agent, settings, chunk, django_capture_on_commit_callbacks
+):
+    """Rooms only in LiveKit, only in the ledger, in both, at every chunk boundary: the pass
+    reaches the same ledger and counts the same repairs whatever the chunk size."""
+    settings.RECONCILE_CHUNK_ROOMS = chunk
+    _drift(lk, support_agent)
+    with django_capture_on_commit_callbacks(execute=False) as sent:
+        report = reconcile_run()
+    repairs = {k: v for k, v in report.as_dict().items() if isinstance(v, int) and v}
+    assert repairs == {
+        "rooms_in_livekit": 6,
+        "rooms_checked": 4,  # sip-new, joined-1, left-1, adopt-1
+        "rooms_recorded": 3,  # sip-new, other-new, restarted
+        "rooms_closed": 1,
+        "agents_joined": 1,
+        "agents_left": 1,
+        "agents_adopted": 1,
+        "dispatched": 1,
+        "redispatched": 1,
+        "requeued": 2,  # waiting-1, finished-1
+        "tokens_expired": 1,
+    }
+    rooms, dispatches = _ledger(lk)
+    # (name, status, sid as LiveKit shows it, participants, not finished)
+    assert rooms == [
+        ("adopt-1", "active", True, 1, True),
+        ("expired-1", "finished", True, 0, False),
+        ("finished-1", "finished", True, 0, False),
+        ("gone-1", "finished", True, 0, False),
+        ("joined-1", "active", True, 2, True),
+        ("left-1", "active", True, 1, True),
+        ("other-new", "active", True, 1, True),
+        ("restarted", "active", True, 1, True),
+        ("sip-new", "active", True, 1, True),
+        ("waiting-1", "pending", True, 0, True),
+    ]
+    assert dispatches == [
+        ("adopt-1", "notes-agent", S.REQUESTED, "api", 1, ""),
+        ("adopt-1", "support-agent", S.AGENT_JOINED, "reconcile", 1, "agent-AJ_3"),
+        ("expired-1", "support-agent", S.CANCELLED, "token", 1, ""),
+        ("finished-1", "notes-agent", S.PENDING, "api", 1, ""),
+        ("gone-1", "support-agent", S.ROOM_CLOSED, "rule", 1, ""),
+        ("joined-1", "support-agent", S.AGENT_JOINED, "rule", 1, "agent-AJ_1"),
+        ("left-1", "support-agent", S.FAILED, "rule", 1, "agent-AJ_2"),
+        ("left-1", "support-agent", S.PENDING, "rule", 2, ""),
+        ("sip-new", "support-agent", S.PENDING, "reconcile", 1, ""),
+        ("waiting-1", "notes-agent", S.PENDING, "api", 1, ""),
+    ]
+    # CreateDispatch for sip-new's rule and left-1's second attempt; the two lost tasks again.
+    assert len(sent) == 4
+
+
 def test_one_pass_at_a_time(lk):
     with reconcile_lock() as held:
         assert held
@@ -181,6 +295,30 @@ def test_livekit_down_is_reported_not_raised(lk):
     lk.control.faults(down=True)
     report = reconcile_run()
     assert "cannot reach LiveKit" in report.error
+
+
+def test_list_rooms_has_its_own_deadline_and_a_pass_past_it_is_recorded_failed(lk, support_agent, settings):
+    """ListRooms carries every room: it gets RECONCILE_LIST_ROOMS_TIMEOUT_S, not the per-call
+    timeout. A pass whose ListRooms overruns it changes nothing and is recorded as failed."""
+    from rooms_app.tasks import reconcile_run as reconcile_task
+    from watch_app.models import Condition
+
+    room = services.room_observe(name="gone-1", sid="RM_gone", started_at=timezone.now())
+    services.dispatch_create(room=room, agent=support_agent, source="rule", status=S.AGENT_JOINED)
+    lk.control.faults(latency_ms=600)
+    settings.LIVEKIT_TIMEOUT_S = 0.3
+    settings.RECONCILE_LIST_ROOMS_TIMEOUT_S = 0.3
+    result = reconcile_task.apply().get()
+    assert "ListRooms" in result["error"] and "timed out" in result["error"]
+    condition = Condition.objects.get(key="reconcile")
+    assert condition.consecutive_failures == 1 and "ListRooms" in condition.last_error
+    assert (Room.objects.get().status, Dispatch.objects.get().status) == ("active", S.AGENT_JOINED)
+
+    settings.RECONCILE_LIST_ROOMS_TIMEOUT_S = 5
+    result = reconcile_task.apply().get()
+    assert (result["error"], result["rooms_closed"]) == ("", 1)
+    assert Condition.objects.get(key="reconcile").consecutive_failures == 0
+    assert (Room.objects.get().status, Dispatch.objects.get().status) == ("finished", S.ROOM_CLOSED)
 
 
 def test_management_command(lk, support_agent):
