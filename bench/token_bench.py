@@ -1,7 +1,8 @@
 """Token throughput: the portal's token endpoint against the floor and references, one run.
 
 Four targets, each sent the same request by the same load generator (wrk):
-  endpoint  POST /api/v1/token under gunicorn (2 sync workers) with 100 rules loaded, three
+  endpoint  POST /api/v1/token under gunicorn with the portal's own configuration
+            (dispatchportal/gunicorn_conf.py, 2 sync workers) and 100 rules loaded, three
             of which match the room, so every token carries three agents and is recorded
             (one INSERT of its fact) before the answer;
   minimal   a minimal Django app (bench/minimal_app.py) under gunicorn (2 sync workers): no
@@ -177,10 +178,10 @@ def _node_server(port: int) -> subprocess.Popen:
     return subprocess.Popen([node, "server.mjs"], cwd=NODE_DIR, env=env, stdout=subprocess.DEVNULL)
 
 
-def _minimal_server(port: int, agents: list[dict]) -> subprocess.Popen:
+def _minimal_server(port: int, agents: list[dict], workers: int) -> subprocess.Popen:
     env = {**bench_env(), "BENCH_MINIMAL_AGENTS": json.dumps(agents)}
     env.pop("DJANGO_SETTINGS_MODULE")  # it configures itself
-    command = [sys.executable, "-m", "gunicorn", "bench.minimal_app", "--workers", "2"]
+    command = [sys.executable, "-m", "gunicorn", "bench.minimal_app", "--workers", str(workers)]
     command += ["--bind", f"127.0.0.1:{port}", "--log-level", "warning"]
     return subprocess.Popen(command, cwd=ROOT, env=env)
 
@@ -191,6 +192,12 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (the machine's cores are shared)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="gunicorn sync workers of each Python target (on 2 cores, 4 measured lower for both)",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install -y wrk")
@@ -199,6 +206,11 @@ def main() -> int:
     django_setup()
     services_prepare()
     key = ruleset_load(RULES)
+    # The facts earlier runs recorded (no Celery worker applies them here): every run starts
+    # from an empty table, as a portal whose facts are applied and swept does.
+    from rooms_app.models import TokenFact
+
+    TokenFact.objects.all().delete()
 
     django_port, node_port, minimal_port = _free_port(), _free_port(), _free_port()
     servers: list[subprocess.Popen] = []
@@ -209,9 +221,11 @@ def main() -> int:
                     sys.executable,
                     "-m",
                     "gunicorn",
+                    "-c",
+                    "dispatchportal/gunicorn_conf.py",
                     "dispatchportal.wsgi",
                     "--workers",
-                    "2",
+                    str(args.workers),
                     "--bind",
                     f"127.0.0.1:{django_port}",
                     "--log-level",
@@ -233,7 +247,7 @@ def main() -> int:
         )
         # The minimal app mints exactly the agents (and job metadata) the portal gave.
         agents = _check(endpoint, key)["dispatch"]["agents"]
-        servers.append(_minimal_server(minimal_port, agents))
+        servers.append(_minimal_server(minimal_port, agents, args.workers))
         _wait_listening(minimal_port, servers[2], "minimal Django app")
         targets = [
             endpoint,
@@ -280,7 +294,7 @@ def main() -> int:
         redis_flush()  # the rate-limit counters and task messages of thousands of tokens
 
     print(
-        f"token bench: gunicorn 2 sync workers, {backends()}; wrk -t{args.threads} -c{args.connections}, "
+        f"token bench: gunicorn {args.workers} sync workers each, {backends()}; wrk -t{args.threads} -c{args.connections}, "
         f"{args.rounds} rounds x {args.duration} s per target, median round, ratios paired per round; {load}"
     )
     median: dict[str, float] = {}

@@ -339,7 +339,7 @@ class TokenFact(models.Model):
     `apply_error`, that it could not be: one bad record never holds up the others)."""
 
     minted_at = models.DateTimeField("minted", db_index=True)
-    room_name = models.CharField("room", max_length=256, db_index=True, help_text="e.g. 'interview-42'.")
+    room_name = models.CharField("room", max_length=256, help_text="e.g. 'interview-42'.")
     participant_identity = models.CharField("identity", max_length=256, help_text="e.g. 'alice'.")
     client = models.CharField("API client", max_length=200, blank=True, help_text="e.g. 'web frontend'.")
     agents = models.JSONField(
@@ -358,8 +358,12 @@ class TokenFact(models.Model):
     class Meta:
         ordering = ["-id"]
         verbose_name = "token fact"
+        # Every token that carries agents inserts a row: only the indexes something reads.
+        # room_name is looked up by equality (a room's facts), never by prefix, so it has no
+        # `varchar_pattern_ops` twin (what `db_index=True` adds on PostgreSQL).
         indexes = [
             models.Index(fields=["id"], condition=Q(applied_at__isnull=True), name="tokenfact_unapplied"),
+            models.Index(fields=["room_name"], name="tokenfact_room_name"),
         ]
 
     def __str__(self) -> str:
