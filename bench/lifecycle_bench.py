@@ -472,7 +472,9 @@ def main() -> int:
                 # (scale_bench times the default chunks).
                 from django.conf import settings
 
-                settings.RECONCILE_CHUNK_ROOMS = args.rooms
+                # (Larger than the rooms: a page exactly the chunk's size is followed by an
+                # empty read, one query more at the larger count alone.)
+                settings.RECONCILE_CHUNK_ROOMS = 2 * args.rooms
                 # Warm-up on no rooms: the per-process rule cache loads once (a few queries).
                 reconcile_pass()
                 small = max(1, args.rooms // 10)
