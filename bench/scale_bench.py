@@ -439,7 +439,7 @@ def main() -> int:
                     f"keeps up with {rate / WEBHOOKS_PER_JOIN:.0f} joins/s; load {_load()}"
                 )
                 print(
-                    f"webhook application (off the request, in recorded order, batches of 50 per transaction): {apply_rate:.0f} events/s "
+                    f"webhook application (off the request, in recorded order, a quarter of the backlog per transaction, at most 50): {apply_rate:.0f} events/s "
                     f"({applied} events); keeps up with {apply_rate / WEBHOOKS_PER_JOIN:.0f} joins/s; load {_load()}"
                 )
                 print(

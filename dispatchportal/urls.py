@@ -12,11 +12,12 @@ from .admin_urls import admin_urlpatterns
 from .metrics import metrics_view
 
 urlpatterns = [
+    # First: the token endpoint is the route every frontend calls, resolved before the rest.
+    path("api/v1/", include("agents_app.urls")),
     # A newcomer opening the portal lands on the dashboard (the admin login first).
     path("", RedirectView.as_view(pattern_name="dispatch-dashboard"), name="home"),
     *admin_urlpatterns(),  # before admin/: admin's catch-all would answer them with a 404
     path("admin/", admin.site.urls),
-    path("api/v1/", include("agents_app.urls")),
     path("", include("operator_views.doctor.urls")),
     path("", include("rooms_app.urls")),
     path("metrics", metrics_view, name="metrics"),
