@@ -11,7 +11,10 @@ a livekit-server line at ERROR or worse) is also printed to the console as one s
 naming the process and its log file, so a problem is seen without reading the logs.
 
 SIGTERM is passed to the process, SIGINT ignored (Ctrl-C in a terminal reaches the process
-itself); this one exits with the process's exit code once its last line is written.
+itself); this one exits with the process's exit code once its last line is written. A process
+still running `STOP_GRACE_S` seconds after SIGTERM is killed: a Celery worker whose pool
+processes got the same SIGTERM (a process manager, `timeout`, an IDE's stop button signal the
+whole group) never finishes its warm shutdown, and would live on to take the next run's tasks.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ ERROR_LEVELS = frozenset({"ERROR", "CRITICAL", "FATAL", "PANIC", "DPANIC"})
 # livekit-server's console format: "2026-12-03T09:12:14.534Z\tERROR\tlivekit\tfile.go:12\tmessage\t{...}"
 _GO_LINE = re.compile(r"^\S+\t([A-Z]+)\t\S+\t\S+\t(.*)$")
 ECHO_MAX_CHARS = 200
+STOP_GRACE_S = int(os.environ.get("LOGPIPE_STOP_GRACE_S", "10"))
 
 
 def error_summary(line: str) -> str | None:
@@ -86,8 +90,14 @@ def main(argv: list[str]) -> int:
     def forward(signum: int, _frame: object) -> None:
         if child.poll() is None:
             child.send_signal(signum)
+            signal.alarm(STOP_GRACE_S)
+
+    def kill(_signum: int, _frame: object) -> None:
+        if child.poll() is None:
+            child.kill()
 
     signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGALRM, kill)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     assert child.stdout is not None
     copy(

@@ -173,3 +173,27 @@ def test_the_log_pipe_passes_the_exit_code_on():
         text=True,
     )
     assert result.returncode == 3 and result.stdout == "" and result.stderr == ""
+
+
+def test_the_log_pipe_kills_a_process_that_outlives_its_sigterm(tmp_path):
+    """A Celery worker whose pool got the group's SIGTERM hangs in its warm shutdown: the pipe
+    passes SIGTERM on, then kills what is still running after its grace, so no process lives on
+    to take the next run's tasks."""
+    stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(120)"
+    log = tmp_path / "stubborn.log"
+    pipe = subprocess.Popen(
+        [sys.executable, "-P", "dispatchportal/logpipe.py", str(log), "--", sys.executable, "-c", stubborn],
+        cwd=ROOT,
+        env={**os.environ, "LOGPIPE_STOP_GRACE_S": "1"},
+    )
+    try:
+        for _ in range(200):  # until the process is up (its first line is in the log)
+            if log.exists() and "up" in log.read_text():
+                break
+            time.sleep(0.05)
+        pipe.send_signal(signal.SIGTERM)
+        # The pipe exits with its process's status: killed, -9 (247 as an exit status).
+        assert pipe.wait(timeout=30) == 256 - signal.SIGKILL
+    finally:
+        if pipe.poll() is None:
+            pipe.kill()
