@@ -284,7 +284,11 @@ def test_the_real_servers_webhooks_are_verified_and_deduplicated(stack):
         what="participant_joined recorded",
     )
     assert joined.event_id.startswith("EV_") and joined.participant_identity == "caller"
-    assert Room.objects.get(name="support-8").status == Room.Status.ACTIVE
+    # Recorded on the request, applied off it (a Celery task): the ledger follows shortly.
+    eventually(
+        lambda: Room.objects.filter(name="support-8", status=Room.Status.ACTIVE).exists(),
+        what="room support-8 live in the ledger",
+    )
     body, headers = next((b, h) for b, h in stack.server.relay.received if joined.event_id.encode() in b)
     assert not headers["Authorization"].startswith("Bearer ")  # LiveKit signs without the scheme
     recorded = WebhookEvent.objects.count()
