@@ -231,15 +231,21 @@ def worker(_worker_session: Worker) -> Iterator[Worker]:
 
 
 @pytest.fixture
-def e2e(lk, live_server, worker, settings) -> Any:
+def e2e(lk, live_server, worker, settings, django_db_blocker) -> Iterator[Any]:
     """Everything end to end: the emulator sends webhooks to the live server, whose views
-    enqueue tasks for the real worker."""
+    enqueue tasks for the real worker. Afterwards: no more webhooks, no queued tasks, and the
+    worker's last task ended before the test's flush (a TRUNCATE beside a running task can
+    deadlock, seen in CI)."""
     queue_purge()
     queue_purge(outbound_queue(QUEUE))
     _share_worker_cache(settings, worker)
     lk.control.webhooks(url=f"{live_server.url}/livekit/webhook", retry_backoff_ms=100)
     settings.DISPATCH_RETRY_BACKOFF_S = 0.2
-    return lk
+    yield lk
+    lk.control.webhooks(url=None)
+    queue_purge()
+    queue_purge(outbound_queue(QUEUE))
+    wait_database_quiet(django_db_blocker)
 
 
 def _share_worker_cache(settings: Any, worker: Worker) -> None:
