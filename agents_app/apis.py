@@ -1,23 +1,28 @@
 """REST endpoints: the LiveKit-standard token endpoint and rule explain.
 
-Each view validates its input, calls one service and serializes the answer. Both run DRF's own
-`dispatch`: authentication, permission checks, the exception handler and the renderer."""
+Each view validates its input, calls one service and serializes the answer.
+- `token_view` (POST /api/v1/token, the route every join takes) is a plain Django view: it
+  does without DRF's per-request `Request`, negotiation and throttling machinery, and keeps
+  the API's authentication (`ApiClientAuthentication`), error bodies (the project's
+  exception handler) and renderer (`JSONRenderer`). `TokenApiSchema` describes it in the
+  OpenAPI schema (`openapi_endpoints` puts it there).
+- `ExplainApi` runs DRF's own `dispatch`: authentication, permission checks, the exception
+  handler and the renderer."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
+from django.http import HttpRequest, HttpResponse
+from django.urls import reverse
+from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.utils import extend_schema, extend_schema_field, extend_schema_serializer
 from rest_framework import exceptions, serializers
-from rest_framework.negotiation import BaseContentNegotiation
-from rest_framework.parsers import BaseParser
-from rest_framework.renderers import BaseRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from dispatchportal import metrics
-from dispatchportal.exceptions import ApplicationError, Forbidden
+from dispatchportal.exceptions import ApplicationError, Forbidden, exception_handler
 from dispatchportal.openapi import call_examples, error
 from dispatchportal.parsers import json_load
 from dispatchportal.renderers import JSONRenderer
@@ -32,7 +37,13 @@ from dispatchportal.serializers import (
 )
 
 from . import api_docs
-from .authentication import ApiClientAuthentication, IsApiClient, IsApiClientOrStaffWith, request_scope
+from .authentication import (
+    ApiClientAuthentication,
+    ClientPrincipal,
+    IsApiClient,
+    IsApiClientOrStaffWith,
+    request_scope,
+)
 from .models import Agent
 from .rules import KINDS, MAX_PATTERN_LENGTH, Join, RuleError, RuleSpec, rule_compile
 from .selectors import Scope
@@ -92,20 +103,6 @@ def _json_body(request: Any) -> Any:
     return json_load(request.body)
 
 
-class JsonOnly(BaseContentNegotiation):
-    """The token endpoint answers JSON whatever the client accepts (LiveKit's SDKs want JSON),
-    which spares parsing every request's headers for Accept."""
-
-    def select_parser(self, request: Any, parsers: Iterable[BaseParser]) -> BaseParser:
-        return next(iter(parsers))
-
-    def select_renderer(
-        self, request: Any, renderers: Iterable[BaseRenderer], format_suffix: str | None = None
-    ) -> tuple[BaseRenderer, str]:
-        renderer = next(iter(renderers))
-        return renderer, renderer.media_type
-
-
 @extend_schema_field(
     {
         "type": "object",
@@ -144,20 +141,87 @@ class TokenDispatchSerializer(serializers.Serializer):
     )
 
 
-class TokenApi(APIView):
-    """LiveKit's standard token endpoint (what `TokenSource.endpoint` calls)."""
+ALLOWED_METHODS = "POST, OPTIONS"
+
+
+@csrf_exempt  # keys only: no session, so no CSRF
+def token_view(request: HttpRequest) -> HttpResponse:
+    """LiveKit's standard token endpoint (what `TokenSource.endpoint` calls): POST mints one
+    token with the key's client; OPTIONS answers the allowed methods; any other method is 405.
+    Every answer, errors included, is JSON from the API's renderer; every answer to a POST is
+    counted by client and outcome (no database write)."""
+    if request.method == "OPTIONS":
+        return HttpResponse(status=200, headers={"Allow": ALLOWED_METHODS})
+    client = ""
+    headers: dict[str, str] = {}
+    try:
+        if request.method != "POST":
+            headers["Allow"] = ALLOWED_METHODS
+            raise exceptions.MethodNotAllowed(str(request.method))
+        principal = _token_authenticate(request)
+        client = principal.client.name
+        status, body = 201, _token_minted(request, principal)
+    except (ApplicationError, exceptions.APIException) as exc:
+        status, body = _token_error(request, exc, headers)
+    if request.method == "POST":
+        metrics.token_response_record(client=client, status=status, body=body)
+    return HttpResponse(
+        JSONRenderer().render(body), status=status, content_type="application/json", headers=headers
+    )
+
+
+def _token_authenticate(request: HttpRequest) -> ClientPrincipal:
+    """The key's principal, by the API's own authentication; a request without a key is 401,
+    a staff session included (tokens are minted for API clients only)."""
+    found = ApiClientAuthentication().authenticate(request)
+    if found is None:
+        raise exceptions.NotAuthenticated()
+    principal: ClientPrincipal = found[0]
+    return principal
+
+
+def _token_minted(request: HttpRequest, principal: ClientPrincipal) -> dict[str, Any]:
+    token_request = token_request_from_body(_json_body(request))
+    minted = token_mint(client=principal.client, request=token_request, config=principal.config)
+    return {
+        "server_url": minted.server_url,
+        "participant_token": minted.participant_token,
+        "room_name": minted.room_name,
+        "participant_identity": minted.participant_identity,
+        "dispatch": {
+            "room_exists": minted.room_exists,
+            "agents": [
+                {"agent_name": a.agent_name, "rule": a.rule, "metadata": a.metadata, "delivery": a.delivery}
+                for a in minted.agents
+            ],
+        },
+    }
+
+
+def _token_error(
+    request: HttpRequest, exc: ApplicationError | exceptions.APIException, headers: dict[str, str]
+) -> tuple[int, Any]:
+    """The status and body the project's exception handler gives `exc`, as for every DRF view;
+    the challenge of a 401 and the wait of a 429 go into `headers`."""
+    if isinstance(exc, RateLimited):
+        headers["Retry-After"] = str(exc.retry_after)
+    if isinstance(exc, exceptions.NotAuthenticated | exceptions.AuthenticationFailed):
+        headers["WWW-Authenticate"] = ApiClientAuthentication().authenticate_header(request)
+    response = exception_handler(exc, {"request": request})
+    assert response is not None  # the handler answers every ApplicationError and APIException
+    return response.status_code, response.data
+
+
+class TokenApiSchema(APIView):
+    """`token_view` as the OpenAPI schema shows it. drf-spectacular describes DRF views only,
+    so this class carries the endpoint's authentication, request, answers and examples, and
+    `openapi_endpoints` puts it at the endpoint's path; a URL routes it nowhere. Its POST
+    hands the request to `token_view`, so it answers as the endpoint does wherever it is
+    used."""
 
     permission_classes = [IsApiClient]
-    authentication_classes = [ApiClientAuthentication]  # keys only: no session, no CSRF
+    authentication_classes = [ApiClientAuthentication]
     renderer_classes = [JSONRenderer]
-    content_negotiation_class = JsonOnly
-
-    def finalize_response(self, request: Any, response: Any, *args: Any, **kwargs: Any) -> Any:
-        """Every answer, errors included, is counted by client and outcome (no database write)."""
-        if request.method == "POST":
-            client = getattr(getattr(request, "auth", None), "name", "")
-            metrics.token_response_record(client=client, status=response.status_code, body=response.data)
-        return super().finalize_response(request, response, *args, **kwargs)
 
     # The body as the schema shows it; `token_request_parse` validates it (a test keeps the two
     # in step).
@@ -226,37 +290,15 @@ class TokenApi(APIView):
         },
         examples=call_examples(*api_docs.TOKEN_CALLS),
     )
-    def post(self, request: Any) -> Response:
-        """Mint one token, with the key's principal (DRF authenticated it and checked
-        `IsApiClient`)."""
-        token_request = token_request_from_body(_json_body(request))
-        try:
-            minted = token_mint(client=request.auth, request=token_request, config=request.user.config)
-        except RateLimited as exc:
-            return Response(
-                {"error": exc.code, "detail": exc.detail},
-                status=429,
-                headers={"Retry-After": str(exc.retry_after)},
-            )
-        body = {
-            "server_url": minted.server_url,
-            "participant_token": minted.participant_token,
-            "room_name": minted.room_name,
-            "participant_identity": minted.participant_identity,
-            "dispatch": {
-                "room_exists": minted.room_exists,
-                "agents": [
-                    {
-                        "agent_name": a.agent_name,
-                        "rule": a.rule,
-                        "metadata": a.metadata,
-                        "delivery": a.delivery,
-                    }
-                    for a in minted.agents
-                ],
-            },
-        }
-        return Response(body, status=201)
+    def post(self, request: Any) -> HttpResponse:
+        return token_view(request._request)
+
+
+def openapi_endpoints(endpoints: list[tuple[str, str, str, Any]]) -> list[tuple[str, str, str, Any]]:
+    """drf-spectacular's preprocessing hook (settings.SPECTACULAR_SETTINGS): adds the token
+    endpoint, a plain Django view the generator does not list, at its routed path."""
+    path = reverse("agents:token")
+    return [*endpoints, (path, path.lstrip("/"), "POST", TokenApiSchema.as_view())]
 
 
 class MatchSerializer(StrictSerializer):

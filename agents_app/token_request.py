@@ -1,7 +1,7 @@
 """Validation of the token endpoint's body (LiveKit's standard token-endpoint schema).
 
 Hand-written because it sits on the hottest path: DRF's field machinery cost more than the
-rest of a token request. `TokenApi.InputSerializer` describes the same body in the OpenAPI
+rest of a token request. `TokenApiSchema.InputSerializer` describes the same body in the OpenAPI
 schema, and a test keeps the two in step. Errors are DRF's shape, `{field: [message]}`; a
 field a client may not set at all is a 403 naming it."""
 

@@ -1,9 +1,9 @@
 from django.urls import path
 
-from .apis import ExplainApi, TokenApi
+from .apis import ExplainApi, token_view
 
 app_name = "agents"
 urlpatterns = [
-    path("token", TokenApi.as_view(), name="token"),
+    path("token", token_view, name="token"),
     path("rules/explain", ExplainApi.as_view(), name="rules-explain"),
 ]

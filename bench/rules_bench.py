@@ -37,9 +37,9 @@ def _token_view_caller(key: str):  # type: ignore[no-untyped-def]
     """A function that sends one token request through the view and checks its answer."""
     from django.test import RequestFactory
 
-    from agents_app.apis import TokenApi
+    from agents_app.apis import token_view
 
-    view = TokenApi.as_view()
+    view = token_view
     factory = RequestFactory()
     body = json.dumps(TOKEN_BODY)
 

@@ -318,7 +318,7 @@ def main() -> int:
     ok = ratio >= RATIO_TARGET
     rounds = ", ".join(f"{r:.2f}" for r in per_round)
     print(
-        f"ratio endpoint/minimal: {ratio:.2f} (median of rounds {rounds}; target >= {RATIO_TARGET:.2f}) "
+        f"ratio endpoint/minimal: {ratio:.3f} (median of rounds {rounds}; target >= {RATIO_TARGET:.2f}) "
         f"{'OK' if ok else 'MISSED'}"
     )
     print(f"ratio endpoint/bare: {statistics.median(paired('bare')):.2f}")

@@ -281,6 +281,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",  # pinned in requirements.txt, never a CDN
     "SWAGGER_UI_FAVICON_HREF": "/favicon.ico",
     "REDOC_DIST": "SIDECAR",
+    # The token endpoint is a plain Django view: this hook lists it, with its description.
+    "PREPROCESSING_HOOKS": ["agents_app.apis.openapi_endpoints"],
     "ENUM_NAME_OVERRIDES": {
         "DispatchStatusEnum": "rooms_app.models.Dispatch.Status",
         "DispatchDeliveryEnum": "rooms_app.models.Dispatch.Delivery",

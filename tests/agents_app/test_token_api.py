@@ -280,8 +280,30 @@ def test_bad_input_is_400_naming_the_field(api, setup, body, error, field):
 
 def test_wrong_method_is_405(api, setup):
     _, key = setup
-    r = api.get(URL, HTTP_AUTHORIZATION=f"Bearer {key}")
-    assert_error(r, 405, "method_not_allowed")
+    for r in (api.get(URL, HTTP_AUTHORIZATION=f"Bearer {key}"), api.put(URL, {}, format="json")):
+        assert_error(r, 405, "method_not_allowed")
+        assert r.headers["Allow"] == "POST, OPTIONS"
+    assert not TokenFact.objects.exists()
+
+
+def test_options_names_the_methods_without_a_key(api):
+    """A preflight carries no key: it learns the methods and nothing else."""
+    r = api.options(URL)
+    assert r.status_code == 200
+    assert r.headers["Allow"] == "POST, OPTIONS"
+    assert r.content == b""
+
+
+def test_answers_are_the_apis_compact_json(api, setup):
+    """The token endpoint renders with the same renderer as the rest of the API: compact
+    `application/json`, errors included."""
+    _, key = setup
+    r = post(api, key, {"room_name": "interview-1"})
+    assert r.headers["Content-Type"] == "application/json"
+    assert b'"room_name":"interview-1"' in r.content
+    refused = post(api, key, {"room_name": "elsewhere-1"})
+    assert refused.headers["Content-Type"] == "application/json"
+    assert refused.content.startswith(b'{"error":"forbidden","detail":')
 
 
 def test_rate_limit_is_429_with_retry_after(api):
@@ -339,9 +361,9 @@ def test_nothing_is_written_on_errors(api, setup, django_assert_num_queries):
 
 def test_the_schema_describes_exactly_what_the_validator_accepts():
     from agents_app import token_request
-    from agents_app.apis import AgentRequestSerializer, GrantsSerializer, TokenApi
+    from agents_app.apis import AgentRequestSerializer, GrantsSerializer, TokenApiSchema
 
-    assert set(TokenApi.InputSerializer().fields) == set(token_request.FIELDS)
+    assert set(TokenApiSchema.InputSerializer().fields) == set(token_request.FIELDS)
     assert set(AgentRequestSerializer().fields) == set(token_request.AGENT_FIELDS)
     assert set(GrantsSerializer().fields) == set(token_request.GRANT_FIELDS)
 
