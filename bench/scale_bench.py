@@ -3,8 +3,8 @@ it needs is missing. Nothing here has a pass/fail target yet: the figures are pr
 the rate LiveKit would produce, for the closing note.
 
 1. Webhook intake: gunicorn (two workers, as `bin/run-portal`) taking signed LiveKit webhooks
-   as fast as 16 concurrent senders post them, for the events a room of one person and one
-   agent produces (room_started, participant_joined x2, participant_left x2, room_finished):
+   as fast as wrk posts them on 16 connections, each event once, for the events a room of one
+   person and one agent produces (room_started, participant_joined x2, participant_left x2, room_finished):
    the request verifies, dedupes and records. Then their application to the ledger, as the
    Celery task does it (one application at a time, in recorded order), timed here in
    process (batches of events, one transaction each). Printed: both sustained rates, and how
@@ -35,6 +35,8 @@ import hashlib
 import json
 import logging
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -42,7 +44,6 @@ import tempfile
 import time
 import tracemalloc
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,52 +100,104 @@ def room_events(n: int) -> list[bytes]:
     return bodies
 
 
+_WRK_WEBHOOKS = """
+local events, sent, answered = {}, 0, 0
+function init(args)
+  for line in io.lines(args[1]) do
+    local tab = line:find("\t", 1, true)
+    events[#events + 1] = wrk.format("POST", "/livekit/webhook", {
+      ["Content-Type"] = "application/webhook+json",
+      ["Authorization"] = line:sub(1, tab - 1),
+    }, line:sub(tab + 1))
+  end
+end
+-- Each event once; requests already in flight when the last is sent repeat it (a duplicate,
+-- answered 200 without a second row). wrk calls request() once before the run to check it,
+-- so the first event is returned twice.
+function request()
+  sent = sent + 1
+  return events[math.max(1, math.min(sent - 1, #events))]
+end
+function response(status)
+  answered = answered + 1
+  if answered >= #events then wrk.thread:stop() end
+end
+"""
+
+
 def webhook_intake(services: lb.Services, *, count: int) -> tuple[float, int, float, int]:
-    """(recorded per second, answers not 200, applied per second, events applied)."""
+    """(recorded per second, events not answered 200 or not recorded, applied per second,
+    events applied). The
+    webhooks are sent by wrk (one thread, `SENDERS` connections), so the sender takes little
+    of the two cores the portal runs on; each event once, phase by phase (every room's
+    room_started, then every first join, ...), so no room's events overtake each other."""
+    from django.db.models import Max, Min
+
+    from rooms_app.models import WebhookEvent
+
     lb.portal_start(services, threads=4)
-    url = f"http://127.0.0.1:{services.web_port}/livekit/webhook"
+    base = f"http://127.0.0.1:{services.web_port}"
     lb.wait_until(
-        lambda: _no_proxy.open(url.replace("/livekit/webhook", "/healthz"), timeout=2).status == 200,
-        timeout=60,
-        what="gunicorn",
+        lambda: _no_proxy.open(f"{base}/healthz", timeout=2).status == 200, timeout=60, what="gunicorn"
     )
     rooms = max(1, count // 6)
-    # Each room's events in order, rooms interleaved across senders (as many rooms at once).
     per_room = [room_events(n) for n in range(rooms)]
-    prepared = [(body, signed(body)) for body in (b for events in per_room for b in events)]
-
-    def post(item: tuple[bytes, str]) -> int:
-        body, token = item
+    phased = [events[phase] for phase in range(6) for events in per_room]
+    warm, measured = phased[:60], phased[60:]
+    for body in warm:
         request = urllib.request.Request(
-            url,
+            f"{base}/livekit/webhook",
             data=body,
             method="POST",
-            headers={"Content-Type": "application/webhook+json", "Authorization": token},
+            headers={"Content-Type": "application/webhook+json", "Authorization": signed(body)},
         )
-        try:
-            with _no_proxy.open(request, timeout=30) as answer:
-                return answer.status
-        except urllib.error.HTTPError as exc:
-            return exc.code
-
-    warm = prepared[:60]
-    with ThreadPoolExecutor(SENDERS) as pool:
-        list(pool.map(post, warm))
-        started = time.monotonic()
-        statuses = list(pool.map(post, prepared[60:], chunksize=6))
-        elapsed = time.monotonic() - started
+        _no_proxy.open(request, timeout=30).read()
+    recorded_before = WebhookEvent.objects.count()
+    events_file = services.workdir / "webhooks.tsv"
+    events_file.write_text("".join(f"{signed(body)}\t{body.decode()}\n" for body in measured))
+    script = services.workdir / "webhooks.lua"
+    script.write_text(_WRK_WEBHOOKS)
+    # wrk runs for its whole -d even once its script stops, so it is interrupted (it then
+    # prints its figures) when every event is recorded or after a minute; the rate is the
+    # recorded events over the span of their `received_at`.
+    command = ["wrk", "-t1", f"-c{SENDERS}", "-d120s", "--timeout", "30s", "-s", str(script), base]
+    sender = subprocess.Popen(
+        [*command, "--", str(events_file)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and sender.poll() is None:
+        if WebhookEvent.objects.count() - recorded_before >= len(measured):
+            break
+        time.sleep(0.2)
+    sender.send_signal(signal.SIGINT)
+    out, _ = sender.communicate(timeout=30)
     services.stop("gunicorn")
-    bad = sum(1 for s in statuses if s != 200)
+    not_ok = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    rows = WebhookEvent.objects.filter(event_id__in=[json.loads(body)["id"] for body in measured])
+    recorded = rows.count()
+    if recorded < 2:
+        raise SystemExit(f"the webhook intake recorded {recorded} events; wrk said:\n{out}")
+    span = rows.aggregate(first=Min("received_at"), last=Max("received_at"))
+    seconds = (span["last"] - span["first"]).total_seconds()
+    # Not answered 200, or lost on the way (a socket error: LiveKit would send it again).
+    bad = (int(not_ok.group(1)) if not_ok else 0) + (len(measured) - recorded)
+    if bad:
+        errors = re.search(r"(Socket errors:.*|Non-2xx.*)", out)
+        print(f"webhook intake: {bad} events not recorded; wrk: {errors.group(1) if errors else 'no errors'}")
     from rooms_app.services import webhook_events_apply
 
     logging.disable(logging.WARNING)  # each agent leaving is a ledger warning: 1,000 lines
     try:
         started = time.monotonic()
-        applied = webhook_events_apply()
+        applied = 0
+        # As the Celery task runs it, again while events are pending (each run stops after
+        # its budget).
+        while WebhookEvent.objects.filter(applied_at__isnull=True).exists():
+            applied += webhook_events_apply()
         apply_s = time.monotonic() - started
     finally:
         logging.disable(logging.NOTSET)
-    return len(statuses) / elapsed, bad, applied / apply_s if apply_s else 0.0, applied
+    return (recorded - 1) / seconds, bad, applied / apply_s if apply_s else 0.0, applied
 
 
 # --- token facts ---------------------------------------------------------------------------------
@@ -435,7 +488,7 @@ def main() -> int:
                 rate, bad, apply_rate, applied = webhook_intake(services, count=args.webhooks)
                 print(
                     f"webhook intake (verify, dedupe, record): {rate:.0f} webhooks/s sustained "
-                    f"({SENDERS} senders, gunicorn 2x4), {bad} not answered 200; "
+                    f"(wrk, {SENDERS} connections, gunicorn 2x4), {bad} not answered 200 or lost; "
                     f"keeps up with {rate / WEBHOOKS_PER_JOIN:.0f} joins/s; load {_load()}"
                 )
                 print(

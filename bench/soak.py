@@ -1,8 +1,13 @@
 """Soak (issue 21 item 3), opt-in (`make soak`, not part of `make bench`): gunicorn (2 workers)
 and a Celery worker on PostgreSQL and Redis, with the LiveKit emulator, under a steady load
 of token requests and room webhooks for SOAK_S seconds (default 600). Prints the resident
-memory (RSS, summed over each process tree) of gunicorn and Celery at the start and the end,
-and /proc/loadavg with each line.
+memory (RSS, summed over each process tree) of gunicorn and Celery at the start, every
+`--every` seconds and at the end, with /proc/loadavg on each line, then the change over the
+whole soak and over its second half (a process that has finished warming up grows no more
+in the second half than the first). Last, the same load through the portal's WSGI application in
+this process, with tracemalloc: the Python objects left behind per token (with its six
+webhooks), after a warm-up, so a leak of Python objects is told apart from the allocator's
+own growth.
 
 Uses scale_bench's database and Redis (SCALE_BENCH_DATABASE_URL, SCALE_BENCH_REDIS_URL).
 
@@ -44,12 +49,73 @@ def loadavg() -> str:
     return Path("/proc/loadavg").read_text().strip()
 
 
+def python_heap_growth(*, key: str, tokens: int, warm: int = 300) -> tuple[int, int]:
+    """(bytes of Python objects still allocated after `tokens` tokens and their webhooks, in
+    allocations) in this process, through the portal's WSGI application; measured after `warm`
+    tokens, with garbage collected before each snapshot."""
+    import gc
+    import io
+    import tracemalloc
+    import warnings
+
+    warnings.filterwarnings("ignore", "No directory at")  # whitenoise: no collected static here
+    from dispatchportal.wsgi import application
+
+    def post(path: str, body: bytes, headers: dict[str, str]) -> None:
+        environ = {
+            "REQUEST_METHOD": "POST",
+            "PATH_INFO": path,
+            "SERVER_NAME": "127.0.0.1",
+            "SERVER_PORT": "80",
+            "wsgi.url_scheme": "http",
+            "wsgi.input": io.BytesIO(body),
+            "CONTENT_LENGTH": str(len(body)),
+            "REMOTE_ADDR": "127.0.0.1",
+            **headers,
+        }
+        status: list[str] = []
+        answer = application(environ, lambda s, h: status.append(s))
+        b"".join(answer)
+        answer.close()
+        if not status[0].startswith(("200", "201")):
+            raise SystemExit(f"in-process {path} answered {status[0]}")
+
+    def one(n: int) -> None:
+        body = json.dumps({"room_name": f"bench-heap-{n}", "participant_identity": "caller"}).encode()
+        post(
+            "/api/v1/token", body, {"CONTENT_TYPE": "application/json", "HTTP_AUTHORIZATION": f"Bearer {key}"}
+        )
+        for event in sb.room_events(1_000_000 + n):
+            post(
+                "/livekit/webhook",
+                event,
+                {"CONTENT_TYPE": "application/webhook+json", "HTTP_AUTHORIZATION": sb.signed(event)},
+            )
+
+    for n in range(warm):
+        one(n)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        for n in range(warm, warm + tokens):
+            one(n)
+        gc.collect()
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    diff = after.compare_to(before, "filename")
+    return sum(d.size_diff for d in diff), sum(d.count_diff for d in diff)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=float(os.environ.get("SOAK_S", "600")))
     parser.add_argument(
         "--rate", type=float, default=20.0, help="tokens per second (each room also gets 6 webhooks)"
     )
+    parser.add_argument("--every", type=float, default=60.0, help="seconds between RSS samples")
+    parser.add_argument("--heap-tokens", type=int, default=1500, help="tokens in the in-process heap check")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         services = lb.Services(Path(tmp))
@@ -111,16 +177,34 @@ def main() -> int:
                 f"start: gunicorn {start[0]:.0f} MiB, celery {start[1]:.0f} MiB; /proc/loadavg {loadavg()}",
                 flush=True,
             )
-            time.sleep(args.seconds)
-            end = (tree_rss_mib(gunicorn), tree_rss_mib(worker))
+            began = time.monotonic()
+            samples = [(0.0, *start)]
+            while (elapsed := time.monotonic() - began) < args.seconds:
+                time.sleep(min(args.every, args.seconds - elapsed))
+                at = time.monotonic() - began
+                samples.append((at, tree_rss_mib(gunicorn), tree_rss_mib(worker)))
+                print(
+                    f"{at:5.0f} s: gunicorn {samples[-1][1]:.0f} MiB, celery {samples[-1][2]:.0f} MiB; "
+                    f"/proc/loadavg {loadavg()}",
+                    flush=True,
+                )
+            end = samples[-1][1:]
             stop.set()
             thread.join(30)
-            print(f"end:   gunicorn {end[0]:.0f} MiB, celery {end[1]:.0f} MiB; /proc/loadavg {loadavg()}")
+            half = min(samples, key=lambda s: abs(s[0] - args.seconds / 2))
             print(
                 f"soak {args.seconds:.0f} s: {sent['tokens']} tokens, {sent['webhooks']} webhooks, "
-                f"{sent['errors']} errors; RSS change gunicorn {end[0] - start[0]:+.0f} MiB, "
-                f"celery {end[1] - start[1]:+.0f} MiB"
+                f"{sent['errors']} errors; RSS change gunicorn {end[0] - start[0]:+.1f} MiB "
+                f"(second half {end[0] - half[1]:+.1f}), celery {end[1] - start[1]:+.1f} MiB "
+                f"(second half {end[1] - half[2]:+.1f})"
             )
+            if args.heap_tokens > 0:
+                grown, blocks = python_heap_growth(key=key, tokens=args.heap_tokens)
+                print(
+                    f"python heap in process: {grown / 1024:+.0f} KiB ({blocks:+d} allocations) after "
+                    f"{args.heap_tokens} tokens and {6 * args.heap_tokens} webhooks, "
+                    f"{grown / args.heap_tokens:+.0f} B per token"
+                )
         services.stop_all()
     return 0
 
