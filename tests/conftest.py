@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from rest_framework.test import APIClient
@@ -32,6 +34,20 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
             if REQUIRE_SERVICES:
                 pytest.fail(f"REQUIRE_SERVICES=1 but {marker}: {why}")
             pytest.skip(f"{marker}: {why}")
+
+
+@pytest.fixture(autouse=True)
+def _tasks_settled_before_the_flush(request: pytest.FixtureRequest, django_db_blocker: Any) -> Iterator[None]:
+    """After a test marked `django_db(transaction=True)`: `tasks_settle` before pytest-django
+    flushes the database (its marker fixture is set up before this one, so it is torn down
+    after)."""
+    yield
+    marker = request.node.get_closest_marker("django_db")
+    if marker is None or not (marker.kwargs.get("transaction") or (marker.args and marker.args[0])):
+        return
+    from tests.rooms_app.conftest import tasks_settle
+
+    tasks_settle(django_db_blocker)
 
 
 @pytest.fixture(autouse=True)

@@ -176,10 +176,30 @@ def worker_start(
 def _worker_session(
     django_db_setup, django_db_blocker, livekit_emulator_session, tmp_path_factory
 ) -> Iterator[Worker]:
+    global _session_worker_started
     worker = worker_start(livekit_emulator_session, tmp_path_factory, queue=QUEUE)
+    _session_worker_started = True
     yield worker
+    _session_worker_started = False
     worker.stop()
     wait_database_sessions_end(django_db_blocker)
+
+
+_session_worker_started = False
+
+
+def tasks_settle(django_db_blocker: Any) -> None:
+    """Once the session's worker has started, every task any test publishes goes to its queue
+    (`task_default_queue` above), whether the test asked for the worker or not. Before a
+    transactional test's flush: the tasks still queued are dropped (they would run against the
+    next test's rows) and the worker's last task is waited for (one running beside the flush's
+    TRUNCATE deadlocked in CI). A token's application task waits 0.5 s in the worker: the quiet
+    must last longer than that."""
+    if not _session_worker_started:
+        return
+    queue_purge()
+    queue_purge(outbound_queue(QUEUE))
+    wait_database_quiet(django_db_blocker, settle_s=0.6)
 
 
 def wait_database_sessions_end(django_db_blocker: Any) -> None:
