@@ -152,19 +152,21 @@ def token_view(request: HttpRequest) -> HttpResponse:
     counted by client and outcome (no database write)."""
     if request.method == "OPTIONS":
         return HttpResponse(status=200, headers={"Allow": ALLOWED_METHODS})
+    if request.method != "POST":
+        status, body, headers = _token_error(request, exceptions.MethodNotAllowed(str(request.method)))
+        return _token_json(body, status=status, headers={**headers, "Allow": ALLOWED_METHODS})
     client = ""
-    headers: dict[str, str] = {}
     try:
-        if request.method != "POST":
-            headers["Allow"] = ALLOWED_METHODS
-            raise exceptions.MethodNotAllowed(str(request.method))
         principal = _token_authenticate(request)
         client = principal.client.name
-        status, body = 201, _token_minted(request, principal)
+        status, body, headers = 201, _token_minted(request, principal), {}
     except (ApplicationError, exceptions.APIException) as exc:
-        status, body = _token_error(request, exc, headers)
-    if request.method == "POST":
-        metrics.token_response_record(client=client, status=status, body=body)
+        status, body, headers = _token_error(request, exc)
+    metrics.token_response_record(client=client, status=status, body=body)
+    return _token_json(body, status=status, headers=headers)
+
+
+def _token_json(body: Any, *, status: int, headers: dict[str, str]) -> HttpResponse:
     return HttpResponse(
         JSONRenderer().render(body), status=status, content_type="application/json", headers=headers
     )
@@ -199,17 +201,18 @@ def _token_minted(request: HttpRequest, principal: ClientPrincipal) -> dict[str,
 
 
 def _token_error(
-    request: HttpRequest, exc: ApplicationError | exceptions.APIException, headers: dict[str, str]
-) -> tuple[int, Any]:
-    """The status and body the project's exception handler gives `exc`, as for every DRF view;
-    the challenge of a 401 and the wait of a 429 go into `headers`."""
+    request: HttpRequest, exc: ApplicationError | exceptions.APIException
+) -> tuple[int, Any, dict[str, str]]:
+    """The status and body the project's exception handler gives `exc`, as for every DRF view,
+    with the challenge of a 401 and the wait of a 429 as headers."""
+    headers: dict[str, str] = {}
     if isinstance(exc, RateLimited):
         headers["Retry-After"] = str(exc.retry_after)
     if isinstance(exc, exceptions.NotAuthenticated | exceptions.AuthenticationFailed):
         headers["WWW-Authenticate"] = ApiClientAuthentication().authenticate_header(request)
     response = exception_handler(exc, {"request": request})
     assert response is not None  # the handler answers every ApplicationError and APIException
-    return response.status_code, response.data
+    return response.status_code, response.data, headers
 
 
 class TokenApiSchema(APIView):

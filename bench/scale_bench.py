@@ -71,6 +71,17 @@ def signed(body: bytes) -> str:
     return api.AccessToken(lb.API_KEY, lb.API_SECRET).with_sha256(digest).to_jwt()
 
 
+def webhook_post(base: str, body: bytes) -> None:
+    """POST one event to the portal at `base`, signed as LiveKit signs it."""
+    request = urllib.request.Request(
+        f"{base}/livekit/webhook",
+        data=body,
+        method="POST",
+        headers={"Content-Type": "application/webhook+json", "Authorization": signed(body)},
+    )
+    _no_proxy.open(request, timeout=30).read()
+
+
 def room_events(n: int) -> list[bytes]:
     """The six webhooks of room `n`'s life, as LiveKit's protojson."""
     now = int(time.time())
@@ -127,8 +138,7 @@ end
 
 def webhook_intake(services: lb.Services, *, count: int) -> tuple[float, int, float, int]:
     """(recorded per second, events not answered 200 or not recorded, applied per second,
-    events applied). The
-    webhooks are sent by wrk (one thread, `SENDERS` connections), so the sender takes little
+    events applied). The webhooks are sent by wrk (one thread, `SENDERS` connections), so the sender takes little
     of the two cores the portal runs on; each event once, phase by phase (every room's
     room_started, then every first join, ...), so no room's events overtake each other."""
     from django.db.models import Max, Min
@@ -145,13 +155,7 @@ def webhook_intake(services: lb.Services, *, count: int) -> tuple[float, int, fl
     phased = [events[phase] for phase in range(6) for events in per_room]
     warm, measured = phased[:60], phased[60:]
     for body in warm:
-        request = urllib.request.Request(
-            f"{base}/livekit/webhook",
-            data=body,
-            method="POST",
-            headers={"Content-Type": "application/webhook+json", "Authorization": signed(body)},
-        )
-        _no_proxy.open(request, timeout=30).read()
+        webhook_post(base, body)
     recorded_before = WebhookEvent.objects.count()
     events_file = services.workdir / "webhooks.tsv"
     events_file.write_text("".join(f"{signed(body)}\t{body.decode()}\n" for body in measured))

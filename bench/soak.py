@@ -152,16 +152,7 @@ def main() -> int:
                         sb._no_proxy.open(request, timeout=30).read()
                         sent["tokens"] += 1
                         for event in sb.room_events(n):
-                            hook = urllib.request.Request(
-                                f"{web}/livekit/webhook",
-                                data=event,
-                                method="POST",
-                                headers={
-                                    "Content-Type": "application/webhook+json",
-                                    "Authorization": sb.signed(event),
-                                },
-                            )
-                            sb._no_proxy.open(hook, timeout=30).read()
+                            sb.webhook_post(web, event)
                             sent["webhooks"] += 1
                     except OSError:
                         sent["errors"] += 1

@@ -263,9 +263,7 @@ def e2e(lk, live_server, worker, settings, django_db_blocker) -> Iterator[Any]:
     settings.DISPATCH_RETRY_BACKOFF_S = 0.2
     yield lk
     lk.control.webhooks(url=None)
-    queue_purge()
-    queue_purge(outbound_queue(QUEUE))
-    wait_database_quiet(django_db_blocker)
+    tasks_settle(django_db_blocker)
 
 
 def _share_worker_cache(settings: Any, worker: Worker) -> None:
