@@ -231,12 +231,13 @@ def worker_start(services: Services) -> None:
     )
 
 
-def ledger_empty() -> None:
+def ledger_empty(*, keep_webhook_events: bool = False) -> None:
     from django.db import connection
 
-    from rooms_app.models import Dispatch, DispatchEvent, Room, WebhookEvent
+    from rooms_app.models import AgentSeen, Dispatch, DispatchEvent, Room, WebhookEvent
 
-    tables = [m._meta.db_table for m in (DispatchEvent, Dispatch, Room, WebhookEvent)]
+    models = (DispatchEvent, Dispatch, Room, AgentSeen) + (() if keep_webhook_events else (WebhookEvent,))
+    tables = [m._meta.db_table for m in models]
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             cursor.execute("TRUNCATE " + ", ".join(tables) + " RESTART IDENTITY CASCADE")

@@ -6,8 +6,9 @@ the rate LiveKit would produce, for the closing note.
    as fast as wrk posts them on 16 connections, each event once, for the events a room of one
    person and one agent produces (room_started, participant_joined x2, participant_left x2, room_finished):
    the request verifies, dedupes and records. Then their application to the ledger, as the
-   Celery task does it (one application at a time, in recorded order), timed here in
-   process (batches of events, one transaction each). Printed: both sustained rates, and how
+   Celery task does it (one application per shard at a time, each room's events in recorded
+   order, batches of events in one transaction each), by 1, 2 and 4 processes at once (each
+   its share of the shards), the same backlog each time. Printed: the sustained rates, how
    many joins per second each keeps up with (LiveKit sends about 3 webhooks per join when each
    room has one person and one agent).
 2. Token facts: applied in process (1 and 3 agents per fact, target 1,000 facts/s), then a
@@ -136,9 +137,9 @@ end
 """
 
 
-def webhook_intake(services: lb.Services, *, count: int) -> tuple[float, int, float, int]:
-    """(recorded per second, events not answered 200 or not recorded, applied per second,
-    events applied). The webhooks are sent by wrk (one thread, `SENDERS` connections), so the sender takes little
+def webhook_intake(services: lb.Services, *, count: int) -> tuple[float, int, dict[int, tuple[float, int]]]:
+    """(recorded per second, events not answered 200 or not recorded, {appliers: (applied per
+    second, events applied)}): the same backlog applied by each number of processes in `APPLIERS`. The webhooks are sent by wrk (one thread, `SENDERS` connections), so the sender takes little
     of the two cores the portal runs on; each event once, phase by phase (every room's
     room_started, then every first join, ...), so no room's events overtake each other."""
     from django.db.models import Max, Min
@@ -188,20 +189,65 @@ def webhook_intake(services: lb.Services, *, count: int) -> tuple[float, int, fl
     if bad:
         errors = re.search(r"(Socket errors:.*|Non-2xx.*)", out)
         print(f"webhook intake: {bad} events not recorded; wrk: {errors.group(1) if errors else 'no errors'}")
+    applied_by: dict[int, tuple[float, int]] = {}
+    for appliers in APPLIERS:
+        if applied_by:  # the same backlog again: its rooms gone, its events pending
+            lb.ledger_empty(keep_webhook_events=True)
+            WebhookEvent.objects.update(applied_at=None, apply_error="")
+        applied, apply_s = shards_apply_in_processes(services, appliers)
+        applied_by[appliers] = (applied / apply_s, applied)
+    return (recorded - 1) / seconds, bad, applied_by
+
+
+# One process applying every shard, then two at once (a Celery worker's two processes, or two
+# workers), each taking half the shards, then four (more processes than this machine's cores).
+APPLIERS = (1, 2, 4)
+
+
+def shards_apply_in_processes(services: lb.Services, processes: int) -> tuple[int, float]:
+    """The pending webhook events applied by `processes` Python processes at once, process i
+    taking the shards i, i + processes, ... as the Celery task does (one shard per call,
+    again while events are pending: each call stops after its budget); the events applied
+    and the seconds it took, from the moment every process was ready."""
+    from rooms_app.services.webhook_events import SHARDS
+
+    children = [
+        subprocess.Popen(
+            [lb.PYTHON, __file__, "--apply-shards", ",".join(map(str, range(i, SHARDS, processes)))],
+            env=services.env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(processes)
+    ]
+    for child in children:  # started (Django imported and set up) before the clock starts
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+    started = time.monotonic()
+    for child in children:  # all at once: each waits for its word
+        assert child.stdin is not None
+        child.stdin.write("go\n")
+        child.stdin.close()
+    applied = sum(int(child.stdout.read().strip().splitlines()[-1]) for child in children if child.stdout)
+    for child in children:
+        child.wait(timeout=60)
+    return applied, time.monotonic() - started
+
+
+def shards_apply(shards: list[int]) -> None:
+    """The child of `shards_apply_in_processes`: once set up says "ready", waits for "go",
+    then prints how many events it applied."""
+    lb.django_setup(dict(os.environ))
+    from rooms_app.models import WebhookEvent
     from rooms_app.services import webhook_events_apply
 
     logging.disable(logging.WARNING)  # each agent leaving is a ledger warning: 1,000 lines
-    try:
-        started = time.monotonic()
-        applied = 0
-        # As the Celery task runs it, again while events are pending (each run stops after
-        # its budget).
-        while WebhookEvent.objects.filter(applied_at__isnull=True).exists():
-            applied += webhook_events_apply()
-        apply_s = time.monotonic() - started
-    finally:
-        logging.disable(logging.NOTSET)
-    return (recorded - 1) / seconds, bad, applied / apply_s if apply_s else 0.0, applied
+    print("ready", flush=True)
+    sys.stdin.readline()
+    applied = 0
+    while WebhookEvent.objects.filter(shard__in=shards, applied_at__isnull=True).exists():
+        applied += sum(webhook_events_apply(shard=shard) for shard in shards)
+    print(applied)
 
 
 # --- token facts ---------------------------------------------------------------------------------
@@ -458,7 +504,11 @@ def main() -> int:
     parser.add_argument("--facts", type=int, default=6000, help="token facts applied in the throughput run")
     parser.add_argument("--facts-rate", type=int, default=1000, help="tokens per second in the sustained run")
     parser.add_argument("--facts-seconds", type=float, default=10.0, help="length of the sustained run")
+    parser.add_argument("--apply-shards", help=argparse.SUPPRESS)  # a child of shards_apply_in_processes
     args = parser.parse_args()
+    if args.apply_shards is not None:
+        shards_apply([int(shard) for shard in args.apply_shards.split(",")])
+        return 0
     print(f"machine: {os.cpu_count()} cores, /proc/loadavg {Path('/proc/loadavg').read_text().strip()}")
     print(f"services: {lb.DATABASE_URL.rsplit('@', 1)[-1]}, {lb.REDIS_URL.rsplit('@', 1)[-1]}")
     with tempfile.TemporaryDirectory(prefix="scale-bench-") as tmp:
@@ -489,16 +539,24 @@ def main() -> int:
                     f"load {_load()}"
                 )
                 lb.ledger_empty()
-                rate, bad, apply_rate, applied = webhook_intake(services, count=args.webhooks)
+                rate, bad, applied_by = webhook_intake(services, count=args.webhooks)
                 print(
                     f"webhook intake (verify, dedupe, record): {rate:.0f} webhooks/s sustained "
                     f"(wrk, {SENDERS} connections, gunicorn 2x4), {bad} not answered 200 or lost; "
                     f"keeps up with {rate / WEBHOOKS_PER_JOIN:.0f} joins/s; load {_load()}"
                 )
-                print(
-                    f"webhook application (off the request, in recorded order, a quarter of the backlog per transaction, at most 50): {apply_rate:.0f} events/s "
-                    f"({applied} events); keeps up with {apply_rate / WEBHOOKS_PER_JOIN:.0f} joins/s; load {_load()}"
+                for appliers, (apply_rate, applied) in applied_by.items():
+                    print(
+                        f"webhook application by {appliers} process(es) at once, each its share of the shards "
+                        f"(off the request, each room's events in recorded order, a quarter of a shard's backlog "
+                        f"per transaction, at most 50): {apply_rate:.0f} events/s ({applied} events); keeps up "
+                        f"with {apply_rate / WEBHOOKS_PER_JOIN:.0f} joins/s; load {_load()}"
+                    )
+                one = applied_by[1][0]
+                against_one = ", ".join(
+                    f"{n} processes {rate / one:.2f}x" for n, (rate, _) in applied_by.items() if n > 1
                 )
+                print(f"webhook application against one process (same backlog, side by side): {against_one}")
                 print(
                     f"LiveKit sends about {WEBHOOKS_PER_JOIN} webhooks per join with one agent per person: "
                     f"1,000 joins/s need {1000 * WEBHOOKS_PER_JOIN:,} webhooks/s"

@@ -7,6 +7,7 @@ them all. `bin/run-portal` empties that directory at start, and `gunicorn_conf.p
 library when a worker exits.
 
 The table sizes (`dispatchportal_table_rows`, `dispatchportal_table_oldest_row_timestamp_seconds`)
+and the backlogs (`dispatchportal_backlog_rows`, `dispatchportal_backlog_oldest_timestamp_seconds`)
 are not counted by any process: each scrape reads them from the database (`TablesCollector`).
 
 The helpers below are what the rest of the code calls: one line at the place where the thing
@@ -234,12 +235,13 @@ def livekit_error_counted(error: E) -> E:
 
 
 class TablesCollector:
-    """Rows and the oldest row of every table that grows with traffic, read from the database
-    at scrape time (`retention.table_stats`: an estimate or a count, and one index lookup per
-    table), not from the multiprocess files."""
+    """Rows and the oldest row of every table that grows with traffic, and the backlogs the
+    Celery tasks apply (webhook events, token facts: how many wait, since when), read from
+    the database at scrape time (`retention.table_stats`: an estimate or a count, and one
+    index lookup per table; `retention.backlog_stats`), not from the multiprocess files."""
 
     def collect(self) -> Any:
-        stats = table_stats_safe()
+        stats, backlogs = table_stats_safe()
         rows = GaugeMetricFamily(
             "dispatchportal_table_rows",
             f"Rows per table that grows with traffic (PostgreSQL's estimate above {EXACT_COUNT_UP_TO} rows).",
@@ -256,6 +258,22 @@ class TablesCollector:
                 oldest.add_metric([table], first.timestamp())
         yield rows
         yield oldest
+        waiting = GaugeMetricFamily(
+            "dispatchportal_backlog_rows",
+            f"Rows recorded and not applied to the ledger yet (counted up to {EXACT_COUNT_UP_TO}).",
+            labels=["backlog"],
+        )
+        waiting_since = GaugeMetricFamily(
+            "dispatchportal_backlog_oldest_timestamp_seconds",
+            "Unix time the oldest row not applied yet was recorded (absent when none waits).",
+            labels=["backlog"],
+        )
+        for backlog, count, first in backlogs:
+            waiting.add_metric([backlog], count)
+            if first is not None:
+                waiting_since.add_metric([backlog], first.timestamp())
+        yield waiting
+        yield waiting_since
 
 
 class _ThisProcess:

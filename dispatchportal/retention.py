@@ -232,11 +232,33 @@ def table_stats(*, tables: tuple[Table, ...] = TABLES) -> list[tuple[str, int, d
     return stats
 
 
-def table_stats_safe() -> list[tuple[str, int, datetime | None]]:
-    """`table_stats`, or nothing when the database cannot be read (the rest of /metrics still
-    answers)."""
+# What the Celery tasks apply off the request: recorded rows whose `applied_at` is empty.
+BACKLOGS: tuple[tuple[str, str, str], ...] = (
+    ("webhook_events", "rooms_app.WebhookEvent", "received_at"),
+    ("token_facts", "rooms_app.TokenFact", "minted_at"),
+)
+
+
+def backlog_stats() -> list[tuple[str, int, datetime | None]]:
+    """(backlog, rows recorded and not applied yet, the oldest one's time) for the webhook
+    events and the token facts: both read through their partial index of pending rows, the
+    count stopping at EXACT_COUNT_UP_TO."""
+    stats: list[tuple[str, int, datetime | None]] = []
+    for name, model, recorded_by in BACKLOGS:
+        pending = apps.get_model(model)._default_manager.filter(applied_at__isnull=True)
+        rows = pending.order_by()[:EXACT_COUNT_UP_TO].count()
+        oldest = pending.order_by("pk").values_list(recorded_by, flat=True).first() if rows else None
+        stats.append((name, rows, oldest))
+    return stats
+
+
+def table_stats_safe() -> tuple[
+    list[tuple[str, int, datetime | None]], list[tuple[str, int, datetime | None]]
+]:
+    """(`table_stats`, `backlog_stats`), or nothing when the database cannot be read (the rest
+    of /metrics still answers)."""
     try:
-        return table_stats()
+        return table_stats(), backlog_stats()
     except DatabaseError as exc:
         logger.warning("table sizes not read for /metrics: %s", exc)
-        return []
+        return [], []

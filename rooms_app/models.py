@@ -314,13 +314,22 @@ class WebhookEvent(models.Model):
         blank=True,
         help_text="Why the event could not be applied, e.g. a ledger bug; kept, not retried.",
     )
+    shard = models.PositiveSmallIntegerField(
+        "shard",
+        default=0,
+        db_default=0,  # a portal not yet upgraded records its events in shard 0
+        editable=False,
+        help_text="Which application takes the event: all of one room's events share a shard.",
+    )
 
     class Meta:
         ordering = ["-received_at"]
         verbose_name = "webhook event"
         indexes = [
             models.Index(
-                fields=["id"], condition=models.Q(applied_at__isnull=True), name="webhook_event_pending"
+                fields=["shard", "id"],
+                condition=models.Q(applied_at__isnull=True),
+                name="webhook_event_pending_shard",
             ),
         ]
 

@@ -135,10 +135,10 @@ def token_facts_apply() -> int:
 
 
 @shared_task(base=LifecycleTask, name="rooms.webhook_events_apply", autoretry_for=(OperationalError,))
-def webhook_events_apply() -> int:
-    """Apply the webhook events the webhook endpoint recorded (sent by it; every reconcile
-    pass sweeps as well)."""
-    return services.webhook_events_apply()
+def webhook_events_apply(shard: int | None = None) -> int:
+    """Apply one shard's webhook events the webhook endpoint recorded (sent by it; every
+    reconcile pass sweeps every shard as well, and so does a task sent with no shard)."""
+    return services.webhook_events_apply(shard=shard)
 
 
 @shared_task(bind=True, base=LifecycleTask, name="rooms.reconcile", soft_time_limit=240, time_limit=300)

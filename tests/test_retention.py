@@ -269,8 +269,9 @@ def test_metrics_show_each_tables_rows_and_oldest_row_and_the_sweep_moves_them(
     for i in range(3):
         room(f"r-{i}", status="active", created_days_ago=10 - i)
 
-    # A count and one index lookup per table, and the PostgreSQL estimates: cheap at any size.
-    with django_assert_max_num_queries(15):
+    # A count and one index lookup per table, and the PostgreSQL estimates; a bounded count
+    # and one index lookup per backlog: cheap at any size.
+    with django_assert_max_num_queries(19):
         text = client.get("/metrics").content.decode()
 
     assert sample(text, "dispatchportal_table_rows", table="webhook_events") == 2
@@ -289,3 +290,27 @@ def test_metrics_show_each_tables_rows_and_oldest_row_and_the_sweep_moves_them(
     assert sample(text, "dispatchportal_table_rows", table="webhook_events") == 1
     after = WebhookEvent.objects.get(pk=newer.pk).received_at.timestamp()
     assert sample(text, "dispatchportal_table_oldest_row_timestamp_seconds", table="webhook_events") == after
+
+
+def test_metrics_show_what_waits_to_be_applied_and_since_when(client):
+    """The backlogs the Celery tasks work off: an operator sees the webhook events and token
+    facts not applied yet, and how old the oldest is (a rising age: add dispatch processes)."""
+    from rooms_app.services import webhook_events_apply
+    from tests.metrics.test_metrics import sample
+
+    webhook_event("EV_done", days=1)  # applied: not waiting
+    waiting = webhook_event("EV_waits", days=0.5, applied=False)
+    webhook_event("EV_waits_too", days=0.1, applied=False)
+    fact(days=0.2, applied=False)
+
+    text = client.get("/metrics").content.decode()
+    assert sample(text, "dispatchportal_backlog_rows", backlog="webhook_events") == 2
+    assert sample(text, "dispatchportal_backlog_rows", backlog="token_facts") == 1
+    since = WebhookEvent.objects.get(pk=waiting.pk).received_at.timestamp()
+    assert sample(text, "dispatchportal_backlog_oldest_timestamp_seconds", backlog="webhook_events") == since
+
+    assert webhook_events_apply() == 2
+    text = client.get("/metrics").content.decode()
+    assert sample(text, "dispatchportal_backlog_rows", backlog="webhook_events") == 0
+    assert 'dispatchportal_backlog_oldest_timestamp_seconds{backlog="webhook_events"}' not in text
+    assert sample(text, "dispatchportal_backlog_rows", backlog="token_facts") == 1

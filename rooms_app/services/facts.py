@@ -444,14 +444,15 @@ def _facts_write(
 
 
 def agents_seen_record(*, seen: Iterable[tuple[str, str, str]]) -> None:
-    """(agent name, room, how) triples: upsert each name's last sighting. Names only; the
-    unnamed worker ("") is recorded too, the doctor explains what it can and cannot do."""
+    """(agent name, room, how) triples: upsert each name's last sighting, in name order (so two
+    transactions recording the same names never wait on each other in a cycle). Names only;
+    the unnamed worker ("") is recorded too, the doctor explains what it can and cannot do."""
     now = timezone.now()
     latest: dict[str, tuple[str, str]] = {}
     for name, room, how in seen:
         if name is not None and len(name) <= 128:
             latest[name] = (room[:256], how[:64])
-    for name, (room, how) in latest.items():
+    for name, (room, how) in sorted(latest.items()):
         if not AgentSeen.objects.filter(agent_name=name).update(room_name=room, how=how, last_seen_at=now):
             AgentSeen.objects.get_or_create(
                 agent_name=name, defaults={"room_name": room, "how": how, "last_seen_at": now}

@@ -104,10 +104,10 @@ def participant_remove_enqueue(*, dispatch_id: int, identity: str) -> None:
     _send_on_commit(_bound().participant_remove, dispatch_id, identity)
 
 
-def webhook_events_apply_enqueue() -> None:
-    """Apply the recorded webhook events (sent by the request that recorded one, after its
-    commit)."""
-    _send(_bound().webhook_events_apply)
+def webhook_events_apply_enqueue(*, shard: int) -> None:
+    """Apply one shard's recorded webhook events (sent by the request that recorded one, after
+    its commit)."""
+    _send(_bound().webhook_events_apply, shard)
 
 
 def token_facts_apply_enqueue(*, countdown: float) -> None:

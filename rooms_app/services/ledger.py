@@ -198,12 +198,19 @@ def _rooms_named(names: Sequence[str]) -> list[Room]:
 
 
 def room_observe(
-    *, name: str, sid: str, started_at: datetime | None, num_participants: int | None = None
+    *,
+    name: str,
+    sid: str,
+    started_at: datetime | None,
+    num_participants: int | None = None,
+    known: Mapping[str, Room] | None = None,
 ) -> Room:
-    """One room LiveKit reports (room_started or a participant event): `rooms_observe` for it;
-    a room that went live with this report arms its token-delivered agents' join deadlines."""
+    """One room LiveKit reports (room_started or a participant event): `rooms_observe` for it
+    (`known` as there); a room that went live with this report arms its token-delivered
+    agents' join deadlines."""
     observed = rooms_observe(
-        seen=[RoomSeen(name=name, sid=sid, started_at=started_at, num_participants=num_participants)]
+        seen=[RoomSeen(name=name, sid=sid, started_at=started_at, num_participants=num_participants)],
+        known=known,
     )
     room = observed.rooms[name]
     if observed.started:

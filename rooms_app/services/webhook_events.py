@@ -7,11 +7,14 @@ and left, the explicit rules a new room gets, the LiveKit calls those enqueue) a
 `webhook_events_apply`: a Celery task sent once the event is recorded, and every reconcile
 pass, so an event whose task was lost (a broker outage) is applied by the next pass.
 
-One application runs at a time (a lock across processes) and takes the events in the order
-they were recorded, so one room's events are applied in the order LiveKit's node sent them.
+Rooms are spread over `SHARDS` shards by a stable hash of their name (`webhook_shard`, kept
+on the event's row). One application per shard runs at a time (a lock across processes) and
+takes that shard's events in the order they were recorded, so one room's events are applied
+in the order LiveKit's node sent them, while the other shards are applied at once by other
+Celery processes or workers. Each recorded event queues its own shard's application.
 Events are applied in batches, one transaction each with their `applied_at` (one commit per
 batch, not per event): a crash applies the batch again from the start, never half. A batch
-is a quarter of the events waiting, from one event (a quiet portal: a new room's dispatches
+is a quarter of the shard's events waiting, from one event (a quiet portal: a new room's dispatches
 leave on its own commit) up to `APPLY_BATCH` (a backlog). Each event has its own savepoint:
 one whose application raises (a ledger bug, an event no LiveKit sends) is rolled back alone,
 kept with its error and not retried, so it never holds up the others.
@@ -22,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+import zlib
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,7 +43,7 @@ from dispatchportal.reserved import is_canary_room
 from livekit_boundary.client import participant_from_proto
 
 from ..models import Room, WebhookEvent
-from .facts import agents_seen_in, token_facts_apply
+from .facts import agent_sightings, agents_seen_record, token_facts_apply
 from .jobs import webhook_events_apply_enqueue
 from .ledger import room_finished, room_observe, room_participants_observe
 from .triggers import agent_participant_joined, agent_participant_left, person_joined, room_rules_apply
@@ -54,9 +58,17 @@ BACKLOG_SHARE = 4
 LOCK_TIMEOUT_S = 120
 # Inside the Celery task's 30 s soft time limit, and well inside the lock's expiry.
 APPLY_BUDGET_S = 20.0
-# While an application is queued, later events do not queue another (it will find them).
+# While a shard's application is queued, later events do not queue another (it will find them).
 QUEUED_KEY = "rooms:webhook-events-apply-queued"
 QUEUED_TTL_S = 30
+# Fixed, not a setting: a pending event's shard is on its row, and one room's events must never
+# be split between two shards (two appliers could then reorder them).
+SHARDS = 32
+
+
+def webhook_shard(room_name: str) -> int:
+    """The shard of a room's events: the same for every process and every run."""
+    return zlib.crc32(room_name.encode()) % SHARDS
 
 
 def webhook_event_record(*, event: Any) -> bool:
@@ -69,6 +81,7 @@ def webhook_event_record(*, event: Any) -> bool:
                 event_id=event.id,
                 event=event.event,
                 room_name=event.room.name,
+                shard=webhook_shard(event.room.name),
                 participant_identity=participant.identity if participant else "",
                 agent_name=(participant.agent_name or "") if participant else "",
                 created_at=datetime.fromtimestamp(event.created_at, tz=UTC) if event.created_at else None,
@@ -76,47 +89,61 @@ def webhook_event_record(*, event: Any) -> bool:
             )
     except IntegrityError:
         return False
-    transaction.on_commit(_apply_queue)
+    shard = webhook_shard(event.room.name)
+    transaction.on_commit(lambda: _apply_queue(shard))
     return True
 
 
-def _apply_queue() -> None:
+def _apply_queue(shard: int) -> None:
     try:
-        first = cache.add(QUEUED_KEY, 1, timeout=QUEUED_TTL_S)
+        first = cache.add(f"{QUEUED_KEY}:{shard}", 1, timeout=QUEUED_TTL_S)
     except REDIS_ERRORS:  # Redis down: the broker is too; sending logs it, reconcile catches up
         first = True
     if first:
-        webhook_events_apply_enqueue()
+        webhook_events_apply_enqueue(shard=shard)
 
 
-def webhook_events_apply(*, budget_s: float = APPLY_BUDGET_S) -> int:
-    """Apply the recorded events not applied yet, oldest first, for about `budget_s` (inside
-    the task's time limit, and shorter than the lock's expiry so no second application can
-    start meanwhile); returns how many. Events still pending then are left to another
-    application, queued here. Does nothing while another process applies them (that one
-    takes these too)."""
-    with contextlib.suppress(*REDIS_ERRORS):
-        cache.delete(QUEUED_KEY)  # events recorded from now on queue another application
+def webhook_events_apply(*, shard: int | None = None, budget_s: float = APPLY_BUDGET_S) -> int:
+    """Apply one shard's recorded events not applied yet (every shard with events pending, one
+    after the other, when `shard` is None: the reconcile pass), oldest first, for about `budget_s` in all
+    (inside the task's time limit, and shorter than the lock's expiry so no second
+    application of a shard can start meanwhile); returns how many. A shard's events still
+    pending then are left to another application, queued here. A shard another process is
+    applying is skipped (that one takes these too)."""
+    if shard is not None and not 0 <= shard < SHARDS:
+        raise ValueError(f"shard {shard} is not in 0..{SHARDS - 1}")
     deadline = time.monotonic() + budget_s
+    if shard is not None:
+        return _shard_apply(shard, deadline=deadline)
+    pending = WebhookEvent.objects.filter(applied_at__isnull=True)
+    shards = sorted(set(pending.values_list("shard", flat=True)))
+    return sum(_shard_apply(s, deadline=deadline) for s in shards)
+
+
+def _shard_apply(shard: int, *, deadline: float) -> int:
+    with contextlib.suppress(*REDIS_ERRORS):
+        cache.delete(f"{QUEUED_KEY}:{shard}")  # events recorded from now on queue another application
+    pending = WebhookEvent.objects.filter(shard=shard, applied_at__isnull=True)
     applied = 0
     while True:
-        with lock_try("rooms:webhook-events-apply", timeout_s=LOCK_TIMEOUT_S) as held:
+        with lock_try(f"rooms:webhook-events-apply:{shard}", timeout_s=LOCK_TIMEOUT_S) as held:
             if not held:
                 return applied
             # The events were recorded in other processes, perhaps just after a rule change
             # made there: apply them with the rules as they are now.
             config_get(fresh=True)
-            pending = WebhookEvent.objects.filter(applied_at__isnull=True).order_by("id")
             while time.monotonic() < deadline and (
-                waiting := list(pending.values_list("id", flat=True)[: APPLY_BATCH * BACKLOG_SHARE])
+                waiting := list(
+                    pending.order_by("id").values_list("id", flat=True)[: APPLY_BATCH * BACKLOG_SHARE]
+                )
             ):
                 applied += _apply_batch(waiting[: _batch_size(len(waiting))], deadline=deadline)
         # Out of time, or an event recorded between the last empty read and the release
         # found the lock held and queued no one: look once more.
-        if not WebhookEvent.objects.filter(applied_at__isnull=True).exists():
+        if not pending.exists():
             return applied
         if time.monotonic() > deadline:
-            webhook_events_apply_enqueue()
+            webhook_events_apply_enqueue(shard=shard)
             return applied
 
 
@@ -130,8 +157,10 @@ def _batch_size(waiting: int) -> int:
 def _apply_batch(pks: list[int], *, deadline: float) -> int:
     """Apply these events in recorded order, in one transaction with their `applied_at`
     (one commit per batch instead of one per event), each in its own savepoint: an event that
-    raises is rolled back alone and kept with its error. Stops early past `deadline`; returns
-    how many it took in."""
+    raises is rolled back alone and kept with its error. The agent names the batch saw join
+    are recorded once, at its end, in name order: the shards' batches share those rows, so
+    each holds them only for its commit and all take them in one order. Stops early past
+    `deadline`; returns how many it took in."""
     with transaction.atomic():
         rows = list(
             WebhookEvent.objects.select_for_update()
@@ -140,10 +169,11 @@ def _apply_batch(pks: list[int], *, deadline: float) -> int:
         )
         taken: list[int] = []
         errors: dict[int, str] = {}
+        sightings: list[tuple[str, str, str]] = []
         for row in rows:
             try:
                 with transaction.atomic():
-                    webhook_event_apply(event=_event_of(row))
+                    webhook_event_apply(event=_event_of(row), sightings=sightings)
             except (OperationalError, InterfaceError, SoftTimeLimitExceeded):
                 raise  # the database went away, or the task's time is up: the batch stays pending
             except Exception as exc:  # noqa: BLE001  one bad event must not hold up the others
@@ -152,6 +182,7 @@ def _apply_batch(pks: list[int], *, deadline: float) -> int:
             taken.append(row.pk)
             if time.monotonic() > deadline:
                 break
+        agents_seen_record(seen=sightings)
         now = timezone.now()
         WebhookEvent.objects.filter(pk__in=[pk for pk in taken if pk not in errors]).update(applied_at=now)
         for pk, error in errors.items():
@@ -171,8 +202,9 @@ def _room_started_at(room: Any) -> datetime | None:
     return datetime.fromtimestamp(seconds, tz=UTC) if seconds else None
 
 
-def webhook_event_apply(*, event: Any) -> None:
-    """What one event changes in the ledger (inside the caller's transaction)."""
+def webhook_event_apply(*, event: Any, sightings: list[tuple[str, str, str]] | None = None) -> None:
+    """What one event changes in the ledger (inside the caller's transaction). The agent names
+    seen joining are added to `sightings` for the caller to record, or recorded here."""
     name = event.room.name
     if not name or is_canary_room(name):
         return  # canary probe rooms never enter the ledger
@@ -197,7 +229,11 @@ def webhook_event_apply(*, event: Any) -> None:
             token_facts_apply(room_name=name)
             if participant.is_agent:
                 agent_participant_joined(room=room, participant=participant)
-                agents_seen_in(room_name=name, how="webhook", participants=[participant])
+                seen = agent_sightings(room_name=name, how="webhook", participants=[participant])
+                if sightings is None:
+                    agents_seen_record(seen=seen)
+                else:
+                    sightings += seen
             else:
                 person_joined(room=room, participant=participant)
     elif kind in PARTICIPANT_LEFT_EVENTS and participant is not None:
@@ -224,6 +260,7 @@ def _room_for_participant_event(event: Any) -> Room | None:
         sid=event.room.sid,
         started_at=_room_started_at(event.room),
         num_participants=event.room.num_participants,
+        known={} if existing is None else {existing.name: existing},
     )
     if not was_active:
         room_rules_apply(room=room)

@@ -15,6 +15,7 @@ from livekit.protocol import models, webhook
 
 from rooms_app.models import Dispatch, Room, WebhookEvent
 from rooms_app.services import webhook_events_apply
+from rooms_app.services.webhook_events import webhook_shard
 from tests.factories import AgentFactory, RuleFactory
 
 pytestmark = pytest.mark.django_db
@@ -58,6 +59,13 @@ def sign(body: bytes, *, key: str = KEY, secret: str = SECRET) -> str:
     now = int(time.time())
     digest = base64.b64encode(hashlib.sha256(body).digest()).decode()
     return jwt.encode({"iss": key, "nbf": now, "exp": now + 300, "sha256": digest}, secret, algorithm="HS256")
+
+
+def same_shard_rooms(count: int) -> list[str]:
+    """`count` room names (matching the explicit rule) whose events share one shard, so one
+    application takes them all, in recorded order."""
+    names = (f"support-{n}" for n in range(1, 10_000))
+    return [name for name in names if webhook_shard(name) == webhook_shard("support-1")][:count]
 
 
 def post(client, body: bytes, authorization: str | None = None, *, apply: bool = True):
@@ -248,10 +256,10 @@ def test_an_event_that_cannot_be_applied_is_kept_with_its_error_and_holds_up_no_
 
     real_apply = webhook_events.webhook_event_apply
 
-    def broken_for_one_room(*, event):
+    def broken_for_one_room(*, event, **kwargs):
         if event.room.name == "support-bad":
             raise ValueError("a ledger bug")
-        real_apply(event=event)
+        real_apply(event=event, **kwargs)
 
     monkeypatch.setattr(webhook_events, "webhook_event_apply", broken_for_one_room)
     for room in ("support-bad", "support-good"):
@@ -274,12 +282,13 @@ def test_a_database_outage_mid_batch_leaves_the_whole_batch_pending(client, expl
 
     real_apply = webhook_events.webhook_event_apply
 
-    def outage_on_the_second(*, event):
-        if event.room.name == "support-2":
-            raise OperationalError("the connection was lost")
-        real_apply(event=event)
+    rooms = same_shard_rooms(8)
 
-    rooms = [f"support-{n}" for n in range(1, 9)]
+    def outage_on_the_second(*, event, **kwargs):
+        if event.room.name == rooms[1]:
+            raise OperationalError("the connection was lost")
+        real_apply(event=event, **kwargs)
+
     for room in rooms:
         body = event_body("room_started", room)
         post(client, body, sign(body), apply=False)
@@ -306,22 +315,24 @@ def test_a_quiet_portal_commits_each_event_so_its_dispatch_leaves_at_once(
 
     real_apply = webhook_events.webhook_event_apply
 
-    def outage_on_the_second(*, event):
-        if event.room.name == "support-2":
-            raise OperationalError("the connection was lost")
-        real_apply(event=event)
+    first, second = same_shard_rooms(2)
 
-    for room in ("support-1", "support-2"):
+    def outage_on_the_second(*, event, **kwargs):
+        if event.room.name == second:
+            raise OperationalError("the connection was lost")
+        real_apply(event=event, **kwargs)
+
+    for room in (first, second):
         body = event_body("room_started", room)
         post(client, body, sign(body), apply=False)
     monkeypatch.setattr(webhook_events, "webhook_event_apply", outage_on_the_second)
     with django_capture_on_commit_callbacks() as sent, pytest.raises(OperationalError):
         webhook_events_apply()
-    assert list(Room.objects.values_list("name", flat=True)) == ["support-1"]
-    assert Dispatch.objects.filter(room__name="support-1").count() == 1
-    assert sent, "support-1's dispatch was committed with its own event"
+    assert list(Room.objects.values_list("name", flat=True)) == [first]
+    assert Dispatch.objects.filter(room__name=first).count() == 1
+    assert sent, "the first room's dispatch was committed with its own event"
     assert list(WebhookEvent.objects.filter(applied_at__isnull=True).values_list("room_name", flat=True)) == [
-        "support-2"
+        second
     ]
 
 
@@ -335,6 +346,126 @@ def test_an_application_out_of_time_leaves_the_rest_pending_for_the_next(client,
     assert set(Room.objects.values_list("name", flat=True)) == {"support-1", "support-2"}
 
 
+def test_each_room_s_events_go_to_its_shard_and_queue_that_shard_s_application(
+    client, explicit_rule, monkeypatch, django_capture_on_commit_callbacks
+):
+    """Every event of a room lands in the room's shard, and recording it queues that shard's
+    application only; applying one shard leaves the others' events pending."""
+    from rooms_app.services import webhook_events
+
+    queued: list[int] = []
+    monkeypatch.setattr(webhook_events, "webhook_events_apply_enqueue", lambda *, shard: queued.append(shard))
+    a, b = (
+        "support-1",
+        next(
+            f"support-{n}"
+            for n in range(2, 99)
+            if webhook_shard(f"support-{n}") != webhook_shard("support-1")
+        ),
+    )
+    for room in (a, b):
+        started = event_body("room_started", room)
+        joined = event_body("participant_joined", room, participant=agent_participant())
+        with django_capture_on_commit_callbacks(execute=True):
+            post(client, started, sign(started), apply=False)
+            post(client, joined, sign(joined), apply=False)
+    shards = dict(WebhookEvent.objects.values_list("room_name", "shard").distinct())
+    assert shards == {a: webhook_shard(a), b: webhook_shard(b)}
+    assert sorted(set(queued)) == sorted({webhook_shard(a), webhook_shard(b)})
+
+    assert webhook_events_apply(shard=webhook_shard(a)) == 2
+    assert Dispatch.objects.get(room__name=a).status == "agent_joined"
+    assert not Room.objects.filter(name=b).exists()
+    assert webhook_events_apply() == 2  # no shard named: every shard (the reconcile pass)
+    assert Dispatch.objects.get(room__name=b).status == "agent_joined"
+
+
+def test_a_shard_another_process_applies_is_skipped_and_holds_up_no_other(client, explicit_rule):
+    from dispatchportal.locks import lock_try
+
+    busy, free = (
+        "support-1",
+        next(
+            f"support-{n}"
+            for n in range(2, 99)
+            if webhook_shard(f"support-{n}") != webhook_shard("support-1")
+        ),
+    )
+    for room in (busy, free):
+        body = event_body("room_started", room)
+        post(client, body, sign(body), apply=False)
+    with lock_try(f"rooms:webhook-events-apply:{webhook_shard(busy)}", timeout_s=30) as held:
+        assert held
+        assert webhook_events_apply() == 1
+        assert list(Room.objects.values_list("name", flat=True)) == [free]
+    assert webhook_events_apply() == 1  # the lock's holder would have; now it is free
+    assert Room.objects.get(name=busy).status == "active"
+
+
+def test_a_shard_outside_the_range_is_refused():
+    from rooms_app.services.webhook_events import SHARDS
+
+    with pytest.raises(ValueError, match=f"shard {SHARDS} is not in 0..{SHARDS - 1}"):
+        webhook_events_apply(shard=SHARDS)
+    with pytest.raises(ValueError, match="shard -1"):
+        webhook_events_apply(shard=-1)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_processes_applying_at_once_keep_each_room_s_events_in_order(client, monkeypatch):
+    """Two appliers (two Celery processes) take disjoint shards at the same moment, over rooms
+    whose events were recorded interleaved: each room still sees room_started, its agent
+    joining, then leaving, in that order (the agent's first attempt failed and a second
+    followed), and every event is applied once, with no error."""
+    import threading
+
+    from django.db import connection
+
+    from rooms_app.services import webhook_events
+    from rooms_app.services.webhook_events import SHARDS
+
+    if connection.vendor != "postgresql":
+        pytest.skip("concurrent writers need PostgreSQL (SQLite takes one writer at a time)")
+    agent = AgentFactory(agent_name="support-agent", join_deadline_s=5, max_attempts=3)
+    RuleFactory(agent=agent, room_match_value="support-*", delivery="explicit")
+    monkeypatch.setattr(webhook_events, "_apply_queue", lambda shard: None)  # applied below, not by a worker
+    rooms = [f"support-{n}" for n in range(40)]
+    for kind in ("room_started", "participant_joined", "participant_left"):
+        for room in rooms:
+            participant = (
+                agent_participant(identity=f"agent-{room}", reason=16) if kind != "room_started" else None
+            )
+            body = event_body(kind, room, sid=f"RM_{room}", participant=participant)
+            post(client, body, sign(body), apply=False)
+    start = threading.Barrier(2)
+    applied: dict[int, int] = {}
+    errors: list[BaseException] = []
+
+    def applier(half: int) -> None:
+        try:
+            start.wait(timeout=10)
+            applied[half] = sum(webhook_events_apply(shard=s) for s in range(half, SHARDS, 2))
+        except BaseException as exc:  # noqa: BLE001  reported by the test
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=applier, args=(half,)) for half in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors
+    assert applied[0] > 0 and applied[1] > 0 and applied[0] + applied[1] == 3 * len(rooms)
+    assert not WebhookEvent.objects.filter(applied_at__isnull=True).exists()
+    assert not WebhookEvent.objects.exclude(apply_error="").exists()
+    for room in rooms:
+        first = Dispatch.objects.get(room__name=room, attempt=1)
+        assert (first.status, first.participant_identity) == ("failed", f"agent-{room}"), room
+        # The retry (what became of it is up to the session's worker, if one takes its task).
+        assert Dispatch.objects.filter(room__name=room, attempt=2).exists(), room
+
+
 def test_applying_room_started_costs_a_bounded_number_of_queries(
     client, explicit_rule, django_assert_max_num_queries
 ):
@@ -345,7 +476,7 @@ def test_applying_room_started_costs_a_bounded_number_of_queries(
     # The lock-free read of pending events, the row locked, room, agent, dispatch and its
     # event with their savepoints, the row marked applied, the final check.
     with django_assert_max_num_queries(20):
-        assert webhook_events_apply() == 1
+        assert webhook_events_apply(shard=webhook_shard("support-1")) == 1
 
 
 def test_agent_names_seen_joining_are_kept(client):
