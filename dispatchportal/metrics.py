@@ -242,38 +242,49 @@ class TablesCollector:
 
     def collect(self) -> Any:
         stats, backlogs = table_stats_safe()
-        rows = GaugeMetricFamily(
-            "dispatchportal_table_rows",
-            f"Rows per table that grows with traffic (PostgreSQL's estimate above {EXACT_COUNT_UP_TO} rows).",
-            labels=["table"],
+        yield from _counts_and_oldest(
+            stats,
+            label="table",
+            rows=(
+                "dispatchportal_table_rows",
+                f"Rows per table that grows with traffic (PostgreSQL's estimate above {EXACT_COUNT_UP_TO} rows).",
+            ),
+            oldest=(
+                "dispatchportal_table_oldest_row_timestamp_seconds",
+                "Unix time of each table's oldest row (absent when the table is empty).",
+            ),
         )
-        oldest = GaugeMetricFamily(
-            "dispatchportal_table_oldest_row_timestamp_seconds",
-            "Unix time of each table's oldest row (absent when the table is empty).",
-            labels=["table"],
+        yield from _counts_and_oldest(
+            backlogs,
+            label="backlog",
+            rows=(
+                "dispatchportal_backlog_rows",
+                f"Rows recorded and not applied to the ledger yet (counted up to {EXACT_COUNT_UP_TO}).",
+            ),
+            oldest=(
+                "dispatchportal_backlog_oldest_timestamp_seconds",
+                "Unix time the oldest row not applied yet was recorded (absent when none waits).",
+            ),
         )
-        for table, count, first in stats:
-            rows.add_metric([table], count)
-            if first is not None:
-                oldest.add_metric([table], first.timestamp())
-        yield rows
-        yield oldest
-        waiting = GaugeMetricFamily(
-            "dispatchportal_backlog_rows",
-            f"Rows recorded and not applied to the ledger yet (counted up to {EXACT_COUNT_UP_TO}).",
-            labels=["backlog"],
-        )
-        waiting_since = GaugeMetricFamily(
-            "dispatchportal_backlog_oldest_timestamp_seconds",
-            "Unix time the oldest row not applied yet was recorded (absent when none waits).",
-            labels=["backlog"],
-        )
-        for backlog, count, first in backlogs:
-            waiting.add_metric([backlog], count)
-            if first is not None:
-                waiting_since.add_metric([backlog], first.timestamp())
-        yield waiting
-        yield waiting_since
+
+
+def _counts_and_oldest(
+    stats: list[tuple[str, int, datetime | None]],
+    *,
+    label: str,
+    rows: tuple[str, str],
+    oldest: tuple[str, str],
+) -> Any:
+    """Two gauges from (label value, rows, oldest row's time) triples: the rows, and the
+    oldest times that exist."""
+    counts = GaugeMetricFamily(*rows, labels=[label])
+    firsts = GaugeMetricFamily(*oldest, labels=[label])
+    for value, count, first in stats:
+        counts.add_metric([value], count)
+        if first is not None:
+            firsts.add_metric([value], first.timestamp())
+    yield counts
+    yield firsts
 
 
 class _ThisProcess:

@@ -68,6 +68,13 @@ def same_shard_rooms(count: int) -> list[str]:
     return [name for name in names if webhook_shard(name) == webhook_shard("support-1")][:count]
 
 
+def other_shard_room(room: str) -> str:
+    """A room name (matching the explicit rule) whose events go to another shard than `room`'s."""
+    return next(
+        f"support-{n}" for n in range(2, 10_000) if webhook_shard(f"support-{n}") != webhook_shard(room)
+    )
+
+
 def post(client, body: bytes, authorization: str | None = None, *, apply: bool = True):
     """POST the event; with `apply`, then apply what was recorded (what the queued task does)."""
     headers = {} if authorization is None else {"HTTP_AUTHORIZATION": authorization}
@@ -355,14 +362,7 @@ def test_each_room_s_events_go_to_its_shard_and_queue_that_shard_s_application(
 
     queued: list[int] = []
     monkeypatch.setattr(webhook_events, "webhook_events_apply_enqueue", lambda *, shard: queued.append(shard))
-    a, b = (
-        "support-1",
-        next(
-            f"support-{n}"
-            for n in range(2, 99)
-            if webhook_shard(f"support-{n}") != webhook_shard("support-1")
-        ),
-    )
+    a, b = "support-1", other_shard_room("support-1")
     for room in (a, b):
         started = event_body("room_started", room)
         joined = event_body("participant_joined", room, participant=agent_participant())
@@ -383,14 +383,7 @@ def test_each_room_s_events_go_to_its_shard_and_queue_that_shard_s_application(
 def test_a_shard_another_process_applies_is_skipped_and_holds_up_no_other(client, explicit_rule):
     from dispatchportal.locks import lock_try
 
-    busy, free = (
-        "support-1",
-        next(
-            f"support-{n}"
-            for n in range(2, 99)
-            if webhook_shard(f"support-{n}") != webhook_shard("support-1")
-        ),
-    )
+    busy, free = "support-1", other_shard_room("support-1")
     for room in (busy, free):
         body = event_body("room_started", room)
         post(client, body, sign(body), apply=False)
