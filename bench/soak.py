@@ -121,87 +121,91 @@ def main() -> int:
         services = lb.Services(Path(tmp))
         if not lb.django_and_emulator_start(services):
             return 2
-        lb.portal_start(services, threads=4)
-        lb.worker_start(services)
-        web = f"http://127.0.0.1:{services.web_port}"
-        lb.wait_until(
-            lambda: sb._no_proxy.open(f"{web}/healthz", timeout=2).status == 200, timeout=60, what="gunicorn"
-        )
-        with lb.redis_flushed():
-            from agents_app.services import api_client_create
-
-            lb.agent_and_rule(join_deadline_s=30)
-            _, key = api_client_create(name="soak", room_patterns=["*"])
-            stop = threading.Event()
-            sent = {"tokens": 0, "webhooks": 0, "errors": 0}
-
-            def load() -> None:
-                n = 0
-                while not stop.is_set():
-                    n += 1
-                    body = json.dumps(
-                        {"room_name": f"bench-soak-{n}", "participant_identity": "caller"}
-                    ).encode()
-                    request = urllib.request.Request(
-                        f"{web}/api/v1/token",
-                        data=body,
-                        method="POST",
-                        headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"},
-                    )
-                    try:
-                        sb._no_proxy.open(request, timeout=30).read()
-                        sent["tokens"] += 1
-                        for event in sb.room_events(n):
-                            sb.webhook_post(web, event)
-                            sent["webhooks"] += 1
-                    except OSError:
-                        sent["errors"] += 1
-                    stop.wait(1 / args.rate)
-
-            gunicorn = services.processes["gunicorn"].pid
-            worker = services.processes["worker"].pid
-            thread = threading.Thread(target=load, daemon=True)
-            thread.start()
-            time.sleep(min(30.0, args.seconds / 10))  # warm: imports, connections, first caches
-            start = (tree_rss_mib(gunicorn), tree_rss_mib(worker))
-            print(
-                f"start: gunicorn {start[0]:.0f} MiB, celery {start[1]:.0f} MiB; /proc/loadavg {loadavg()}",
-                flush=True,
+        try:
+            lb.portal_start(services, threads=4)
+            lb.worker_start(services)
+            web = f"http://127.0.0.1:{services.web_port}"
+            lb.wait_until(
+                lambda: sb._no_proxy.open(f"{web}/healthz", timeout=2).status == 200,
+                timeout=60,
+                what="gunicorn",
             )
-            began = time.monotonic()
-            samples = [(0.0, *start)]
-            while (elapsed := time.monotonic() - began) < args.seconds:
-                time.sleep(min(args.every, args.seconds - elapsed))
-                at = time.monotonic() - began
-                samples.append((at, tree_rss_mib(gunicorn), tree_rss_mib(worker)))
+            with lb.redis_flushed():
+                from agents_app.services import api_client_create
+
+                lb.agent_and_rule(join_deadline_s=30)
+                _, key = api_client_create(name="soak", room_patterns=["*"])
+                stop = threading.Event()
+                sent = {"tokens": 0, "webhooks": 0, "errors": 0}
+
+                def load() -> None:
+                    n = 0
+                    while not stop.is_set():
+                        n += 1
+                        body = json.dumps(
+                            {"room_name": f"bench-soak-{n}", "participant_identity": "caller"}
+                        ).encode()
+                        request = urllib.request.Request(
+                            f"{web}/api/v1/token",
+                            data=body,
+                            method="POST",
+                            headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"},
+                        )
+                        try:
+                            sb._no_proxy.open(request, timeout=30).read()
+                            sent["tokens"] += 1
+                            for event in sb.room_events(n):
+                                sb.webhook_post(web, event)
+                                sent["webhooks"] += 1
+                        except OSError:
+                            sent["errors"] += 1
+                        stop.wait(1 / args.rate)
+
+                gunicorn = services.processes["gunicorn"].pid
+                worker = services.processes["worker"].pid
+                thread = threading.Thread(target=load, daemon=True)
+                thread.start()
+                time.sleep(min(30.0, args.seconds / 10))  # warm: imports, connections, first caches
+                start = (tree_rss_mib(gunicorn), tree_rss_mib(worker))
                 print(
-                    f"{at:5.0f} s: gunicorn {samples[-1][1]:.0f} MiB, celery {samples[-1][2]:.0f} MiB; "
-                    f"/proc/loadavg {loadavg()}",
+                    f"start: gunicorn {start[0]:.0f} MiB, celery {start[1]:.0f} MiB; /proc/loadavg {loadavg()}",
                     flush=True,
                 )
-            end = samples[-1][1:]
-            stop.set()
-            thread.join(30)
-            half = min(samples, key=lambda s: abs(s[0] - args.seconds / 2))
-            print(
-                f"soak {args.seconds:.0f} s: {sent['tokens']} tokens, {sent['webhooks']} webhooks, "
-                f"{sent['errors']} errors; RSS change gunicorn {end[0] - start[0]:+.1f} MiB "
-                f"(second half {end[0] - half[1]:+.1f}), celery {end[1] - start[1]:+.1f} MiB "
-                f"(second half {end[1] - half[2]:+.1f})"
-            )
-            if args.heap_tokens > 0:
-                # A client of its own: the check asks for tokens as fast as the process answers,
-                # beyond the soak client's per-minute limit (the soak has just used most of it).
-                _, heap_key = api_client_create(
-                    name="soak-heap", room_patterns=["*"], rate_limit_per_minute=1_000_000
-                )
-                grown, blocks = python_heap_growth(key=heap_key, tokens=args.heap_tokens)
+                began = time.monotonic()
+                samples = [(0.0, *start)]
+                while (elapsed := time.monotonic() - began) < args.seconds:
+                    time.sleep(min(args.every, args.seconds - elapsed))
+                    at = time.monotonic() - began
+                    samples.append((at, tree_rss_mib(gunicorn), tree_rss_mib(worker)))
+                    print(
+                        f"{at:5.0f} s: gunicorn {samples[-1][1]:.0f} MiB, celery {samples[-1][2]:.0f} MiB; "
+                        f"/proc/loadavg {loadavg()}",
+                        flush=True,
+                    )
+                end = samples[-1][1:]
+                stop.set()
+                thread.join(30)
+                half = min(samples, key=lambda s: abs(s[0] - args.seconds / 2))
                 print(
-                    f"python heap in process: {grown / 1024:+.0f} KiB ({blocks:+d} allocations) after "
-                    f"{args.heap_tokens} tokens and {6 * args.heap_tokens} webhooks, "
-                    f"{grown / args.heap_tokens:+.0f} B per token"
+                    f"soak {args.seconds:.0f} s: {sent['tokens']} tokens, {sent['webhooks']} webhooks, "
+                    f"{sent['errors']} errors; RSS change gunicorn {end[0] - start[0]:+.1f} MiB "
+                    f"(second half {end[0] - half[1]:+.1f}), celery {end[1] - start[1]:+.1f} MiB "
+                    f"(second half {end[1] - half[2]:+.1f})"
                 )
-        services.stop_all()
+                if args.heap_tokens > 0:
+                    # A client of its own: the check asks for tokens as fast as the process answers,
+                    # beyond the soak client's per-minute limit (the soak has just used most of it).
+                    _, heap_key = api_client_create(
+                        name="soak-heap", room_patterns=["*"], rate_limit_per_minute=1_000_000
+                    )
+                    grown, blocks = python_heap_growth(key=heap_key, tokens=args.heap_tokens)
+                    print(
+                        f"python heap in process: {grown / 1024:+.0f} KiB ({blocks:+d} allocations) after "
+                        f"{args.heap_tokens} tokens and {6 * args.heap_tokens} webhooks, "
+                        f"{grown / args.heap_tokens:+.0f} B per token"
+                    )
+        finally:  # a failed check must not leave the portal, worker and emulator running
+            services.stop_all()
     return 0
 
 

@@ -75,13 +75,14 @@ def webhook_event_record(*, event: Any) -> bool:
     """Record one verified event (`livekit.protocol.webhook.WebhookEvent`) with its id; False
     if that id was recorded already. Its application is queued once this commits."""
     participant = participant_from_proto(event.participant) if event.HasField("participant") else None
+    shard = webhook_shard(event.room.name)
     try:
         with transaction.atomic():
             WebhookEvent.objects.create(
                 event_id=event.id,
                 event=event.event,
                 room_name=event.room.name,
-                shard=webhook_shard(event.room.name),
+                shard=shard,
                 participant_identity=participant.identity if participant else "",
                 agent_name=(participant.agent_name or "") if participant else "",
                 created_at=datetime.fromtimestamp(event.created_at, tz=UTC) if event.created_at else None,
@@ -89,7 +90,6 @@ def webhook_event_record(*, event: Any) -> bool:
             )
     except IntegrityError:
         return False
-    shard = webhook_shard(event.room.name)
     transaction.on_commit(lambda: _apply_queue(shard))
     return True
 
@@ -105,9 +105,9 @@ def _apply_queue(shard: int) -> None:
 
 def webhook_events_apply(*, shard: int | None = None, budget_s: float = APPLY_BUDGET_S) -> int:
     """Apply one shard's recorded events not applied yet (every shard with events pending, one
-    after the other, when `shard` is None: the reconcile pass), oldest first, for about `budget_s` in all
-    (inside the task's time limit, and shorter than the lock's expiry so no second
-    application of a shard can start meanwhile); returns how many. A shard's events still
+    after the other, when `shard` is None: the reconcile pass), oldest first, for about
+    `budget_s` in all (inside the task's time limit, and shorter than the lock's expiry so no
+    second application of a shard can start meanwhile); returns how many. A shard's events still
     pending then are left to another application, queued here. A shard another process is
     applying is skipped (that one takes these too)."""
     if shard is not None and not 0 <= shard < SHARDS:
@@ -115,8 +115,8 @@ def webhook_events_apply(*, shard: int | None = None, budget_s: float = APPLY_BU
     deadline = time.monotonic() + budget_s
     if shard is not None:
         return _shard_apply(shard, deadline=deadline)
-    pending = WebhookEvent.objects.filter(applied_at__isnull=True)
-    shards = sorted(set(pending.values_list("shard", flat=True)))
+    pending = WebhookEvent.objects.filter(applied_at__isnull=True).order_by("shard")
+    shards = list(pending.values_list("shard", flat=True).distinct())
     return sum(_shard_apply(s, deadline=deadline) for s in shards)
 
 
