@@ -73,11 +73,16 @@ def webhook_shard(room_name: str) -> int:
 
 def webhook_event_record(*, event: Any) -> bool:
     """Record one verified event (`livekit.protocol.webhook.WebhookEvent`) with its id; False
-    if that id was recorded already. Its application is queued once this commits."""
+    if that id was recorded already. Its application is queued once this commits.
+
+    On the request (autocommit) the record is one INSERT, its own transaction: a redelivered
+    id fails that statement alone. Inside a caller's transaction it takes a savepoint, so a
+    redelivery does not break the caller's transaction."""
     participant = participant_from_proto(event.participant) if event.HasField("participant") else None
     shard = webhook_shard(event.room.name)
+    alone = transaction.atomic() if transaction.get_connection().in_atomic_block else contextlib.nullcontext()
     try:
-        with transaction.atomic():
+        with alone:
             WebhookEvent.objects.create(
                 event_id=event.id,
                 event=event.event,

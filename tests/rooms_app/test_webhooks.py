@@ -116,6 +116,59 @@ def test_a_redelivered_event_is_handled_once(client, explicit_rule):
     assert Dispatch.objects.count() == 1 and WebhookEvent.objects.count() == 1
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_redelivery_racing_the_first_delivery_is_recorded_once(monkeypatch):
+    """As the portal really runs (autocommit, no test transaction around the request): LiveKit's
+    retry, or the same event through a second portal, arrives while the first is being
+    recorded. Both are answered 200, one says duplicate, one row is kept, and the portal's
+    connection is not left in a failed transaction (its next webhook is recorded)."""
+    import threading
+
+    from django.db import connection
+    from django.test import Client
+
+    from rooms_app.services import webhook_events
+
+    monkeypatch.setattr(webhook_events, "_apply_queue", lambda shard: None)  # no worker here
+    body = event_body("room_started")
+    start = threading.Barrier(4)
+    answers: list[dict] = []
+    errors: list[BaseException] = []
+
+    def deliver() -> None:
+        try:
+            start.wait(timeout=10)
+            answer = Client().post(
+                URL, data=body, content_type="application/webhook+json", HTTP_AUTHORIZATION=sign(body)
+            )
+            answers.append({"status": answer.status_code, **answer.json()})
+        except BaseException as exc:  # noqa: BLE001  reported by the test
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=deliver) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not errors
+    assert sorted((a["status"], a["duplicate"]) for a in answers) == [(200, False)] + [(200, True)] * 3
+    assert WebhookEvent.objects.filter(event_id="EV_room_started_support-1").count() == 1
+    # The same thread, after a duplicate: the connection took the next event.
+    client = Client()
+    assert client.post(
+        URL, data=body, content_type="application/webhook+json", HTTP_AUTHORIZATION=sign(body)
+    ).json()["duplicate"]
+    later = event_body("room_finished")
+    answer = client.post(
+        URL, data=later, content_type="application/webhook+json", HTTP_AUTHORIZATION=sign(later)
+    )
+    assert (answer.status_code, answer.json()["duplicate"]) == (200, False)
+    assert not connection.in_atomic_block
+    assert WebhookEvent.objects.count() == 2
+
+
 @pytest.mark.parametrize(
     "authorization",
     [
