@@ -1,4 +1,4 @@
-"""Soak (issue 21 item 3), opt-in (`make soak`, not part of `make bench`): gunicorn (2 workers)
+"""Soak (issue 21 item 3), opt-in (`make soak`, not part of `make bench`): gunicorn (2 sync workers)
 and a Celery worker on PostgreSQL and Redis, with the LiveKit emulator, under a steady load
 of token requests and room webhooks for SOAK_S seconds (default 600). Prints the resident
 memory (RSS, summed over each process tree) of gunicorn and Celery at the start, every
@@ -122,7 +122,7 @@ def main() -> int:
         if not lb.django_and_emulator_start(services):
             return 2
         try:
-            lb.portal_start(services, threads=4)
+            lb.portal_start(services)  # sync workers, as bin/run-portal runs the portal
             lb.worker_start(services)
             web = f"http://127.0.0.1:{services.web_port}"
             lb.wait_until(
