@@ -138,9 +138,7 @@ def test_a_redelivery_racing_the_first_delivery_is_recorded_once(monkeypatch):
     def deliver() -> None:
         try:
             start.wait(timeout=10)
-            answer = Client().post(
-                URL, data=body, content_type="application/webhook+json", HTTP_AUTHORIZATION=sign(body)
-            )
+            answer = post(Client(), body, sign(body), apply=False)
             answers.append({"status": answer.status_code, **answer.json()})
         except BaseException as exc:  # noqa: BLE001  reported by the test
             errors.append(exc)
@@ -157,13 +155,9 @@ def test_a_redelivery_racing_the_first_delivery_is_recorded_once(monkeypatch):
     assert WebhookEvent.objects.filter(event_id="EV_room_started_support-1").count() == 1
     # The same thread, after a duplicate: the connection took the next event.
     client = Client()
-    assert client.post(
-        URL, data=body, content_type="application/webhook+json", HTTP_AUTHORIZATION=sign(body)
-    ).json()["duplicate"]
+    assert post(client, body, sign(body), apply=False).json()["duplicate"]
     later = event_body("room_finished")
-    answer = client.post(
-        URL, data=later, content_type="application/webhook+json", HTTP_AUTHORIZATION=sign(later)
-    )
+    answer = post(client, later, sign(later), apply=False)
     assert (answer.status_code, answer.json()["duplicate"]) == (200, False)
     assert not connection.in_atomic_block
     assert WebhookEvent.objects.count() == 2
