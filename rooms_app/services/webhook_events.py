@@ -207,9 +207,9 @@ def _room_started_at(room: Any) -> datetime | None:
     return datetime.fromtimestamp(seconds, tz=UTC) if seconds else None
 
 
-def webhook_event_apply(*, event: Any, sightings: list[tuple[str, str, str]] | None = None) -> None:
+def webhook_event_apply(*, event: Any, sightings: list[tuple[str, str, str]]) -> None:
     """What one event changes in the ledger (inside the caller's transaction). The agent names
-    seen joining are added to `sightings` for the caller to record, or recorded here."""
+    seen joining are added to `sightings`, for the caller to record (`agents_seen_record`)."""
     name = event.room.name
     if not name or is_canary_room(name):
         return  # canary probe rooms never enter the ledger
@@ -234,11 +234,7 @@ def webhook_event_apply(*, event: Any, sightings: list[tuple[str, str, str]] | N
             token_facts_apply(room_name=name)
             if participant.is_agent:
                 agent_participant_joined(room=room, participant=participant)
-                seen = agent_sightings(room_name=name, how="webhook", participants=[participant])
-                if sightings is None:
-                    agents_seen_record(seen=seen)
-                else:
-                    sightings += seen
+                sightings += agent_sightings(room_name=name, how="webhook", participants=[participant])
             else:
                 person_joined(room=room, participant=participant)
     elif kind in PARTICIPANT_LEFT_EVENTS and participant is not None:
