@@ -3,8 +3,9 @@ and a Celery worker on PostgreSQL and Redis, with the LiveKit emulator, under a 
 of token requests and room webhooks for SOAK_S seconds (default 600). Prints the resident
 memory (RSS, summed over each process tree) of gunicorn and Celery at the start, every
 `--every` seconds and at the end, with /proc/loadavg on each line, then the change over the
-whole soak and over its second half (a process that has finished warming up grows no more
-in the second half than the first). Last, the same load through the portal's WSGI application in
+whole soak, over its second half and over its last third (a process that has finished
+warming up grows no more later than earlier: on this machine the portal's workers took about
+eight minutes of this load to level off). Last, the same load through the portal's WSGI application in
 this process, with tracemalloc: the Python objects left behind per token (with its six
 webhooks), after a warm-up, so a leak of Python objects is told apart from the allocator's
 own growth.
@@ -168,7 +169,7 @@ def main() -> int:
                 time.sleep(min(30.0, args.seconds / 10))  # warm: imports, connections, first caches
                 start = (tree_rss_mib(gunicorn), tree_rss_mib(worker))
                 print(
-                    f"start: gunicorn {start[0]:.0f} MiB, celery {start[1]:.0f} MiB; /proc/loadavg {loadavg()}",
+                    f"start: gunicorn {start[0]:.1f} MiB, celery {start[1]:.1f} MiB; /proc/loadavg {loadavg()}",
                     flush=True,
                 )
                 began = time.monotonic()
@@ -178,7 +179,7 @@ def main() -> int:
                     at = time.monotonic() - began
                     samples.append((at, tree_rss_mib(gunicorn), tree_rss_mib(worker)))
                     print(
-                        f"{at:5.0f} s: gunicorn {samples[-1][1]:.0f} MiB, celery {samples[-1][2]:.0f} MiB; "
+                        f"{at:5.0f} s: gunicorn {samples[-1][1]:.1f} MiB, celery {samples[-1][2]:.1f} MiB; "
                         f"/proc/loadavg {loadavg()}",
                         flush=True,
                     )
@@ -186,11 +187,13 @@ def main() -> int:
                 stop.set()
                 thread.join(30)
                 half = min(samples, key=lambda s: abs(s[0] - args.seconds / 2))
+                third = min(samples, key=lambda s: abs(s[0] - args.seconds * 2 / 3))
                 print(
                     f"soak {args.seconds:.0f} s: {sent['tokens']} tokens, {sent['webhooks']} webhooks, "
                     f"{sent['errors']} errors; RSS change gunicorn {end[0] - start[0]:+.1f} MiB "
-                    f"(second half {end[0] - half[1]:+.1f}), celery {end[1] - start[1]:+.1f} MiB "
-                    f"(second half {end[1] - half[2]:+.1f})"
+                    f"(second half {end[0] - half[1]:+.1f}, last third {end[0] - third[1]:+.1f}), "
+                    f"celery {end[1] - start[1]:+.1f} MiB (second half {end[1] - half[2]:+.1f}, "
+                    f"last third {end[1] - third[2]:+.1f})"
                 )
                 if args.heap_tokens > 0:
                     # A client of its own: the check asks for tokens as fast as the process answers,
