@@ -211,10 +211,12 @@ def pytest_run(path: str) -> int:
     """Run a measurement written on the test suite's fixtures (the real LiveKit server, agent
     workers, the live server, a Celery worker) and show its printed figures. Its database and
     Redis: DATABASE_URL and REDIS_URL when set (pytest-django makes a test_ database), else the
-    benchmarks' own."""
+    benchmarks' own. The portal logs warnings and errors only (LOG_LEVEL=WARNING unless set), so
+    its per-dispatch lines do not bury the figures."""
     env = dict(os.environ)
     env.setdefault("DATABASE_URL", DATABASE_URL)
     env.setdefault("REDIS_URL", REDIS_URL)
+    env.setdefault("LOG_LEVEL", "WARNING")
     print(machine(), flush=True)
     command = [sys.executable, "-m", "pytest", path, "-q", "-s", "-p", "no:randomly", "--timeout", "1800"]
     return subprocess.call(command, cwd=ROOT, env=env)

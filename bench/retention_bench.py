@@ -49,10 +49,10 @@ def fill(tokens: int) -> dict[str, int]:
             """INSERT INTO rooms_app_dispatch (room_id, agent_name, source, delivery, rule_name, requested_by,
                    participant_identity_trigger, metadata, deployment, attributes, status, attempt,
                    livekit_dispatch_id, request_tries, livekit_job_id, participant_identity, last_error,
-                   created_at, ended_at, updated_at)
+                   agents_removed, created_at, ended_at, updated_at)
                SELECT r.id, 'bench-agent', 'token', 'token', 'r', 'web', 'u', '', '', '{}',
                       CASE WHEN r.status = 'finished' THEN 'room_closed' ELSE 'agent_joined' END, 1,
-                      '', 0, '', '', '', r.created_at,
+                      '', 0, '', '', '', '[]', r.created_at,
                       CASE WHEN r.status = 'finished' THEN r.finished_at END, r.created_at
                FROM rooms_app_room r"""
         )
@@ -71,10 +71,11 @@ def fill(tokens: int) -> dict[str, int]:
         )
         c.execute(
             """INSERT INTO rooms_app_webhookevent (event_id, event, room_name, participant_identity, agent_name,
-                   received_at)
-               SELECT 'EV_' || i, 'participant_joined', 'bench', '', '',
-                      now() - CASE WHEN i <= %(old)s THEN interval '3 days' ELSE interval '1 hour' END
-               FROM generate_series(1, %(n)s) i""",
+                   received_at, applied_at, apply_error)
+               SELECT 'EV_' || i, 'participant_joined', 'bench', '', '', t, t, ''
+               FROM generate_series(1, %(n)s) i,
+                    LATERAL (SELECT now() - CASE WHEN i <= %(old)s THEN interval '3 days'
+                                                 ELSE interval '1 hour' END AS t) at""",
             {"old": int(tokens * 3.4) // 2, "n": int(tokens * 3.4)},
         )
         c.execute("ANALYZE")
