@@ -4,7 +4,7 @@ import logging
 import os
 from typing import Any
 
-from celery import Celery, bootsteps
+from celery import Celery, bootsteps, signals
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dispatchportal.settings")
 
@@ -70,3 +70,41 @@ class Heartbeat(bootsteps.StartStopStep):
 
 
 app.steps["worker"].add(Heartbeat)
+
+
+@signals.task_prerun.connect(weak=False, dispatch_uid="dp_connections_prerun")
+def task_connections_check(task: Any = None, **_: Any) -> None:
+    """Before each task a worker runs: the database connections an earlier task left are
+    reused (Celery closes them only every CELERY_DB_REUSE_MAX tasks), unless one is in a
+    query or a transaction (a time limit can interrupt a task mid-query, and the connection
+    then looks usable to Django), older than CONN_MAX_AGE, or does not answer a `SELECT 1`
+    (the database restarted): those are closed, and the task opens a new one."""
+    if getattr(getattr(task, "request", None), "is_eager", False):
+        return  # run inside the caller (a request, a test): its connection is the caller's
+    from django.db import close_old_connections, connections
+
+    _connections_close_busy()
+    close_old_connections()
+    for conn in connections.all(initialized_only=True):
+        if conn.connection is not None and not conn.in_atomic_block and not conn.is_usable():
+            conn.close()
+
+
+@signals.task_postrun.connect(weak=False, dispatch_uid="dp_connections_postrun")
+def task_connections_release(task: Any = None, **_: Any) -> None:
+    """After each task a worker runs: a connection still in a query or a transaction is closed,
+    so it holds no locks until the next task."""
+    if not getattr(getattr(task, "request", None), "is_eager", False):
+        _connections_close_busy()
+
+
+def _connections_close_busy() -> None:
+    from django.db import connections
+    from psycopg.pq import TransactionStatus
+
+    for conn in connections.all(initialized_only=True):
+        raw = conn.connection
+        if raw is None or conn.in_atomic_block or conn.vendor != "postgresql":
+            continue
+        if raw.info.transaction_status != TransactionStatus.IDLE:
+            conn.close()

@@ -111,7 +111,7 @@ DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'd
 # be a third of a token's database time); after a database restart the first use of a stale
 # connection fails and Django closes it at the request's end. Every caller that matters tries
 # again: the token path itself (`token_fact_intake`), LiveKit (it retries a webhook that got a
-# 5xx), Celery tasks (transient database errors are retried).
+# 5xx). Celery workers check their connection before each task (`dispatchportal.celery`).
 if not DATABASES["default"].get("CONN_MAX_AGE"):
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=60)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
@@ -183,6 +183,11 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SOFT_TIME_LIMIT = 60
 CELERY_TASK_TIME_LIMIT = 90
+# Celery's Django fixup closes the database connections after every task unless this is set;
+# then it closes them every this many tasks. A task opening its own PostgreSQL connection spent
+# a quarter of its time connecting. The worker checks each connection before a task instead
+# (`dispatchportal.celery.task_connections_check`).
+CELERY_DB_REUSE_MAX = env.int("CELERY_DB_REUSE_MAX", default=1000)
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 # Alert deliveries and worker health polls go to their own queue, run by their own worker.
 OUTBOUND_QUEUE = env.str("OUTBOUND_QUEUE", default="outbound")
