@@ -60,6 +60,10 @@ def _environment(var: Path, portal: int, livekit: int) -> dict[str, str]:
     }
 
 
+def _sigint_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.fixture(scope="module")
 def started(tmp_path_factory):
     """bin/run-portal until "Ready" and beat's first task, then Ctrl-C; its console lines and
@@ -73,6 +77,10 @@ def started(tmp_path_factory):
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # Ctrl-C reaches it as in a terminal, even when this suite runs as a background job
+        # (`cmd &`), whose processes start with SIGINT ignored: a shell cannot trap a signal
+        # ignored when it started, so run-portal would never hear the Ctrl-C.
+        preexec_fn=_sigint_default,
     )
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)
