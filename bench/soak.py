@@ -24,7 +24,9 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
+from collections import Counter
 from pathlib import Path
 
 import scale_bench as sb
@@ -44,6 +46,10 @@ def tree_rss_mib(pid: int) -> float:
             if line.startswith("VmRSS:"):
                 total += int(line.split()[1])
     return total / 1024
+
+
+def _kinds(failures: Counter[str]) -> str:
+    return " (" + ", ".join(f"{kind} {n}" for kind, n in failures.most_common()) + ")" if failures else ""
 
 
 def loadavg() -> str:
@@ -135,9 +141,14 @@ def main() -> int:
                 from agents_app.services import api_client_create
 
                 lb.agent_and_rule(join_deadline_s=30)
-                _, key = api_client_create(name="soak", room_patterns=["*"])
+                # A limit well above the soak's pace: at the default 600 a minute a soak at 20
+                # tokens a second is refused part of its tokens (429), which measures the limit.
+                _, key = api_client_create(
+                    name="soak", room_patterns=["*"], rate_limit_per_minute=int(args.rate * 60 * 2)
+                )
                 stop = threading.Event()
                 sent = {"tokens": 0, "webhooks": 0, "errors": 0}
+                failures: Counter[str] = Counter()
 
                 def load() -> None:
                     n = 0
@@ -158,8 +169,12 @@ def main() -> int:
                             for event in sb.room_events(n):
                                 sb.webhook_post(web, event)
                                 sent["webhooks"] += 1
-                        except OSError:
+                        except urllib.error.HTTPError as exc:
                             sent["errors"] += 1
+                            failures[f"HTTP {exc.code}"] += 1
+                        except OSError as exc:
+                            sent["errors"] += 1
+                            failures[type(exc).__name__] += 1
                         stop.wait(1 / args.rate)
 
                 gunicorn = services.processes["gunicorn"].pid
@@ -190,7 +205,7 @@ def main() -> int:
                 third = min(samples, key=lambda s: abs(s[0] - args.seconds * 2 / 3))
                 print(
                     f"soak {args.seconds:.0f} s: {sent['tokens']} tokens, {sent['webhooks']} webhooks, "
-                    f"{sent['errors']} errors; RSS change gunicorn {end[0] - start[0]:+.1f} MiB "
+                    f"{sent['errors']} errors{_kinds(failures)}; RSS change gunicorn {end[0] - start[0]:+.1f} MiB "
                     f"(second half {end[0] - half[1]:+.1f}, last third {end[0] - third[1]:+.1f}), "
                     f"celery {end[1] - start[1]:+.1f} MiB (second half {end[1] - half[2]:+.1f}, "
                     f"last third {end[1] - third[2]:+.1f})"
