@@ -218,9 +218,8 @@ def main() -> int:
             f"{with_['token'] / without['token']:>8.2f} {with_['all'] / without['all']:>8.2f} "
             f"{with_['memory'] / without['memory']:>8.2f}"
         )
-        spread = max(r["all"] for r in results[(workers, False)]) - min(
-            r["all"] for r in results[(workers, False)]
-        )
+        starts_without = [r["all"] for r in results[(workers, False)]]
+        spread = max(starts_without) - min(starts_without)
         if workers > cores and with_["all"] >= without["all"]:
             missed.append(
                 f"{workers} workers on {cores} cores: every worker answered after {with_['all']:.2f} s with preload"

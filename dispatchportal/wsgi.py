@@ -12,7 +12,6 @@ import os
 
 from django.core.wsgi import get_wsgi_application
 from django.urls import get_resolver
-from kombu.utils.imports import symbol_by_name
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dispatchportal.settings")
 
@@ -23,4 +22,4 @@ from dispatchportal.celery import app as _celery  # noqa: E402  (after Django is
 
 _celery.amqp  # noqa: B018
 _celery.backend  # noqa: B018
-symbol_by_name(_celery.conf.broker_transport)
+_celery.connection_for_write().get_transport_cls()  # the class; no connection is made
