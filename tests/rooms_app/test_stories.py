@@ -279,21 +279,28 @@ def test_a_crashing_agent_is_named_then_healthy_after_recovery(e2e, live_server)
     eventually(
         lambda: Dispatch.objects.filter(room__name="support-81", status=S.FAILED).exists(), what="crash seen"
     )
-    e2e.control.remove_worker("support-agent")  # no worker while we ask: nothing can hide it
+    # No worker while we ask: nothing can hide it. The portal re-dispatches at once, so the
+    # crashing worker may already be running the next attempt's job when it is removed; that
+    # job, the newest, then ended because its worker went away, and the doctor says so.
+    removed = e2e.control.remove_worker("support-agent")["removed"]
+    ended_by_removal = any(worker["active_jobs"] for worker in removed)
     during = diagnosis(live_server, key, "support-81")
     assert during["first_broken_link"] == 6 and during["exit_code"] == 1, during["summary"]
-    assert (
-        "agent worker crashed" in during["cause"]
-        and "The portal is re-dispatching: attempt" in during["cause"]
-    )
+    named = "agent worker disconnected" if ended_by_removal else "agent worker crashed"
+    assert named in during["cause"], during["cause"]
+    assert "The portal is re-dispatching: attempt" in during["cause"]
     assert "Celery" not in during["cause"]
 
     e2e.control.add_worker("support-agent")  # the fixed worker
+    # Both, whichever comes first: the attempt the removal ended may still read agent_joined in
+    # the ledger until the portal hears of its failure, and the doctor, judging by LiveKit, may
+    # see the new agent before the ledger records its join.
     eventually(
-        lambda: Dispatch.objects.filter(room__name="support-81", status=S.AGENT_JOINED).exists(),
+        lambda: (
+            Dispatch.objects.filter(room__name="support-81", status=S.AGENT_JOINED).exists()
+            and diagnosis(live_server, key, "support-81")["status"] == "healthy"
+        ),
         timeout=20,
-        what="a re-dispatch joined",
+        what="a re-dispatch joined the fixed worker, and the doctor says healthy",
     )
-    after = diagnosis(live_server, key, "support-81")
-    assert after["status"] == "healthy", after["summary"]
     assert len(agents_in(e2e, "support-81", "support-agent")) == 1
